@@ -1,0 +1,1 @@
+"""cilia: eBPF networking and security for Kubernetes as event-driven services."""
