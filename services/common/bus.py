@@ -1,0 +1,261 @@
+"""NATS/JetStream wiring: the history stream, KV buckets, publishing and consuming events.
+
+A thin shell around nats-py. Publishing encodes with the codec, sets ``Nats-Msg-Id`` and injects
+the trace context; consuming decodes, counts what it must reject, continues the trace and hands
+each event to one worker task per subscription, so that handlers run in stream order and never
+block the NATS client's callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from opentelemetry.trace import SpanKind
+from prometheus_client import Counter
+
+from services.common import subjects
+from services.common.codec import Event, decode, encode
+from services.common.errors import BusError, CodecError
+from services.common.tracing import extract_context, inject_headers, tracer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+NATS_URL_ENV = "CILIA_NATS_URL"
+HISTORY_MAX_AGE_ENV = "CILIA_HISTORY_MAX_AGE"      # seconds; 0 keeps events forever
+HISTORY_MAX_BYTES_ENV = "CILIA_HISTORY_MAX_BYTES"  # bytes; -1 for no limit
+DEFAULT_HISTORY_MAX_BYTES = 1 << 30                # 1 GiB of control-plane history
+DUPLICATE_WINDOW_S = 120.0                         # Nats-Msg-Id de-duplication window
+MSG_ID = "Nats-Msg-Id"
+
+MESSAGES = Counter("cilia_bus_messages_total", "Events consumed, by outcome",
+                   ["service", "outcome"])
+PUBLISHED = Counter("cilia_bus_published_total", "Events published, by outcome",
+                    ["service", "outcome"])
+
+_tracer = tracer("cilia.bus")
+
+DeliverFrom = Literal["all", "new", "last_per_subject"]
+_DELIVER = {"all": api.DeliverPolicy.ALL, "new": api.DeliverPolicy.NEW,
+            "last_per_subject": api.DeliverPolicy.LAST_PER_SUBJECT}
+
+
+def nats_url(explicit: str | None = None) -> str:
+    """The NATS URL to use: explicit, then ``CILIA_NATS_URL``, then the embedded default."""
+    return explicit or os.environ.get(NATS_URL_ENV) or DEFAULT_NATS_URL
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """Retention of the history stream."""
+
+    max_age_s: float = 0.0
+    max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
+    replicas: int = 1
+
+    @classmethod
+    def from_env(cls) -> HistoryConfig:
+        return cls(max_age_s=float(os.environ.get(HISTORY_MAX_AGE_ENV, "0")),
+                   max_bytes=int(os.environ.get(HISTORY_MAX_BYTES_ENV,
+                                                str(DEFAULT_HISTORY_MAX_BYTES))))
+
+    def stream_config(self) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=subjects.HISTORY_STREAM, subjects=list(subjects.HISTORY_SUBJECTS),
+            retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
+            max_age=self.max_age_s, max_bytes=self.max_bytes,
+            duplicate_window=DUPLICATE_WINDOW_S, num_replicas=self.replicas)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One consumed event with its place in the stream."""
+
+    subject: str
+    event: Event
+    seq: int
+    time: datetime
+    headers: dict[str, str]
+    pending: int
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+@dataclass
+class Subscription:
+    """A running consumer: ``caught_up`` is set once everything stored at start is handled."""
+
+    caught_up: asyncio.Event
+    _sub: Any
+    _task: asyncio.Task[None] | None = None
+    last_seq: int = 0
+    handled: int = field(default=0)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        with contextlib.suppress(Exception):  # the connection may already be closed
+            await self._sub.unsubscribe()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class Bus:
+    """A service's connection to the bus."""
+
+    def __init__(self, nc: Client, service: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.service = service
+
+    @classmethod
+    async def connect(cls, url: str | None, service: str, timeout: float = 5.0) -> Bus:
+        """Connect to NATS.
+
+        Raises:
+            BusError: nothing answers at the URL.
+        """
+        target = nats_url(url)
+        try:
+            nc = await nats.connect(target, name=service, connect_timeout=timeout,
+                                    max_reconnect_attempts=-1, allow_reconnect=True)
+        except Exception as exc:
+            raise BusError(f"cannot reach NATS at {target}: {exc}") from exc
+        return cls(nc, service)
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def ensure_history(self, config: HistoryConfig | None = None) -> api.StreamInfo:
+        """Create the history stream, or update its retention when ``config`` is given."""
+        try:
+            info = await self.js.stream_info(subjects.HISTORY_STREAM)
+        except NotFoundError:
+            return await self.js.add_stream((config or HistoryConfig.from_env()).stream_config())
+        if config is not None:
+            return await self.js.update_stream(config.stream_config())
+        return info
+
+    async def key_value(self, bucket: str, history: int = 1) -> KeyValue:
+        """Open a KV bucket, creating it if missing (safe when several replicas race)."""
+        try:
+            return await self.js.key_value(bucket)
+        except BucketNotFoundError:
+            pass
+        try:
+            return await self.js.create_key_value(api.KeyValueConfig(
+                bucket=bucket, history=history, storage=api.StorageType.FILE))
+        except Exception:
+            return await self.js.key_value(bucket)  # another replica created it first
+
+    async def publish(self, subject: str, event_type: str, data: dict[str, Any], *,
+                      msg_id: str) -> api.PubAck:
+        """Publish one event to the history stream.
+
+        Args:
+            msg_id: unique per logical change and identical on every retry of it; JetStream
+                stores a message id once within the de-duplication window.
+        """
+        payload = encode(event_type, data)
+        with _tracer.start_as_current_span(
+                f"publish {event_type}", kind=SpanKind.PRODUCER,
+                attributes={"messaging.system": "nats", "messaging.destination": subject,
+                            "cilia.msg_id": msg_id}):
+            headers = inject_headers({MSG_ID: msg_id})
+            ack = await self.js.publish(subject, payload, stream=subjects.HISTORY_STREAM,
+                                        headers=headers)
+        PUBLISHED.labels(self.service, "duplicate" if ack.duplicate else "stored").inc()
+        return ack
+
+    async def publish_core(self, subject: str, event_type: str, data: dict[str, Any]) -> None:
+        """Publish one event on core NATS (not stored): flows and other high-volume data."""
+        await self.nc.publish(subject, encode(event_type, data), headers=inject_headers({}))
+
+    async def consume(self, filters: Sequence[str], handler: Handler, *,
+                      deliver: DeliverFrom = "all", name: str = "consume") -> Subscription:
+        """Consume events of the history stream matching ``filters``, in order.
+
+        Undecodable payloads are counted (``cilia_bus_messages_total{outcome="rejected"}``) and
+        skipped; a handler that raises is logged and counted, and consumption goes on.
+        """
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_msg(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        flist = list(filters)
+        config = api.ConsumerConfig(deliver_policy=_DELIVER[deliver],
+                                    filter_subjects=flist if len(flist) > 1 else None)
+        sub = await self.js.subscribe(flist[0], stream=subjects.HISTORY_STREAM, cb=on_msg,
+                                      ordered_consumer=True, config=config)
+        caught_up = asyncio.Event()
+        info = await sub.consumer_info()
+        if info.num_pending == 0 and (info.delivered is None or not info.delivered.stream_seq):
+            caught_up.set()
+        subscription = Subscription(caught_up, sub)
+        subscription._task = asyncio.create_task(self._work(queue, handler, subscription, name))
+        return subscription
+
+    async def snapshot(self, filters: Sequence[str], timeout: float = 10.0) -> dict[str, Delivery]:
+        """The last event of every subject matching ``filters``: the current state the bus holds."""
+        last: dict[str, Delivery] = {}
+
+        async def keep(d: Delivery) -> None:
+            last[d.subject] = d
+
+        sub = await self.consume(filters, keep, deliver="last_per_subject", name="snapshot")
+        try:
+            await asyncio.wait_for(sub.caught_up.wait(), timeout)
+        finally:
+            await sub.stop()
+        return last
+
+    async def _work(self, queue: asyncio.Queue[Msg], handler: Handler,
+                    subscription: Subscription, name: str) -> None:
+        while True:
+            msg = await queue.get()
+            meta = msg.metadata
+            try:
+                event = decode(msg.data)
+            except CodecError as exc:
+                MESSAGES.labels(self.service, "rejected").inc()
+                log.warning("%s: skipped message %s on %s: %s", self.service,
+                            meta.sequence.stream, msg.subject, exc)
+            else:
+                await self._handle(msg, event, handler, name)
+            subscription.last_seq = meta.sequence.stream
+            subscription.handled += 1
+            if meta.num_pending == 0:
+                subscription.caught_up.set()
+
+    async def _handle(self, msg: Msg, event: Event, handler: Handler, name: str) -> None:
+        meta = msg.metadata
+        headers = dict(msg.headers or {})
+        with _tracer.start_as_current_span(
+                f"{name} {event.type}", context=extract_context(headers), kind=SpanKind.CONSUMER,
+                attributes={"messaging.system": "nats", "messaging.destination": msg.subject,
+                            "cilia.seq": meta.sequence.stream, "cilia.service": self.service}):
+            try:
+                await handler(Delivery(msg.subject, event, meta.sequence.stream,
+                                       meta.timestamp, headers, meta.num_pending))
+            except Exception:
+                MESSAGES.labels(self.service, "failed").inc()
+                log.exception("%s: handler failed on %s (seq %s)", self.service, msg.subject,
+                              meta.sequence.stream)
+                return
+        MESSAGES.labels(self.service, "handled").inc()

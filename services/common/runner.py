@@ -1,0 +1,125 @@
+"""The service runner: one asyncio process per service replica.
+
+Connects to the bus, answers heartbeats on ``cilia.ctl.status`` (request/reply), serves
+Prometheus metrics on an optional port, and shuts down cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from nats.aio.msg import Msg
+from prometheus_client import start_http_server
+
+from services.common import subjects
+from services.common.bus import Bus
+from services.common.codec import encode
+from services.common.tracing import setup_tracing, shutdown_tracing
+
+log = logging.getLogger(__name__)
+
+STATE_STARTING = "starting"
+STATE_OK = "ok"
+STATE_DEGRADED = "degraded"
+
+
+class Service(Protocol):
+    """What the runner needs from a service."""
+
+    name: str
+
+    async def start(self, bus: Bus) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def state(self) -> str: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def default_replica() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Heartbeat:
+    """Answers status requests for one service replica."""
+
+    def __init__(self, service: Service, replica: str, node: str | None = None) -> None:
+        self.service = service
+        self.replica = replica
+        self.node = node
+        self.started = time.monotonic()
+        self._sub: Any = None
+
+    def payload(self) -> bytes:
+        data: dict[str, Any] = {
+            "service": self.service.name, "replica": self.replica, "pid": os.getpid(),
+            "state": self.service.state(), "uptime_s": round(time.monotonic() - self.started, 3),
+            "stats": self.service.stats()}
+        if self.node:
+            data["node"] = self.node
+        return encode("service.status", data)
+
+    async def start(self, bus: Bus) -> None:
+        async def on_request(msg: Msg) -> None:
+            if msg.reply:
+                await bus.nc.publish(msg.reply, self.payload())
+
+        self._sub = await bus.nc.subscribe(subjects.STATUS, cb=on_request)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+
+async def serve(service: Service, nats_url: str | None, *, replica: str | None = None,
+                metrics_port: int | None = None, node: str | None = None) -> None:
+    """Run ``service`` until SIGTERM or SIGINT."""
+    setup_tracing(service.name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if metrics_port:
+        start_http_server(metrics_port, addr="127.0.0.1")
+    bus = await Bus.connect(nats_url, service.name)
+    heartbeat = Heartbeat(service, replica or default_replica(), node)
+    try:
+        await bus.ensure_history()
+        await heartbeat.start(bus)
+        await service.start(bus)
+        log.info("%s running (replica %s)", service.name, heartbeat.replica)
+        await stop.wait()
+    finally:
+        await service.stop()
+        await heartbeat.stop()
+        await bus.close()
+        shutdown_tracing()
+
+
+def service_main(name: str, factory: Callable[[argparse.Namespace], Service],
+                 argv: Sequence[str] | None = None,
+                 extra_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """Command-line entry of a service process (``python -m services.<name>``)."""
+    parser = argparse.ArgumentParser(prog=f"cilia-{name}")
+    parser.add_argument("--nats-url", default=None, help="NATS URL (default $CILIA_NATS_URL)")
+    parser.add_argument("--replica", default=None, help="replica name (default host-pid)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port")
+    parser.add_argument("--log-level", default=os.environ.get("CILIA_LOG_LEVEL", "INFO"))
+    if extra_args:
+        extra_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    service = factory(args)
+    asyncio.run(serve(service, args.nats_url, replica=args.replica,
+                      metrics_port=args.metrics_port, node=getattr(args, "node", None)))

@@ -1,0 +1,281 @@
+"""The identity service: Pod and Namespace events in, identities and ipcache entries out.
+
+State is rebuilt from the bus on start: the last published identity and ipcache events tell what
+the bus already says, the source history tells what it should say; the service publishes only
+the difference. Numbers live in the KV bucket, so restarts and replicas keep them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter
+
+from services.common import subjects
+from services.common.bus import Bus, Delivery, Subscription
+from services.common.identities import RESERVED, reserved_labels
+from services.common.labels import Labels
+from services.common.runner import STATE_OK, STATE_STARTING
+from services.common.tracing import tracer
+from services.identity.allocator import Allocator, JetStreamStore
+from services.identity.derive import LabelFilter, pod_identity_labels
+
+log = logging.getLogger(__name__)
+
+GRACE_ENV = "CILIA_IDENTITY_GRACE"
+DEFAULT_GRACE_S = 300.0        # an unused identity is kept this long before release
+MAX_GC_TICK_S = 5.0            # GC looks for expired identities at least this often
+ALLOC_CONCURRENCY = 64         # allocations in flight while catching up
+
+ALLOCATIONS = Counter("cilia_identity_allocations_total", "Identities allocated", ["outcome"])
+_tracer = tracer("cilia.identity")
+
+PodKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    obj: dict[str, Any]
+    ip: str | None
+    host_ip: str | None
+    node: str | None
+
+
+@dataclass(frozen=True)
+class IpcacheEntry:
+    identity: int
+    host_ip: str
+    pod: str
+
+
+class IdentityService:
+    name = "identity"
+
+    def __init__(self, grace_s: float | None = None,
+                 label_filter: LabelFilter | None = None) -> None:
+        self.grace_s = grace_s if grace_s is not None else float(
+            os.environ.get(GRACE_ENV, DEFAULT_GRACE_S))
+        self.filter = label_filter or LabelFilter.from_env()
+        self.bus: Bus | None = None
+        self.allocator: Allocator | None = None
+        self.namespaces: dict[str, dict[str, str]] = {}
+        self.pods: dict[PodKey, PodInfo] = {}
+        self.pod_identity: dict[PodKey, tuple[int, Labels]] = {}
+        self.pod_prefix: dict[PodKey, str] = {}
+        self.usage: dict[int, set[PodKey]] = defaultdict(set)
+        self.labels_of: dict[int, Labels] = {}
+        self.unused_since: dict[int, float] = {}
+        self.published_ids: dict[int, list[str]] = {}
+        self.published_ip: dict[str, IpcacheEntry] = {}
+        self._dirty: set[PodKey] = set()
+        self._live = False
+        self._subs: list[Subscription] = []
+        self._gc_task: asyncio.Task[None] | None = None
+        self.released = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, bus: Bus) -> None:
+        self.bus = bus
+        self.allocator = Allocator(JetStreamStore(await bus.key_value(subjects.KV_IDENTITIES)))
+        now = time.monotonic()
+        for num, labels in (await self.allocator.load()).items():
+            self.labels_of[num] = labels
+            self.unused_since[num] = now
+        outputs = await bus.consume(
+            ["cilia.identity.>", f"cilia.ipcache.{subjects.IPCACHE_SOURCE_K8S}.>"],
+            self._on_output, deliver="last_per_subject", name="identity-outputs")
+        self._subs.append(outputs)
+        await outputs.caught_up.wait()
+        await self._publish_reserved()
+        sources = await bus.consume(
+            [subjects.source_filter("Namespace"), subjects.source_filter("Pod")],
+            self._on_source, name="identity")
+        self._subs.append(sources)
+        if sources.caught_up.is_set():
+            self._live = True
+        self._gc_task = asyncio.create_task(self._gc_loop())
+
+    async def stop(self) -> None:
+        if self._gc_task:
+            self._gc_task.cancel()
+            await asyncio.gather(self._gc_task, return_exceptions=True)
+        for sub in self._subs:
+            await sub.stop()
+
+    def state(self) -> str:
+        return STATE_OK if self._live else STATE_STARTING
+
+    def stats(self) -> dict[str, Any]:
+        return {"identities": len(self.published_ids), "pods": len(self.pods),
+                "ipcache": len(self.published_ip), "released": self.released,
+                "conflicts": self.allocator.conflicts if self.allocator else 0}
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    async def _on_output(self, d: Delivery) -> None:
+        self._record(d.event.type, d.event.data)
+
+    def _record(self, event_type: str, data: dict[str, Any]) -> None:
+        """Remember what the bus says (from the bus, or from our own publish)."""
+        match event_type:
+            case "identity.upsert":
+                self.published_ids[data["id"]] = data["labels"]
+            case "identity.delete":
+                self.published_ids.pop(data["id"], None)
+            case "ipcache.upsert":
+                self.published_ip[data["prefix"]] = IpcacheEntry(
+                    data["identity"], data.get("host_ip") or "", data.get("pod") or "")
+            case "ipcache.delete":
+                self.published_ip.pop(data["prefix"], None)
+
+    async def _on_source(self, d: Delivery) -> None:
+        data = d.event.data
+        kind, ns, name = data["kind"], data["namespace"], data["name"]
+        deleted = d.event.type == "object.delete"
+        if kind == "Namespace":
+            labels = {} if deleted else dict(data["object"]["metadata"].get("labels") or {})
+            if self.namespaces.get(name) != labels:
+                self.namespaces[name] = labels
+                self._dirty.update(k for k in self.pods if k[0] == name)
+        elif kind == "Pod":
+            key = (ns, name)
+            if deleted:
+                self.pods.pop(key, None)
+            else:
+                obj = data["object"]
+                status = obj.get("status") or {}
+                self.pods[key] = PodInfo(obj, status.get("podIP"), status.get("hostIP"),
+                                         (obj.get("spec") or {}).get("nodeName"))
+            self._dirty.add(key)
+        if self._live or d.pending == 0:
+            self._live = True
+            dirty, self._dirty = self._dirty, set()
+            await self._reconcile(dirty, f"{d.seq}")
+
+    # -- reconciliation --------------------------------------------------------------------
+
+    async def _reconcile(self, keys: set[PodKey], cause: str) -> None:
+        assert self.allocator is not None
+        desired: dict[PodKey, Labels] = {}
+        for key in keys:
+            pod = self.pods.get(key)
+            if pod is not None:
+                desired[key] = pod_identity_labels(pod.obj, self.namespaces.get(key[0], {}),
+                                                   self.filter)
+        numbers = await self._allocate_all(set(desired.values()))
+        for key in sorted(keys):
+            await self._reconcile_pod(key, desired.get(key), numbers, cause)
+
+    async def _allocate_all(self, label_sets: set[Labels]) -> dict[Labels, int]:
+        assert self.allocator is not None
+        allocator = self.allocator
+        gate = asyncio.Semaphore(ALLOC_CONCURRENCY)
+
+        async def one(labels: Labels) -> tuple[Labels, int]:
+            async with gate:
+                alloc = await allocator.allocate(labels)
+            ALLOCATIONS.labels("new" if alloc.new else "existing").inc()
+            return labels, alloc.id
+
+        return dict(await asyncio.gather(*(one(ls) for ls in label_sets)))
+
+    async def _reconcile_pod(self, key: PodKey, labels: Labels | None,
+                             numbers: dict[Labels, int], cause: str) -> None:
+        old = self.pod_identity.get(key)
+        num = numbers[labels] if labels is not None else None
+        if old is not None and old[0] != num:
+            self.usage[old[0]].discard(key)
+            if not self.usage[old[0]]:
+                self.unused_since[old[0]] = time.monotonic()
+        if labels is None or num is None:
+            self.pod_identity.pop(key, None)
+        else:
+            self.pod_identity[key] = (num, labels)
+            self.usage[num].add(key)
+            self.labels_of[num] = labels
+            self.unused_since.pop(num, None)
+            if self.published_ids.get(num) != labels.strings():
+                await self._publish(subjects.identity(num), "identity.upsert",
+                                    {"id": num, "labels": labels.strings()}, cause)
+        await self._reconcile_ipcache(key, num, cause)
+
+    async def _reconcile_ipcache(self, key: PodKey, num: int | None, cause: str) -> None:
+        pod = self.pods.get(key)
+        pod_name = f"{key[0]}/{key[1]}"
+        prefix = f"{pod.ip}/32" if pod is not None and pod.ip and num is not None else None
+        old_prefix = self.pod_prefix.get(key)
+        if old_prefix and old_prefix != prefix:
+            self.pod_prefix.pop(key, None)
+            owner = self.published_ip.get(old_prefix)
+            if owner is not None and owner.pod == pod_name:
+                await self._publish(subjects.ipcache(old_prefix), "ipcache.delete",
+                                    {"prefix": old_prefix, "identity": owner.identity}, cause)
+        if prefix is None or pod is None or num is None:
+            return
+        self.pod_prefix[key] = prefix
+        want = IpcacheEntry(num, pod.host_ip or "", pod_name)
+        if self.published_ip.get(prefix) != want:
+            data: dict[str, Any] = {"prefix": prefix, "identity": num, "host_ip": want.host_ip,
+                                    "pod": pod_name}
+            if pod.node:
+                data["node"] = pod.node
+            await self._publish(subjects.ipcache(prefix), "ipcache.upsert", data, cause)
+
+    async def _publish(self, subject: str, event_type: str, data: dict[str, Any],
+                       cause: str) -> None:
+        assert self.bus is not None
+        # Deterministic per (cause, subject, type): replicas handling the same source event
+        # publish the same id, and JetStream stores it once.
+        await self.bus.publish(subject, event_type, data,
+                               msg_id=f"identity/{cause}/{subject}/{event_type}")
+        self._record(event_type, data)
+
+    async def _publish_reserved(self) -> None:
+        for num in sorted(RESERVED):
+            labels = reserved_labels(num).strings()
+            if self.published_ids.get(num) != labels:
+                await self._publish(subjects.identity(num), "identity.upsert",
+                                    {"id": num, "labels": labels}, "reserved-v1")
+
+    # -- garbage collection ----------------------------------------------------------------
+
+    async def _gc_loop(self) -> None:
+        tick = max(0.05, min(self.grace_s / 4, MAX_GC_TICK_S))
+        while True:
+            await asyncio.sleep(tick)
+            if self._live:
+                try:
+                    await self.collect()
+                except Exception:
+                    log.exception("identity GC failed; retrying next tick")
+
+    async def collect(self, now: float | None = None) -> list[int]:
+        """Release identities unused for longer than the grace period; returns their numbers."""
+        assert self.allocator is not None
+        now = time.monotonic() if now is None else now
+        expired = [n for n, since in self.unused_since.items()
+                   if now - since >= self.grace_s and not self.usage.get(n)]
+        for num in expired:
+            labels = self.labels_of.get(num)
+            self.unused_since.pop(num, None)
+            if labels is None:
+                continue
+            with _tracer.start_as_current_span("identity release",
+                                               attributes={"cilia.identity": num}):
+                released = await self.allocator.release(num, labels)
+                if num in self.published_ids:
+                    await self._publish(subjects.identity(num), "identity.delete",
+                                        {"id": num, "labels": labels.strings()},
+                                        f"gc-{labels.digest()}")
+            self.labels_of.pop(num, None)
+            self.usage.pop(num, None)
+            self.released += int(released)
+        return expired
+

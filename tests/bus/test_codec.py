@@ -1,0 +1,52 @@
+"""The msgpack codec: pure round trips and typed rejections."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.common.codec import decode, encode
+from services.common.errors import MalformedPayload, UnknownSchemaVersion
+from services.common.schemas import SCHEMA_VERSION
+
+
+@given(num=st.integers(min_value=0, max_value=2**32 - 1),
+       labels=st.lists(st.text(min_size=1, max_size=40), max_size=10))
+def test_identity_event_round_trip(num: int, labels: list[str]) -> None:
+    event = decode(encode("identity.upsert", {"id": num, "labels": labels}))
+    assert event.type == "identity.upsert"
+    assert event.data == {"id": num, "labels": labels}
+
+
+def test_object_event_round_trip_keeps_nested_maps() -> None:
+    obj = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "labels": {"x": "1"}}}
+    data = {"kind": "Pod", "namespace": "default", "name": "a", "object": obj}
+    assert decode(encode("object.upsert", data)).data == data
+
+
+def test_unknown_version_is_rejected_with_a_clear_error() -> None:
+    payload = msgpack.packb({"v": SCHEMA_VERSION + 1, "type": "identity.upsert",
+                             "data": {"id": 1, "labels": []}})
+    with pytest.raises(UnknownSchemaVersion, match="schema version 2 is not supported"):
+        decode(payload)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"\xc1garbage", "not a msgpack payload"),
+    (msgpack.packb([1, 2]), "payload must be a map"),
+    (msgpack.packb({"v": SCHEMA_VERSION, "type": "nope", "data": {}}), "unknown event type"),
+    (msgpack.packb({"v": SCHEMA_VERSION, "type": "identity.upsert", "data": {"id": 1}}),
+     "missing field 'labels'"),
+    (msgpack.packb({"v": SCHEMA_VERSION, "type": "identity.upsert",
+                    "data": {"id": "1", "labels": []}}), "field 'id' must be int"),
+])
+def test_malformed_payloads_are_rejected(payload: bytes, message: str) -> None:
+    with pytest.raises(MalformedPayload, match=message):
+        decode(payload)
+
+
+def test_encode_validates_before_anything_is_sent() -> None:
+    with pytest.raises(MalformedPayload, match="field 'id' must be int"):
+        encode("identity.upsert", {"id": True, "labels": []})

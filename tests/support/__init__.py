@@ -1,0 +1,1 @@
+"""Shared test helpers: isolated nats-server, service processes, bus readers."""
