@@ -83,6 +83,8 @@ def start_nats(store_dir: Path, port: int = 0, host: str = "127.0.0.1",
         detach: start it in its own session so that it outlives this process.
     """
     store_dir.mkdir(parents=True, exist_ok=True)
+    if log_file:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     args = [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115

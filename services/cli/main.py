@@ -1,0 +1,165 @@
+"""The ``cilia`` command line: the user's surface over the bus and the lab."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from tabulate import tabulate
+
+from services.cli import controlplane, manifests, source
+from services.cli._context import (
+    CliContext,
+    default_state_dir,
+    output_option,
+    pass_ctx,
+    print_json,
+    run_async,
+)
+from services.cli.demo import demo
+from services.cli.identity import identity_group
+from services.common import subjects
+from services.common.bus import Bus, HistoryConfig
+from services.common.errors import CiliaError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--nats-url", envvar="CILIA_NATS_URL", default=None,
+              help="use this NATS server (default: the one `cilia up` started)")
+@click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+              help="state directory (default $CILIA_STATE_DIR or /var/lib/cilia)")
+@click.pass_context
+def cli(ctx: click.Context, nats_url: str | None, state_dir: Path | None) -> None:
+    """cilia: eBPF networking and security for Kubernetes, on NATS JetStream."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    ctx.obj = CliContext(nats_url, state_dir or default_state_dir())
+
+
+@cli.command()
+@click.option("--port", type=int, default=controlplane.EMBEDDED_PORT, show_default=True,
+              help="port of the embedded nats-server")
+@click.option("--history-max-age", type=float, default=None,
+              help="seconds of history kept (0: forever; default $CILIA_HISTORY_MAX_AGE)")
+@click.option("--history-max-bytes", type=int, default=None,
+              help="bytes of history kept (default $CILIA_HISTORY_MAX_BYTES or 1 GiB)")
+@click.option("--replicas", multiple=True, metavar="SERVICE=N",
+              help="replicas of a service, e.g. identity=2")
+@pass_ctx
+def up(ctx: CliContext, port: int, history_max_age: float | None,
+       history_max_bytes: int | None, replicas: tuple[str, ...]) -> None:
+    """Start the control plane in the background: embedded NATS (unless --nats-url) and the
+    services, one process each."""
+    base = HistoryConfig.from_env()
+    history = HistoryConfig(
+        max_age_s=base.max_age_s if history_max_age is None else history_max_age,
+        max_bytes=base.max_bytes if history_max_bytes is None else history_max_bytes)
+    counts: dict[str, int] = {}
+    for item in replicas:
+        name, _, num = item.partition("=")
+        if name not in controlplane.SERVICES or not num.isdigit() or int(num) < 1:
+            raise click.BadParameter(f"{item!r}: expected SERVICE=N with SERVICE one of "
+                                     f"{', '.join(controlplane.SERVICES)}", param_hint="--replicas")
+        counts[name] = int(num)
+    explicit = ctx.url() if ctx.explicit_url else None
+    try:
+        state = controlplane.up(ctx.state_dir, explicit, port, history, counts)
+    except CiliaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    where = "embedded" if state["embedded"] else "external"
+    click.echo(f"NATS JetStream ({where}): {state['nats_url']}")
+    for proc in state["processes"]:
+        click.echo(f"  {proc['name']:<16} pid {proc['pid']}")
+    click.echo("control plane is up; `cilia down` stops it")
+
+
+@cli.command()
+@click.option("--purge", is_flag=True, help="also delete the embedded bus's store")
+@pass_ctx
+def down(ctx: CliContext, purge: bool) -> None:
+    """Stop exactly what `cilia up` started."""
+    stopped = controlplane.down(ctx.state_dir, purge)
+    for name in stopped:
+        click.echo(f"stopped {name}")
+    if not stopped:
+        click.echo("nothing to stop")
+
+
+@cli.command()
+@output_option
+@pass_ctx
+def status(ctx: CliContext, output: str) -> None:
+    """Bus, streams and services at a glance."""
+
+    async def gather(bus: Bus) -> dict[str, Any]:
+        info = await bus.js.stream_info(subjects.HISTORY_STREAM)
+        replies = await controlplane.collect_status(bus)
+        return {"nats": {"url": ctx.url(), "server": str(bus.nc.connected_server_version),
+                         "jetstream": True},
+                "streams": [{"name": info.config.name, "messages": info.state.messages,
+                             "bytes": info.state.bytes, "max_age_s": info.config.max_age,
+                             "max_bytes": info.config.max_bytes}],
+                "services": replies}
+
+    data = ctx.run(gather)
+    if output == "json":
+        print_json(data)
+        return
+    click.echo(f"NATS:       OK   {data['nats']['url']} (server {data['nats']['server']}, "
+               "JetStream enabled)")
+    for s in data["streams"]:
+        age = "forever" if not s["max_age_s"] else f"{s['max_age_s']:.0f}s"
+        click.echo(f"Stream:     {s['name']}: {s['messages']} messages, {s['bytes']} bytes "
+                   f"(retention {age}, {s['max_bytes']} bytes)")
+    rows = [[r["service"], r["replica"], r["pid"], r["state"].upper(), f"{r['uptime_s']:.0f}s"]
+            for r in data["services"]]
+    click.echo(tabulate(rows, headers=["SERVICE", "REPLICA", "PID", "STATE", "UPTIME"],
+                        tablefmt="plain"))
+
+
+def _load_or_fail(files: tuple[str, ...]) -> list[manifests.Manifest]:
+    try:
+        return manifests.load(files)
+    except manifests.ManifestErrors as exc:
+        for err in exc.errors:
+            click.echo(f"error: {err}", err=True)
+        click.echo("nothing was applied", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("-f", "--filename", "files", multiple=True, required=True,
+              help="manifest file or directory (repeatable)")
+@pass_ctx
+def apply(ctx: CliContext, files: tuple[str, ...]) -> None:
+    """Apply Kubernetes manifests (validated whole: a bad file applies nothing)."""
+    items = _load_or_fail(files)
+    for outcome in ctx.run(lambda bus: source.apply(bus, items)):
+        click.echo(str(outcome))
+
+
+@cli.command()
+@click.option("-f", "--filename", "files", multiple=True, required=True,
+              help="manifest file or directory (repeatable)")
+@pass_ctx
+def delete(ctx: CliContext, files: tuple[str, ...]) -> None:
+    """Delete the objects named in manifests."""
+    items = _load_or_fail(files)
+    outcomes = ctx.run(lambda bus: source.delete(bus, items))
+    for outcome in outcomes:
+        click.echo(str(outcome), err=outcome.result == source.NOT_FOUND)
+    if any(o.result == source.NOT_FOUND for o in outcomes):
+        sys.exit(1)
+
+
+cli.add_command(identity_group)
+cli.add_command(demo)
+
+
+def main() -> None:
+    cli(prog_name="cilia")
+
+
+__all__ = ["cli", "main", "run_async"]

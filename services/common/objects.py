@@ -1,0 +1,194 @@
+"""Validation of ordinary Kubernetes objects entering the bus (pure code).
+
+Each supported kind has a validator that raises :class:`ObjectError` naming the field at fault.
+Other parts register their kinds (policies, services...) in :data:`KINDS`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.errors import CiliaError
+
+MAX_DNS_LABEL = 63
+MAX_DNS_SUBDOMAIN = 253
+MAX_LABEL_VALUE = 63
+MAX_PORT_NAME = 15
+MAX_PORT = 65535
+DEFAULT_NAMESPACE = "default"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+class ObjectError(CiliaError):
+    """An object is invalid; ``path`` is the field at fault (``spec.containers[0].ports``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    api_versions: tuple[str, ...]
+    namespaced: bool
+    validate: Callable[[Mapping[str, Any]], None]
+
+
+def require_map(obj: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise ObjectError(path, f"must be a map, got {type(obj).__name__}")
+    return obj
+
+
+def require_list(obj: Any, path: str) -> list[Any]:
+    if not isinstance(obj, list):
+        raise ObjectError(path, f"must be a list, got {type(obj).__name__}")
+    return obj
+
+
+def require_str(obj: Any, path: str) -> str:
+    if not isinstance(obj, str):
+        raise ObjectError(path, f"must be a string, got {type(obj).__name__}")
+    return obj
+
+
+def validate_dns_label(value: Any, path: str) -> str:
+    text = require_str(value, path)
+    if len(text) > MAX_DNS_LABEL or not _DNS_LABEL.match(text):
+        raise ObjectError(path, f"{text!r} is not a valid DNS label (lower case alphanumerics "
+                                f"and '-', at most {MAX_DNS_LABEL} characters)")
+    return text
+
+
+def validate_dns_subdomain(value: Any, path: str) -> str:
+    text = require_str(value, path)
+    if len(text) > MAX_DNS_SUBDOMAIN or not _DNS_SUBDOMAIN.match(text):
+        raise ObjectError(path, f"{text!r} is not a valid DNS subdomain name")
+    return text
+
+
+def validate_label_key(key: Any, path: str) -> None:
+    text = require_str(key, path)
+    prefix, _, name = text.rpartition("/")
+    if prefix and (len(prefix) > MAX_DNS_SUBDOMAIN or not _DNS_SUBDOMAIN.match(prefix)):
+        raise ObjectError(path, f"label key {text!r} has an invalid prefix {prefix!r}")
+    if not name or len(name) > MAX_DNS_LABEL or not _LABEL_NAME.match(name):
+        raise ObjectError(path, f"label key {text!r} is not a valid qualified name")
+
+
+def validate_labels(labels: Any, path: str) -> None:
+    for key, value in require_map(labels, path).items():
+        validate_label_key(key, f"{path}.{key}")
+        text = require_str(value, f"{path}.{key}")
+        if len(text) > MAX_LABEL_VALUE or not _LABEL_VALUE.match(text):
+            raise ObjectError(f"{path}.{key}", f"label value {text!r} is not valid")
+
+
+def validate_ip(value: Any, path: str) -> str:
+    text = require_str(value, path)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ObjectError(path, f"{text!r} is not an IP address") from None
+    return text
+
+
+def validate_port(value: Any, path: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_PORT:
+        raise ObjectError(path, f"must be a port number 1-{MAX_PORT}, got {value!r}")
+    return value
+
+
+def validate_metadata(obj: Mapping[str, Any], namespaced: bool, dns_label: bool) -> None:
+    meta = require_map(obj.get("metadata"), "metadata")
+    if "name" not in meta:
+        raise ObjectError("metadata.name", "is required")
+    if dns_label:
+        validate_dns_label(meta["name"], "metadata.name")
+    else:
+        validate_dns_subdomain(meta["name"], "metadata.name")
+    if "namespace" in meta:
+        if not namespaced:
+            raise ObjectError("metadata.namespace", "must not be set on a cluster-scoped object")
+        validate_dns_label(meta["namespace"], "metadata.namespace")
+    if "labels" in meta and meta["labels"] is not None:
+        validate_labels(meta["labels"], "metadata.labels")
+
+
+def validate_namespace(obj: Mapping[str, Any]) -> None:
+    validate_metadata(obj, namespaced=False, dns_label=True)
+
+
+def validate_container_ports(ports: Any, path: str) -> None:
+    names: set[str] = set()
+    for i, port in enumerate(require_list(ports, path)):
+        p = f"{path}[{i}]"
+        port = require_map(port, p)
+        if "containerPort" not in port:
+            raise ObjectError(f"{p}.containerPort", "is required")
+        validate_port(port["containerPort"], f"{p}.containerPort")
+        proto = port.get("protocol", "TCP")
+        if proto not in PROTOCOLS:
+            raise ObjectError(f"{p}.protocol", f"must be one of {', '.join(PROTOCOLS)}, "
+                                               f"got {proto!r}")
+        if "name" in port:
+            name = require_str(port["name"], f"{p}.name")
+            if len(name) > MAX_PORT_NAME or not _PORT_NAME.match(name) or name.isdigit():
+                raise ObjectError(f"{p}.name", f"{name!r} is not a valid port name")
+            if name in names:
+                raise ObjectError(f"{p}.name", f"duplicate port name {name!r}")
+            names.add(name)
+
+
+def validate_pod_spec(spec: Any, path: str) -> None:
+    spec = require_map(spec, path)
+    containers = require_list(spec.get("containers"), f"{path}.containers")
+    if not containers:
+        raise ObjectError(f"{path}.containers", "must have at least one container")
+    for i, container in enumerate(containers):
+        p = f"{path}.containers[{i}]"
+        container = require_map(container, p)
+        if "name" not in container:
+            raise ObjectError(f"{p}.name", "is required")
+        validate_dns_label(container["name"], f"{p}.name")
+        if "ports" in container and container["ports"] is not None:
+            validate_container_ports(container["ports"], f"{p}.ports")
+    for field in ("serviceAccountName", "nodeName"):
+        if field in spec:
+            validate_dns_subdomain(spec[field], f"{path}.{field}")
+
+
+def validate_pod(obj: Mapping[str, Any]) -> None:
+    validate_metadata(obj, namespaced=True, dns_label=False)
+    validate_pod_spec(obj.get("spec"), "spec")
+    status = obj.get("status")
+    if status is not None:
+        status = require_map(status, "status")
+        for field in ("podIP", "hostIP"):
+            if field in status:
+                validate_ip(status[field], f"status.{field}")
+
+
+KINDS: dict[str, KindSpec] = {
+    "Namespace": KindSpec(("v1",), namespaced=False, validate=validate_namespace),
+    "Pod": KindSpec(("v1",), namespaced=True, validate=validate_pod),
+}
+
+
+def object_ref(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(kind, namespace, name) of a validated object; namespace is '' if cluster-scoped."""
+    kind = obj["kind"]
+    meta = obj["metadata"]
+    namespace = (meta.get("namespace") or DEFAULT_NAMESPACE) if KINDS[kind].namespaced else ""
+    return kind, namespace, meta["name"]
