@@ -1,0 +1,276 @@
+"""Compile rules into per-subject rule sets over selector ids, and expand them into map entries.
+
+Two halves, both pure:
+
+* :func:`compile_rule` turns one model :class:`~services.policy.model.Rule` into a
+  :class:`CompiledRule` whose peers are selector ids. A subject identity's
+  :class:`SubjectPolicy` is the sorted tuple of the compiled rules selecting it; it changes only
+  when the set of rules selecting the subject changes, never when peers come and go (that is
+  the selectors' deltas). This is what the service publishes per identity.
+* :func:`expand` turns a :class:`SubjectPolicy` plus selector members into the logical policy
+  map entries (:class:`~services.common.policytypes.PolicyKey` -> Verdict). The agent and the
+  trace tool both call it, and :func:`lookup` is the one definition of how a packet matches
+  them, so the trace and the datapath cannot disagree.
+
+Semantics of the entries (self-contained: no other flag is needed to enforce them):
+
+* A direction that no selecting rule makes default-deny gets a wildcard allow entry
+  ``(subject, ANY_PEER, dir, ANY_PROTO, 0, 0) -> ALLOW``; a subject with no rules at all is
+  therefore open both ways, and an enforced direction simply has no wildcard.
+* Allows are a union; the same key from an allow and a deny is DENY, and :func:`lookup` checks
+  every matching deny before any allow, so a deny on a wider key still wins.
+* Named ports are resolved against the *destination* endpoint's container ports, as Cilium
+  does: the subject's own ports for ingress, each peer's ports for egress (the union over all
+  identities for an egress rule that names no peer). ``named_ports`` maps identity -> port name
+  -> {(proto, port)}; a name nobody declares allows nothing.
+* ``toFQDNs`` peers are parsed and published but select nobody yet (a later issue enforces
+  them); their section still makes the direction default-deny, as in Cilium.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from services.common.policytypes import ANY_PEER, ANY_PORT, ANY_PROTO, Direction, PolicyKey, Verdict
+
+from .cidr import cidr_selector
+from .model import PolicyRef, PortRule, Rule, Section
+from .selector import EndpointSelector
+
+NamedPorts = Mapping[int, Mapping[str, Collection[tuple[int, int]]]]
+SUBJECT_SCHEMA = 1  # version of the SubjectPolicy dict form
+
+
+class RuleOrigin(NamedTuple):
+    """Which rule an entry came from: policy, spec index, section and index in the section."""
+
+    kind: str
+    namespace: str
+    name: str
+    rule: int
+    section: str
+    position: int
+
+    @property
+    def policy(self) -> PolicyRef:
+        return PolicyRef(self.kind, self.namespace, self.name)
+
+    def __str__(self) -> str:
+        where = f"{self.section}[{self.position}]" if self.section else "default-deny"
+        return f"{self.policy} rule {self.rule} {where}"
+
+
+@dataclass(frozen=True, order=True)
+class CompiledEntry:
+    """One peer rule with selector ids: the peers (or any peer), on the ports."""
+
+    origin: RuleOrigin
+    any_peer: bool
+    selectors: tuple[str, ...]
+    ports: tuple[PortRule, ...]
+    fqdns: tuple[str, ...] = ()
+
+    @property
+    def section(self) -> Section:
+        return Section(self.origin.section)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"section": self.origin.section, "index": self.origin.position,
+                "any_peer": self.any_peer, "selectors": list(self.selectors),
+                "ports": [p.to_list() for p in self.ports], "fqdns": list(self.fqdns)}
+
+
+@dataclass(frozen=True, order=True)
+class CompiledRule:
+    """One policy rule (``spec``) compiled against selector ids."""
+
+    origin: RuleOrigin            # section "" / index -1: the rule as a whole
+    subject: str                  # selector id of the endpoints it applies to
+    default_deny_ingress: bool
+    default_deny_egress: bool
+    entries: tuple[CompiledEntry, ...]
+
+    def selector_ids(self) -> set[str]:
+        return {self.subject, *(s for e in self.entries for s in e.selectors)}
+
+    def default_deny(self, direction: Direction) -> bool:
+        return self.default_deny_ingress if direction == Direction.INGRESS \
+            else self.default_deny_egress
+
+    def to_dict(self) -> dict[str, Any]:
+        o = self.origin
+        return {"kind": o.kind, "namespace": o.namespace, "name": o.name, "rule": o.rule,
+                "subject": self.subject, "default_deny_ingress": self.default_deny_ingress,
+                "default_deny_egress": self.default_deny_egress,
+                "entries": [e.to_dict() for e in self.entries]}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> CompiledRule:
+        def entry(e: Mapping[str, Any]) -> CompiledEntry:
+            origin = RuleOrigin(doc["kind"], doc["namespace"], doc["name"], doc["rule"],
+                                e["section"], e["index"])
+            return CompiledEntry(origin, e["any_peer"], tuple(e["selectors"]),
+                                 tuple(PortRule(*p) for p in e["ports"]), tuple(e["fqdns"]))
+        return cls(RuleOrigin(doc["kind"], doc["namespace"], doc["name"], doc["rule"], "", -1),
+                   doc["subject"], doc["default_deny_ingress"], doc["default_deny_egress"],
+                   tuple(entry(e) for e in doc["entries"]))
+
+
+@dataclass(frozen=True)
+class SubjectPolicy:
+    """Everything that applies to one subject identity; published per identity."""
+
+    identity: int
+    rules: tuple[CompiledRule, ...] = ()
+    revision: int = field(default=0, compare=False)
+
+    def enforced(self, direction: Direction) -> bool:
+        return any(r.default_deny(direction) for r in self.rules)
+
+    def selector_ids(self) -> set[str]:
+        return set().union(*(r.selector_ids() for r in self.rules)) if self.rules else set()
+
+    def to_dict(self) -> dict[str, Any]:
+        """msgpack-friendly form (what the service publishes for this identity)."""
+        return {"schema": SUBJECT_SCHEMA, "identity": self.identity, "revision": self.revision,
+                "ingress_enforced": self.enforced(Direction.INGRESS),
+                "egress_enforced": self.enforced(Direction.EGRESS),
+                "rules": [r.to_dict() for r in self.rules]}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> SubjectPolicy:
+        return cls(doc["identity"], tuple(CompiledRule.from_dict(r) for r in doc["rules"]),
+                   doc["revision"])
+
+
+def rule_selectors(rule: Rule) -> dict[str, EndpointSelector]:
+    """Every selector a rule needs in the selector cache (subject, peers, CIDR peers)."""
+    out = {rule.subject.id: rule.subject}
+    for peer in rule.peers:
+        for sel in (*peer.endpoints, *(cidr_selector(c) for c in peer.cidrs)):
+            out[sel.id] = sel
+    return out
+
+
+def rule_prefixes(rule: Rule) -> list[str]:
+    """Every prefix a rule needs a CIDR identity for (excepts included), with repeats."""
+    return [p for peer in rule.peers for c in peer.cidrs for p in c.prefixes()]
+
+
+def compile_rule(ref: PolicyRef, rule: Rule) -> CompiledRule:
+    """Compile one model rule into selector ids."""
+    entries = []
+    for peer in rule.peers:
+        sels = sorted({*(s.id for s in peer.endpoints),
+                       *(cidr_selector(c).id for c in peer.cidrs)})
+        fqdns = tuple(f.match_name or f.match_pattern for f in peer.fqdns)
+        origin = RuleOrigin(*ref, rule.index, peer.section.value, peer.index)
+        entries.append(CompiledEntry(origin, peer.any_peer, tuple(sels), peer.ports, fqdns))
+    return CompiledRule(RuleOrigin(*ref, rule.index, "", -1), rule.subject.id,
+                        rule.default_deny_ingress, rule.default_deny_egress, tuple(entries))
+
+
+@dataclass
+class Expansion:
+    """The map entries of one subject, with the rules behind each entry."""
+
+    entries: dict[PolicyKey, Verdict]
+    origins: dict[PolicyKey, tuple[RuleOrigin, ...]]
+    enforcing: dict[Direction, tuple[RuleOrigin, ...]]
+
+    def enforced(self, direction: Direction) -> bool:
+        return bool(self.enforcing[direction])
+
+
+def _ports(rule_ports: tuple[PortRule, ...], owners: Iterable[int],
+           named_ports: NamedPorts) -> set[tuple[int, int, int]]:
+    if not rule_ports:
+        return {(ANY_PROTO, ANY_PORT, ANY_PORT)}
+    out: set[tuple[int, int, int]] = set()
+    for p in rule_ports:
+        if not p.name:
+            out.add((p.proto, p.port, p.end_port))
+            continue
+        for owner in owners:
+            for proto, port in named_ports.get(owner, {}).get(p.name, ()):
+                if p.proto in (ANY_PROTO, proto):
+                    out.add((proto, port, port))
+    return out
+
+
+def expand(policy: SubjectPolicy, members: Mapping[str, Collection[int]],
+           named_ports: NamedPorts | None = None) -> Expansion:
+    """Expand a subject's rules x selector members into policy map entries.
+
+    Args:
+        policy: the subject's compiled rules.
+        members: selector id -> identities it matches (the selector cache's view).
+        named_ports: identity -> port name -> {(proto, port)} (see the module doc).
+
+    Returns:
+        The entries (deny wins per key) with their origins and the enforcing rules.
+    """
+    named = named_ports or {}
+    subject = policy.identity
+    entries: dict[PolicyKey, Verdict] = {}
+    origins: dict[PolicyKey, tuple[RuleOrigin, ...]] = {}
+    enforcing = {d: tuple(r.origin for r in policy.rules if r.default_deny(d)) for d in Direction}
+    for d in Direction:
+        if not enforcing[d]:
+            entries[PolicyKey(subject, ANY_PEER, d, ANY_PROTO, ANY_PORT, ANY_PORT)] = Verdict.ALLOW
+            origins[PolicyKey(subject, ANY_PEER, d, ANY_PROTO, ANY_PORT, ANY_PORT)] = ()
+    for rule in policy.rules:
+        for entry in rule.entries:
+            section = entry.section
+            verdict = Verdict.DENY if section.deny else Verdict.ALLOW
+            direction = section.direction
+            if entry.any_peer:
+                peers: Iterable[int] = (ANY_PEER,)
+            else:
+                peers = set().union(*(members.get(s, ()) for s in entry.selectors)) \
+                    if entry.selectors else set()
+            for peer in peers:
+                if direction == Direction.INGRESS:
+                    owners: Iterable[int] = (subject,)
+                else:
+                    owners = named if peer == ANY_PEER else (peer,)
+                for proto, port, end in _ports(entry.ports, owners, named):
+                    key = PolicyKey(subject, peer, direction, proto, port, end)
+                    _put(entries, origins, key, verdict, entry.origin)
+    return Expansion(entries, origins, enforcing)
+
+
+def _put(entries: dict[PolicyKey, Verdict], origins: dict[PolicyKey, tuple[RuleOrigin, ...]],
+         key: PolicyKey, verdict: Verdict, origin: RuleOrigin) -> None:
+    prev = entries.get(key)
+    if prev is None or (prev == Verdict.ALLOW and verdict == Verdict.DENY):
+        entries[key] = verdict
+        origins[key] = (origin,)
+    elif prev == verdict and origin not in origins[key]:
+        origins[key] = (*origins[key], origin)
+
+
+def key_matches(key: PolicyKey, peer: int, direction: int, proto: int, port: int) -> bool:
+    """True if a packet (peer identity, direction, protocol, destination port) hits ``key``."""
+    return (key.direction == direction and key.peer in (ANY_PEER, peer)
+            and key.proto in (ANY_PROTO, proto)
+            and (key.port == ANY_PORT or key.port <= port <= key.end_port))
+
+
+def lookup(expansion: Expansion, peer: int, direction: Direction, proto: int,
+           port: int) -> tuple[Verdict, tuple[PolicyKey, ...]]:
+    """The verdict for one packet, and the entries that decided it (none: default deny).
+
+    Every matching deny wins over every matching allow; no match is a drop (an open direction
+    always has its wildcard allow entry).
+    """
+    hits = [k for k in expansion.entries if key_matches(k, peer, direction, proto, port)]
+    denies = tuple(k for k in hits if expansion.entries[k] == Verdict.DENY)
+    if denies:
+        return Verdict.DENY, denies
+    allows = tuple(k for k in hits if expansion.entries[k] == Verdict.ALLOW)
+    if allows:
+        return Verdict.ALLOW, allows
+    return Verdict.DENY, ()

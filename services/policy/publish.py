@@ -1,0 +1,117 @@
+"""What the policy service publishes for a :class:`~services.policy.repository.Changes`.
+
+Pure: it turns a change set into msgpack-friendly ``(channel, key, payload)`` messages; the
+service maps channels to NATS subjects and adds the envelope (schema version, trace context,
+``Nats-Msg-Id``). Per key, a later message supersedes an earlier one, so consumers can keep
+the last message per key (JetStream KV or a last-per-subject stream) and converge.
+
+Channels and payloads (``revision`` is the repository revision that produced the message):
+
+* ``selector`` / selector id:
+  ``{"selector", "revision", "op": "set", "canonical", "selector_spec", "members": [...]}``
+  when a selector appears (its whole member set), ``{"op": "delta", "added": [...],
+  "removed": [...]}`` when its members change, ``{"op": "delete"}`` when no rule uses it.
+* ``subject`` / identity: :meth:`SubjectPolicy.to_dict` (``rules`` empty: no policy selects
+  the identity any more, both directions open).
+* ``prefix`` / prefix: ``{"prefix", "identity", "revision", "op": "set"|"delete"}`` (ipcache
+  entries of CIDR identities).
+* ``policy`` / ``kind/namespace/name``: ``{"kind", "namespace", "name", "revision",
+  "op": "set"|"delete", "rules", "selectors"}`` (status for ``cilia policy get``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .compiler import rule_selectors
+from .repository import Changes, Repository
+
+CHANNEL_SELECTOR = "selector"
+CHANNEL_SUBJECT = "subject"
+CHANNEL_PREFIX = "prefix"
+CHANNEL_POLICY = "policy"
+
+
+class Message(NamedTuple):
+    """One message to publish: its channel, its key within the channel, its payload."""
+
+    channel: str
+    key: str
+    payload: dict[str, Any]
+
+
+def messages(repo: Repository, ch: Changes) -> list[Message]:
+    """The messages that publish ``ch`` (taken right after the call that returned it).
+
+    Order: prefixes and selectors before the subjects that refer to them, so a consumer that
+    applies messages in order never sees a rule whose selector it does not know.
+    """
+    rev = ch.revision
+    out: list[Message] = []
+    for prefix, ident in sorted(ch.prefixes_added.items()):
+        out.append(Message(CHANNEL_PREFIX, prefix, {"prefix": prefix, "identity": ident,
+                                                    "revision": rev, "op": "set"}))
+    for sid, (sel, members) in sorted(ch.selectors_added.items()):
+        out.append(Message(CHANNEL_SELECTOR, sid, {
+            "selector": sid, "revision": rev, "op": "set", "canonical": sel.canonical,
+            "selector_spec": sel.to_dict(), "members": sorted(members)}))
+    for sid, delta in sorted(ch.selector_deltas.items()):
+        out.append(Message(CHANNEL_SELECTOR, sid, {
+            "selector": sid, "revision": rev, "op": "delta", "added": sorted(delta.added),
+            "removed": sorted(delta.removed)}))
+    for ident in sorted(ch.subjects):
+        out.append(Message(CHANNEL_SUBJECT, str(ident), repo.subject_policy(ident).to_dict()
+                           | {"revision": rev}))
+    for sid in sorted(ch.selectors_removed):
+        out.append(Message(CHANNEL_SELECTOR, sid, {"selector": sid, "revision": rev,
+                                                   "op": "delete"}))
+    for prefix, ident in sorted(ch.prefixes_removed.items()):
+        out.append(Message(CHANNEL_PREFIX, prefix, {"prefix": prefix, "identity": ident,
+                                                    "revision": rev, "op": "delete"}))
+    for ref in sorted(ch.policies_upserted):
+        policy = repo.policy(ref)
+        assert policy is not None
+        selectors = sorted({s for r in policy.rules for s in rule_selectors(r)})
+        out.append(Message(CHANNEL_POLICY, str(ref), {
+            "kind": ref.kind, "namespace": ref.namespace, "name": ref.name, "revision": rev,
+            "op": "set", "rules": len(policy.rules), "selectors": selectors}))
+    for ref in sorted(ch.policies_deleted):
+        out.append(Message(CHANNEL_POLICY, str(ref), {
+            "kind": ref.kind, "namespace": ref.namespace, "name": ref.name, "revision": rev,
+            "op": "delete"}))
+    return out
+
+
+class SelectorMirror:
+    """A consumer's view rebuilt from selector messages (what an agent keeps).
+
+    Used by the tests to prove that the published stream converges to the service's state.
+    """
+
+    def __init__(self) -> None:
+        self.members: dict[str, set[int]] = {}
+        self.subjects: dict[int, dict[str, Any]] = {}
+        self.prefixes: dict[str, int] = {}
+
+    def apply(self, msg: Message) -> None:
+        """Apply one message."""
+        p = msg.payload
+        if msg.channel == CHANNEL_SELECTOR:
+            if p["op"] == "set":
+                self.members[msg.key] = set(p["members"])
+            elif p["op"] == "delta":
+                cur = self.members[msg.key]
+                cur |= set(p["added"])
+                cur -= set(p["removed"])
+            else:
+                del self.members[msg.key]
+        elif msg.channel == CHANNEL_SUBJECT:
+            if p["rules"]:
+                self.subjects[int(msg.key)] = p
+            else:
+                self.subjects.pop(int(msg.key), None)
+        elif msg.channel == CHANNEL_PREFIX:
+            if p["op"] == "set":
+                self.prefixes[msg.key] = p["identity"]
+            else:
+                del self.prefixes[msg.key]
