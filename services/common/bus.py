@@ -205,7 +205,7 @@ class Bus:
                                       ordered_consumer=True, config=config)
         caught_up = asyncio.Event()
         info = await sub.consumer_info()
-        if info.num_pending == 0 and (info.delivered is None or not info.delivered.stream_seq):
+        if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
             caught_up.set()
         subscription = Subscription(caught_up, sub)
         subscription._task = asyncio.create_task(self._work(queue, handler, subscription, name))

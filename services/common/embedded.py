@@ -32,6 +32,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass
 class NatsServer:
     """A running nats-server process that this process started."""
@@ -85,6 +95,9 @@ def start_nats(store_dir: Path, port: int = 0, host: str = "127.0.0.1",
     store_dir.mkdir(parents=True, exist_ok=True)
     if log_file:
         log_file.parent.mkdir(parents=True, exist_ok=True)
+    if port and not _port_free(host, port):
+        raise BusError(f"cannot start nats-server: {host}:{port} is already in use "
+                       "(another NATS? pass a different --port, or --nats-url to use it)")
     port = port or free_port(host)
     args = [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115

@@ -1,0 +1,129 @@
+"""The identity service on a real bus, as its own process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from services.cli import source
+from services.common import subjects
+from services.common.bus import Bus
+from services.identity.allocator import JetStreamStore
+from tests.support.busread import count, live, wait_for
+from tests.support.objects import manifests, namespace, pod
+from tests.support.procs import service
+
+IDENT = ["cilia.identity.>"]
+IPC = ["cilia.ipcache.>"]
+
+
+@pytest.fixture
+def identity_proc(bus: Bus, nats_url: str, tmp_path: Path) -> Iterator[None]:
+    with service("services.identity", nats_url, "--grace", "1",
+                 log=tmp_path / "identity.log"):
+        yield
+
+
+def _ids(snap: dict) -> dict[str, int]:  # type: ignore[type-arg]
+    """pod-name label value -> identity, from identity events."""
+    out = {}
+    for d in live(snap, "identity.upsert"):
+        for lbl in d["labels"]:
+            if lbl.startswith("k8s:app="):
+                out[lbl.split("=", 1)[1]] = d["id"]
+    return out
+
+
+def _ipcache(snap: dict) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {d["prefix"]: d for d in live(snap, "ipcache.upsert")}
+
+
+async def test_pods_get_identities_and_ipcache_entries(bus: Bus, identity_proc: None) -> None:
+    await source.apply(bus, manifests(
+        namespace("production", {"env": "prod"}),
+        pod("fe-1", "production", {"app": "frontend"}, ip="10.244.1.10"),
+        pod("fe-2", "production", {"app": "frontend"}, ip="10.244.1.11"),
+        pod("be-1", "production", {"app": "backend"}, ip="10.244.1.12"),
+        pod("pending", "production", {"app": "db"})))
+    snap = await wait_for(bus, IPC, lambda s: len(_ipcache(s)) == 3)
+    idents = _ids(await bus.snapshot(IDENT))
+    ipc = _ipcache(snap)
+    # One number per label set, shared by pods that have it; reserved ones are published too.
+    assert ipc["10.244.1.10/32"]["identity"] == ipc["10.244.1.11/32"]["identity"] \
+        == idents["frontend"]
+    assert ipc["10.244.1.12/32"]["identity"] == idents["backend"] != idents["frontend"]
+    assert ipc["10.244.1.10/32"]["host_ip"] == "172.31.0.11"
+    assert ipc["10.244.1.10/32"]["pod"] == "production/fe-1"
+    assert all(256 <= n <= 65535 for n in idents.values())
+    # A pod without an IP has an identity but no ipcache entry.
+    assert "db" in idents
+    reserved = {d["id"]: d["labels"] for d in live(await bus.snapshot(IDENT), "identity.upsert")
+                if d["id"] < 256}
+    assert reserved == {1: ["reserved:host"], 2: ["reserved:world"],
+                        3: ["reserved:unmanaged"], 4: ["reserved:health"],
+                        5: ["reserved:init"], 6: ["reserved:remote-node"],
+                        7: ["reserved:kube-apiserver"], 8: ["reserved:ingress"]}
+
+
+async def test_label_change_moves_the_pod_and_delete_removes_it(bus: Bus,
+                                                              identity_proc: None) -> None:
+    await source.apply(bus, manifests(pod("a", labels={"app": "one"}, ip="10.244.1.20")))
+    snap = await wait_for(bus, IPC, lambda s: "10.244.1.20/32" in _ipcache(s))
+    first = _ipcache(snap)["10.244.1.20/32"]["identity"]
+    await source.apply(bus, manifests(pod("a", labels={"app": "two"}, ip="10.244.1.20")))
+    snap = await wait_for(
+        bus, IPC, lambda s: _ipcache(s).get("10.244.1.20/32", {}).get("identity") not in
+        (None, first))
+    second = _ipcache(snap)["10.244.1.20/32"]["identity"]
+    assert _ids(await bus.snapshot(IDENT))["two"] == second
+    await source.delete(bus, manifests(pod("a", labels={"app": "two"}, ip="10.244.1.20")))
+    await wait_for(bus, IPC, lambda s: "10.244.1.20/32" not in _ipcache(s))
+    # Both identities are unused now: after the 1 s grace period they are released.
+    snap = await wait_for(bus, IDENT, lambda s: not {"one", "two"} & set(_ids(s)))
+    keys = set(await JetStreamStore(await bus.js.key_value(subjects.KV_IDENTITIES)).keys())
+    assert f"id.{first}" not in keys and f"id.{second}" not in keys
+
+
+async def test_namespace_label_change_rederives_every_pod_in_it(bus: Bus,
+                                                                identity_proc: None) -> None:
+    await source.apply(bus, manifests(
+        namespace("shop", {"team": "a"}),
+        pod("p1", "shop", {"app": "x"}, ip="10.244.1.30"),
+        pod("p2", "shop", {"app": "y"}, ip="10.244.1.31")))
+    await wait_for(bus, IPC, lambda s: {"10.244.1.30/32", "10.244.1.31/32"} <= set(_ipcache(s)))
+    await source.apply(bus, manifests(namespace("shop", {"team": "b"})))
+
+    def relabelled(s: dict) -> bool:  # type: ignore[type-arg]
+        by_id = {d["id"]: d["labels"] for d in live(s, "identity.upsert")}
+        ipc = _ipcache(s)
+        return all("k8s:io.cilium.k8s.namespace.labels.team=b" in
+                   by_id.get(ipc.get(p, {}).get("identity"), [])
+                   for p in ("10.244.1.30/32", "10.244.1.31/32"))
+
+    await wait_for(bus, ["cilia.identity.>", "cilia.ipcache.>"], relabelled)
+
+
+async def test_restart_keeps_every_number_and_republishes_nothing(
+        bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    objs = manifests(*(pod(f"p{i}", labels={"app": f"a{i}"}, ip=f"10.244.2.{i + 1}")
+                       for i in range(20)))
+    with service("services.identity", nats_url, log=tmp_path / "id1.log"):
+        await source.apply(bus, objs)
+        snap = await wait_for(bus, IPC, lambda s: len(_ipcache(s)) == 20)
+    before = {p: d["identity"] for p, d in _ipcache(snap).items()}
+    stored = await count(bus, "cilia.>")
+    with service("services.identity", nats_url, log=tmp_path / "id2.log"):
+        # A pod applied after the restart proves the new process is live.
+        await source.apply(bus, manifests(pod("late", labels={"app": "a3"}, ip="10.244.2.99")))
+        snap = await wait_for(bus, IPC, lambda s: "10.244.2.99/32" in _ipcache(s))
+    after = {p: d["identity"] for p, d in _ipcache(snap).items()}
+    assert {p: after[p] for p in before} == before
+    assert after["10.244.2.99/32"] == before["10.244.2.4/32"]   # same labels, same number
+    # Only the new pod's source event and its ipcache entry were added.
+    assert await count(bus, "cilia.>") == stored + 2
+    kv = await bus.js.key_value(subjects.KV_IDENTITIES)
+    entry = await kv.get(f"id.{before['10.244.2.1/32']}")
+    assert msgpack.unpackb(entry.value)["labels"][0] == "k8s:app=a0"

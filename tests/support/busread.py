@@ -1,0 +1,38 @@
+"""Waiting for what the bus says, with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from services.common.bus import Bus, Delivery
+
+
+async def wait_for(bus: Bus, filters: list[str],
+                   predicate: Callable[[dict[str, Delivery]], bool],
+                   timeout: float = 10.0) -> dict[str, Delivery]:
+    """Poll the bus's current state until ``predicate`` holds; returns that state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = await bus.snapshot(filters)
+        if predicate(snap):
+            return snap
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting on {filters}; last state: "
+                                 f"{ {s: d.event for s, d in snap.items()} }")
+        await asyncio.sleep(0.05)
+
+
+def live(snap: dict[str, Delivery], event_type: str) -> list[dict[str, Any]]:
+    """The data of every subject whose last event is ``event_type``."""
+    return [d.event.data for d in snap.values() if d.event.type == event_type]
+
+
+async def count(bus: Bus, subject_filter: str) -> int:
+    """Messages stored in the history stream under ``subject_filter``."""
+    from services.common import subjects
+
+    info = await bus.js.stream_info(subjects.HISTORY_STREAM, subjects_filter=subject_filter)
+    return sum((info.state.subjects or {}).values())
