@@ -1,0 +1,99 @@
+"""Named constants of the datapath, shared by the C build flags and the Python side.
+
+The C headers under ``services/nodeagent/bpf/lib`` receive the sizes and lifetimes below as
+``-D`` flags (see :func:`build_cflags`), so this module is their single source of truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Root of every node's pinned objects: /sys/fs/bpf/cilia/<node>/<map>.
+BPFFS_ROOT = Path("/sys/fs/bpf")
+PIN_ROOT = BPFFS_ROOT / "cilia"
+
+# Directory holding the C sources (bpf_lxc.c and lib/*.h).
+BPF_SRC_DIR = Path(__file__).resolve().parent.parent / "bpf"
+PROGRAM_SOURCE = "bpf_lxc.c"
+PROG_FROM_POD = "cil_from_pod"   # tc ingress of the host-side veth: the pod's egress policy
+PROG_TO_POD = "cil_to_pod"       # tc egress of the host-side veth: the pod's ingress policy
+
+# Pinned map file names (under the node's pin directory).
+MAP_IPCACHE = "ipcache"
+MAP_ENDPOINTS = "endpoints"
+MAP_POLICY = "policy"
+MAP_CONNTRACK = "conntrack"
+MAP_EVENTS = "events"
+ALL_MAPS = (MAP_IPCACHE, MAP_ENDPOINTS, MAP_POLICY, MAP_CONNTRACK, MAP_EVENTS)
+
+# Map capacities (entries) and the ring buffer size (bytes, a power of two pages).
+IPCACHE_MAX = 65536
+ENDPOINTS_MAX = 4096
+POLICY_MAX = 65536
+CT_MAX = 131072
+EVENTS_BYTES = 1 << 22
+
+# Conntrack lifetimes in seconds, and how coarse the kernel's deadline refresh is.
+CT_LIFETIME_TCP = 21600        # established TCP (Cilium's default: 6 h)
+CT_LIFETIME_SYN = 60           # TCP not yet answered
+CT_LIFETIME_NONTCP = 60        # UDP, ICMP and other protocols
+CT_LIFETIME_CLOSE = 10         # TCP after FIN or RST
+CT_REFRESH_MS = 1000           # deadline moves only when it would move by more than this
+
+# Endpoint enforcement flags (lib/endpoints.h).
+ENDPOINT_F_ENFORCE_INGRESS = 0x1
+ENDPOINT_F_ENFORCE_EGRESS = 0x2
+
+# Conntrack entry flags (lib/conntrack.h).
+CT_F_SEEN_REPLY = 0x1
+CT_F_CLOSING = 0x2
+
+# LPM bits of the policy key that are always matched (subject, peer, direction, proto).
+POLICY_FIXED_PREFIX_BITS = 80
+PORT_BITS = 16
+MAX_PORT = (1 << PORT_BITS) - 1
+
+# Flow verdicts and reasons (lib/events.h); drop reasons carry Cilium's numbers.
+FLOW_VERDICT_FORWARDED = 1
+FLOW_VERDICT_DROPPED = 2
+VERDICT_NAMES = {FLOW_VERDICT_FORWARDED: "FORWARDED", FLOW_VERDICT_DROPPED: "DROPPED"}
+REASON_POLICY_ALLOWED = 1
+REASON_NOT_ENFORCED = 2
+DROP_INVALID_SOURCE = 132
+DROP_POLICY = 133
+DROP_POLICY_DENY = 181
+REASON_NAMES = {
+    REASON_POLICY_ALLOWED: "policy allowed",
+    REASON_NOT_ENFORCED: "policy not enforced",
+    DROP_INVALID_SOURCE: "invalid source ip",
+    DROP_POLICY: "policy denied",
+    DROP_POLICY_DENY: "policy denied by deny rule",
+}
+
+# Kernel bpf_ktime_get_ns() is CLOCK_MONOTONIC.
+NS_PER_SEC = 1_000_000_000
+
+
+def pin_dir(node: str) -> Path:
+    """The bpffs directory holding a node's pinned maps."""
+    if not node or "/" in node or node in (".", ".."):
+        raise ValueError(f"node name {node!r} is not a valid pin directory name")
+    return PIN_ROOT / node
+
+
+def build_cflags(node_pin_dir: Path) -> list[str]:
+    """The ``-D`` flags that configure the C sources for one node."""
+    defines = {
+        "CILIA_PIN_DIR": f'"{node_pin_dir}"',
+        "CILIA_IPCACHE_MAX": IPCACHE_MAX,
+        "CILIA_ENDPOINTS_MAX": ENDPOINTS_MAX,
+        "CILIA_POLICY_MAX": POLICY_MAX,
+        "CILIA_CT_MAX": CT_MAX,
+        "CILIA_EVENTS_BYTES": EVENTS_BYTES,
+        "CILIA_CT_LIFETIME_TCP": CT_LIFETIME_TCP,
+        "CILIA_CT_LIFETIME_SYN": CT_LIFETIME_SYN,
+        "CILIA_CT_LIFETIME_NONTCP": CT_LIFETIME_NONTCP,
+        "CILIA_CT_LIFETIME_CLOSE": CT_LIFETIME_CLOSE,
+        "CILIA_CT_REFRESH_MS": CT_REFRESH_MS,
+    }
+    return [f"-D{name}={value}" for name, value in defines.items()]

@@ -1,0 +1,198 @@
+"""Typed views of a node's pinned maps, each driven by one :class:`Reconciler`.
+
+The agent hands each map its complete desired contents in domain terms (``PolicyKey`` ->
+``Verdict``, prefix -> :class:`IpcacheEntry`, pod IP -> :class:`EndpointEntry`); encoding
+happens first (bad input raises before anything is written), then the reconciler applies
+only the difference to the kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+from services.common.policytypes import PolicyKey, Verdict
+from services.nodeagent.datapath import constants as c
+from services.nodeagent.datapath._byteorder import be16_to_port, be32_to_ip
+from services.nodeagent.datapath.backend import MapBackend, PinnedMapBackend
+from services.nodeagent.datapath.encode import (
+    EndpointEntry,
+    IpcacheEntry,
+    decode_endpoints,
+    decode_ipcache,
+    encode_endpoints,
+    encode_ipcache,
+)
+from services.nodeagent.datapath.policykeys import (
+    PortPrefix,
+    decode_policy,
+    encode_policy,
+    policy_partition,
+)
+from services.nodeagent.datapath.reconciler import Reconciler, ReconcileResult
+from services.nodeagent.datapath.twins import (
+    CtKey,
+    CtValue,
+    EndpointKey,
+    EndpointValue,
+    IpcacheKey,
+    IpcacheValue,
+    PolicyMapKey,
+    PolicyMapValue,
+    Twin,
+)
+
+
+class IpcacheMap:
+    """prefix -> identity and hosting node."""
+
+    def __init__(self, backend: MapBackend) -> None:
+        self.reconciler = Reconciler(backend)
+
+    def reconcile(self, desired: Mapping[str, IpcacheEntry]) -> ReconcileResult:
+        """Make the ipcache hold exactly ``desired`` (``"10.0.1.5/32"`` -> entry)."""
+        return self.reconciler.reconcile(encode_ipcache(desired))
+
+    def entries(self) -> dict[str, IpcacheEntry]:
+        """What the kernel map holds (read from the map, not the mirror)."""
+        return decode_ipcache(self.reconciler.backend.read_all())
+
+
+class EndpointMap:
+    """local pod IPv4 -> endpoint id, identity, ifindex, enforcement flags."""
+
+    def __init__(self, backend: MapBackend) -> None:
+        self.reconciler = Reconciler(backend)
+
+    def reconcile(self, desired: Mapping[str, EndpointEntry]) -> ReconcileResult:
+        """Make the endpoints map hold exactly ``desired`` (pod IP -> entry)."""
+        return self.reconciler.reconcile(encode_endpoints(desired))
+
+    def entries(self) -> dict[str, EndpointEntry]:
+        return decode_endpoints(self.reconciler.backend.read_all())
+
+
+class PolicyMap:
+    """(subject, direction, peer, proto, port block) -> allow / deny, partitioned by subject."""
+
+    def __init__(self, backend: MapBackend) -> None:
+        self.reconciler = Reconciler(backend, partition_of=policy_partition)
+
+    def reconcile(self, desired: Mapping[PolicyKey, Verdict],
+                  subjects: Iterable[int] | None = None) -> ReconcileResult:
+        """Make the policy map hold exactly ``desired``.
+
+        Args:
+            desired: every entry of the reconciled subjects.
+            subjects: reconcile only these subject identities (their entries outside
+                ``desired`` are deleted; other subjects are untouched). None: the whole map.
+        """
+        return self.reconciler.reconcile(encode_policy(desired), subjects)
+
+    def blocks(self) -> dict[PortPrefix, Verdict]:
+        """The kernel map's entries as port blocks."""
+        return decode_policy(self.reconciler.backend.read_all())
+
+
+class CtEntry(NamedTuple):
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    proto: int
+    direction: int
+    expires_ns: int
+    created_ns: int
+    flags: int
+
+
+class ConntrackMap:
+    """Connection tracking entries; the kernel writes them, userspace lists and collects."""
+
+    def __init__(self, backend: MapBackend) -> None:
+        self.backend = backend
+
+    def entries(self) -> list[CtEntry]:
+        out = []
+        for kb, vb in self.backend.read_all().items():
+            k = CtKey.from_buffer_copy(kb)
+            v = CtValue.from_buffer_copy(vb)
+            out.append(CtEntry(be32_to_ip(k.saddr), be32_to_ip(k.daddr), be16_to_port(k.sport),
+                               be16_to_port(k.dport), k.proto, k.direction, v.expires_ns,
+                               v.created_ns, v.flags))
+        return out
+
+    def gc(self, now_ns: int | None = None) -> int:
+        """Delete expired entries; returns how many. ``now_ns`` is CLOCK_MONOTONIC time."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        expired = [kb for kb, vb in self.backend.read_all().items()
+                   if CtValue.from_buffer_copy(vb).expires_ns <= now]
+        if expired:
+            self.backend.delete(expired)
+        return len(expired)
+
+    def expire_all(self) -> int:
+        """Set every entry's deadline to the past (they stop matching at once)."""
+        items = []
+        for kb, vb in self.backend.read_all().items():
+            v = CtValue.from_buffer_copy(vb)
+            v.expires_ns = 0
+            items.append((kb, v.to_bytes()))
+        if items:
+            self.backend.update(items)
+        return len(items)
+
+
+# (pin file, key twin, value twin) of every reconciled/listed map.
+_MAP_TWINS: dict[str, tuple[type[Twin], type[Twin]]] = {
+    c.MAP_IPCACHE: (IpcacheKey, IpcacheValue),
+    c.MAP_ENDPOINTS: (EndpointKey, EndpointValue),
+    c.MAP_POLICY: (PolicyMapKey, PolicyMapValue),
+    c.MAP_CONNTRACK: (CtKey, CtValue),
+}
+
+BackendFactory = Callable[[str, int, int], MapBackend]
+
+
+class NodeMaps:
+    """All maps of one node, opened from their pins (or any backend factory, for tests)."""
+
+    def __init__(self, node: str, factory: BackendFactory | None = None) -> None:
+        self.node = node
+        self.pin_dir: Path = c.pin_dir(node)
+        make = factory or self._pinned
+        backends = {name: make(name, ct.sizeof(k), ct.sizeof(v))
+                    for name, (k, v) in _MAP_TWINS.items()}
+        self._backends = backends
+        self.ipcache = IpcacheMap(backends[c.MAP_IPCACHE])
+        self.endpoints = EndpointMap(backends[c.MAP_ENDPOINTS])
+        self.policy = PolicyMap(backends[c.MAP_POLICY])
+        self.conntrack = ConntrackMap(backends[c.MAP_CONNTRACK])
+
+    def _pinned(self, name: str, key_size: int, value_size: int) -> MapBackend:
+        return PinnedMapBackend(self.pin_dir / name, key_size, value_size)
+
+    def reconcilers(self) -> dict[str, Reconciler]:
+        """The reconciler of each reconciled map, by map name (for metrics)."""
+        return {c.MAP_IPCACHE: self.ipcache.reconciler,
+                c.MAP_ENDPOINTS: self.endpoints.reconciler,
+                c.MAP_POLICY: self.policy.reconciler}
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Cumulative reconcile counters per map."""
+        return {name: r.stats.as_dict() for name, r in self.reconcilers().items()}
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> NodeMaps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

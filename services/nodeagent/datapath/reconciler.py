@@ -1,0 +1,225 @@
+"""One reconciler shape for every map: desired vs actual, apply only the difference.
+
+The reconciler reads what the map holds once (so a restarted agent starts from the pinned
+map, never from an empty slate), keeps that mirror current as it writes, and on each call
+diffs the desired entries against it. Writes go in chunks (batched by the backend where the
+map type allows), upserts before deletes so that a replaced entry never leaves a gap; a map
+that reports full gets the deletes first on the next attempt. Transient errors are retried
+with exponential backoff after re-reading the map. Every operation is counted.
+
+Entries may be grouped into partitions (the policy map uses the subject identity) so that a
+change to one subject diffs only that subject's entries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from services.nodeagent.datapath.backend import MapBackend
+from services.nodeagent.datapath.errors import MapError, MapFullError
+
+DEFAULT_RETRIES = 4            # attempts after the first one
+DEFAULT_BACKOFF_S = 0.005      # first retry delay, doubled each time
+DEFAULT_MAX_BACKOFF_S = 0.25
+DEFAULT_CHUNK = 1024           # entries per backend call
+
+Partition = Hashable
+
+
+@dataclass
+class ReconcileResult:
+    """What one reconcile call did."""
+
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    retries: int = 0
+    reads: int = 0
+
+    @property
+    def writes(self) -> int:
+        return self.added + self.updated + self.deleted
+
+
+@dataclass
+class ReconcileStats:
+    """Cumulative counters of one reconciler, for metrics."""
+
+    reconciles: int = 0
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    retries: int = 0
+    failures: int = 0
+    reads: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Diff:
+    upserts: list[tuple[bytes, bytes]] = field(default_factory=list)
+    deletes: list[bytes] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def _single_partition(_key: bytes) -> Partition:
+    return None
+
+
+def diff_entries(actual: Mapping[bytes, bytes], desired: Mapping[bytes, bytes]) -> _Diff:
+    """The operations that turn ``actual`` into ``desired`` (pure)."""
+    d = _Diff()
+    for key, value in desired.items():
+        cur = actual.get(key)
+        if cur != value:
+            d.upserts.append((key, value))
+        else:
+            d.unchanged += 1
+    d.deletes = [key for key in actual if key not in desired]
+    return d
+
+
+class Reconciler:
+    """Drives one map towards desired contents."""
+
+    def __init__(self, backend: MapBackend, *,
+                 partition_of: Callable[[bytes], Partition] = _single_partition,
+                 retries: int = DEFAULT_RETRIES, backoff_s: float = DEFAULT_BACKOFF_S,
+                 max_backoff_s: float = DEFAULT_MAX_BACKOFF_S, chunk: int = DEFAULT_CHUNK,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.backend = backend
+        self.partition_of = partition_of
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.chunk = chunk
+        self.sleep = sleep
+        self.stats = ReconcileStats()
+        self._mirror: dict[Partition, dict[bytes, bytes]] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def invalidate(self) -> None:
+        """Forget the mirror; the next call re-reads the map."""
+        self._mirror = None
+
+    def actual(self) -> dict[bytes, bytes]:
+        """What the map holds, per the mirror (read from the map on first use)."""
+        return {k: v for part in self._load(ReconcileResult()).values() for k, v in part.items()}
+
+    def _load(self, result: ReconcileResult) -> dict[Partition, dict[bytes, bytes]]:
+        if self._mirror is None:
+            mirror: dict[Partition, dict[bytes, bytes]] = {}
+            for key, value in self.backend.read_all().items():
+                mirror.setdefault(self.partition_of(key), {})[key] = value
+            self._mirror = mirror
+            result.reads += 1
+            self.stats.reads += 1
+        return self._mirror
+
+    def reconcile(self, desired: Mapping[bytes, bytes],
+                  partitions: Iterable[Partition] | None = None) -> ReconcileResult:
+        """Make the map hold ``desired``.
+
+        Args:
+            desired: the complete wanted contents (of the given partitions, if any).
+            partitions: limit the reconcile to these partitions; entries of other partitions
+                are left alone. None means the whole map.
+
+        Returns:
+            The counts of what was done.
+
+        Raises:
+            ValueError: a desired key lies outside ``partitions``.
+            MapFullError: the map cannot hold the desired entries.
+            MapError: the map kept failing after all retries.
+        """
+        scope = None if partitions is None else set(partitions)
+        wanted: dict[Partition, dict[bytes, bytes]] = {}
+        for key, value in desired.items():
+            part = self.partition_of(key)
+            if scope is not None and part not in scope:
+                raise ValueError(f"map {self.name!r}: desired key {key.hex()} belongs to "
+                                 f"partition {part!r}, outside the reconciled "
+                                 f"{sorted(map(repr, scope))}")
+            wanted.setdefault(part, {})[key] = value
+
+        result = ReconcileResult()
+        self.stats.reconciles += 1
+        deletes_first = False
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                self._apply(wanted, scope, result, deletes_first)
+                return result
+            except MapFullError:
+                if deletes_first:
+                    self.stats.failures += 1
+                    raise
+                deletes_first = True
+                self.invalidate()
+            except MapError:
+                self.invalidate()
+                if attempt == self.retries:
+                    self.stats.failures += 1
+                    raise
+                self.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+            result.retries += 1
+            self.stats.retries += 1
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _apply(self, wanted: dict[Partition, dict[bytes, bytes]], scope: set[Partition] | None,
+               result: ReconcileResult, deletes_first: bool) -> None:
+        mirror = self._load(result)
+        parts = set(mirror) | set(wanted) if scope is None else scope
+        upserts: list[tuple[bytes, bytes]] = []
+        deletes: list[bytes] = []
+        unchanged = 0
+        for part in parts:
+            d = diff_entries(mirror.get(part, {}), wanted.get(part, {}))
+            upserts += d.upserts
+            deletes += d.deletes
+            unchanged += d.unchanged
+        result.unchanged = unchanged
+        if deletes_first:
+            self._do_deletes(deletes, mirror, result)
+            self._do_upserts(upserts, mirror, result)
+        else:
+            self._do_upserts(upserts, mirror, result)
+            self._do_deletes(deletes, mirror, result)
+
+    def _do_upserts(self, items: list[tuple[bytes, bytes]],
+                    mirror: dict[Partition, dict[bytes, bytes]], result: ReconcileResult) -> None:
+        for i in range(0, len(items), self.chunk):
+            part_items = items[i:i + self.chunk]
+            self.backend.update(part_items)
+            for key, value in part_items:
+                bucket = mirror.setdefault(self.partition_of(key), {})
+                if key in bucket:
+                    result.updated += 1
+                    self.stats.updated += 1
+                else:
+                    result.added += 1
+                    self.stats.added += 1
+                bucket[key] = value
+
+    def _do_deletes(self, keys: list[bytes], mirror: dict[Partition, dict[bytes, bytes]],
+                    result: ReconcileResult) -> None:
+        for i in range(0, len(keys), self.chunk):
+            part_keys = keys[i:i + self.chunk]
+            self.backend.delete(part_keys)
+            for key in part_keys:
+                part = self.partition_of(key)
+                mirror.get(part, {}).pop(key, None)
+                if part in mirror and not mirror[part]:
+                    del mirror[part]
+                result.deleted += 1
+                self.stats.deleted += 1

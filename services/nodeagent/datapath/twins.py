@@ -1,0 +1,104 @@
+"""ctypes twins of every struct the kernel side sees (``services/nodeagent/bpf/lib/*.h``).
+
+Each twin names its C struct in the comment above it and uses the C field names, so the
+layout test can compare ``sizeof``/``offsetof`` of both sides field by field. Fields marked
+"network byte order" are converted only through :mod:`._byteorder`.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+
+u8 = ct.c_uint8
+u16 = ct.c_uint16
+u32 = ct.c_uint32
+u64 = ct.c_uint64
+
+
+class Twin(ct.Structure):
+    """Base of the twins: construction from and conversion to raw map bytes."""
+
+    C_STRUCT = ""
+    C_HEADER = ""
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Twin:
+        if len(raw) != ct.sizeof(cls):
+            raise ValueError(f"{cls.__name__}: {len(raw)} bytes, expected {ct.sizeof(cls)}")
+        return cls.from_buffer_copy(raw)
+
+    def to_bytes(self) -> bytes:
+        return bytes(self)
+
+
+# struct ipcache_key (lib/ipcache.h)
+class IpcacheKey(Twin):
+    C_STRUCT, C_HEADER = "ipcache_key", "ipcache.h"
+    _fields_ = (("prefixlen", u32), ("addr", u32))  # addr: network byte order
+
+
+# struct ipcache_value (lib/ipcache.h)
+class IpcacheValue(Twin):
+    C_STRUCT, C_HEADER = "ipcache_value", "ipcache.h"
+    _fields_ = (("identity", u32), ("tunnel_endpoint", u32), ("flags", u8), ("pad", u8 * 3))
+
+
+# struct endpoint_key (lib/endpoints.h)
+class EndpointKey(Twin):
+    C_STRUCT, C_HEADER = "endpoint_key", "endpoints.h"
+    _fields_ = (("addr", u32),)  # network byte order
+
+
+# struct endpoint_value (lib/endpoints.h)
+class EndpointValue(Twin):
+    C_STRUCT, C_HEADER = "endpoint_value", "endpoints.h"
+    _fields_ = (("identity", u32), ("ifindex", u32), ("endpoint_id", u16), ("flags", u8),
+                ("pad", u8))
+
+
+# struct policy_key (lib/policy.h)
+class PolicyMapKey(Twin):
+    C_STRUCT, C_HEADER = "policy_key", "policy.h"
+    _fields_ = (("prefixlen", u32), ("subject", u32), ("peer", u32), ("direction", u8),
+                ("proto", u8), ("dport", u16))  # dport: network byte order
+
+
+# struct policy_value (lib/policy.h)
+class PolicyMapValue(Twin):
+    C_STRUCT, C_HEADER = "policy_value", "policy.h"
+    _fields_ = (("verdict", u8), ("pad", u8 * 3))
+
+
+# struct ct_key (lib/conntrack.h)
+class CtKey(Twin):
+    C_STRUCT, C_HEADER = "ct_key", "conntrack.h"
+    _fields_ = (("saddr", u32), ("daddr", u32), ("sport", u16), ("dport", u16), ("proto", u8),
+                ("direction", u8), ("pad", u16))  # addresses, ports: network byte order
+
+
+# struct ct_value (lib/conntrack.h)
+class CtValue(Twin):
+    C_STRUCT, C_HEADER = "ct_value", "conntrack.h"
+    _fields_ = (("expires_ns", u64), ("created_ns", u64), ("flags", u8), ("pad", u8 * 7))
+
+
+# struct flow_tuple (lib/parse.h) -- lives on the BPF stack; twinned for the layout test.
+class FlowTuple(Twin):
+    C_STRUCT, C_HEADER = "flow_tuple", "parse.h"
+    _fields_ = (("saddr", u32), ("daddr", u32), ("sport", u16), ("dport", u16), ("proto", u8),
+                ("tcp_flags", u8), ("pad", u16))
+
+
+# struct flow_event (lib/events.h)
+class FlowEvent(Twin):
+    C_STRUCT, C_HEADER = "flow_event", "events.h"
+    _fields_ = (("timestamp_ns", u64), ("src_identity", u32), ("dst_identity", u32),
+                ("saddr", u32), ("daddr", u32), ("sport", u16), ("dport", u16),
+                ("ifindex", u32), ("verdict", u8), ("reason", u8), ("proto", u8),
+                ("direction", u8), ("tcp_flags", u8), ("pad", u8), ("endpoint_id", u16))
+
+
+ALL_TWINS: tuple[type[Twin], ...] = (
+    IpcacheKey, IpcacheValue, EndpointKey, EndpointValue, PolicyMapKey, PolicyMapValue,
+    CtKey, CtValue, FlowTuple, FlowEvent,
+)

@@ -1,0 +1,191 @@
+"""Test topology: pod namespaces with veths into a node namespace, and traffic helpers.
+
+Everything is created with unique names and removed by :meth:`NodeLab.destroy`. Traffic runs
+only between the namespaces made here: pods route via a link-local gateway (static
+neighbours, no ARP) to the node namespace, which forwards between host-side veths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pyroute2 import NetNS, netns
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
+GATEWAY = "169.254.1.1"
+T = TypeVar("T")
+
+
+def in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a thread switched into netns ``name``; sockets made there stay there."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, _CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns failed")
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+@dataclass
+class Pod:
+    name: str          # netns name
+    ip: str
+    host_if: str       # host-side veth in the node namespace
+    ifindex: int = 0   # of host_if
+
+
+@dataclass
+class NodeLab:
+    node_ns: str
+    pods: list[Pod] = field(default_factory=list)
+    _servers: list[EchoServer] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, npods: int, subnet: str = "10.244.7") -> NodeLab:
+        tag = uuid.uuid4().hex[:6]
+        lab = cls(node_ns=f"cdp{tag}n")
+        try:
+            netns.create(lab.node_ns)
+            in_netns(lab.node_ns, _enable_forwarding)
+            for i in range(1, npods + 1):
+                lab._add_pod(f"cdp{tag}p{i}", f"{subnet}.{i}", f"cdp{tag}h{i}")
+        except BaseException:
+            lab.destroy()
+            raise
+        return lab
+
+    def _add_pod(self, name: str, ip: str, host_if: str) -> None:
+        netns.create(name)
+        self.pods.append(Pod(name, ip, host_if))
+        tmp = host_if + "x"
+        with NetNS(self.node_ns) as node:
+            node.link("add", ifname=host_if, kind="veth", peer=tmp)
+            host_idx = node.link_lookup(ifname=host_if)[0]
+            host_mac = node.get_links(host_idx)[0].get_attr("IFLA_ADDRESS")
+            node.link("set", index=node.link_lookup(ifname=tmp)[0], net_ns_fd=name)
+        with NetNS(name) as pod:
+            idx = pod.link_lookup(ifname=tmp)[0]
+            pod.link("set", index=idx, ifname="eth0")
+            pod.link("set", index=idx, state="up")
+            pod.link("set", index=pod.link_lookup(ifname="lo")[0], state="up")
+            pod.addr("add", index=idx, address=ip, prefixlen=32)
+            pod.route("add", dst=f"{GATEWAY}/32", oif=idx, scope=253)
+            pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY, oif=idx)
+            pod.neigh("add", dst=GATEWAY, lladdr=host_mac, ifindex=idx, state=0x80)
+            pod_mac = pod.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+        with NetNS(self.node_ns) as node:
+            node.link("set", index=host_idx, state="up")
+            node.route("add", dst=f"{ip}/32", oif=host_idx, scope=253)
+            node.neigh("add", dst=ip, lladdr=pod_mac, ifindex=host_idx, state=0x80)
+        self.pods[-1].ifindex = host_idx
+
+    def server(self, pod: Pod, ports: list[int]) -> EchoServer:
+        srv = EchoServer(pod.name, pod.ip, ports)
+        self._servers.append(srv)
+        return srv
+
+    def destroy(self) -> None:
+        for srv in self._servers:
+            srv.stop()
+        for pod in self.pods:
+            with contextlib.suppress(Exception):
+                netns.remove(pod.name)
+        with contextlib.suppress(Exception):
+            netns.remove(self.node_ns)
+
+
+def _enable_forwarding() -> None:
+    with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+        f.write("1")
+
+
+class EchoServer:
+    """TCP echo on some ports of a pod, served from a thread of this process."""
+
+    def __init__(self, ns: str, ip: str, ports: list[int]) -> None:
+        self._stop = threading.Event()
+        self.socks: list[socket.socket] = []
+        for port in ports:
+            s = in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((ip, port))
+            s.listen(64)
+            s.settimeout(0.1)
+            self.socks.append(s)
+        self._threads = [threading.Thread(target=self._serve, args=(s,), daemon=True)
+                         for s in self.socks]
+        for t in self._threads:
+            t.start()
+
+    def _serve(self, s: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = s.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        with conn, contextlib.suppress(OSError):
+            while data := conn.recv(4096):
+                conn.sendall(data)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        for s in self.socks:
+            s.close()
+
+
+def tcp_ok(src: Pod, dst_ip: str, port: int, timeout: float = 0.6) -> bool:
+    """True if a TCP connection from ``src`` gets its payload echoed back in time."""
+    s = in_netns(src.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    s.settimeout(timeout)
+    try:
+        s.connect((dst_ip, port))
+        s.sendall(b"ping")
+        return s.recv(16) == b"ping"
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def tcp_open(src: Pod, dst_ip: str, port: int, timeout: float = 1.0) -> socket.socket:
+    """An established connection (for tests that keep it across a policy change)."""
+    s = in_netns(src.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    s.settimeout(timeout)
+    s.connect((dst_ip, port))
+    return s
+
+
+def roundtrip(s: socket.socket, payload: bytes = b"again") -> bool:
+    try:
+        s.sendall(payload)
+        return s.recv(64) == payload
+    except OSError:
+        return False

@@ -1,0 +1,186 @@
+"""Real packets between pod namespaces through the attached programs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from services.common.identities import ID_WORLD
+from services.common.policytypes import ANY_PEER, PROTO_TCP, Direction, PolicyKey, Verdict
+from services.nodeagent.datapath import (
+    EndpointEntry,
+    FlowReader,
+    FlowRecord,
+    IpcacheEntry,
+    attach,
+    attached_programs,
+    detach,
+)
+from tests.datapath.conftest import ID_POD1, ID_POD2, ID_POD3, Env
+from tests.datapath.netlab import roundtrip, tcp_ok, tcp_open
+
+pytestmark = pytest.mark.datapath
+
+IDS = [ID_POD1, ID_POD2, ID_POD3]
+IN, OUT = Direction.INGRESS, Direction.EGRESS
+
+
+def configure(env: Env, *, enforce: dict[int, tuple[bool, bool]] | None = None,
+              policy: dict[PolicyKey, Verdict] | None = None, known: int = 3) -> None:
+    """Reconcile the maps to a scenario: the first ``known`` pods are endpoints and in the
+    ipcache; ``enforce`` maps a pod index to (ingress, egress) enforcement."""
+    enforce = enforce or {}
+    pods = env.pods[:known]
+    env.maps.ipcache.reconcile({f"{p.ip}/32": IpcacheEntry(IDS[i]) for i, p in enumerate(pods)})
+    env.maps.endpoints.reconcile({
+        p.ip: EndpointEntry(i + 1, IDS[i], p.ifindex, *enforce.get(i, (False, False)))
+        for i, p in enumerate(pods)})
+    env.maps.policy.reconcile(policy or {})
+    env.maps.conntrack.gc(now_ns=2**64 - 1)   # forget flows of earlier scenarios
+
+
+def tcp_rule(subject: int, peer: int, direction: int, port: int, end: int = 0,
+             ) -> PolicyKey:
+    return PolicyKey(subject, peer, direction, PROTO_TCP, port, end or port)
+
+
+def test_open_by_default(env: Env) -> None:
+    configure(env)
+    p1, p2, _ = env.pods
+    for pod in env.pods:
+        hooks = attached_programs(pod.host_if, netns=env.lab.node_ns)
+        assert hooks == {"ingress": "cil_from_pod", "egress": "cil_to_pod"}
+    assert tcp_ok(p1, p2.ip, 80)
+    assert tcp_ok(p2, p1.ip, 8080)
+
+
+def test_ingress_default_deny_then_allow(env: Env) -> None:
+    p1, p2, _ = env.pods
+    configure(env, enforce={1: (True, False)})
+    assert not tcp_ok(p1, p2.ip, 80)
+    assert tcp_ok(p2, p1.ip, 80), "pod2's egress is not enforced"
+    configure(env, enforce={1: (True, False)},
+              policy={tcp_rule(ID_POD2, ID_POD1, IN, 80): Verdict.ALLOW})
+    assert tcp_ok(p1, p2.ip, 80)
+    assert not tcp_ok(p1, p2.ip, 8080), "only port 80 is allowed"
+
+
+def test_replies_pass_but_reverse_direction_is_denied(env: Env) -> None:
+    p1, p2, _ = env.pods
+    allow = {tcp_rule(ID_POD2, ID_POD1, IN, 80): Verdict.ALLOW}
+    configure(env, enforce={1: (True, True)}, policy=allow)
+    # pod2 enforces egress with no egress rule: its replies pass only through conntrack.
+    assert tcp_ok(p1, p2.ip, 80)
+    assert not tcp_ok(p2, p1.ip, 80), "a new connection from pod2 has no egress policy"
+
+    conn = tcp_open(p1, p2.ip, 80)
+    try:
+        assert roundtrip(conn)
+        env.maps.policy.reconcile({})
+        assert roundtrip(conn), "an established flow outlives the policy that allowed it"
+        assert not tcp_ok(p1, p2.ip, 80), "a new connection needs the policy"
+        env.maps.conntrack.expire_all()
+        conn.settimeout(0.6)
+        assert not roundtrip(conn), "once its entries expire, the flow is checked again"
+    finally:
+        conn.close()
+
+
+def test_deny_beats_allow(env: Env) -> None:
+    p1, p2, p3 = env.pods
+    policy = {
+        PolicyKey(ID_POD2, ANY_PEER, IN, 0, 0, 0): Verdict.ALLOW,
+        tcp_rule(ID_POD2, ID_POD1, IN, 5432): Verdict.DENY,
+        tcp_rule(ID_POD2, ID_POD1, IN, 9000, 9010): Verdict.DENY,
+        tcp_rule(ID_POD2, ID_POD1, IN, 9003): Verdict.ALLOW,
+    }
+    configure(env, enforce={1: (True, False)}, policy=policy)
+    assert tcp_ok(p1, p2.ip, 80)
+    assert not tcp_ok(p1, p2.ip, 5432)
+    assert not tcp_ok(p1, p2.ip, 9003), "the wider deny covers the specific allow"
+    assert tcp_ok(p3, p2.ip, 5432), "the deny is for pod1 only"
+
+
+def test_port_range(env: Env) -> None:
+    p1, p2, _ = env.pods
+    configure(env, enforce={1: (True, False)},
+              policy={tcp_rule(ID_POD2, ID_POD1, IN, 9000, 9005): Verdict.ALLOW})
+    assert tcp_ok(p1, p2.ip, 9000)
+    assert tcp_ok(p1, p2.ip, 9003)
+    assert not tcp_ok(p1, p2.ip, 9008)
+    assert not tcp_ok(p1, p2.ip, 8080)
+
+
+def test_unknown_destination_is_world(env: Env) -> None:
+    p3 = env.pods[2]
+    # pod3 plays a machine outside the cluster: no programs, no ipcache or endpoint entry.
+    detach(p3.host_if, netns=env.lab.node_ns)
+    assert attached_programs(p3.host_if, netns=env.lab.node_ns) == {}
+    configure(env, enforce={0: (False, True)}, known=2,
+              policy={tcp_rule(ID_POD1, ID_WORLD, OUT, 80): Verdict.ALLOW})
+    try:
+        records = _world_traffic(env)
+    finally:
+        attach(env.programs, p3.host_if, netns=env.lab.node_ns)
+    assert records[0].verdict == "DROPPED"
+    assert records[0].dst_identity == ID_WORLD
+    assert records[0].src_identity == ID_POD1
+
+
+def _world_traffic(env: Env) -> list[FlowRecord]:
+    p1, p2, p3 = env.pods
+    with FlowReader(env.node) as flows:
+        flows.drain()
+        assert tcp_ok(p1, p3.ip, 80)
+        assert not tcp_ok(p1, p3.ip, 8080)
+        assert not tcp_ok(p1, p2.ip, 80), "pod2 has an identity: it is not world"
+        return _collect(flows, lambda r: r.dst_ip == p3.ip and r.dst_port == 8080)[0]
+
+
+def test_drop_and_forward_events(env: Env) -> None:
+    p1, p2, _ = env.pods
+    configure(env, enforce={1: (True, False)},
+              policy={tcp_rule(ID_POD2, ID_POD1, IN, 80): Verdict.ALLOW})
+    with FlowReader(env.node) as flows:
+        flows.drain()
+        assert not tcp_ok(p1, p2.ip, 5432)
+        assert tcp_ok(p1, p2.ip, 80)
+        drops, fwd = _collect(flows,
+                              lambda r: r.dst_port == 5432 and r.verdict == "DROPPED",
+                              lambda r: r.dst_port == 80 and r.direction == "ingress")
+    drop = drops[0]
+    assert (drop.src_identity, drop.dst_identity) == (ID_POD1, ID_POD2)
+    assert drop.reason_name == "policy denied"
+    assert (drop.src_ip, drop.dst_ip, drop.proto_name) == (p1.ip, p2.ip, "TCP")
+    assert drop.direction == "ingress"
+    assert drop.ifindex == p2.ifindex
+    assert drop.endpoint_id == 2
+    assert fwd[0].verdict == "FORWARDED"
+    assert fwd[0].reason_name == "policy allowed"
+    as_dict = drop.as_dict()
+    assert as_dict["reason_name"] == "policy denied" and as_dict["dst_port"] == 5432
+
+
+def test_deny_rule_reason(env: Env) -> None:
+    p1, p2, _ = env.pods
+    configure(env, policy={tcp_rule(ID_POD2, ID_POD1, IN, 5432): Verdict.DENY})
+    with FlowReader(env.node) as flows:
+        flows.drain()
+        assert not tcp_ok(p1, p2.ip, 5432)
+        drops = _collect(flows, lambda r: r.dst_port == 5432 and r.verdict == "DROPPED")[0]
+    assert drops[0].reason_name == "policy denied by deny rule"
+
+
+def _collect(flows: FlowReader, *preds: Callable[[FlowRecord], bool],
+             wait_s: float = 2.0) -> list[list[FlowRecord]]:
+    """Poll until every predicate has matched a record; the matches per predicate."""
+    deadline = time.monotonic() + wait_s
+    seen: list[FlowRecord] = []
+    while time.monotonic() < deadline:
+        seen += flows.poll(50)
+        found = [[r for r in seen if pred(r)] for pred in preds]
+        if all(found):
+            return found
+    raise AssertionError(f"no matching flow event among {seen}")
