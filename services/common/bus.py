@@ -95,6 +95,16 @@ class Delivery:
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Outgoing:
+    """One event to publish (see :meth:`Bus.publish_batch`)."""
+
+    subject: str
+    event_type: str
+    data: dict[str, Any]
+    msg_id: str
+
+
 @dataclass
 class Subscription:
     """A running consumer: ``caught_up`` is set once everything stored at start is handled."""
@@ -181,6 +191,26 @@ class Bus:
                                         headers=headers)
         PUBLISHED.labels(self.service, "duplicate" if ack.duplicate else "stored").inc()
         return ack
+
+    async def publish_batch(self, items: Sequence[Outgoing]) -> list[api.PubAck]:
+        """Publish several events in order without waiting for each acknowledgement.
+
+        One connection keeps the order, so events on one subject are stored in the order given.
+        """
+        futures = []
+        for item in items:
+            payload = encode(item.event_type, item.data)
+            with _tracer.start_as_current_span(
+                    f"publish {item.event_type}", kind=SpanKind.PRODUCER,
+                    attributes={"messaging.system": "nats", "messaging.destination": item.subject,
+                                "cilia.msg_id": item.msg_id}):
+                headers = inject_headers({MSG_ID: item.msg_id})
+                futures.append(await self.js.publish_async(
+                    item.subject, payload, stream=subjects.HISTORY_STREAM, headers=headers))
+        acks: list[api.PubAck] = list(await asyncio.gather(*futures))
+        for ack in acks:
+            PUBLISHED.labels(self.service, "duplicate" if ack.duplicate else "stored").inc()
+        return acks
 
     async def publish_core(self, subject: str, event_type: str, data: dict[str, Any]) -> None:
         """Publish one event on core NATS (not stored): flows and other high-volume data."""

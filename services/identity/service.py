@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from services.common import subjects
-from services.common.bus import Bus, Delivery, Subscription
+from services.common.bus import Bus, Delivery, Outgoing, Subscription
 from services.common.identities import RESERVED, reserved_labels
 from services.common.labels import Labels
 from services.common.runner import STATE_OK, STATE_STARTING
@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 GRACE_ENV = "CILIA_IDENTITY_GRACE"
 DEFAULT_GRACE_S = 300.0        # an unused identity is kept this long before release
 MAX_GC_TICK_S = 5.0            # GC looks for expired identities at least this often
-ALLOC_CONCURRENCY = 64         # allocations in flight while catching up
+ALLOC_CONCURRENCY = 64         # allocations in flight in one batch
+MAX_BATCH = 512                # source events folded into one reconciliation under load
 
 ALLOCATIONS = Counter("cilia_identity_allocations_total", "Identities allocated", ["outcome"])
 _tracer = tracer("cilia.identity")
@@ -74,6 +75,7 @@ class IdentityService:
         self.published_ids: dict[int, list[str]] = {}
         self.published_ip: dict[str, IpcacheEntry] = {}
         self._dirty: set[PodKey] = set()
+        self._outbox: list[Outgoing] = []
         self._live = False
         self._subs: list[Subscription] = []
         self._gc_task: asyncio.Task[None] | None = None
@@ -154,7 +156,9 @@ class IdentityService:
                 self.pods[key] = PodInfo(obj, status.get("podIP"), status.get("hostIP"),
                                          (obj.get("spec") or {}).get("nodeName"))
             self._dirty.add(key)
-        if self._live or d.pending == 0:
+        # Under load (more events pending) fold events into one batch: allocations then run
+        # concurrently and publishes are pipelined; when idle, each event is handled at once.
+        if d.pending == 0 or (self._live and len(self._dirty) >= MAX_BATCH):
             self._live = True
             dirty, self._dirty = self._dirty, set()
             await self._reconcile(dirty, f"{d.seq}")
@@ -171,7 +175,8 @@ class IdentityService:
                                                    self.filter)
         numbers = await self._allocate_all(set(desired.values()))
         for key in sorted(keys):
-            await self._reconcile_pod(key, desired.get(key), numbers, cause)
+            self._reconcile_pod(key, desired.get(key), numbers, cause)
+        await self._flush()
 
     async def _allocate_all(self, label_sets: set[Labels]) -> dict[Labels, int]:
         assert self.allocator is not None
@@ -186,7 +191,7 @@ class IdentityService:
 
         return dict(await asyncio.gather(*(one(ls) for ls in label_sets)))
 
-    async def _reconcile_pod(self, key: PodKey, labels: Labels | None,
+    def _reconcile_pod(self, key: PodKey, labels: Labels | None,
                              numbers: dict[Labels, int], cause: str) -> None:
         old = self.pod_identity.get(key)
         num = numbers[labels] if labels is not None else None
@@ -202,11 +207,11 @@ class IdentityService:
             self.labels_of[num] = labels
             self.unused_since.pop(num, None)
             if self.published_ids.get(num) != labels.strings():
-                await self._publish(subjects.identity(num), "identity.upsert",
-                                    {"id": num, "labels": labels.strings()}, cause)
-        await self._reconcile_ipcache(key, num, cause)
+                self._publish(subjects.identity(num), "identity.upsert",
+                              {"id": num, "labels": labels.strings()}, cause)
+        self._reconcile_ipcache(key, num, cause)
 
-    async def _reconcile_ipcache(self, key: PodKey, num: int | None, cause: str) -> None:
+    def _reconcile_ipcache(self, key: PodKey, num: int | None, cause: str) -> None:
         pod = self.pods.get(key)
         pod_name = f"{key[0]}/{key[1]}"
         prefix = f"{pod.ip}/32" if pod is not None and pod.ip and num is not None else None
@@ -215,7 +220,7 @@ class IdentityService:
             self.pod_prefix.pop(key, None)
             owner = self.published_ip.get(old_prefix)
             if owner is not None and owner.pod == pod_name:
-                await self._publish(subjects.ipcache(old_prefix), "ipcache.delete",
+                self._publish(subjects.ipcache(old_prefix), "ipcache.delete",
                                     {"prefix": old_prefix, "identity": owner.identity}, cause)
         if prefix is None or pod is None or num is None:
             return
@@ -226,23 +231,29 @@ class IdentityService:
                                     "pod": pod_name}
             if pod.node:
                 data["node"] = pod.node
-            await self._publish(subjects.ipcache(prefix), "ipcache.upsert", data, cause)
+            self._publish(subjects.ipcache(prefix), "ipcache.upsert", data, cause)
 
-    async def _publish(self, subject: str, event_type: str, data: dict[str, Any],
-                       cause: str) -> None:
-        assert self.bus is not None
+    def _publish(self, subject: str, event_type: str, data: dict[str, Any], cause: str) -> None:
+        """Queue one event (sent by :meth:`_flush`) and remember it as published."""
         # Deterministic per (cause, subject, type): replicas handling the same source event
         # publish the same id, and JetStream stores it once.
-        await self.bus.publish(subject, event_type, data,
-                               msg_id=f"identity/{cause}/{subject}/{event_type}")
+        self._outbox.append(Outgoing(subject, event_type, data,
+                                     f"identity/{cause}/{subject}/{event_type}"))
         self._record(event_type, data)
+
+    async def _flush(self) -> None:
+        assert self.bus is not None
+        outbox, self._outbox = self._outbox, []
+        if outbox:
+            await self.bus.publish_batch(outbox)
 
     async def _publish_reserved(self) -> None:
         for num in sorted(RESERVED):
             labels = reserved_labels(num).strings()
             if self.published_ids.get(num) != labels:
-                await self._publish(subjects.identity(num), "identity.upsert",
-                                    {"id": num, "labels": labels}, "reserved-v1")
+                self._publish(subjects.identity(num), "identity.upsert",
+                              {"id": num, "labels": labels}, "reserved-v1")
+        await self._flush()
 
     # -- garbage collection ----------------------------------------------------------------
 
@@ -271,9 +282,10 @@ class IdentityService:
                                                attributes={"cilia.identity": num}):
                 released = await self.allocator.release(num, labels)
                 if num in self.published_ids:
-                    await self._publish(subjects.identity(num), "identity.delete",
-                                        {"id": num, "labels": labels.strings()},
-                                        f"gc-{labels.digest()}")
+                    self._publish(subjects.identity(num), "identity.delete",
+                                  {"id": num, "labels": labels.strings()},
+                                  f"gc-{labels.digest()}")
+                    await self._flush()
             self.labels_of.pop(num, None)
             self.usage.pop(num, None)
             self.released += int(released)
