@@ -1,0 +1,125 @@
+"""The reconciler against the in-memory backend: diffs, counts, partitions, retries, full."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from services.common.policytypes import PolicyKey, Verdict
+from services.nodeagent.datapath import (
+    EncodeError,
+    EndpointEntry,
+    IpcacheEntry,
+    MapError,
+    MapFullError,
+    MemoryMapBackend,
+    NodeMaps,
+    Reconciler,
+)
+
+
+def kv(i: int, v: int = 0) -> tuple[bytes, bytes]:
+    return i.to_bytes(4, "little"), v.to_bytes(4, "little")
+
+
+def backend(max_entries: int = 100) -> MemoryMapBackend:
+    return MemoryMapBackend("test", 4, 4, max_entries)
+
+
+def test_applies_exactly_the_difference() -> None:
+    be = backend()
+    r = Reconciler(be)
+    res = r.reconcile(dict(kv(i) for i in range(10)))
+    assert (res.added, res.updated, res.deleted, res.unchanged) == (10, 0, 0, 0)
+    desired = dict(kv(i) for i in range(2, 12))
+    desired.update([kv(5, 9)])
+    res = r.reconcile(desired)
+    assert (res.added, res.updated, res.deleted, res.unchanged) == (2, 1, 2, 7)
+    assert be.data == desired
+    res = r.reconcile(desired)
+    assert res.writes == 0 and res.reads == 0
+
+
+def test_a_new_reconciler_starts_from_what_the_map_holds() -> None:
+    be = backend()
+    be.data.update(kv(i) for i in range(5))
+    r = Reconciler(be)
+    res = r.reconcile(dict(kv(i) for i in range(5)))
+    assert res.writes == 0 and res.reads == 1
+    assert r.stats.as_dict()["reads"] == 1
+
+
+def test_partitions_leave_others_alone() -> None:
+    be = backend()
+    r = Reconciler(be, partition_of=lambda k: k[0] % 2)
+    r.reconcile(dict(kv(i) for i in range(6)))
+    res = r.reconcile({kv(1, 7)[0]: kv(1, 7)[1]}, partitions=[1])
+    assert (res.updated, res.deleted) == (1, 2)
+    assert sorted(int.from_bytes(k, "little") for k in be.data) == [0, 1, 2, 4]
+    with pytest.raises(ValueError, match="partition"):
+        r.reconcile(dict([kv(2)]), partitions=[1])
+
+
+def test_transient_errors_are_retried_with_backoff() -> None:
+    be = backend()
+    sleeps: list[float] = []
+    r = Reconciler(be, sleep=sleeps.append, backoff_s=0.01)
+    be.fail_next = [OSError(errno.EBUSY, "busy"), OSError(errno.EBUSY, "busy")]
+    res = r.reconcile(dict(kv(i) for i in range(3)))
+    assert res.added == 3 and res.retries == 2
+    assert sleeps == [0.01, 0.02]
+    assert r.stats.retries == 2
+
+
+def test_gives_up_after_the_retries() -> None:
+    be = backend()
+    r = Reconciler(be, retries=2, sleep=lambda _s: None)
+    be.fail_next = [OSError(errno.EIO, "io")] * 3
+    with pytest.raises(MapError, match="map 'test'"):
+        r.reconcile(dict([kv(1)]))
+    assert r.stats.failures == 1
+
+
+def test_full_map_gets_deletes_first_then_reports_full() -> None:
+    be = backend(max_entries=4)
+    r = Reconciler(be)
+    r.reconcile(dict(kv(i) for i in range(4)))
+    res = r.reconcile(dict(kv(i) for i in range(10, 14)))   # fits only after the deletes
+    assert be.data == dict(kv(i) for i in range(10, 14))
+    assert res.retries == 1
+    with pytest.raises(MapFullError, match="full"):
+        r.reconcile(dict(kv(i) for i in range(20, 25)))
+
+
+def test_bad_input_writes_nothing() -> None:
+    made: dict[str, MemoryMapBackend] = {}
+
+    def factory(name: str, ks: int, vs: int) -> MemoryMapBackend:
+        made[name] = MemoryMapBackend(name, ks, vs, 100)
+        return made[name]
+
+    maps = NodeMaps("unit", factory=factory)
+    with pytest.raises(EncodeError, match="field prefix"):
+        maps.ipcache.reconcile({"10.0.0.1/32": IpcacheEntry(300), "10.0.0.1/33": IpcacheEntry(1)})
+    with pytest.raises(EncodeError, match=r"endpoint 10\.0\.0\.9: field identity"):
+        maps.endpoints.reconcile({"10.0.0.9": EndpointEntry(1, 0)})
+    with pytest.raises(EncodeError, match="field end_port"):
+        maps.policy.reconcile({PolicyKey(300, 0, 0, 6, 80, 80): Verdict.ALLOW,
+                               PolicyKey(300, 0, 0, 6, 90, 10): Verdict.ALLOW})
+    assert all(be.calls == 0 and not be.data for be in made.values())
+
+
+def test_typed_maps_roundtrip_through_bytes() -> None:
+    maps = NodeMaps("unit", factory=lambda n, k, v: MemoryMapBackend(n, k, v, 100))
+    ipc = {"10.0.0.0/8": IpcacheEntry(2), "192.168.1.7/32": IpcacheEntry(6, "192.168.1.7")}
+    eps = {"10.1.0.5": EndpointEntry(3, 300, 12, True, False)}
+    assert maps.ipcache.reconcile(ipc).added == 2
+    assert maps.endpoints.reconcile(eps).added == 1
+    assert maps.ipcache.entries() == ipc
+    assert maps.endpoints.entries() == eps
+    pol = {PolicyKey(300, 0, 1, 17, 53, 53): Verdict.ALLOW}
+    assert maps.policy.reconcile(pol, subjects=[300]).added == 1
+    assert maps.policy.reconcile({}, subjects=[301]).writes == 0
+    assert set(maps.stats()) == {"ipcache", "endpoints", "policy"}
+    assert maps.stats()["policy"]["added"] == 1
