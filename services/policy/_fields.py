@@ -139,6 +139,7 @@ def parse_metadata(doc: dict[str, Any], kind: str, namespaced: bool,
     if not isinstance(name, str) or not name:
         ctx.fail("metadata.name", "a non-empty name is required")
     if not namespaced:
+        ctx = Ctx(kind, "", ctx.name)
         if namespace is not None:
             ctx.fail("metadata.namespace", f"{kind} is cluster-scoped and takes no namespace")
         return ctx

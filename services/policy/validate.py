@@ -43,15 +43,16 @@ def parse_policy(doc: Any, default_namespace: str = DEFAULT_NAMESPACE) -> Policy
     kind = doc.get("kind")
     raw_meta = doc.get("metadata")
     name = raw_meta.get("name", "") if isinstance(raw_meta, dict) else ""
+    namespace = raw_meta.get("namespace", "") if isinstance(raw_meta, dict) else ""
     if kind not in SUPPORTED:
         raise PolicyValidationError(f"unsupported kind {kind!r} (expected one of "
                                     f"{', '.join(SUPPORTED)})", "kind", str(kind or ""),
-                                    name=str(name))
+                                    str(namespace or ""), str(name))
     api = doc.get("apiVersion")
     if api != SUPPORTED[kind]:
         raise PolicyValidationError(f"apiVersion {api!r} is not supported for {kind} "
                                     f"(expected {SUPPORTED[kind]})", "apiVersion", kind,
-                                    name=str(name))
+                                    str(namespace or ""), str(name))
     if kind == KIND_KNP:
         return parse_k8s(doc, default_namespace)
     return parse_cilium(doc, kind, default_namespace)
