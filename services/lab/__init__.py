@@ -1,0 +1,65 @@
+"""The embedded lab: nodes as network namespaces, pods through the CNI plugin, exec.
+
+Typical use::
+
+    from services.lab import up, down, Kubelet, exec_in_pod
+    up("cilia", nodes=2)
+    pods = Kubelet("cilia").apply(deployment_dict)
+    exec_in_pod("deploy/frontend", ["curl", "-s", "http://10.244.1.5:8080"], namespace="prod")
+    down("cilia")
+"""
+
+from services.lab.errors import (
+    CniInvokeError,
+    LabConfigError,
+    LabError,
+    LabExistsError,
+    LabNotFoundError,
+    PodNotFoundError,
+    PodSpecError,
+    TopologyError,
+    WorkloadError,
+)
+from services.lab.kubelet import Kubelet
+from services.lab.plan import (
+    CLUSTER_POD_CIDR,
+    EXTERNAL_IP,
+    UNDERLAY_CIDR,
+    WORLD_IP,
+    LabPlan,
+    NodePlan,
+    plan_lab,
+)
+from services.lab.podexec import exec_in_netns, exec_in_pod, resolve_pod
+from services.lab.state import LabState, list_labs, load_lab
+from services.lab.topology import DEFAULT_LAB, DownReport, down, up
+
+__all__ = [
+    "CLUSTER_POD_CIDR",
+    "DEFAULT_LAB",
+    "EXTERNAL_IP",
+    "UNDERLAY_CIDR",
+    "WORLD_IP",
+    "CniInvokeError",
+    "DownReport",
+    "Kubelet",
+    "LabConfigError",
+    "LabError",
+    "LabExistsError",
+    "LabNotFoundError",
+    "LabPlan",
+    "LabState",
+    "NodePlan",
+    "PodNotFoundError",
+    "PodSpecError",
+    "TopologyError",
+    "WorkloadError",
+    "down",
+    "exec_in_netns",
+    "exec_in_pod",
+    "list_labs",
+    "load_lab",
+    "plan_lab",
+    "resolve_pod",
+    "up",
+]

@@ -1,0 +1,276 @@
+"""The lab's kubelet: pod sandboxes (netns), CNI ADD/DEL through the plugin, the workload.
+
+Creating a pod: validate, pick a node, create the sandbox netns ``cilia-<lab>-<ns>_<pod>``, run
+``cilia-cni`` ADD (env + stdin, inside the node's netns, like a kubelet on that node), start the
+workload in the sandbox, wait until it listens, record everything in ``pods.json``. Deleting
+reverses it: stop the workload (by recorded pid), CNI DEL, remove the netns. A failure half way
+undoes what was done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from services.lab import cniexec
+from services.lab import netns as ns
+from services.lab._workload import start_workload
+from services.lab.errors import (
+    LabError,
+    PodNotFoundError,
+    PodSpecError,
+)
+from services.lab.plan import container_id, pod_netns_name
+from services.lab.podspec import (
+    DeploymentSpec,
+    PodSpec,
+    deployment_pod,
+    owner_deployment,
+    parse_deployment,
+    parse_pod,
+    pick_node,
+    random_suffix,
+)
+from services.lab.state import cni_conf_path, lab_dir, lab_lock, load_lab, log_dir
+from services.lab.topology import DEFAULT_LAB
+from services.nodeagent.ipam import write_json_atomic
+
+PODS_STATE_VERSION = 1
+POD_IFNAME = "eth0"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Kubelet:
+    """Pods and Deployments of one lab (every method takes the lab's lock while it changes).
+
+    Args:
+        lab: the lab name (must be up).
+        cni_path: plugin directories (default ``$CNI_PATH`` or the venv's bin directory).
+    """
+
+    def __init__(self, lab: str = DEFAULT_LAB, cni_path: list[str] | None = None) -> None:
+        self.lab = lab
+        self.cni_path = cni_path
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def _pods_file(self) -> Path:
+        return lab_dir(self.lab) / "pods.json"
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self._pods_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise LabError(f"lab {self.lab}: pods state {self._pods_file}: {exc}") from exc
+        if data.get("version") != PODS_STATE_VERSION:
+            raise LabError(f"lab {self.lab}: pods state: unsupported version "
+                           f"{data.get('version')!r}")
+        return dict(data.get("pods", {}))
+
+    def _save(self, records: Mapping[str, Any]) -> None:
+        write_json_atomic(self._pods_file, {"version": PODS_STATE_VERSION, "pods": records})
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, dict[str, Any]]]:
+        load_lab(self.lab)  # raises LabNotFoundError when the lab is not up
+        with lab_lock(self.lab):
+            yield self._load()
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def list_pods(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """All pods (of one namespace), sorted by namespace and name."""
+        return [rec["pod"] for key, rec in sorted(self._load().items())
+                if namespace is None or key.split("/", 1)[0] == namespace]
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        rec = self._load().get(f"{namespace}/{name}")
+        return rec["pod"] if rec else None
+
+    def pod_netns(self, namespace: str, name: str) -> str:
+        """The netns name of a pod's sandbox.
+
+        Raises:
+            PodNotFoundError: no such pod.
+        """
+        rec = self._load().get(f"{namespace}/{name}")
+        if rec is None:
+            raise PodNotFoundError(f"pod {namespace}/{name} not found in lab {self.lab}")
+        return str(rec["runtime"]["netns"])
+
+    def deployment_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        return [p for p in self.list_pods(namespace) if owner_deployment(p) == name]
+
+    # -- pods --------------------------------------------------------------------------------
+
+    def create_pod(self, pod: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a pod (or return it if it exists with the same ports; labels are updated).
+
+        Returns:
+            The pod with ``metadata.uid``, ``spec.nodeName``, ``status.podIP``/``hostIP``.
+
+        Raises:
+            PodSpecError: invalid object or unknown ``spec.nodeName``.
+            CniInvokeError: the CNI plugin failed (nothing is left behind).
+            WorkloadError: the workload did not start (nothing is left behind).
+        """
+        spec = parse_pod(pod)
+        with self._locked() as records:
+            out = self._create(records, spec, pod)
+            self._save(records)
+            return out
+
+    def delete_pod(self, namespace: str, name: str) -> bool:
+        """Delete a pod; False if there was none."""
+        with self._locked() as records:
+            rec = records.pop(f"{namespace}/{name}", None)
+            if rec is None:
+                return False
+            self._teardown(rec)
+            self._save(records)
+            return True
+
+    def apply(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Apply a Pod or a Deployment; returns the resulting pods."""
+        kind = obj.get("kind")
+        if kind == "Pod":
+            return [self.create_pod(obj)]
+        if kind == "Deployment":
+            return self.apply_deployment(obj)
+        raise PodSpecError(f"kind {kind!r}: the lab kubelet runs Pods and Deployments only")
+
+    def apply_deployment(self, deploy: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Converge a Deployment's pods: replicas of the current template, others deleted."""
+        spec = parse_deployment(deploy)
+        with self._locked() as records:
+            try:
+                return self._converge(records, spec)
+            finally:
+                self._save(records)
+
+    def delete_deployment(self, namespace: str, name: str) -> list[str]:
+        """Delete a Deployment's pods; returns their names."""
+        with self._locked() as records:
+            gone = [key for key, rec in sorted(records.items())
+                    if key.startswith(f"{namespace}/") and owner_deployment(rec["pod"]) == name]
+            for key in gone:
+                self._teardown(records.pop(key))
+            self._save(records)
+            return [key.split("/", 1)[1] for key in gone]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _converge(self, records: dict[str, dict[str, Any]],
+                  spec: DeploymentSpec) -> list[dict[str, Any]]:
+        owned = sorted(key for key, rec in records.items()
+                       if key.startswith(f"{spec.namespace}/")
+                       and owner_deployment(rec["pod"]) == spec.name)
+        current = [k for k in owned
+                   if records[k]["pod"]["metadata"]["labels"].get("pod-template-hash")
+                   == spec.template_hash]
+        keep, extra = current[:spec.replicas], current[spec.replicas:]
+        for key in [k for k in owned if k not in current] + extra:
+            self._teardown(records.pop(key))
+        pods = [records[k]["pod"] for k in keep]
+        while len(pods) < spec.replicas:
+            obj = deployment_pod(spec, random_suffix())
+            if f"{spec.namespace}/{obj['metadata']['name']}" in records:
+                continue
+            pods.append(self._create(records, parse_pod(obj), obj))
+        return sorted(pods, key=lambda p: p["metadata"]["name"])
+
+    def _create(self, records: dict[str, dict[str, Any]], spec: PodSpec,
+                pod: Mapping[str, Any]) -> dict[str, Any]:
+        existing = records.get(spec.key)
+        if existing is not None:
+            old = parse_pod(existing["pod"])
+            if old.ports != spec.ports:
+                raise PodSpecError(f"Pod {spec.key}: spec.containers: ports differ from the "
+                                   "running pod (delete it first)")
+            existing["pod"]["metadata"]["labels"] = dict(spec.labels)
+            return dict(existing["pod"])
+        state = load_lab(self.lab)
+        plan = state.plan
+        nodes = [n.name for n in plan.nodes]
+        if spec.node_name is not None and spec.node_name not in nodes:
+            raise PodSpecError(f"Pod {spec.key}: spec.nodeName: {spec.node_name!r} is not a "
+                               f"node of lab {self.lab} ({', '.join(nodes)})")
+        counts: dict[str, int] = {}
+        for rec in records.values():
+            counts[rec["runtime"]["node"]] = counts.get(rec["runtime"]["node"], 0) + 1
+        node = plan.node(spec.node_name or pick_node(nodes, counts))
+        uid = str(uuid.uuid4())
+        runtime: dict[str, Any] = {
+            "node": node.name, "nodeNetns": node.netns,
+            "netns": pod_netns_name(self.lab, spec.namespace, spec.name),
+            "containerId": container_id(uid), "workload": None, "cniResult": None,
+        }
+        netconf = json.loads(cni_conf_path(self.lab, node.name).read_text())
+        ns.create_netns(runtime["netns"])
+        try:
+            result = cniexec.invoke("ADD", netconf, container_id=runtime["containerId"],
+                                    netns_path=ns.netns_path(runtime["netns"]),
+                                    ifname=POD_IFNAME, args=_cni_args(spec, runtime),
+                                    cni_path=self.cni_path, run_in_netns=node.netns)
+            runtime["cniResult"] = result
+            runtime["workload"] = self._start_workload(spec, runtime["netns"]).to_json()
+        except BaseException:
+            self._teardown({"runtime": runtime, "netconf": netconf})
+            raise
+        out = _pod_object(pod, spec, uid, node.name, str(node.node_ip), _pod_ip(result))
+        records[spec.key] = {"pod": out, "runtime": runtime, "netconf": netconf}
+        return out
+
+    def _start_workload(self, spec: PodSpec, netns: str) -> ns.ProcRef:
+        logfile = log_dir(self.lab) / f"pod-{spec.namespace}_{spec.name}.log"
+        return start_workload(netns, spec.name, spec.namespace, [p.port for p in spec.ports],
+                              logfile)
+
+    def _teardown(self, rec: Mapping[str, Any]) -> None:
+        runtime = rec["runtime"]
+        if runtime.get("workload"):
+            ns.stop_process(ns.ProcRef.from_json(runtime["workload"]))
+        netconf = rec.get("netconf")
+        try:
+            if netconf is not None:
+                cniexec.invoke("DEL", netconf, container_id=runtime["containerId"],
+                               netns_path=ns.netns_path(runtime["netns"]), ifname=POD_IFNAME,
+                               cni_path=self.cni_path, run_in_netns=runtime["nodeNetns"],
+                               prev_result=runtime.get("cniResult"))
+        finally:
+            ns.remove_netns(runtime["netns"])
+
+
+def _cni_args(spec: PodSpec, runtime: Mapping[str, Any]) -> dict[str, str]:
+    return {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": spec.namespace,
+            "K8S_POD_NAME": spec.name, "K8S_POD_INFRA_CONTAINER_ID": runtime["containerId"]}
+
+
+def _pod_ip(result: Mapping[str, Any] | None) -> str:
+    try:
+        return str(result["ips"][0]["address"]).split("/")[0]  # type: ignore[index]
+    except (TypeError, KeyError, IndexError) as exc:
+        raise LabError(f"CNI ADD returned no address: {result!r}") from exc
+
+
+def _pod_object(pod: Mapping[str, Any], spec: PodSpec, uid: str, node: str, host_ip: str,
+                pod_ip: str) -> dict[str, Any]:
+    meta = dict(pod.get("metadata") or {})
+    meta.update(name=spec.name, namespace=spec.namespace, labels=dict(spec.labels), uid=uid,
+                creationTimestamp=_now())
+    body = dict(pod.get("spec") or {})
+    body["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": body,
+            "status": {"phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}],
+                       "hostIP": host_ip, "startTime": meta["creationTimestamp"]}}

@@ -1,0 +1,227 @@
+"""Network namespace and process plumbing for the lab (the I/O shell around the plan).
+
+pyroute2 creates and removes named namespaces. Two things pyroute2 does not do are done with
+the setns(2) system call directly (through ctypes, as pyroute2 itself does):
+
+- sysctls of a namespace: a short-lived thread enters the netns and writes ``/proc/sys``
+  (``/proc/sys/net`` belongs to the netns of the thread that opens it);
+- processes started in a namespace: the child enters the netns between fork and exec.
+
+Processes are tracked as (pid, start time) so that a recycled pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pyroute2 import netns as pr_netns
+
+from services.lab.errors import TopologyError
+from services.nodeagent.endpoints import entered_netns
+
+NETNS_RUN_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+STAT_STARTTIME_FIELD = 21   # index of starttime in /proc/<pid>/stat after the comm field
+TERM_GRACE = 2.0            # seconds between SIGTERM and SIGKILL
+POLL_INTERVAL = 0.02
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def netns_path(name: str) -> str:
+    """The bind-mount path of a named netns (what CNI_NETNS carries)."""
+    return str(NETNS_RUN_DIR / name)
+
+
+def netns_exists(name: str) -> bool:
+    return (NETNS_RUN_DIR / name).exists()
+
+
+def list_netns(prefix: str = "") -> list[str]:
+    return sorted(n for n in pr_netns.listnetns() if n.startswith(prefix))
+
+
+def create_netns(name: str) -> None:
+    """Create a named netns.
+
+    Raises:
+        TopologyError: it exists already or creation failed.
+    """
+    if netns_exists(name):
+        raise TopologyError(f"netns {name} already exists")
+    try:
+        pr_netns.create(name)
+    except OSError as exc:
+        raise TopologyError(f"netns {name}: cannot create: {exc}") from exc
+
+
+def remove_netns(name: str) -> bool:
+    """Remove a named netns; False when it did not exist."""
+    if not netns_exists(name):
+        return False
+    pr_netns.remove(name)
+    return True
+
+
+def _enter(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def write_sysctl(netns: str, key: str, value: str) -> None:
+    """Write ``/proc/sys/<key with dots as slashes>`` inside a netns.
+
+    Raises:
+        TopologyError: the netns or the sysctl does not exist.
+    """
+    errors: list[BaseException] = []
+
+    # a thread of its own: the caller's thread never changes netns
+    def work() -> None:
+        try:
+            with entered_netns(netns):
+                Path("/proc/sys", *key.split(".")).write_text(value)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=work, name=f"sysctl-{netns}")
+    thread.start()
+    thread.join()
+    if errors:
+        raise TopologyError(f"netns {netns}: sysctl {key}={value}: {errors[0]}")
+
+
+def spawn(netns: str | None, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+          stdin: int | IO[Any] | None = None, stdout: int | IO[Any] | None = None,
+          stderr: int | IO[Any] | None = None, pass_fds: Sequence[int] = (),
+          detach: bool = False) -> subprocess.Popen[bytes]:
+    """Start ``argv`` inside a named netns (None: the caller's netns).
+
+    Args:
+        detach: start a new session, so the process outlives the caller's terminal.
+
+    Raises:
+        TopologyError: the netns does not exist.
+        OSError: the program cannot be executed.
+    """
+    fd = -1
+    if netns is not None:
+        try:
+            fd = os.open(netns_path(netns), os.O_RDONLY)
+        except FileNotFoundError:
+            raise TopologyError(f"netns {netns} does not exist") from None
+
+    def enter() -> None:
+        if fd >= 0:
+            _enter(fd)
+
+    try:
+        return subprocess.Popen(list(argv), env=dict(env) if env is not None else None,
+                                stdin=stdin, stdout=stdout, stderr=stderr,
+                                pass_fds=tuple(pass_fds), start_new_session=detach,
+                                preexec_fn=enter if fd >= 0 else None)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class ProcRef:
+    """A process as the lab recorded it: pid plus start time (guards against pid reuse)."""
+
+    pid: int
+    start: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"pid": self.pid, "start": self.start}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ProcRef:
+        return cls(int(data["pid"]), int(data["start"]))
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # the comm field may hold spaces and parentheses; everything after the last ')' is fixed
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def proc_ref(pid: int) -> ProcRef:
+    """Record a running process.
+
+    Raises:
+        TopologyError: the process is gone.
+    """
+    fields = _stat_fields(pid)
+    if fields is None:
+        raise TopologyError(f"process {pid} exited")
+    return ProcRef(pid, int(fields[STAT_STARTTIME_FIELD - 2]))
+
+
+def is_alive(ref: ProcRef) -> bool:
+    """True if the recorded process runs (a zombie or a recycled pid is not it)."""
+    fields = _stat_fields(ref.pid)
+    if fields is None or fields[0] == "Z":
+        return False
+    return int(fields[STAT_STARTTIME_FIELD - 2]) == ref.start
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def stop_process(ref: ProcRef, grace: float = TERM_GRACE) -> bool:
+    """SIGTERM the recorded process, SIGKILL after ``grace`` seconds; False if it was gone."""
+    if not is_alive(ref):
+        _reap(ref.pid)
+        return False
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+        try:
+            os.kill(ref.pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            _reap(ref.pid)
+            if not is_alive(ref):
+                return True
+            time.sleep(POLL_INTERVAL)
+    return not is_alive(ref)
+
+
+def pids_in_netns(name: str) -> list[int]:
+    """Pids of the processes whose network namespace is the named netns."""
+    try:
+        target = os.stat(netns_path(name))
+    except FileNotFoundError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry}/ns/net")
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EACCES, errno.ESRCH):
+                continue
+            raise
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino) and int(entry) != os.getpid():
+            found.append(int(entry))
+    return found
