@@ -189,3 +189,72 @@ def roundtrip(s: socket.socket, payload: bytes = b"again") -> bool:
         return s.recv(64) == payload
     except OSError:
         return False
+
+
+class UdpEcho:
+    """UDP echo on one port of a pod, served from a thread of this process."""
+
+    def __init__(self, ns: str, ip: str, port: int) -> None:
+        self.sock = in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        self.sock.bind((ip, port))
+        self.sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(2048)
+                self.sock.sendto(data, peer)
+            except OSError:
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def udp_ok(src: Pod, dst_ip: str, port: int, timeout: float = 0.6) -> bool:
+    s = in_netns(src.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    s.settimeout(timeout)
+    try:
+        s.sendto(b"hello", (dst_ip, port))
+        data, _ = s.recvfrom(64)
+        return data == b"hello"
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _icmp_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ping_ok(src: Pod, dst_ip: str, timeout: float = 0.6, ident: int = 0x4242) -> bool:
+    """One ICMP echo request from ``src``; True if the matching reply arrives."""
+    s = in_netns(src.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW,
+                                                 socket.IPPROTO_ICMP))
+    s.settimeout(timeout)
+    body = b"cilia-ping"
+    header = bytes([8, 0, 0, 0]) + ident.to_bytes(2, "big") + (1).to_bytes(2, "big")
+    csum = _icmp_checksum(header + body)
+    packet = header[:2] + csum.to_bytes(2, "big") + header[4:] + body
+    try:
+        s.sendto(packet, (dst_ip, 0))
+        while True:
+            data, (addr, _) = s.recvfrom(2048)
+            icmp = data[(data[0] & 0x0F) * 4:]
+            if addr == dst_ip and icmp[0] == 0 and icmp[4:6] == ident.to_bytes(2, "big"):
+                return True
+    except OSError:
+        return False
+    finally:
+        s.close()

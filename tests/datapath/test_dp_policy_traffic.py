@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 
 import pytest
+from pyroute2 import NetNS
 
 from services.common.identities import ID_WORLD
-from services.common.policytypes import ANY_PEER, PROTO_TCP, Direction, PolicyKey, Verdict
+from services.common.policytypes import (
+    ANY_PEER,
+    PROTO_ICMP,
+    PROTO_TCP,
+    PROTO_UDP,
+    Direction,
+    PolicyKey,
+    Verdict,
+)
 from services.nodeagent.datapath import (
     EndpointEntry,
     FlowReader,
@@ -18,8 +29,10 @@ from services.nodeagent.datapath import (
     attached_programs,
     detach,
 )
+from services.nodeagent.datapath.constants import CT_LIFETIME_TCP
+from services.nodeagent.datapath.loader import TC_PARENT_EGRESS, TC_PARENT_INGRESS
 from tests.datapath.conftest import ID_POD1, ID_POD2, ID_POD3, Env
-from tests.datapath.netlab import roundtrip, tcp_ok, tcp_open
+from tests.datapath.netlab import UdpEcho, ping_ok, roundtrip, tcp_ok, tcp_open, udp_ok
 
 pytestmark = pytest.mark.datapath
 
@@ -184,3 +197,102 @@ def _collect(flows: FlowReader, *preds: Callable[[FlowRecord], bool],
         if all(found):
             return found
     raise AssertionError(f"no matching flow event among {seen}")
+
+
+def test_udp_and_icmp_replies_pass_through_conntrack(env: Env) -> None:
+    p1, p2, _ = env.pods
+    echo = UdpEcho(p2.name, p2.ip, 5353)
+    try:
+        configure(env, enforce={1: (True, True)})
+        assert not udp_ok(p1, p2.ip, 5353)
+        assert not ping_ok(p1, p2.ip)
+        configure(env, enforce={1: (True, True)}, policy={
+            PolicyKey(ID_POD2, ID_POD1, IN, PROTO_UDP, 5353, 5353): Verdict.ALLOW,
+            PolicyKey(ID_POD2, ID_POD1, IN, PROTO_ICMP, 0, 0): Verdict.ALLOW})
+        # pod2 enforces egress with no egress rule: the replies pass only through conntrack.
+        assert udp_ok(p1, p2.ip, 5353)
+        assert ping_ok(p1, p2.ip)
+        assert not ping_ok(p2, p1.ip), "pod2 has no egress rule for a new ICMP flow"
+    finally:
+        echo.stop()
+    flows = {(e.proto, e.direction, e.src, e.dst) for e in env.maps.conntrack.entries()}
+    assert (PROTO_UDP, int(IN), p1.ip, p2.ip) in flows
+    assert (PROTO_ICMP, int(IN), p1.ip, p2.ip) in flows
+
+
+def test_conntrack_entries_and_gc(env: Env) -> None:
+    p1, p2, _ = env.pods
+    configure(env)
+    assert tcp_ok(p1, p2.ip, 8080)
+    entries = [e for e in env.maps.conntrack.entries() if e.dport == 8080]
+    # One entry at pod1's veth (its egress) and one at pod2's (its ingress).
+    assert {(e.src, e.dst, e.direction) for e in entries} == {(p1.ip, p2.ip, int(OUT)),
+                                                              (p1.ip, p2.ip, int(IN))}
+    now = time.monotonic_ns()
+    assert all(now < e.expires_ns <= now + CT_LIFETIME_TCP * 10**9 for e in entries)
+    assert all(e.created_ns <= now for e in entries)
+    assert env.maps.conntrack.gc() == 0, "nothing has expired yet"
+    expire_after = max(e.expires_ns for e in entries)
+    assert env.maps.conntrack.gc(now_ns=expire_after) >= 2
+    assert not [e for e in env.maps.conntrack.entries() if e.dport == 8080]
+
+
+def test_spoofed_source_is_dropped(env: Env) -> None:
+    p1, p2, _ = env.pods
+    configure(env)
+    # pod1's endpoint entry names pod2's veth: pod1's packets now come from the wrong veth.
+    env.maps.endpoints.reconcile({
+        p1.ip: EndpointEntry(1, ID_POD1, p2.ifindex),
+        p2.ip: EndpointEntry(2, ID_POD2, p2.ifindex)})
+    with FlowReader(env.node) as flows:
+        flows.drain()
+        assert not tcp_ok(p1, p2.ip, 80)
+        drops = _collect(flows, lambda r: r.reason_name == "invalid source ip")[0]
+    assert drops[0].src_ip == p1.ip
+
+
+def test_attach_twice_replaces(env: Env) -> None:
+    p1 = env.pods[0]
+    attach(env.programs, p1.host_if, netns=env.lab.node_ns)
+    attach(env.programs, p1.host_if, netns=env.lab.node_ns)
+    with NetNS(env.lab.node_ns) as ns:
+        for parent in (TC_PARENT_INGRESS, TC_PARENT_EGRESS):
+            handles = {m["handle"] for m in ns.get_filters(index=p1.ifindex, parent=parent)
+                       if m["handle"]}
+            assert len(handles) == 1
+    configure(env)
+    assert tcp_ok(p1, env.pods[1].ip, 80)
+
+
+def test_flow_reader_thread_and_asyncio(env: Env) -> None:
+    p1, p2, _ = env.pods
+    configure(env, enforce={1: (True, False)})
+    got: list[FlowRecord] = []
+    stop = threading.Event()
+    with FlowReader(env.node) as flows:
+        flows.drain()
+        t = threading.Thread(target=flows.run, args=(got.append, stop, 20))
+        t.start()
+        try:
+            assert not tcp_ok(p1, p2.ip, 9000, timeout=0.3)
+            deadline = time.monotonic() + 2
+            while not any(r.dst_port == 9000 for r in got) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            t.join()
+        assert any(r.dst_port == 9000 and r.verdict == "DROPPED" for r in got)
+
+        async def first_drop() -> FlowRecord:
+            async for rec in flows.aiter(20):
+                if rec.dst_port == 9003 and rec.direction == "ingress":
+                    return rec
+            raise AssertionError("reader stopped")
+
+        async def scenario() -> FlowRecord:
+            task = asyncio.create_task(asyncio.wait_for(first_drop(), 3))
+            await asyncio.to_thread(tcp_ok, p1, p2.ip, 9003, 0.3)
+            return await task
+
+        rec = asyncio.run(scenario())
+        assert (rec.verdict, rec.src_identity, rec.dst_identity) == ("DROPPED", ID_POD1, ID_POD2)
