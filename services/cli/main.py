@@ -21,6 +21,7 @@ from services.cli._context import (
 )
 from services.cli.demo import demo
 from services.cli.identity import identity_group
+from services.cli.policy import policy_group
 from services.common import subjects
 from services.common.bus import Bus, HistoryConfig
 from services.common.errors import CiliaError
@@ -96,7 +97,9 @@ def status(ctx: CliContext, output: str) -> None:
     async def gather(bus: Bus) -> dict[str, Any]:
         info = await bus.js.stream_info(subjects.HISTORY_STREAM)
         replies = await controlplane.collect_status(bus)
-        return {"nats": {"url": ctx.url(), "server": str(bus.nc.connected_server_version),
+        version = bus.nc.connected_server_version
+        return {"nats": {"url": ctx.url(),
+                         "server": f"{version.major}.{version.minor}.{version.patch}",
                          "jetstream": True},
                 "streams": [{"name": info.config.name, "messages": info.state.messages,
                              "bytes": info.state.bytes, "max_age_s": info.config.max_age,
@@ -155,6 +158,7 @@ def delete(ctx: CliContext, files: tuple[str, ...]) -> None:
 
 
 cli.add_command(identity_group)
+cli.add_command(policy_group)
 cli.add_command(demo)
 
 

@@ -15,10 +15,28 @@ from typing import Any
 import yaml
 
 from services.common.errors import CiliaError
-from services.common.objects import DEFAULT_NAMESPACE, KINDS, ObjectError
+from services.common.objects import DEFAULT_NAMESPACE, KindSpec, ObjectError
+from services.common.objects import KINDS as CORE_KINDS
+from services.policy import KIND_CCNP, KIND_CNP, KIND_KNP, PolicyValidationError, parse_policy
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def _validate_policy(doc: Any) -> None:
+    try:
+        parse_policy(doc)
+    except PolicyValidationError as exc:
+        raise ObjectError(exc.path, exc.reason) from exc
+
+
+POLICY_KINDS: dict[str, KindSpec] = {
+    KIND_CNP: KindSpec(("cilium.io/v2",), namespaced=True, validate=_validate_policy),
+    KIND_CCNP: KindSpec(("cilium.io/v2",), namespaced=False, validate=_validate_policy),
+    KIND_KNP: KindSpec(("networking.k8s.io/v1",), namespaced=True, validate=_validate_policy),
+}
+# Every kind a source accepts.
+KINDS: dict[str, KindSpec] = {**CORE_KINDS, **POLICY_KINDS}
 
 
 class ManifestError(CiliaError):
@@ -119,7 +137,7 @@ def validate_document(doc: Any) -> dict[str, Any]:
     return obj
 
 
-def load(paths: Iterable[str]) -> list[Manifest]:
+def load(paths: Iterable[str], kinds: tuple[str, ...] | None = None) -> list[Manifest]:
     """Read and validate every document of every file.
 
     Raises:
@@ -144,7 +162,11 @@ def load(paths: Iterable[str]) -> list[Manifest]:
             if doc is None:
                 continue  # empty document between separators
             try:
-                manifests.append(Manifest(str(file), index, validate_document(doc)))
+                obj = validate_document(doc)
+                if kinds is not None and obj["kind"] not in kinds:
+                    raise ObjectError("kind", f"expected one of {', '.join(kinds)}, "
+                                              f"got {obj['kind']!r}")
+                manifests.append(Manifest(str(file), index, obj))
             except ObjectError as exc:
                 errors.append(ManifestError(str(file), index, _ref(doc), str(exc)))
     if errors:

@@ -185,10 +185,3 @@ KINDS: dict[str, KindSpec] = {
     "Pod": KindSpec(("v1",), namespaced=True, validate=validate_pod),
 }
 
-
-def object_ref(obj: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(kind, namespace, name) of a validated object; namespace is '' if cluster-scoped."""
-    kind = obj["kind"]
-    meta = obj["metadata"]
-    namespace = (meta.get("namespace") or DEFAULT_NAMESPACE) if KINDS[kind].namespaced else ""
-    return kind, namespace, meta["name"]

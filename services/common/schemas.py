@@ -28,14 +28,18 @@ SCHEMAS: dict[str, Schema] = {
     "identity.upsert": Schema({"id": int, "labels": list}),
     "identity.delete": Schema({"id": int}, {"labels": list}),
     "ipcache.upsert": Schema({"prefix": str, "identity": int},
-                             {"host_ip": str, "pod": str, "node": str}),
-    "ipcache.delete": Schema({"prefix": str}, {"identity": int}),
-    # Policy service.
-    "policy.rules": Schema({"subject": int, "revision": int, "rules": list}),
-    "policy.selector": Schema({"selector": str, "revision": int, "added": list,
-                               "removed": list}, {"spec": dict}),
+                             {"host_ip": str, "pod": str, "node": str, "revision": int}),
+    "ipcache.delete": Schema({"prefix": str}, {"identity": int, "revision": int}),
+    # Policy service. Per subject identity: its compiled rules (referring to selector ids).
+    "policy.rules": Schema({"identity": int, "revision": int, "rules": list},
+                           {"schema": int, "ingress_enforced": bool, "egress_enforced": bool}),
+    # Per selector: "set" (whole member set, when it appears), "delta", or "delete".
+    "policy.selector": Schema({"selector": str, "revision": int, "op": str},
+                              {"members": list, "added": list, "removed": list,
+                               "canonical": str, "selector_spec": dict}),
+    # Per policy object: "set", "delete" or "error" (the previous version stays in force).
     "policy.status": Schema({"kind": str, "namespace": str, "name": str, "revision": int,
-                             "status": str}, {"error": str}),
+                             "op": str}, {"rules": int, "selectors": list, "error": str}),
     # Load balancer service.
     "lb.service": Schema({"id": int, "service": dict}),
     "lb.service.delete": Schema({"id": int}),

@@ -1,0 +1,240 @@
+"""``cilia policy import|get|delete|trace``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import yaml
+from tabulate import tabulate
+
+from services.cli import manifests, source
+from services.cli._context import CliContext, pass_ctx, print_json
+from services.common import subjects
+from services.common.bus import Bus, Delivery
+from services.common.labels import Labels
+from services.common.policytypes import PROTO_BY_NAME
+from services.policy import (
+    POLICY_KINDS,
+    PolicyError,
+    PolicyRef,
+    Repository,
+    parse_policy,
+    trace,
+)
+from services.policy.trace import pod_labels
+
+NamedPortMap = dict[int, dict[str, set[tuple[int, int]]]]
+
+
+async def _history(bus: Bus, filters: list[str]) -> list[Delivery]:
+    """Every stored event matching ``filters``, in stream order."""
+    events: list[Delivery] = []
+
+    async def keep(d: Delivery) -> None:
+        events.append(d)
+
+    sub = await bus.consume(filters, keep, name="history")
+    try:
+        await sub.caught_up.wait()
+    finally:
+        await sub.stop()
+    return events
+
+
+def _named_ports(pods: list[dict[str, Any]], ip_identity: dict[str, int]) -> NamedPortMap:
+    named: NamedPortMap = {}
+    for pod in pods:
+        ident = ip_identity.get((pod.get("status") or {}).get("podIP") or "")
+        if ident is None:
+            continue
+        ports = named.setdefault(ident, {})
+        for c in pod["spec"].get("containers") or []:
+            for p in c.get("ports") or []:
+                if "name" in p:
+                    proto = PROTO_BY_NAME[p.get("protocol", "TCP")]
+                    ports.setdefault(p["name"], set()).add((proto, p["containerPort"]))
+    return named
+
+
+async def load_repository(bus: Bus) -> tuple[Repository, NamedPortMap]:
+    """Rebuild the policy repository from the bus with the policy service's own reducer,
+    plus the named ports of every identity (from the pods).
+
+    Policies are replayed in full, so that a rejected version leaves the previous one in
+    force exactly as in the service.
+    """
+    repo = Repository()
+    current = await bus.snapshot(["cilia.identity.>", "cilia.ipcache.k8s.>",
+                                  subjects.source_filter("Pod")])
+    for d in current.values():
+        if d.event.type == "identity.upsert":
+            repo.add_identity(d.event.data["id"], Labels.parse(d.event.data["labels"]))
+    for d in await _history(bus, [subjects.source_filter(k) for k in sorted(POLICY_KINDS)]):
+        data = d.event.data
+        try:
+            if d.event.type == "object.upsert":
+                repo.upsert(parse_policy(data["object"]))
+            else:
+                repo.delete(PolicyRef(data["kind"], data["namespace"], data["name"]))
+        except PolicyError:
+            continue   # the policy service rejected it too; its previous version stays
+    ip_identity = {d.event.data["prefix"].split("/")[0]: d.event.data["identity"]
+                   for d in current.values() if d.event.type == "ipcache.upsert"}
+    pods = [d.event.data["object"] for d in current.values()
+            if d.event.type == "object.upsert"]
+    return repo, _named_ports(pods, ip_identity)
+
+
+@click.group("policy")
+def policy_group() -> None:
+    """Network policies (CiliumNetworkPolicy, clusterwide, Kubernetes NetworkPolicy)."""
+
+
+@policy_group.command("import")
+@click.option("-f", "--filename", "files", multiple=True, required=True)
+@pass_ctx
+def policy_import(ctx: CliContext, files: tuple[str, ...]) -> None:
+    """Import policies from files (validated whole: a bad file imports nothing)."""
+    try:
+        items = manifests.load(files, kinds=tuple(manifests.POLICY_KINDS))
+    except manifests.ManifestErrors as exc:
+        for err in exc.errors:
+            click.echo(f"error: {err}", err=True)
+        click.echo("nothing was imported", err=True)
+        sys.exit(1)
+    for outcome in ctx.run(lambda bus: source.apply(bus, items)):
+        click.echo(str(outcome))
+
+
+async def _policies(bus: Bus) -> list[dict[str, Any]]:
+    status = await bus.snapshot(["cilia.policy.status.>"])
+    objects = await bus.snapshot([subjects.source_filter(k) for k in sorted(POLICY_KINDS)])
+    rows = []
+    for d in objects.values():
+        if d.event.type != "object.upsert":
+            continue
+        data = d.event.data
+        st = status.get(subjects.policy_status(data["kind"], data["namespace"], data["name"]))
+        s = st.event.data if st else {}
+        rows.append({"kind": data["kind"], "namespace": data["namespace"],
+                     "name": data["name"], "revision": s.get("revision"),
+                     "status": {"set": "OK", "error": "Rejected"}.get(s.get("op", ""),
+                                                                      "Pending"),
+                     "error": s.get("error"), "rules": s.get("rules"),
+                     "object": data["object"]})
+    return sorted(rows, key=lambda r: (r["namespace"], r["kind"], r["name"]))
+
+
+@policy_group.command("get")
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table")
+@pass_ctx
+def policy_get(ctx: CliContext, output: str) -> None:
+    """Policies with their revision and status."""
+    rows = ctx.run(_policies)
+    if output == "json":
+        print_json(rows)
+    elif output == "yaml":
+        click.echo(yaml.safe_dump_all([r["object"] for r in rows], sort_keys=False), nl=False)
+    else:
+        click.echo(tabulate([[r["namespace"] or "-", r["kind"], r["name"], r["revision"],
+                              r["status"] + (f": {r['error']}" if r["error"] else "")]
+                             for r in rows],
+                            headers=["NAMESPACE", "KIND", "NAME", "REVISION", "STATUS"],
+                            tablefmt="plain"))
+
+
+@policy_group.command("delete")
+@click.argument("name", required=False)
+@click.option("-n", "--namespace", default="default")
+@click.option("--kind", default="CiliumNetworkPolicy", show_default=True,
+              type=click.Choice(sorted(POLICY_KINDS)))
+@click.option("-f", "--filename", "files", multiple=True)
+@pass_ctx
+def policy_delete(ctx: CliContext, name: str | None, namespace: str, kind: str,
+                  files: tuple[str, ...]) -> None:
+    """Delete a policy by name, or those named in files."""
+    if files:
+        items = manifests.load(files, kinds=tuple(manifests.POLICY_KINDS))
+    elif name:
+        meta: dict[str, Any] = {"name": name}
+        if manifests.KINDS[kind].namespaced:
+            meta["namespace"] = namespace
+        api = manifests.KINDS[kind].api_versions[0]
+        items = [manifests.Manifest("<command line>", 0,
+                                    {"apiVersion": api, "kind": kind, "metadata": meta})]
+    else:
+        raise click.UsageError("give a policy NAME or -f FILE")
+    outcomes = ctx.run(lambda bus: source.delete(bus, items))
+    for outcome in outcomes:
+        click.echo(str(outcome), err=outcome.result == source.NOT_FOUND)
+    if any(o.result == source.NOT_FOUND for o in outcomes):
+        sys.exit(1)
+
+
+def _endpoint(labels: tuple[str, ...], namespace: str | None, identity: int | None,
+              what: str) -> Labels | int:
+    if identity is not None:
+        return identity
+    if not labels:
+        raise click.UsageError(f"give --{what} labels or --{what}-identity")
+    parsed = Labels.parse(labels, default_source="k8s")
+    return pod_labels(parsed, namespace) if namespace else parsed
+
+
+def resolve(repo: Repository, who: Labels | int, what: str) -> Labels | int:
+    """The identity whose labels include all of ``who``'s, when exactly one does.
+
+    Users name pods by a few labels (``app=frontend``); the identity also carries the
+    namespace, service account and cluster labels. With no match the labels are traced as a
+    hypothetical endpoint; with several, the user must say more.
+    """
+    if isinstance(who, int):
+        return who
+    matches = [num for num, labels in repo.identities().items()
+               if all(any(w.matches(lbl) for lbl in labels) for w in who)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise click.UsageError(f"--{what} labels match identities {sorted(matches)}; "
+                               f"add labels or use --{what}-identity")
+    return who
+
+
+def _port(text: str) -> tuple[int, int]:
+    port, _, proto = text.partition("/")
+    proto = (proto or "TCP").upper()
+    if not port.isdigit() or not 0 < int(port) < 65536 or proto not in PROTO_BY_NAME:
+        raise click.BadParameter(f"{text!r}: expected PORT[/TCP|UDP|SCTP]")
+    return int(port), PROTO_BY_NAME[proto]
+
+
+@policy_group.command("trace")
+@click.option("--src", multiple=True, help="source label, e.g. k8s:app=frontend (repeatable)")
+@click.option("--src-namespace", default=None, help="namespace of the source pod")
+@click.option("--src-identity", type=int, default=None)
+@click.option("--dst", multiple=True, help="destination label (repeatable)")
+@click.option("--dst-namespace", default=None)
+@click.option("--dst-identity", type=int, default=None)
+@click.option("--dport", required=True, help="PORT/PROTO, e.g. 5432/TCP")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@pass_ctx
+def policy_trace(ctx: CliContext, src: tuple[str, ...], src_namespace: str | None,
+                 src_identity: int | None, dst: tuple[str, ...], dst_namespace: str | None,
+                 dst_identity: int | None, dport: str, output: str) -> None:
+    """Would traffic from SRC to DST on DPORT be allowed? Names the deciding rules."""
+    s = _endpoint(src, src_namespace, src_identity, "src")
+    d = _endpoint(dst, dst_namespace, dst_identity, "dst")
+    port, proto = _port(dport)
+
+    async def run(bus: Bus) -> Any:
+        repo, named = await load_repository(bus)
+        return trace(resolve(repo, s, "src"), resolve(repo, d, "dst"), port, proto, repo,
+                     named_ports=named)
+
+    result = ctx.run(run)
+    if output == "json":
+        print_json(result.to_dict())
+    else:
+        click.echo(result.render())

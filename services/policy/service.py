@@ -1,0 +1,237 @@
+"""The policy service: policy objects and identity events in, compiled rules and selector
+deltas out.
+
+The repository is a pure function of the ordered input stream, so a restarted service rebuilds
+it by replaying the history, then compares it with what the bus already says (its own earlier
+output, folded by :class:`BusView`) and publishes only the difference. Once live, each input
+event publishes exactly the messages of its :class:`~services.policy.repository.Changes`.
+Published revisions are the stream sequence of the input that caused them, so they only grow,
+across restarts too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import Counter
+
+from services.common import subjects
+from services.common.bus import Bus, Delivery, Outgoing, Subscription
+from services.common.labels import Labels
+from services.common.runner import STATE_OK, STATE_STARTING
+
+from .errors import PolicyError
+from .model import POLICY_KINDS, PolicyRef
+from .publish import (
+    CHANNEL_POLICY,
+    CHANNEL_PREFIX,
+    CHANNEL_SELECTOR,
+    CHANNEL_SUBJECT,
+    Message,
+    messages,
+)
+from .repository import Repository
+from .validate import parse_policy
+
+log = logging.getLogger(__name__)
+
+REJECTED = Counter("cilia_policy_rejected_total", "Policy objects rejected by validation")
+OUTPUTS = ["cilia.policy.>", f"cilia.ipcache.{subjects.IPCACHE_SOURCE_CIDR}.>"]
+INPUTS = [*(subjects.source_filter(k) for k in sorted(POLICY_KINDS)), "cilia.identity.>"]
+
+
+class BusView:
+    """What the bus currently says about the policy service's outputs (a fold of them)."""
+
+    def __init__(self) -> None:
+        self.members: dict[str, set[int]] = {}
+        self.subjects: dict[int, dict[str, Any]] = {}
+        self.prefixes: dict[str, int] = {}
+        self.policies: dict[str, dict[str, Any]] = {}
+
+    def apply(self, event_type: str, data: dict[str, Any]) -> None:
+        match event_type:
+            case "policy.selector":
+                sid, op = data["selector"], data["op"]
+                if op == "set":
+                    self.members[sid] = set(data.get("members") or ())
+                elif op == "delta":
+                    cur = self.members.setdefault(sid, set())
+                    cur |= set(data.get("added") or ())
+                    cur -= set(data.get("removed") or ())
+                else:
+                    self.members.pop(sid, None)
+            case "policy.rules":
+                if data["rules"]:
+                    self.subjects[data["identity"]] = data
+                else:
+                    self.subjects.pop(data["identity"], None)
+            case "ipcache.upsert":
+                self.prefixes[data["prefix"]] = data["identity"]
+            case "ipcache.delete":
+                self.prefixes.pop(data["prefix"], None)
+            case "policy.status":
+                key = f"{data['kind']}/{data['namespace']}/{data['name']}"
+                if data["op"] == "delete":
+                    self.policies.pop(key, None)
+                else:
+                    self.policies[key] = data
+
+
+def _same_rules(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return {k: v for k, v in a.items() if k != "revision"} == \
+        {k: v for k, v in b.items() if k != "revision"}
+
+
+def resync_messages(repo: Repository, view: BusView) -> list[Message]:
+    """The messages that turn what the bus says (``view``) into the repository's state."""
+    out: list[Message] = []
+    want_prefixes = repo.prefix_entries()
+    for prefix, ident in sorted(want_prefixes.items()):
+        if view.prefixes.get(prefix) != ident:
+            out.append(Message(CHANNEL_PREFIX, prefix, {"prefix": prefix, "identity": ident,
+                                                        "op": "set"}))
+    want_selectors = {sid: set(repo.members(sid)) for sid in repo.cache.selector_ids()}
+    for sid, members in sorted(want_selectors.items()):
+        have = view.members.get(sid)
+        if have is None:
+            sel = repo.cache.selector(sid)
+            out.append(Message(CHANNEL_SELECTOR, sid, {
+                "selector": sid, "op": "set", "canonical": sel.canonical,
+                "selector_spec": sel.to_dict(), "members": sorted(members)}))
+        elif have != members:
+            out.append(Message(CHANNEL_SELECTOR, sid, {
+                "selector": sid, "op": "delta", "added": sorted(members - have),
+                "removed": sorted(have - members)}))
+    want_subjects = {i: sp.to_dict() for i, sp in repo.subjects().items() if sp.rules}
+    for ident, doc in sorted(want_subjects.items()):
+        have_doc = view.subjects.get(ident)
+        if have_doc is None or not _same_rules(have_doc, doc):
+            out.append(Message(CHANNEL_SUBJECT, str(ident), doc))
+    for ident in sorted(set(view.subjects) - set(want_subjects)):
+        out.append(Message(CHANNEL_SUBJECT, str(ident), repo.subject_policy(ident).to_dict()))
+    for sid in sorted(set(view.members) - set(want_selectors)):
+        out.append(Message(CHANNEL_SELECTOR, sid, {"selector": sid, "op": "delete"}))
+    for prefix in sorted(set(view.prefixes) - set(want_prefixes)):
+        out.append(Message(CHANNEL_PREFIX, prefix, {"prefix": prefix,
+                                                    "identity": view.prefixes[prefix],
+                                                    "op": "delete"}))
+    want_policies = {f"{p.ref.kind}/{p.ref.namespace}/{p.ref.name}": p
+                     for p in repo.policies()}
+    for key, policy in sorted(want_policies.items()):
+        ref = policy.ref
+        if view.policies.get(key, {}).get("op") != "set":
+            out.append(Message(CHANNEL_POLICY, str(ref), {
+                "kind": ref.kind, "namespace": ref.namespace, "name": ref.name, "op": "set",
+                "rules": len(policy.rules)}))
+    for key in sorted(set(view.policies) - set(want_policies)):
+        kind, ns, name = key.split("/", 2)
+        out.append(Message(CHANNEL_POLICY, key, {"kind": kind, "namespace": ns, "name": name,
+                                                 "op": "delete"}))
+    return out
+
+
+def to_outgoing(msg: Message, revision: int) -> Outgoing:
+    """Map a pure :class:`Message` onto its subject, event type and payload."""
+    payload = {**msg.payload, "revision": revision}
+    if msg.channel == CHANNEL_SELECTOR:
+        subject, event_type = subjects.policy_selector(msg.key), "policy.selector"
+    elif msg.channel == CHANNEL_SUBJECT:
+        subject, event_type = subjects.policy_rules(int(msg.key)), "policy.rules"
+    elif msg.channel == CHANNEL_PREFIX:
+        subject = subjects.ipcache(msg.key, subjects.IPCACHE_SOURCE_CIDR)
+        event_type = "ipcache.upsert" if payload.pop("op") == "set" else "ipcache.delete"
+    else:
+        p = payload
+        subject, event_type = subjects.policy_status(p["kind"], p["namespace"], p["name"]), \
+            "policy.status"
+    return Outgoing(subject, event_type, payload, f"policy/{revision}/{subject}/{event_type}")
+
+
+class PolicyService:
+    name = "policy"
+
+    def __init__(self) -> None:
+        self.repo = Repository()
+        self.view = BusView()
+        self.bus: Bus | None = None
+        self._subs: list[Subscription] = []
+        self._live = False
+        self.rejected = 0
+        self.last_revision = 0
+
+    async def start(self, bus: Bus) -> None:
+        self.bus = bus
+        outputs = await bus.consume(OUTPUTS, self._on_output, name="policy-outputs")
+        self._subs.append(outputs)
+        await outputs.caught_up.wait()
+        inputs = await bus.consume(INPUTS, self._on_input, name="policy")
+        self._subs.append(inputs)
+        if inputs.caught_up.is_set():
+            await self._resync(0)
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.stop()
+
+    def state(self) -> str:
+        return STATE_OK if self._live else STATE_STARTING
+
+    def stats(self) -> dict[str, Any]:
+        return {"policies": sum(1 for _ in self.repo.policies()),
+                "identities": len(self.repo.identities()),
+                "selectors": len(self.repo.cache.selector_ids()),
+                "subjects": len(self.repo.subjects()), "rejected": self.rejected,
+                "revision": self.last_revision}
+
+    async def _on_output(self, d: Delivery) -> None:
+        self.view.apply(d.event.type, d.event.data)
+
+    async def _on_input(self, d: Delivery) -> None:
+        data = d.event.data
+        try:
+            ch = self._reduce(d.event.type, data)
+        except PolicyError as exc:
+            REJECTED.inc()
+            self.rejected += 1
+            log.warning("rejected %s %s/%s: %s", data.get("kind"), data.get("namespace"),
+                        data.get("name"), exc)
+            if self._live:
+                await self._send([Message(CHANNEL_POLICY, "", {
+                    "kind": data["kind"], "namespace": data["namespace"],
+                    "name": data["name"], "op": "error", "error": str(exc)})], d.seq)
+            return
+        if self._live:
+            if ch:
+                await self._send(messages(self.repo, ch), d.seq)
+        elif d.pending == 0:
+            await self._resync(d.seq)
+
+    def _reduce(self, event_type: str, data: dict[str, Any]) -> Any:
+        """Apply one input event to the repository; returns its Changes."""
+        match event_type:
+            case "identity.upsert":
+                return self.repo.add_identity(data["id"], Labels.parse(data["labels"]))
+            case "identity.delete":
+                return self.repo.remove_identity(data["id"])
+            case "object.upsert":
+                return self.repo.upsert(parse_policy(data["object"]))
+            case "object.delete":
+                return self.repo.delete(PolicyRef(data["kind"], data["namespace"],
+                                                  data["name"]))
+        return None
+
+    async def _resync(self, revision: int) -> None:
+        self._live = True
+        await self._send(resync_messages(self.repo, self.view), revision)
+
+    async def _send(self, msgs: list[Message], revision: int) -> None:
+        assert self.bus is not None
+        if not msgs:
+            return
+        outgoing = [to_outgoing(m, revision) for m in msgs]
+        for item in outgoing:
+            self.view.apply(item.event_type, item.data)
+        await self.bus.publish_batch(outgoing)
+        self.last_revision = revision
