@@ -1,0 +1,116 @@
+"""What gets published: proportional to the change, and enough for a consumer to expand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from services.common.policytypes import PROTO_TCP, Direction, PolicyKey, Verdict
+from services.policy import (
+    CHANNEL_PREFIX,
+    CHANNEL_SELECTOR,
+    CHANNEL_SUBJECT,
+    PolicyRef,
+    SelectorMirror,
+    SubjectPolicy,
+    expand,
+    messages,
+    parse_selector,
+)
+from tests.policy.policy_helpers import EXAMPLES, REPO_ROOT, build, docs, load_docs, pod
+
+FLAT_RATIO = 1.2  # bench/policy_compile.py's bound: bytes and messages, 10k vs 100
+
+CIDR_POLICY = docs("""
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: out, namespace: production}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  egress: [{toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]}]
+""")[0]
+
+
+def test_new_identity_publishes_only_matching_selector_deltas_and_itself() -> None:
+    ids = {300 + i: pod(app=f"app{i}") for i in range(20)}
+    ids[299] = pod(app="frontend", tier="web")
+    repo = build(load_docs(EXAMPLES / "three-tier" / "policy.yaml"), ids)
+    ch = repo.add_identity(400, pod(app="frontend", tier="web", version="v2"))
+    msgs = messages(repo, ch)
+    selector_msgs = [m for m in msgs if m.channel == CHANNEL_SELECTOR]
+    frontend_sel = parse_selector({"matchLabels": {
+        "app": "frontend", "tier": "web", "k8s:io.kubernetes.pod.namespace": "production"}}, "s")
+    deny_sel = parse_selector({"matchLabels": {
+        "app": "frontend", "k8s:io.kubernetes.pod.namespace": "production"}}, "s")
+    assert {m.key for m in selector_msgs} == {frontend_sel.id, deny_sel.id}
+    assert all(m.payload == {"selector": m.key, "revision": ch.revision, "op": "delta",
+                             "added": [400], "removed": []} for m in selector_msgs)
+    # The new identity is selected by no rule, so there is no subject message at all.
+    assert [m for m in msgs if m.channel == CHANNEL_SUBJECT] == []
+    ch = repo.add_identity(401, pod(app="database", tier="db", version="v2"))
+    subject_msgs = [m for m in messages(repo, ch) if m.channel == CHANNEL_SUBJECT]
+    assert [m.key for m in subject_msgs] == ["401"]
+    assert subject_msgs[0].payload["ingress_enforced"] is True
+
+
+def test_delete_removes_exactly_its_contributions() -> None:
+    backend = pod(app="backend")
+    repo = build([CIDR_POLICY], {300: backend, 301: pod(app="other")})
+    mirror = SelectorMirror()
+    before_selectors = set(repo.cache.selector_ids())
+    ch = repo.apply(load_docs(EXAMPLES / "policies" / "seed-allow-monitoring-scrape.yaml")[0])
+    for m in messages(repo, ch):
+        mirror.apply(m)
+    added = set(ch.selectors_added)
+    assert added and not added & before_selectors
+    ch = repo.delete(PolicyRef("CiliumNetworkPolicy", "production", "allow-monitoring-scrape"))
+    msgs = messages(repo, ch)
+    assert ch.selectors_removed == added
+    assert set(repo.cache.selector_ids()) == before_selectors
+    assert [m.key for m in msgs if m.channel == CHANNEL_SUBJECT] == ["300"]
+    assert repo.prefix_entries() and not ch.prefixes_removed   # the CIDR policy still holds
+    ch = repo.delete(PolicyRef("CiliumNetworkPolicy", "production", "out"))
+    msgs = messages(repo, ch)
+    assert sorted(m.key for m in msgs if m.channel == CHANNEL_PREFIX) == \
+        ["10.0.0.0/8", "10.1.0.0/16"]
+    sub = [m.payload for m in msgs if m.channel == CHANNEL_SUBJECT]
+    assert sub and sub[0]["rules"] == [] and sub[0]["egress_enforced"] is False
+    assert repo.subjects() == {} and repo.prefix_entries() == {}
+
+
+def test_consumer_expands_the_same_entries_from_messages_alone() -> None:
+    repo = build([], {})
+    mirror = SelectorMirror()
+    calls = [
+        lambda: repo.apply(CIDR_POLICY),
+        lambda: repo.add_identity(300, pod(app="backend")),
+        lambda: repo.apply(
+            load_docs(EXAMPLES / "policies" / "seed-allow-frontend-to-backend.yaml")[0]),
+        lambda: repo.add_identity(301, pod(app="frontend", tier="web")),
+        lambda: repo.add_identity(302, pod(app="backend", tier="api")),
+    ]
+    for call in calls:
+        for m in messages(repo, call()):   # published right after each change
+            mirror.apply(m)
+    for ident, payload in mirror.subjects.items():
+        sp = SubjectPolicy.from_dict(payload)
+        assert sp == repo.subject_policy(ident)
+        mine = expand(sp, {k: frozenset(v) for k, v in mirror.members.items()}).entries
+        theirs = expand(repo.subject_policy(ident), repo.cache.snapshot()).entries
+        assert mine == theirs
+    entries = expand(repo.subject_policy(302), repo.cache.snapshot()).entries
+    assert entries[PolicyKey(302, 301, Direction.INGRESS, PROTO_TCP, 8080, 8080)] == Verdict.ALLOW
+    assert mirror.prefixes == repo.prefix_entries()
+
+
+def test_volume_of_a_new_identity_stays_flat_as_the_cluster_grows() -> None:
+    # The bench's own scenario at test scale (bench/ is run as a module from the repo root).
+    code = ("import json; from bench.policy_compile import bench_new_identity as b; "
+            "print(json.dumps(b(sizes=(100, 2000), n_policies=100)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    result = json.loads(out)
+    assert result["100"]["messages"] >= 2            # the deltas and the new subject
+    assert result["100"]["by_channel"].get("subject") == 1
+    assert result["ratio_bytes"] <= FLAT_RATIO and result["ratio_messages"] <= FLAT_RATIO
