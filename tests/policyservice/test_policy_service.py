@@ -109,10 +109,12 @@ async def test_one_new_identity_publishes_only_its_deltas(bus: Bus,
                                      {"app": "frontend", "tier": "web", "version": "2"},
                                      ip="10.244.1.50")))
 
-    def grew(s: dict[str, Any]) -> bool:
-        return any(len(d.get("added") or ()) for d in live(s, "policy.selector"))
-
-    await wait_for(bus, POLICY_OUT, grew)
+    snap = await wait_for(bus, ["cilia.ipcache.>"], lambda s: any(
+        d["prefix"] == "10.244.1.50/32" for d in live(s, "ipcache.upsert")))
+    new = next(d["identity"] for d in live(snap, "ipcache.upsert")
+               if d["prefix"] == "10.244.1.50/32")
+    await wait_for(bus, POLICY_OUT, lambda s: any(
+        new in (d.get("added") or ()) for d in live(s, "policy.selector")))
     after = await count(bus, "cilia.policy.>")
     # The new frontend identity joins the frontend selectors (backend's peer, the database's
     # deny peer) and whichever namespace-wide selectors exist: a few deltas, nothing else.
@@ -170,7 +172,11 @@ async def test_restart_republishes_nothing(bus: Bus, nats_url: str, tmp_path: Pa
                                                                      "tier": "api",
                                                                      "v": "2"},
                                              ip="10.244.1.77")))
+            snap = await wait_for(bus, ["cilia.ipcache.>"], lambda s: any(
+                d["prefix"] == "10.244.1.77/32" for d in live(s, "ipcache.upsert")))
+            late = next(d["identity"] for d in live(snap, "ipcache.upsert")
+                        if d["prefix"] == "10.244.1.77/32")
             await wait_for(bus, POLICY_OUT, lambda s: any(
-                d.get("added") for d in live(s, "policy.selector")))
+                late in (d.get("added") or ()) for d in live(s, "policy.selector")))
         # Only the late pod's deltas were added: nothing was published again.
         assert stored < await count(bus, "cilia.policy.>") <= stored + 4
