@@ -5,8 +5,8 @@ Typical use (the service wiring)::
     repo = Repository()
     ch = repo.apply(yaml_doc)               # or repo.upsert(parse_policy(doc)); repo.delete(ref)
     ch = repo.add_identity(300, labels)     # identity events; repo.remove_identity(300)
-    for msg in messages(repo, ch):          # (channel, key, payload) to publish
-        ...
+    for m in messages(repo, ch):            # in order, e.g. via Bus.publish_batch:
+        Outgoing(m.subject, m.event, m.payload, m.msg_id)
 
 The agent side rebuilds ``SubjectPolicy.from_dict(payload)`` and selector members from the
 published messages and calls :func:`expand`; ``cilia policy trace`` calls :func:`trace`.
@@ -51,8 +51,14 @@ from .publish import (
     CHANNEL_PREFIX,
     CHANNEL_SELECTOR,
     CHANNEL_SUBJECT,
+    EVENT_IPCACHE_DELETE,
+    EVENT_IPCACHE_UPSERT,
+    EVENT_RULES,
+    EVENT_SELECTOR,
+    EVENT_STATUS,
     Message,
     SelectorMirror,
+    error_message,
     messages,
 )
 from .repository import Changes, Repository
@@ -63,13 +69,14 @@ from .validate import is_policy_document, parse_policy
 
 __all__ = [
     "ALL_PODS", "CHANNEL_POLICY", "CHANNEL_PREFIX", "CHANNEL_SELECTOR", "CHANNEL_SUBJECT",
-    "ENTITIES", "ENTITY_SELECTORS", "KIND_CCNP", "KIND_CNP", "KIND_KNP", "POLICY_KINDS",
+    "ENTITIES", "ENTITY_SELECTORS", "EVENT_IPCACHE_DELETE", "EVENT_IPCACHE_UPSERT", "EVENT_RULES",
+    "EVENT_SELECTOR", "EVENT_STATUS", "KIND_CCNP", "KIND_CNP", "KIND_KNP", "POLICY_KINDS",
     "CIDRError", "CIDRRule", "Changes", "CompiledEntry", "CompiledRule", "DirectionTrace",
     "EndpointSelector", "Expansion", "FQDNSelector", "Message", "NamedPorts", "PeerRule",
     "Policy", "PolicyError", "PolicyRef", "PolicyValidationError", "PortRule", "Repository",
     "Requirement", "Rule", "RuleOrigin", "Section", "SelectorCache", "SelectorDelta",
     "SelectorError", "SelectorMirror", "SubjectPolicy", "TraceResult", "UnsupportedFieldError",
-    "cidr_labels", "compile_rule", "expand", "identity_for_address", "is_policy_document",
-    "key_matches", "lookup", "lpm_identity", "messages", "parse_policy", "parse_selector",
+    "cidr_labels", "compile_rule", "error_message", "expand", "identity_for_address",
+    "is_policy_document", "key_matches", "lookup", "lpm_identity", "messages", "parse_policy", "parse_selector",
     "pod_labels", "trace",
 ]

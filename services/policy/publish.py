@@ -1,9 +1,11 @@
 """What the policy service publishes for a :class:`~services.policy.repository.Changes`.
 
-Pure: it turns a change set into msgpack-friendly ``(channel, key, payload)`` messages; the
-service maps channels to NATS subjects and adds the envelope (schema version, trace context,
-``Nats-Msg-Id``). Per key, a later message supersedes an earlier one, so consumers can keep
-the last message per key (JetStream KV or a last-per-subject stream) and converge.
+Pure: it turns a change set into msgpack-friendly messages, each with its channel and key, the
+bus subject (:mod:`services.common.subjects`), the event type (:mod:`services.common.schemas`)
+and a ``Nats-Msg-Id`` (``policy:<revision>:<channel>:<key>``, identical on every retry and on a
+replay of the same source stream). The service only has to hand them to ``Bus.publish_batch``
+in order. Per key, a later message supersedes an earlier one, so consumers can keep the last
+message per key and converge.
 
 Channels and payloads (``revision`` is the repository revision that produced the message):
 
@@ -13,8 +15,8 @@ Channels and payloads (``revision`` is the repository revision that produced the
   "removed": [...]}`` when its members change, ``{"op": "delete"}`` when no rule uses it.
 * ``subject`` / identity: :meth:`SubjectPolicy.to_dict` (``rules`` empty: no policy selects
   the identity any more, both directions open).
-* ``prefix`` / prefix: ``{"prefix", "identity", "revision", "op": "set"|"delete"}`` (ipcache
-  entries of CIDR identities).
+* ``prefix`` / prefix: ``{"prefix", "identity", "revision", "op"}`` as ``ipcache.upsert`` or
+  ``ipcache.delete`` on the ``cidr`` origin's ipcache subjects (CIDR identities).
 * ``policy`` / ``kind/namespace/name``: ``{"kind", "namespace", "name", "revision",
   "op": "set"|"delete", "rules", "selectors"}`` (status for ``cilia policy get``).
 """
@@ -23,7 +25,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from services.common import subjects
+
 from .compiler import rule_selectors
+from .errors import PolicyValidationError
 from .repository import Changes, Repository
 
 CHANNEL_SELECTOR = "selector"
@@ -32,12 +37,45 @@ CHANNEL_PREFIX = "prefix"
 CHANNEL_POLICY = "policy"
 
 
+EVENT_RULES = "policy.rules"
+EVENT_SELECTOR = "policy.selector"
+EVENT_STATUS = "policy.status"
+EVENT_IPCACHE_UPSERT = "ipcache.upsert"
+EVENT_IPCACHE_DELETE = "ipcache.delete"
+
+
 class Message(NamedTuple):
-    """One message to publish: its channel, its key within the channel, its payload."""
+    """One message to publish: channel and key, payload, and where/how it goes on the bus."""
 
     channel: str
     key: str
     payload: dict[str, Any]
+
+    @property
+    def event(self) -> str:
+        """The event type (schema name) of the payload."""
+        if self.channel == CHANNEL_PREFIX:
+            return EVENT_IPCACHE_DELETE if self.payload.get("op") == "delete" \
+                else EVENT_IPCACHE_UPSERT
+        return {CHANNEL_SUBJECT: EVENT_RULES, CHANNEL_SELECTOR: EVENT_SELECTOR,
+                CHANNEL_POLICY: EVENT_STATUS}[self.channel]
+
+    @property
+    def subject(self) -> str:
+        """The bus subject."""
+        p = self.payload
+        if self.channel == CHANNEL_SUBJECT:
+            return subjects.policy_rules(int(self.key))
+        if self.channel == CHANNEL_SELECTOR:
+            return subjects.policy_selector(self.key)
+        if self.channel == CHANNEL_PREFIX:
+            return subjects.ipcache(self.key, subjects.IPCACHE_SOURCE_CIDR)
+        return subjects.policy_status(p["kind"], p["namespace"], p["name"])
+
+    @property
+    def msg_id(self) -> str:
+        """De-duplication id: unique per logical change, stable across retries and replays."""
+        return f"policy:{self.payload['revision']}:{self.channel}:{self.key}"
 
 
 def messages(repo: Repository, ch: Changes) -> list[Message]:
@@ -80,6 +118,14 @@ def messages(repo: Repository, ch: Changes) -> list[Message]:
             "kind": ref.kind, "namespace": ref.namespace, "name": ref.name, "revision": rev,
             "op": "delete"}))
     return out
+
+
+def error_message(exc: PolicyValidationError, revision: int) -> Message:
+    """The ``policy.status`` message for a rejected policy (its previous version stays)."""
+    ref = f"{exc.kind}/{exc.namespace}/{exc.name}" if exc.namespace else f"{exc.kind}/{exc.name}"
+    return Message(CHANNEL_POLICY, ref, {"kind": exc.kind, "namespace": exc.namespace,
+                                         "name": exc.name, "revision": revision, "op": "error",
+                                         "error": str(exc)})
 
 
 class SelectorMirror:

@@ -6,14 +6,18 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from services.common.policytypes import PROTO_TCP, Direction, PolicyKey, Verdict
 from services.policy import (
     CHANNEL_PREFIX,
     CHANNEL_SELECTOR,
     CHANNEL_SUBJECT,
     PolicyRef,
+    PolicyValidationError,
     SelectorMirror,
     SubjectPolicy,
+    error_message,
     expand,
     messages,
     parse_selector,
@@ -114,3 +118,25 @@ def test_volume_of_a_new_identity_stays_flat_as_the_cluster_grows() -> None:
     assert result["100"]["messages"] >= 2            # the deltas and the new subject
     assert result["100"]["by_channel"].get("subject") == 1
     assert result["ratio_bytes"] <= FLAT_RATIO and result["ratio_messages"] <= FLAT_RATIO
+
+
+def test_every_message_follows_the_bus_schemas_and_subjects() -> None:
+    from services.common.codec import decode, encode
+    repo = build([], {300: pod(app="backend")})
+    msgs = [*messages(repo, repo.apply(CIDR_POLICY)),
+            *messages(repo, repo.add_identity(301, pod(app="backend", tier="x"))),
+            *messages(repo, repo.delete(PolicyRef("CiliumNetworkPolicy", "production", "out")))]
+    events = {m.event for m in msgs}
+    assert events == {"policy.rules", "policy.selector", "policy.status", "ipcache.upsert",
+                      "ipcache.delete"}
+    for m in msgs:
+        assert decode(encode(m.event, m.payload)).data == m.payload
+        assert m.subject.startswith(("cilia.policy.", "cilia.ipcache.cidr."))
+        assert " " not in m.subject and m.msg_id.startswith(f"policy:{m.payload['revision']}:")
+    assert len({m.msg_id for m in msgs}) == len(msgs)
+    with pytest.raises(PolicyValidationError) as exc:
+        repo.apply({**CIDR_POLICY, "spec": {"endpointSelector": {"matchLabels": {"app": 1}}}})
+    err = error_message(exc.value, repo.revision)
+    assert err.subject == "cilia.policy.status.ciliumnetworkpolicy.production.out"
+    assert decode(encode(err.event, err.payload)).data["op"] == "error"
+    assert "spec.endpointSelector.matchLabels.app" in err.payload["error"]
