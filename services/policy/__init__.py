@@ -77,6 +77,6 @@ __all__ = [
     "Requirement", "Rule", "RuleOrigin", "Section", "SelectorCache", "SelectorDelta",
     "SelectorError", "SelectorMirror", "SubjectPolicy", "TraceResult", "UnsupportedFieldError",
     "cidr_labels", "compile_rule", "error_message", "expand", "identity_for_address",
-    "is_policy_document", "key_matches", "lookup", "lpm_identity", "messages", "parse_policy", "parse_selector",
-    "pod_labels", "trace",
+    "is_policy_document", "key_matches", "lookup", "lpm_identity", "messages", "parse_policy",
+    "parse_selector", "pod_labels", "trace",
 ]
