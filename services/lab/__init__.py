@@ -32,7 +32,7 @@ from services.lab.plan import (
 )
 from services.lab.podexec import exec_in_netns, exec_in_pod, resolve_pod
 from services.lab.state import LabState, list_labs, load_lab
-from services.lab.topology import DEFAULT_LAB, DownReport, down, up
+from services.lab.topology import DEFAULT_LAB, DownReport, down, start_agent, stop_agent, up
 
 __all__ = [
     "CLUSTER_POD_CIDR",
@@ -61,5 +61,7 @@ __all__ = [
     "load_lab",
     "plan_lab",
     "resolve_pod",
+    "start_agent",
+    "stop_agent",
     "up",
 ]

@@ -264,6 +264,43 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
     return state
 
 
+def start_agent(name: str, node: str, agent_module: str | None = None) -> ns.ProcRef:
+    """(Re)start the agent of one node of a running lab; returns its process.
+
+    Raises:
+        LabNotFoundError: the lab is not up.
+        LabConfigError: no such node.
+        TopologyError: an agent is running already, or the new one did not start.
+    """
+    with lab_lock(name):
+        state = load_lab(name)
+        plan_node = state.plan.node(node)
+        running = state.agents.get(node)
+        if running is not None and ns.is_alive(running):
+            raise TopologyError(f"node {node}: agent {running.pid} is running already")
+        module = (agent_module or state.agent_module or os.environ.get(AGENT_MODULE_ENV)
+                  or DEFAULT_AGENT_MODULE)
+        ref = _start_agent(name, node_config(plan_node), module)
+        state.agents[node] = ref
+        state.agent_module = module
+        state.save()
+        return ref
+
+
+def stop_agent(name: str, node: str) -> bool:
+    """Stop the agent of one node (SIGTERM, then SIGKILL); False if it was not running.
+
+    The datapath keeps working while it is down: maps and programs stay pinned/attached.
+    """
+    with lab_lock(name):
+        state = load_lab(name)
+        state.plan.node(node)
+        ref = state.agents.pop(node, None)
+        stopped = ns.stop_process(ref) if ref is not None else False
+        state.save()
+        return stopped
+
+
 def _remove_tree(path: Path, report: DownReport) -> None:
     if path.exists():
         shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,113 @@
+"""The agent's contract: CniServer in-process with hooks, driven by the real plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from services.lab import LabState, down, up
+from services.lab import netns as ns
+from services.lab.topology import cni_netconf, node_config
+from services.nodeagent.cniserver import CniServer
+from services.nodeagent.endpoints import Endpoint, open_iproute
+from tests.lab.conftest import CNI_PLUGIN, cni_env, unique_lab
+
+ARGS = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.created: list[Endpoint] = []
+        self.deleted: list[Endpoint] = []
+        self.fail_with: str | None = None
+
+    async def on_endpoint_created(self, endpoint: Endpoint) -> None:
+        if self.fail_with:
+            raise RuntimeError(self.fail_with)
+        self.created.append(endpoint)
+
+    def on_endpoint_deleted(self, endpoint: Endpoint) -> None:  # sync hooks work too
+        self.deleted.append(endpoint)
+
+
+@pytest.fixture(scope="module")
+def bare_lab(lab_dirs: Any) -> Iterator[LabState]:
+    name = unique_lab()
+    try:
+        yield up(name, nodes=1, start_agents=False, external_ports=())
+    finally:
+        down(name)
+
+
+@pytest_asyncio.fixture
+async def server(bare_lab: LabState) -> AsyncIterator[tuple[CniServer, Recorder]]:
+    hooks = Recorder()
+    srv = CniServer(node_config(bare_lab.plan.nodes[0]), hooks)
+    await srv.start()
+    try:
+        yield srv, hooks
+    finally:
+        await srv.stop()
+
+
+async def plugin(env: dict[str, str], conf: dict[str, Any]) -> tuple[int, Any]:
+    proc = await asyncio.create_subprocess_exec(CNI_PLUGIN, env=env,
+                                                stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate(json.dumps(conf).encode())
+    text = out.decode().strip()
+    return proc.returncode or 0, json.loads(text) if text else None
+
+
+def link_names(netns: str) -> dict[str, int]:
+    """Links of a netns (sync pyroute2: called in a thread, never on the running loop)."""
+    with open_iproute(netns) as ipr:
+        return {str(lk.get("ifname")): int(lk["index"]) for lk in ipr.get_links()}
+
+
+@pytest.fixture
+def sandbox(bare_lab: LabState) -> Iterator[str]:
+    name = f"{bare_lab.plan.prefix}shop_cart"
+    ns.create_netns(name)
+    try:
+        yield ns.netns_path(name)
+    finally:
+        ns.remove_netns(name)
+
+
+async def test_hooks_see_the_endpoint_and_failure_rolls_back(
+        server: tuple[CniServer, Recorder], sandbox: str, bare_lab: LabState) -> None:
+    srv, hooks = server
+    node = bare_lab.plan.nodes[0]
+    conf = cni_netconf(srv.node)
+
+    hooks.fail_with = "verifier said no"
+    rc, err = await plugin(cni_env("ADD", "cfail", sandbox, args=ARGS), conf)
+    assert rc == 1 and err["code"] == 100 and "verifier said no" in err["msg"]
+    assert "shop/cart" in err["msg"]
+    links = await asyncio.to_thread(link_names, node.netns)
+    assert not [name for name in links if name.startswith("lxc")]
+    assert srv.endpoints() == []
+
+    hooks.fail_with = None
+    rc, result = await plugin(cni_env("ADD", "cok", sandbox, args=ARGS), conf)
+    assert rc == 0, result
+    (ep,) = hooks.created
+    # the rolled-back attempt released its address: the first one is handed out again
+    assert result["ips"][0]["address"] == f"{ep.ipv4}/32" == f"{node.gateway + 1}/32"
+    assert (ep.pod_namespace, ep.pod_name, ep.node, ep.id) == ("shop", "cart", node.name, 1)
+    links = await asyncio.to_thread(link_names, node.netns)
+    assert links[ep.host_ifname] == ep.host_ifindex
+    assert srv.endpoints() == [ep]
+
+    # a restarted server (agent) knows the endpoint from its state
+    again = CniServer(srv.node)
+    assert again.endpoints() == [ep]
+
+    rc, _ = await plugin(cni_env("DEL", "cok", sandbox), conf)
+    assert rc == 0 and hooks.deleted == [ep] and srv.endpoints() == []
