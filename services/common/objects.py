@@ -180,8 +180,51 @@ def validate_pod(obj: Mapping[str, Any]) -> None:
                 validate_ip(status[field], f"status.{field}")
 
 
+def validate_node(obj: Mapping[str, Any]) -> None:
+    validate_metadata(obj, namespaced=False, dns_label=False)
+    spec = obj.get("spec") or {}
+    if "podCIDR" in require_map(spec, "spec"):
+        text = require_str(spec["podCIDR"], "spec.podCIDR")
+        try:
+            ipaddress.ip_network(text)
+        except ValueError:
+            raise ObjectError("spec.podCIDR", f"{text!r} is not a CIDR") from None
+    status = require_map(obj.get("status") or {}, "status")
+    for i, addr in enumerate(require_list(status.get("addresses") or [], "status.addresses")):
+        addr = require_map(addr, f"status.addresses[{i}]")
+        require_str(addr.get("type"), f"status.addresses[{i}].type")
+        validate_ip(addr.get("address"), f"status.addresses[{i}].address")
+
+
+def validate_deployment(obj: Mapping[str, Any]) -> None:
+    validate_metadata(obj, namespaced=True, dns_label=False)
+    spec = require_map(obj.get("spec"), "spec")
+    replicas = spec.get("replicas", 1)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        raise ObjectError("spec.replicas", f"must be a non-negative integer, got {replicas!r}")
+    selector = require_map(spec.get("selector"), "spec.selector")
+    if set(selector) - {"matchLabels"}:
+        raise ObjectError("spec.selector", "only matchLabels is supported, got "
+                                           f"{', '.join(sorted(set(selector) - {'matchLabels'}))}")
+    match = selector.get("matchLabels") or {}
+    validate_labels(match, "spec.selector.matchLabels")
+    if not match:
+        raise ObjectError("spec.selector.matchLabels", "must not be empty")
+    template = require_map(spec.get("template"), "spec.template")
+    meta = require_map(template.get("metadata") or {}, "spec.template.metadata")
+    labels = meta.get("labels") or {}
+    validate_labels(labels, "spec.template.metadata.labels")
+    for key, value in match.items():
+        if labels.get(key) != value:
+            raise ObjectError("spec.template.metadata.labels",
+                              f"must match spec.selector.matchLabels ({key}={value})")
+    validate_pod_spec(template.get("spec"), "spec.template.spec")
+
+
 KINDS: dict[str, KindSpec] = {
     "Namespace": KindSpec(("v1",), namespaced=False, validate=validate_namespace),
     "Pod": KindSpec(("v1",), namespaced=True, validate=validate_pod),
+    "Node": KindSpec(("v1",), namespaced=False, validate=validate_node),
+    "Deployment": KindSpec(("apps/v1",), namespaced=True, validate=validate_deployment),
 }
 

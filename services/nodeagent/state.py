@@ -1,0 +1,229 @@
+"""The node agent's reducer: bus events in, what one node's maps should hold out. Pure.
+
+The agent runs it live; replay tools run the very same code over a stored history, so both
+agree on what a node's datapath held at any moment. Local endpoints (pod IP -> veth) come from
+the CNI on the node, everything else from the bus.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.identities import ID_HOST, ID_INIT, ID_REMOTE_NODE
+from services.common.labels import Labels
+from services.common.policytypes import PROTO_BY_NAME, Direction, PolicyKey, Verdict
+from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
+from services.policy.compiler import SubjectPolicy, expand
+
+NODE_KIND = "Node"
+POD_KIND = "Pod"
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    """A pod on this node, as the CNI created it."""
+
+    endpoint_id: int
+    ip: str
+    ifindex: int
+    ifname: str
+    pod: str            # namespace/name
+
+
+@dataclass
+class Dirty:
+    """What an applied event may have changed."""
+
+    ipcache: bool = False
+    endpoints: bool = False
+    subjects: set[int] = field(default_factory=set)
+    all_subjects: bool = False
+
+    def merge(self, other: Dirty) -> None:
+        self.ipcache |= other.ipcache
+        self.endpoints |= other.endpoints
+        self.subjects |= other.subjects
+        self.all_subjects |= other.all_subjects
+
+    def __bool__(self) -> bool:
+        return self.ipcache or self.endpoints or bool(self.subjects) or self.all_subjects
+
+
+@dataclass(frozen=True)
+class IpcacheRecord:
+    identity: int
+    host_ip: str
+    node: str
+    origin: str
+
+
+class NodeState:
+    """Everything a node agent folds from the bus (pure; no I/O)."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.identities: dict[int, Labels] = {}
+        self.ipcache: dict[str, IpcacheRecord] = {}
+        self.subjects: dict[int, SubjectPolicy] = {}
+        self.subject_revision: dict[int, int] = {}
+        self.members: dict[str, set[int]] = {}
+        self.subjects_of_selector: dict[str, set[int]] = defaultdict(set)
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.node_ips: dict[str, str] = {}
+        self.revision = 0
+
+    # -- folding events ---------------------------------------------------------------------
+
+    def apply(self, subject: str, event_type: str, data: dict[str, Any], seq: int) -> Dirty:
+        """Fold one event; returns what it may have changed."""
+        self.revision = max(self.revision, seq)
+        dirty = Dirty()
+        match event_type:
+            case "identity.upsert":
+                self.identities[data["id"]] = Labels.parse(data["labels"])
+            case "identity.delete":
+                self.identities.pop(data["id"], None)
+            case "ipcache.upsert" | "ipcache.delete":
+                self._ipcache(subject, event_type, data, dirty)
+            case "policy.rules":
+                self._rules(data, dirty)
+            case "policy.selector":
+                self._selector(data, dirty)
+            case "object.upsert" | "object.delete":
+                self._object(event_type, data, dirty)
+        return dirty
+
+    def _ipcache(self, subject: str, event_type: str, data: dict[str, Any], dirty: Dirty) -> None:
+        origin = subject.split(".")[2] if subject.count(".") >= 3 else "k8s"
+        prefix = data["prefix"]
+        if event_type == "ipcache.upsert":
+            rec = IpcacheRecord(data["identity"], data.get("host_ip") or "",
+                                data.get("node") or "", origin)
+            old = self.ipcache.get(prefix)
+            # Pod addresses win over CIDR identities for the same prefix, as in Cilium.
+            if old is not None and old.origin == "k8s" and origin != "k8s":
+                return
+            self.ipcache[prefix] = rec
+        else:
+            old = self.ipcache.get(prefix)
+            if old is None or old.origin != origin:
+                return
+            del self.ipcache[prefix]
+        dirty.ipcache = True
+        dirty.endpoints = True
+        dirty.all_subjects = True   # local identities and named ports may have moved
+
+    def _rules(self, data: dict[str, Any], dirty: Dirty) -> None:
+        ident = data["identity"]
+        old = self.subjects.get(ident)
+        if old is not None:
+            for sid in old.selector_ids():
+                self.subjects_of_selector[sid].discard(ident)
+        if data["rules"]:
+            sp = SubjectPolicy.from_dict(data)
+            self.subjects[ident] = sp
+            for sid in sp.selector_ids():
+                self.subjects_of_selector[sid].add(ident)
+        else:
+            self.subjects.pop(ident, None)
+        self.subject_revision[ident] = data["revision"]
+        dirty.subjects.add(ident)
+        dirty.endpoints = True      # enforcement flags follow the rules
+
+    def _selector(self, data: dict[str, Any], dirty: Dirty) -> None:
+        sid, op = data["selector"], data["op"]
+        if op == "set":
+            self.members[sid] = set(data.get("members") or ())
+        elif op == "delta":
+            cur = self.members.setdefault(sid, set())
+            cur |= set(data.get("added") or ())
+            cur -= set(data.get("removed") or ())
+        else:
+            self.members.pop(sid, None)
+        dirty.subjects |= self.subjects_of_selector.get(sid, set())
+
+    def _object(self, event_type: str, data: dict[str, Any], dirty: Dirty) -> None:
+        key = f"{data['namespace']}/{data['name']}" if data["namespace"] else data["name"]
+        if data["kind"] == POD_KIND:
+            if event_type == "object.upsert":
+                self.pods[key] = data["object"]
+            else:
+                self.pods.pop(key, None)
+            dirty.all_subjects = True   # named ports
+        elif data["kind"] == NODE_KIND:
+            if event_type == "object.upsert":
+                ip = node_internal_ip(data["object"])
+                if ip:
+                    self.node_ips[data["name"]] = ip
+            else:
+                self.node_ips.pop(data["name"], None)
+            dirty.ipcache = True
+
+    # -- desired map contents ---------------------------------------------------------------
+
+    def identity_of(self, ip: str) -> int | None:
+        rec = self.ipcache.get(f"{ip}/32")
+        return rec.identity if rec is not None else None
+
+    def desired_ipcache(self) -> dict[str, IpcacheEntry]:
+        """Every prefix with its identity; node addresses are host here, remote-node elsewhere."""
+        out: dict[str, IpcacheEntry] = {}
+        for prefix, rec in self.ipcache.items():
+            remote = rec.host_ip if rec.node and rec.node != self.node else ""
+            out[prefix] = IpcacheEntry(rec.identity, remote)
+        for name, ip in self.node_ips.items():
+            ident = ID_HOST if name == self.node else ID_REMOTE_NODE
+            out[f"{ip}/32"] = IpcacheEntry(ident, "" if name == self.node else ip)
+        return out
+
+    def local_identities(self, endpoints: Iterable[LocalEndpoint]) -> set[int]:
+        return {self.identity_of(ep.ip) or ID_INIT for ep in endpoints}
+
+    def desired_endpoints(self, endpoints: Iterable[LocalEndpoint]) -> dict[str, EndpointEntry]:
+        out: dict[str, EndpointEntry] = {}
+        for ep in endpoints:
+            ident = self.identity_of(ep.ip) or ID_INIT
+            sp = self.subjects.get(ident)
+            out[ep.ip] = EndpointEntry(
+                ep.endpoint_id, ident, ep.ifindex,
+                enforce_ingress=bool(sp and sp.enforced(Direction.INGRESS)),
+                enforce_egress=bool(sp and sp.enforced(Direction.EGRESS)))
+        return out
+
+    def named_ports(self) -> dict[int, dict[str, set[tuple[int, int]]]]:
+        """identity -> port name -> {(proto, port)}, from the pods' container ports."""
+        named: dict[int, dict[str, set[tuple[int, int]]]] = {}
+        for pod in self.pods.values():
+            ip = (pod.get("status") or {}).get("podIP")
+            ident = self.identity_of(ip) if ip else None
+            if ident is None:
+                continue
+            for c in (pod.get("spec") or {}).get("containers") or []:
+                for p in c.get("ports") or []:
+                    if "name" in p:
+                        named.setdefault(ident, {}).setdefault(p["name"], set()).add(
+                            (PROTO_BY_NAME[p.get("protocol", "TCP")], p["containerPort"]))
+        return named
+
+    def desired_policy(self, subjects: Iterable[int]) -> dict[PolicyKey, Verdict]:
+        """The policy entries of ``subjects`` (rules x selector members)."""
+        named = self.named_ports()
+        out: dict[PolicyKey, Verdict] = {}
+        for ident in subjects:
+            policy = self.subjects.get(ident) or SubjectPolicy(ident)
+            out.update(expand(policy, self.members, named).entries)
+        return out
+
+    def realized(self, subjects: Iterable[int]) -> dict[int, int]:
+        """Policy revision per local subject (what `cilia status` compares across nodes)."""
+        return {i: self.subject_revision.get(i, 0) for i in subjects}
+
+
+def node_internal_ip(node: dict[str, Any]) -> str | None:
+    for addr in (node.get("status") or {}).get("addresses") or []:
+        if addr.get("type") == "InternalIP":
+            return str(addr.get("address"))
+    return None
