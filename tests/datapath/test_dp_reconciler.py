@@ -123,3 +123,32 @@ def test_typed_maps_roundtrip_through_bytes() -> None:
     assert maps.policy.reconcile({}, subjects=[301]).writes == 0
     assert set(maps.stats()) == {"ipcache", "endpoints", "policy"}
     assert maps.stats()["policy"]["added"] == 1
+
+
+def test_key_scope_patches_only_the_listed_keys() -> None:
+    be = backend()
+    r = Reconciler(be)
+    r.reconcile(dict(kv(i) for i in range(5)))
+    k1, k7 = kv(1)[0], kv(7)[0]
+    res = r.reconcile(dict([kv(7, 1)]), keys=[k1, k7])   # 1 goes away, 7 arrives
+    assert (res.added, res.deleted, res.updated) == (1, 1, 0)
+    assert sorted(int.from_bytes(k, "little") for k in be.data) == [0, 2, 3, 4, 7]
+    assert r.reconcile(dict([kv(7, 1)]), keys=[k7]).writes == 0
+    with pytest.raises(ValueError, match="outside"):
+        r.reconcile(dict([kv(3)]), keys=[k7])
+    with pytest.raises(ValueError, match="not both"):
+        r.reconcile({}, partitions=[None], keys=[k7])
+
+
+def test_ipcache_and_endpoints_incremental_patches() -> None:
+    maps = NodeMaps("unit", factory=lambda n, k, v: MemoryMapBackend(n, k, v, 100))
+    maps.ipcache.reconcile({"10.0.0.1/32": IpcacheEntry(300), "10.0.0.2/32": IpcacheEntry(301)})
+    res = maps.ipcache.reconcile({"10.0.0.3/32": IpcacheEntry(302)},
+                                 prefixes=["10.0.0.1/32", "10.0.0.3/32"])
+    assert (res.added, res.deleted) == (1, 1)
+    assert set(maps.ipcache.entries()) == {"10.0.0.2/32", "10.0.0.3/32"}
+    maps.endpoints.reconcile({"10.0.0.2": EndpointEntry(1, 301)})
+    res = maps.endpoints.reconcile({"10.0.0.2": EndpointEntry(1, 301, 0, True)},
+                                   ips=["10.0.0.2"])
+    assert res.updated == 1
+    assert maps.endpoints.entries()["10.0.0.2"].enforce_ingress

@@ -130,3 +130,29 @@ def update_batch(fd: int, keys: bytes, values: bytes, count: int) -> None:
 def delete_batch(fd: int, keys: bytes, count: int) -> None:
     n = ct.c_uint32(count)
     _check(bcclib.bpf_delete_batch(fd, keys, ct.byref(n)))
+
+
+_BPF_PROG_TEST_RUN = 10
+
+
+class _TestRunAttr(ct.Structure):
+    # The test-run member of union bpf_attr (uapi/linux/bpf.h), up to ctx_out.
+    _fields_ = (("prog_fd", ct.c_uint32), ("retval", ct.c_uint32),
+                ("data_size_in", ct.c_uint32), ("data_size_out", ct.c_uint32),
+                ("data_in", ct.c_uint64), ("data_out", ct.c_uint64),
+                ("repeat", ct.c_uint32), ("duration", ct.c_uint32),
+                ("ctx_size_in", ct.c_uint32), ("ctx_size_out", ct.c_uint32),
+                ("ctx_in", ct.c_uint64), ("ctx_out", ct.c_uint64))
+
+
+def prog_test_run(fd: int, packet: bytes) -> int:
+    """Run a loaded program once on ``packet`` (BPF_PROG_TEST_RUN); returns its return value."""
+    data_in = ct.create_string_buffer(packet, len(packet))
+    data_out = ct.create_string_buffer(len(packet) + 256)
+    attr = _TestRunAttr(prog_fd=fd, data_size_in=len(packet), data_size_out=len(data_out),
+                        data_in=ct.addressof(data_in), data_out=ct.addressof(data_out),
+                        repeat=1)
+    if _libc.syscall(_NR_BPF, _BPF_PROG_TEST_RUN, ct.byref(attr), ct.sizeof(attr)) < 0:
+        err = ct.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(attr.retval)

@@ -7,7 +7,7 @@ reconciler. Validation errors name the entry and the field, and happen before an
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from services.nodeagent.datapath import constants as c
@@ -84,6 +84,16 @@ def encode_ipcache(desired: Mapping[str, IpcacheEntry]) -> dict[bytes, bytes]:
     return out
 
 
+def ipcache_keys(prefixes: Iterable[str]) -> list[bytes]:
+    """The map keys of some prefixes (to scope an incremental reconcile)."""
+    out = []
+    for prefix in prefixes:
+        net = _network(prefix, f"ipcache entry {prefix!s}")
+        out.append(IpcacheKey(prefixlen=net.prefixlen,
+                              addr=ip_to_be32(net.network_address)).to_bytes())
+    return out
+
+
 def decode_ipcache(raw: Mapping[bytes, bytes]) -> dict[str, IpcacheEntry]:
     out: dict[str, IpcacheEntry] = {}
     for kb, vb in raw.items():
@@ -114,6 +124,17 @@ def encode_endpoints(desired: Mapping[str, EndpointEntry]) -> dict[bytes, bytes]
         val = EndpointValue(identity=entry.identity, ifindex=entry.ifindex,
                             endpoint_id=entry.endpoint_id, flags=flags)
         out[EndpointKey(addr=addr).to_bytes()] = val.to_bytes()
+    return out
+
+
+def endpoint_keys(ips: Iterable[str]) -> list[bytes]:
+    """The map keys of some endpoint addresses (to scope an incremental reconcile)."""
+    out = []
+    for ip in ips:
+        try:
+            out.append(EndpointKey(addr=ip_to_be32(ip)).to_bytes())
+        except ValueError as exc:
+            raise EncodeError(f"endpoint {ip!s}: field ip: {exc}") from exc
     return out
 
 

@@ -25,6 +25,8 @@ from services.nodeagent.datapath.encode import (
     decode_ipcache,
     encode_endpoints,
     encode_ipcache,
+    endpoint_keys,
+    ipcache_keys,
 )
 from services.nodeagent.datapath.policykeys import (
     PortPrefix,
@@ -52,9 +54,15 @@ class IpcacheMap:
     def __init__(self, backend: MapBackend) -> None:
         self.reconciler = Reconciler(backend)
 
-    def reconcile(self, desired: Mapping[str, IpcacheEntry]) -> ReconcileResult:
-        """Make the ipcache hold exactly ``desired`` (``"10.0.1.5/32"`` -> entry)."""
-        return self.reconciler.reconcile(encode_ipcache(desired))
+    def reconcile(self, desired: Mapping[str, IpcacheEntry],
+                  prefixes: Iterable[str] | None = None) -> ReconcileResult:
+        """Make the ipcache hold exactly ``desired`` (``"10.0.1.5/32"`` -> entry).
+
+        With ``prefixes``, only those prefixes are reconciled (an incremental patch: a prefix
+        listed there but absent from ``desired`` is deleted); others are left alone.
+        """
+        keys = None if prefixes is None else ipcache_keys(prefixes)
+        return self.reconciler.reconcile(encode_ipcache(desired), keys=keys)
 
     def entries(self) -> dict[str, IpcacheEntry]:
         """What the kernel map holds (read from the map, not the mirror)."""
@@ -67,9 +75,14 @@ class EndpointMap:
     def __init__(self, backend: MapBackend) -> None:
         self.reconciler = Reconciler(backend)
 
-    def reconcile(self, desired: Mapping[str, EndpointEntry]) -> ReconcileResult:
-        """Make the endpoints map hold exactly ``desired`` (pod IP -> entry)."""
-        return self.reconciler.reconcile(encode_endpoints(desired))
+    def reconcile(self, desired: Mapping[str, EndpointEntry],
+                  ips: Iterable[str] | None = None) -> ReconcileResult:
+        """Make the endpoints map hold exactly ``desired`` (pod IP -> entry).
+
+        With ``ips``, only those addresses are reconciled (absent from ``desired``: deleted).
+        """
+        keys = None if ips is None else endpoint_keys(ips)
+        return self.reconciler.reconcile(encode_endpoints(desired), keys=keys)
 
     def entries(self) -> dict[str, EndpointEntry]:
         return decode_endpoints(self.reconciler.backend.read_all())

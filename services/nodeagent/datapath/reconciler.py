@@ -67,6 +67,9 @@ class _Diff:
     unchanged: int = 0
 
 
+_Plan = Callable[[dict[Partition, dict[bytes, bytes]]], _Diff]
+
+
 def _single_partition(_key: bytes) -> Partition:
     return None
 
@@ -125,39 +128,37 @@ class Reconciler:
         return self._mirror
 
     def reconcile(self, desired: Mapping[bytes, bytes],
-                  partitions: Iterable[Partition] | None = None) -> ReconcileResult:
+                  partitions: Iterable[Partition] | None = None,
+                  keys: Iterable[bytes] | None = None) -> ReconcileResult:
         """Make the map hold ``desired``.
 
         Args:
-            desired: the complete wanted contents (of the given partitions, if any).
+            desired: the complete wanted contents (of the given scope, if any).
             partitions: limit the reconcile to these partitions; entries of other partitions
-                are left alone. None means the whole map.
+                are left alone.
+            keys: limit the reconcile to these keys (an incremental patch: a key in ``keys``
+                but not in ``desired`` is deleted). Not together with ``partitions``.
+                Without either, the whole map is reconciled.
 
         Returns:
             The counts of what was done.
 
         Raises:
-            ValueError: a desired key lies outside ``partitions``.
+            ValueError: a desired key lies outside the scope.
             MapFullError: the map cannot hold the desired entries.
             MapError: the map kept failing after all retries.
         """
-        scope = None if partitions is None else set(partitions)
-        wanted: dict[Partition, dict[bytes, bytes]] = {}
-        for key, value in desired.items():
-            part = self.partition_of(key)
-            if scope is not None and part not in scope:
-                raise ValueError(f"map {self.name!r}: desired key {key.hex()} belongs to "
-                                 f"partition {part!r}, outside the reconciled "
-                                 f"{sorted(map(repr, scope))}")
-            wanted.setdefault(part, {})[key] = value
-
+        if partitions is not None and keys is not None:
+            raise ValueError(f"map {self.name!r}: give partitions or keys, not both")
+        plan = (self._plan_keys(desired, set(keys)) if keys is not None
+                else self._plan_partitions(desired, partitions))
         result = ReconcileResult()
         self.stats.reconciles += 1
         deletes_first = False
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
-                self._apply(wanted, scope, result, deletes_first)
+                self._apply(plan, result, deletes_first)
                 return result
             except MapFullError:
                 if deletes_first:
@@ -176,25 +177,62 @@ class Reconciler:
             self.stats.retries += 1
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _apply(self, wanted: dict[Partition, dict[bytes, bytes]], scope: set[Partition] | None,
-               result: ReconcileResult, deletes_first: bool) -> None:
+    def _out_of_scope(self, key: bytes, scope: str) -> ValueError:
+        return ValueError(f"map {self.name!r}: desired key {key.hex()} is outside the "
+                          f"reconciled {scope}")
+
+    def _plan_partitions(self, desired: Mapping[bytes, bytes],
+                         partitions: Iterable[Partition] | None) -> _Plan:
+        scope = None if partitions is None else set(partitions)
+        wanted: dict[Partition, dict[bytes, bytes]] = {}
+        for key, value in desired.items():
+            part = self.partition_of(key)
+            if scope is not None and part not in scope:
+                raise self._out_of_scope(key, f"partitions (it is in {part!r})")
+            wanted.setdefault(part, {})[key] = value
+
+        def plan(mirror: dict[Partition, dict[bytes, bytes]]) -> _Diff:
+            total = _Diff()
+            for part in (set(mirror) | set(wanted)) if scope is None else scope:
+                d = diff_entries(mirror.get(part, {}), wanted.get(part, {}))
+                total.upserts += d.upserts
+                total.deletes += d.deletes
+                total.unchanged += d.unchanged
+            return total
+
+        return plan
+
+    def _plan_keys(self, desired: Mapping[bytes, bytes], keys: set[bytes]) -> _Plan:
+        for key in desired:
+            if key not in keys:
+                raise self._out_of_scope(key, "keys")
+
+        def plan(mirror: dict[Partition, dict[bytes, bytes]]) -> _Diff:
+            d = _Diff()
+            for key in keys:
+                cur = mirror.get(self.partition_of(key), {}).get(key)
+                want = desired.get(key)
+                if want is None:
+                    if cur is not None:
+                        d.deletes.append(key)
+                elif cur != want:
+                    d.upserts.append((key, want))
+                else:
+                    d.unchanged += 1
+            return d
+
+        return plan
+
+    def _apply(self, plan: _Plan, result: ReconcileResult, deletes_first: bool) -> None:
         mirror = self._load(result)
-        parts = set(mirror) | set(wanted) if scope is None else scope
-        upserts: list[tuple[bytes, bytes]] = []
-        deletes: list[bytes] = []
-        unchanged = 0
-        for part in parts:
-            d = diff_entries(mirror.get(part, {}), wanted.get(part, {}))
-            upserts += d.upserts
-            deletes += d.deletes
-            unchanged += d.unchanged
-        result.unchanged = unchanged
+        d = plan(mirror)
+        result.unchanged = d.unchanged
         if deletes_first:
-            self._do_deletes(deletes, mirror, result)
-            self._do_upserts(upserts, mirror, result)
+            self._do_deletes(d.deletes, mirror, result)
+            self._do_upserts(d.upserts, mirror, result)
         else:
-            self._do_upserts(upserts, mirror, result)
-            self._do_deletes(deletes, mirror, result)
+            self._do_upserts(d.upserts, mirror, result)
+            self._do_deletes(d.deletes, mirror, result)
 
     def _do_upserts(self, items: list[tuple[bytes, bytes]],
                     mirror: dict[Partition, dict[bytes, bytes]], result: ReconcileResult) -> None:
