@@ -201,13 +201,19 @@ def _ports(rule_ports: tuple[PortRule, ...], owners: Iterable[int],
 
 
 def expand(policy: SubjectPolicy, members: Mapping[str, Collection[int]],
-           named_ports: NamedPorts | None = None) -> Expansion:
+           named_ports: NamedPorts | None = None,
+           peers: Collection[int] | None = None) -> Expansion:
     """Expand a subject's rules x selector members into policy map entries.
 
     Args:
         policy: the subject's compiled rules.
         members: selector id -> identities it matches (the selector cache's view).
         named_ports: identity -> port name -> {(proto, port)} (see the module doc).
+        peers: only produce the entries whose peer is one of these identities (never the
+            any-peer entries). The entries of a peer depend only on which selectors hold it,
+            so on a selector delta the agent re-expands just the added and removed peers:
+            ``expand(..., peers=added | removed)`` is exactly the full expansion's entries for
+            those peers, to diff against what the map holds for them.
 
     Returns:
         The entries (deny wins per key) with their origins and the enforcing rules.
@@ -217,8 +223,9 @@ def expand(policy: SubjectPolicy, members: Mapping[str, Collection[int]],
     entries: dict[PolicyKey, Verdict] = {}
     origins: dict[PolicyKey, tuple[RuleOrigin, ...]] = {}
     enforcing = {d: tuple(r.origin for r in policy.rules if r.default_deny(d)) for d in Direction}
+    only = None if peers is None else set(peers)
     for d in Direction:
-        if not enforcing[d]:
+        if not enforcing[d] and only is None:
             entries[PolicyKey(subject, ANY_PEER, d, ANY_PROTO, ANY_PORT, ANY_PORT)] = Verdict.ALLOW
             origins[PolicyKey(subject, ANY_PEER, d, ANY_PROTO, ANY_PORT, ANY_PORT)] = ()
     for rule in policy.rules:
@@ -227,18 +234,29 @@ def expand(policy: SubjectPolicy, members: Mapping[str, Collection[int]],
             verdict = Verdict.DENY if section.deny else Verdict.ALLOW
             direction = section.direction
             if entry.any_peer:
-                peers: Iterable[int] = (ANY_PEER,)
+                targets: Iterable[int] = (ANY_PEER,) if only is None else ()
+            elif only is not None:
+                targets = {p for p in only if any(p in members.get(s, ()) for s in entry.selectors)}
             else:
-                peers = set().union(*(members.get(s, ()) for s in entry.selectors)) \
+                targets = set().union(*(members.get(s, ()) for s in entry.selectors)) \
                     if entry.selectors else set()
-            for peer in peers:
-                if direction == Direction.INGRESS:
-                    owners: Iterable[int] = (subject,)
-                else:
-                    owners = named if peer == ANY_PEER else (peer,)
-                for proto, port, end in _ports(entry.ports, owners, named):
+            named_only = any(p.name for p in entry.ports)
+            fixed = None if named_only else _ports(entry.ports, (), named)
+            for peer in targets:
+                ports = fixed
+                if ports is None:
+                    if direction == Direction.INGRESS:
+                        owners: Iterable[int] = (subject,)
+                    else:
+                        owners = named if peer == ANY_PEER else (peer,)
+                    ports = _ports(entry.ports, owners, named)
+                for proto, port, end in ports:
                     key = PolicyKey(subject, peer, direction, proto, port, end)
-                    _put(entries, origins, key, verdict, entry.origin)
+                    if key not in entries:
+                        entries[key] = verdict
+                        origins[key] = (entry.origin,)
+                    else:
+                        _put(entries, origins, key, verdict, entry.origin)
     return Expansion(entries, origins, enforcing)
 
 

@@ -175,4 +175,11 @@ def test_incremental_equals_from_scratch(ops: list[tuple[Any, ...]]) -> None:
         for ident, lbls in identities.items():
             fresh_b.add_identity(ident, lbls)
         assert state(repo) == state(fresh_a) == state(fresh_b)
+        # Expanding only some peers gives exactly the full expansion's entries for them.
+        snapshot = repo.cache.snapshot()
+        some = {*list(identities)[::2], *list(repo.prefix_entries().values())[::2], 2}
+        for sp in repo.subjects().values():
+            full = expand(sp, snapshot, NAMED).entries
+            part = expand(sp, snapshot, NAMED, peers=some).entries
+            assert part == {k: v for k, v in full.items() if k.peer in some}
         assert mirror_state(mirror) == repo_mirror_view(repo)
