@@ -75,8 +75,49 @@ def peer_rule(draw: st.DrawFn, direction: str, deny: bool) -> dict[str, Any]:
 
 
 @st.composite
+def k8s_peer(draw: st.DrawFn) -> dict[str, Any]:
+    choice = draw(st.integers(0, 3))
+    if choice == 0:
+        p = draw(st.sampled_from(PREFIXES))
+        return {"ipBlock": {"cidr": p, "except": EXCEPTS.get(p, [])}}
+    peer: dict[str, Any] = {"podSelector": {"matchLabels": {"app": draw(st.sampled_from(APPS))}}}
+    if choice == 2:
+        peer["namespaceSelector"] = {}
+    elif choice == 3:
+        peer["namespaceSelector"] = {"matchLabels": {"team": "t1"}}
+    return peer
+
+
+@st.composite
+def k8s_policy(draw: st.DrawFn) -> dict[str, Any]:
+    spec: dict[str, Any] = {"podSelector": draw(selector()) if draw(st.booleans()) else {}}
+    spec["podSelector"].pop("matchExpressions", None)
+    spec["podSelector"]["matchLabels"] = {
+        k: v for k, v in spec["podSelector"].get("matchLabels", {}).items() if k == "app"}
+    types = draw(st.sets(st.sampled_from(["Ingress", "Egress"]), min_size=1))
+    for direction, peer_key in (("Ingress", "from"), ("Egress", "to")):
+        if direction in types and draw(st.booleans()):
+            rules = []
+            for _ in range(draw(st.integers(0, 2))):
+                rule: dict[str, Any] = {}
+                if draw(st.booleans()):
+                    rule[peer_key] = draw(st.lists(k8s_peer(), min_size=1, max_size=2))
+                if draw(st.booleans()):
+                    rule["ports"] = [{"port": draw(st.sampled_from([80, "http"])),
+                                      "protocol": "TCP"}]
+                rules.append(rule)
+            spec[direction.lower()] = rules
+    spec["policyTypes"] = sorted(types)
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": draw(st.sampled_from(["k0", "k1"])),
+                         "namespace": draw(st.sampled_from(NAMESPACES))}, "spec": spec}
+
+
+@st.composite
 def policy_doc(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["CNP", "CCNP"]))
+    kind = draw(st.sampled_from(["CNP", "CCNP", "KNP"]))
+    if kind == "KNP":
+        return draw(k8s_policy())
     spec: dict[str, Any] = {"endpointSelector": draw(selector())}
     for section in ("ingress", "egress", "ingressDeny", "egressDeny"):
         if draw(st.integers(0, 2)) == 0:
@@ -130,7 +171,7 @@ def repo_mirror_view(repo: Repository) -> dict[str, Any]:
             "prefixes": repo.prefix_entries()}
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(OPS)
 def test_incremental_equals_from_scratch(ops: list[tuple[Any, ...]]) -> None:
     repo = Repository()
