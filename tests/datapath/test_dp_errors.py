@@ -62,7 +62,7 @@ def test_expand_includes_inlines_each_header_once(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny_maps(node_name: str) -> Iterator[Path]:
-    """A 4-entry hash map and a 4-entry LPM trie pinned in the node's directory."""
+    """4-entry hash and LPM maps, and a 512-entry hash, pinned in the node's directory."""
     from services.nodeagent.datapath.constants import pin_dir
     d = pin_dir(node_name)
     d.mkdir(parents=True)
@@ -71,9 +71,10 @@ def tiny_maps(node_name: str) -> Iterator[Path]:
     BPF_TABLE_PINNED("hash", u32, u32, tiny_hash, 4, "{d}/tiny_hash");
     BPF_TABLE_PINNED("lpm_trie", struct lk, u32, tiny_lpm, 4, "{d}/tiny_lpm",
                      BPF_F_NO_PREALLOC);
+    BPF_TABLE_PINNED("hash", u32, u64, batch_hash, 512, "{d}/batch_hash");
     int use(void *ctx) {{
         u32 k = 0; struct lk l = {{32, 0}};
-        tiny_hash.lookup(&k); tiny_lpm.lookup(&l); return 0;
+        tiny_hash.lookup(&k); tiny_lpm.lookup(&l); batch_hash.lookup(&k); return 0;
     }}
     """
     b = BPF(text=text.encode())
@@ -102,3 +103,17 @@ def test_open_errors_name_the_map(tiny_maps: Path) -> None:
         PinnedMapBackend(tiny_maps / "tiny_hash", 8, 4)
     with pytest.raises(MapError, match="nothing_here"):
         PinnedMapBackend(tiny_maps / "nothing_here", 4, 4)
+
+
+def test_batched_updates_and_deletes(tiny_maps: Path) -> None:
+    with PinnedMapBackend(tiny_maps / "batch_hash", 4, 8) as be:
+        r = Reconciler(be, chunk=64)
+        want = {i.to_bytes(4, "little"): (i * 3).to_bytes(8, "little") for i in range(300)}
+        assert r.reconcile(want).added == 300
+        assert be.read_all() == want
+        half = {k: v for k, v in want.items() if int.from_bytes(k, "little") % 2}
+        assert r.reconcile(half).deleted == 150
+        assert be.read_all() == half
+        # A batch delete that meets an absent key falls back to element-wise deletes.
+        be.delete([(0).to_bytes(4, "little"), *list(half)[:20]])
+        assert len(be.read_all()) == 130

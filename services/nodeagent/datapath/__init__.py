@@ -6,11 +6,16 @@ Typical agent use::
     ifindex = attach(progs, "lxc1234", netns="cilia-node1")
     maps = NodeMaps(node)                       # open the pins (restart-safe)
     maps.endpoints.reconcile({"10.1.0.5": EndpointEntry(1, 300, ifindex, True, False)})
-    maps.ipcache.reconcile({"10.1.0.5/32": IpcacheEntry(300)})
+    maps.ipcache.reconcile({"10.1.0.5/32": IpcacheEntry(300)})          # whole map
+    maps.ipcache.reconcile({}, prefixes=["10.1.0.9/32"])                # incremental patch
     maps.policy.reconcile({PolicyKey(300, 301, 0, 6, 80, 80): Verdict.ALLOW}, subjects=[300])
+    maps.conntrack.gc()                         # periodically
     with FlowReader(node) as flows:
         records = flows.poll(100)
+    detach("lxc1234", netns="cilia-node1")
     unpin(node)                                 # lab down
+
+See ``services/nodeagent/bpf/README.md`` for the datapath's semantics.
 """
 
 from services.nodeagent.datapath.backend import MapBackend, MemoryMapBackend, PinnedMapBackend
