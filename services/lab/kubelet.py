@@ -217,7 +217,7 @@ class Kubelet:
             "containerId": container_id(uid), "workload": None, "cniResult": None,
         }
         netconf = json.loads(cni_conf_path(self.lab, node.name).read_text())
-        ns.create_netns(runtime["netns"])
+        ns.create_ipv4_netns(runtime["netns"])
         try:
             result = cniexec.invoke("ADD", netconf, container_id=runtime["containerId"],
                                     netns_path=ns.netns_path(runtime["netns"]),

@@ -67,6 +67,20 @@ def create_netns(name: str) -> None:
         raise TopologyError(f"netns {name}: cannot create: {exc}") from exc
 
 
+def create_ipv4_netns(name: str) -> None:
+    """Create a named netns with IPv6 off (the lab is IPv4 only: no ND/MLD noise on veths).
+
+    ``default`` covers interfaces created or moved in later (veths, the pod's eth0).
+    """
+    create_netns(name)
+    try:
+        for scope in ("all", "default"):
+            write_sysctl(name, f"net.ipv6.conf.{scope}.disable_ipv6", "1")
+    except TopologyError:
+        remove_netns(name)
+        raise
+
+
 def remove_netns(name: str) -> bool:
     """Remove a named netns; False when it did not exist."""
     if not netns_exists(name):

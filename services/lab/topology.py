@@ -118,7 +118,7 @@ def _up_host(ipr: IPRoute, address: str, prefixlen: int) -> int:
 
 
 def _build_underlay(plan: LabPlan) -> int:
-    ns.create_netns(plan.underlay_netns)
+    ns.create_ipv4_netns(plan.underlay_netns)
     with _ipr(plan.underlay_netns) as ipr:
         ipr.link("set", index=_index(ipr, "lo"), state="up")
         ipr.link("add", ifname=BRIDGE, kind="bridge")
@@ -128,7 +128,7 @@ def _build_underlay(plan: LabPlan) -> int:
 
 
 def _build_node(plan: LabPlan, node: NodePlan, bridge_idx: int) -> None:
-    ns.create_netns(node.netns)
+    ns.create_ipv4_netns(node.netns)
     with _ipr(plan.underlay_netns) as underlay:
         _uplink(underlay, node.underlay_port, node.netns, bridge_idx)
     with _ipr(node.netns) as ipr:
@@ -145,7 +145,7 @@ def _build_node(plan: LabPlan, node: NodePlan, bridge_idx: int) -> None:
 
 
 def _build_external(plan: LabPlan, bridge_idx: int) -> None:
-    ns.create_netns(plan.external_netns)
+    ns.create_ipv4_netns(plan.external_netns)
     with _ipr(plan.underlay_netns) as underlay:
         _uplink(underlay, EXTERNAL_PORT, plan.external_netns, bridge_idx)
     with _ipr(plan.external_netns) as ipr:

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from services.lab import LabState, down, up
+from services.lab import EXTERNAL_IP, Kubelet, LabState, down, exec_in_pod, up
 from services.lab import netns as ns
 from services.lab.topology import cni_netconf, node_config
 from services.nodeagent.cniserver import CniServer
+from services.nodeagent.datapath import EndpointEntry, NodeMaps, Programs, attach
 from services.nodeagent.endpoints import Endpoint, open_iproute
-from tests.lab.conftest import CNI_PLUGIN, cni_env, unique_lab
+from tests.lab.conftest import CNI_PLUGIN, CONNECT, cni_env, unique_lab
 
 ARGS = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart"
 
@@ -111,3 +112,57 @@ async def test_hooks_see_the_endpoint_and_failure_rolls_back(
 
     rc, _ = await plugin(cni_env("DEL", "cok", sandbox), conf)
     assert rc == 0 and hooks.deleted == [ep] and srv.endpoints() == []
+
+
+class DatapathHooks:
+    """What the agent does in its hooks: attach the node's programs, fill the endpoint map."""
+
+    IDENTITY = 300
+
+    def __init__(self, node: str) -> None:
+        self.programs = Programs(node)
+        self.maps = NodeMaps(node)
+        self.enforce_egress = True
+
+    def entry(self, ep: Endpoint) -> EndpointEntry:
+        return EndpointEntry(ep.id, self.IDENTITY, ep.host_ifindex, False, self.enforce_egress)
+
+    async def on_endpoint_created(self, ep: Endpoint) -> None:
+        ifindex = await asyncio.to_thread(attach, self.programs, ep.host_ifname, ep.node_netns)
+        assert ifindex == ep.host_ifindex
+        self.maps.endpoints.reconcile({ep.ipv4: self.entry(ep)}, ips=[ep.ipv4])
+
+    async def on_endpoint_deleted(self, ep: Endpoint) -> None:
+        self.maps.endpoints.reconcile({}, ips=[ep.ipv4])
+
+
+async def test_hooks_attach_real_programs_before_the_pod_runs(bare_lab: LabState) -> None:
+    node = bare_lab.plan.nodes[0]
+    hooks = DatapathHooks(node.name)
+    srv = CniServer(node_config(node), hooks)
+    await srv.start()
+    kubelet = Kubelet(bare_lab.name)
+    try:
+        pod = await asyncio.to_thread(kubelet.create_pod, {
+            "metadata": {"name": "guarded", "namespace": "shop"},
+            "spec": {"containers": [{"ports": [{"containerPort": 8080}]}]}})
+        (ep,) = srv.endpoints()
+        assert ep.ipv4 == pod["status"]["podIP"]
+
+        async def probe() -> str:
+            # the lab without its external server: the kernel of the external host answers a
+            # SYN to a closed port with a RST, "refused" proves the packet got there and back
+            proc = await asyncio.to_thread(
+                exec_in_pod, "guarded", [CONNECT, str(EXTERNAL_IP), "9", "--timeout", "1"],
+                namespace="shop", lab=bare_lab.name, capture=True, timeout=10)
+            return proc.stdout.decode().strip()
+
+        assert await probe() == "timeout"          # egress enforced, no policy: dropped
+        hooks.enforce_egress = False
+        hooks.maps.endpoints.reconcile({ep.ipv4: hooks.entry(ep)}, ips=[ep.ipv4])
+        assert await probe() == "refused"          # open: the packet reaches the world
+        await asyncio.to_thread(kubelet.delete_pod, "shop", "guarded")
+        assert hooks.maps.endpoints.entries() == {}
+    finally:
+        await srv.stop()
+        hooks.programs.close()
