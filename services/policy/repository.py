@@ -207,14 +207,12 @@ class Repository:
     def _refresh_subjects(self, touched: set[int], ch: Changes) -> None:
         for ident in touched:
             keys = self._subject_keys.get(ident, set())
-            rules = tuple(sorted(self._compiled[k] for k in keys))
-            old = self._subjects.get(ident)
-            if old is not None and old.rules == rules:
-                continue
-            if not rules and old is None:
-                continue
             if not keys:
                 self._subject_keys.pop(ident, None)
+            rules = tuple(sorted(self._compiled[k] for k in keys))
+            old = self._subjects.get(ident)
+            if (old.rules if old is not None else ()) == rules:
+                continue
             if rules:
                 self._subjects[ident] = SubjectPolicy(ident, rules, ch.revision)
             else:

@@ -224,3 +224,29 @@ def test_incremental_equals_from_scratch(ops: list[tuple[Any, ...]]) -> None:
             part = expand(sp, snapshot, NAMED, peers=some).entries
             assert part == {k: v for k, v in full.items() if k.peer in some}
         assert mirror_state(mirror) == repo_mirror_view(repo)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS)
+def test_removing_everything_leaves_nothing_behind(ops: list[tuple[Any, ...]]) -> None:
+    repo = Repository()
+    mirror = SelectorMirror()
+    for op in ops:
+        if op[0] == "add":
+            ch = repo.add_identity(op[1], op[2])
+        elif op[0] == "upsert":
+            ch = repo.apply(op[1])
+        else:
+            continue
+        for msg in messages(repo, ch):
+            mirror.apply(msg)
+    for policy in list(repo.policies()):
+        for msg in messages(repo, repo.delete(policy.ref)):
+            mirror.apply(msg)
+    for ident in list(repo.identities()):
+        for msg in messages(repo, repo.remove_identity(ident)):
+            mirror.apply(msg)
+    assert repo.cache.selector_ids() == [] and repo.cache.identities() == {}
+    assert repo.subjects() == {} and repo.prefix_entries() == {}
+    assert repo.compiled_rules() == []
+    assert mirror.members == {} and mirror.subjects == {} and mirror.prefixes == {}
