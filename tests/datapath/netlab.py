@@ -161,7 +161,13 @@ class EchoServer:
             s.close()
 
 
-def tcp_ok(src: Pod, dst_ip: str, port: int, timeout: float = 0.6) -> bool:
+# Allowed traffic gets a generous timeout (the machine may be busy); an expected drop needs
+# only long enough to be sure no answer comes.
+ALLOWED_TIMEOUT_S = 3.0
+DENIED_TIMEOUT_S = 0.5
+
+
+def tcp_ok(src: Pod, dst_ip: str, port: int, timeout: float = ALLOWED_TIMEOUT_S) -> bool:
     """True if a TCP connection from ``src`` gets its payload echoed back in time."""
     s = in_netns(src.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
     s.settimeout(timeout)
@@ -175,7 +181,13 @@ def tcp_ok(src: Pod, dst_ip: str, port: int, timeout: float = 0.6) -> bool:
         s.close()
 
 
-def tcp_open(src: Pod, dst_ip: str, port: int, timeout: float = 1.0) -> socket.socket:
+def tcp_blocked(src: Pod, dst_ip: str, port: int) -> bool:
+    """True if a TCP connection from ``src`` does not get through."""
+    return not tcp_ok(src, dst_ip, port, DENIED_TIMEOUT_S)
+
+
+def tcp_open(src: Pod, dst_ip: str, port: int,
+             timeout: float = ALLOWED_TIMEOUT_S) -> socket.socket:
     """An established connection (for tests that keep it across a policy change)."""
     s = in_netns(src.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
     s.settimeout(timeout)
@@ -216,7 +228,7 @@ class UdpEcho:
         self.sock.close()
 
 
-def udp_ok(src: Pod, dst_ip: str, port: int, timeout: float = 0.6) -> bool:
+def udp_ok(src: Pod, dst_ip: str, port: int, timeout: float = ALLOWED_TIMEOUT_S) -> bool:
     s = in_netns(src.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     s.settimeout(timeout)
     try:
@@ -238,7 +250,8 @@ def _icmp_checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def ping_ok(src: Pod, dst_ip: str, timeout: float = 0.6, ident: int = 0x4242) -> bool:
+def ping_ok(src: Pod, dst_ip: str, timeout: float = ALLOWED_TIMEOUT_S,
+            ident: int = 0x4242) -> bool:
     """One ICMP echo request from ``src``; True if the matching reply arrives."""
     s = in_netns(src.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW,
                                                  socket.IPPROTO_ICMP))

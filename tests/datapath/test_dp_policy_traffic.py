@@ -32,7 +32,16 @@ from services.nodeagent.datapath import (
 from services.nodeagent.datapath.constants import CT_LIFETIME_TCP
 from services.nodeagent.datapath.loader import TC_PARENT_EGRESS, TC_PARENT_INGRESS
 from tests.datapath.conftest import ID_POD1, ID_POD2, ID_POD3, Env
-from tests.datapath.netlab import UdpEcho, ping_ok, roundtrip, tcp_ok, tcp_open, udp_ok
+from tests.datapath.netlab import (
+    DENIED_TIMEOUT_S,
+    UdpEcho,
+    ping_ok,
+    roundtrip,
+    tcp_blocked,
+    tcp_ok,
+    tcp_open,
+    udp_ok,
+)
 
 pytestmark = pytest.mark.datapath
 
@@ -72,12 +81,12 @@ def test_open_by_default(env: Env) -> None:
 def test_ingress_default_deny_then_allow(env: Env) -> None:
     p1, p2, _ = env.pods
     configure(env, enforce={1: (True, False)})
-    assert not tcp_ok(p1, p2.ip, 80)
+    assert tcp_blocked(p1, p2.ip, 80)
     assert tcp_ok(p2, p1.ip, 80), "pod2's egress is not enforced"
     configure(env, enforce={1: (True, False)},
               policy={tcp_rule(ID_POD2, ID_POD1, IN, 80): Verdict.ALLOW})
     assert tcp_ok(p1, p2.ip, 80)
-    assert not tcp_ok(p1, p2.ip, 8080), "only port 80 is allowed"
+    assert tcp_blocked(p1, p2.ip, 8080), "only port 80 is allowed"
 
 
 def test_replies_pass_but_reverse_direction_is_denied(env: Env) -> None:
@@ -86,16 +95,16 @@ def test_replies_pass_but_reverse_direction_is_denied(env: Env) -> None:
     configure(env, enforce={1: (True, True)}, policy=allow)
     # pod2 enforces egress with no egress rule: its replies pass only through conntrack.
     assert tcp_ok(p1, p2.ip, 80)
-    assert not tcp_ok(p2, p1.ip, 80), "a new connection from pod2 has no egress policy"
+    assert tcp_blocked(p2, p1.ip, 80), "a new connection from pod2 has no egress policy"
 
     conn = tcp_open(p1, p2.ip, 80)
     try:
         assert roundtrip(conn)
         env.maps.policy.reconcile({})
         assert roundtrip(conn), "an established flow outlives the policy that allowed it"
-        assert not tcp_ok(p1, p2.ip, 80), "a new connection needs the policy"
+        assert tcp_blocked(p1, p2.ip, 80), "a new connection needs the policy"
         env.maps.conntrack.expire_all()
-        conn.settimeout(0.6)
+        conn.settimeout(DENIED_TIMEOUT_S)
         assert not roundtrip(conn), "once its entries expire, the flow is checked again"
     finally:
         conn.close()
@@ -111,8 +120,8 @@ def test_deny_beats_allow(env: Env) -> None:
     }
     configure(env, enforce={1: (True, False)}, policy=policy)
     assert tcp_ok(p1, p2.ip, 80)
-    assert not tcp_ok(p1, p2.ip, 5432)
-    assert not tcp_ok(p1, p2.ip, 9003), "the wider deny covers the specific allow"
+    assert tcp_blocked(p1, p2.ip, 5432)
+    assert tcp_blocked(p1, p2.ip, 9003), "the wider deny covers the specific allow"
     assert tcp_ok(p3, p2.ip, 5432), "the deny is for pod1 only"
 
 
@@ -122,8 +131,8 @@ def test_port_range(env: Env) -> None:
               policy={tcp_rule(ID_POD2, ID_POD1, IN, 9000, 9005): Verdict.ALLOW})
     assert tcp_ok(p1, p2.ip, 9000)
     assert tcp_ok(p1, p2.ip, 9003)
-    assert not tcp_ok(p1, p2.ip, 9008)
-    assert not tcp_ok(p1, p2.ip, 8080)
+    assert tcp_blocked(p1, p2.ip, 9008)
+    assert tcp_blocked(p1, p2.ip, 8080)
 
 
 def test_unknown_destination_is_world(env: Env) -> None:
@@ -147,8 +156,8 @@ def _world_traffic(env: Env) -> list[FlowRecord]:
     with FlowReader(env.node) as flows:
         flows.drain()
         assert tcp_ok(p1, p3.ip, 80)
-        assert not tcp_ok(p1, p3.ip, 8080)
-        assert not tcp_ok(p1, p2.ip, 80), "pod2 has an identity: it is not world"
+        assert tcp_blocked(p1, p3.ip, 8080)
+        assert tcp_blocked(p1, p2.ip, 80), "pod2 has an identity: it is not world"
         return _collect(flows, lambda r: r.dst_ip == p3.ip and r.dst_port == 8080)[0]
 
 
@@ -158,7 +167,7 @@ def test_drop_and_forward_events(env: Env) -> None:
               policy={tcp_rule(ID_POD2, ID_POD1, IN, 80): Verdict.ALLOW})
     with FlowReader(env.node) as flows:
         flows.drain()
-        assert not tcp_ok(p1, p2.ip, 5432)
+        assert tcp_blocked(p1, p2.ip, 5432)
         assert tcp_ok(p1, p2.ip, 80)
         drops, fwd = _collect(flows,
                               lambda r: r.dst_port == 5432 and r.verdict == "DROPPED",
@@ -181,7 +190,7 @@ def test_deny_rule_reason(env: Env) -> None:
     configure(env, policy={tcp_rule(ID_POD2, ID_POD1, IN, 5432): Verdict.DENY})
     with FlowReader(env.node) as flows:
         flows.drain()
-        assert not tcp_ok(p1, p2.ip, 5432)
+        assert tcp_blocked(p1, p2.ip, 5432)
         drops = _collect(flows, lambda r: r.dst_port == 5432 and r.verdict == "DROPPED")[0]
     assert drops[0].reason_name == "policy denied by deny rule"
 
@@ -204,15 +213,15 @@ def test_udp_and_icmp_replies_pass_through_conntrack(env: Env) -> None:
     echo = UdpEcho(p2.name, p2.ip, 5353)
     try:
         configure(env, enforce={1: (True, True)})
-        assert not udp_ok(p1, p2.ip, 5353)
-        assert not ping_ok(p1, p2.ip)
+        assert not udp_ok(p1, p2.ip, 5353, DENIED_TIMEOUT_S)
+        assert not ping_ok(p1, p2.ip, DENIED_TIMEOUT_S)
         configure(env, enforce={1: (True, True)}, policy={
             PolicyKey(ID_POD2, ID_POD1, IN, PROTO_UDP, 5353, 5353): Verdict.ALLOW,
             PolicyKey(ID_POD2, ID_POD1, IN, PROTO_ICMP, 0, 0): Verdict.ALLOW})
         # pod2 enforces egress with no egress rule: the replies pass only through conntrack.
         assert udp_ok(p1, p2.ip, 5353)
         assert ping_ok(p1, p2.ip)
-        assert not ping_ok(p2, p1.ip), "pod2 has no egress rule for a new ICMP flow"
+        assert not ping_ok(p2, p1.ip, DENIED_TIMEOUT_S), "no egress rule for pod2's new ICMP"
     finally:
         echo.stop()
     flows = {(e.proto, e.direction, e.src, e.dst) for e in env.maps.conntrack.entries()}
@@ -246,7 +255,7 @@ def test_spoofed_source_is_dropped(env: Env) -> None:
         p2.ip: EndpointEntry(2, ID_POD2, p2.ifindex)})
     with FlowReader(env.node) as flows:
         flows.drain()
-        assert not tcp_ok(p1, p2.ip, 80)
+        assert tcp_blocked(p1, p2.ip, 80)
         drops = _collect(flows, lambda r: r.reason_name == "invalid source ip")[0]
     assert drops[0].src_ip == p1.ip
 
@@ -274,7 +283,7 @@ def test_flow_reader_thread_and_asyncio(env: Env) -> None:
         t = threading.Thread(target=flows.run, args=(got.append, stop, 20))
         t.start()
         try:
-            assert not tcp_ok(p1, p2.ip, 9000, timeout=0.3)
+            assert tcp_blocked(p1, p2.ip, 9000)
             deadline = time.monotonic() + 2
             while not any(r.dst_port == 9000 for r in got) and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -291,7 +300,7 @@ def test_flow_reader_thread_and_asyncio(env: Env) -> None:
 
         async def scenario() -> FlowRecord:
             task = asyncio.create_task(asyncio.wait_for(first_drop(), 3))
-            await asyncio.to_thread(tcp_ok, p1, p2.ip, 9003, 0.3)
+            await asyncio.to_thread(tcp_blocked, p1, p2.ip, 9003)
             return await task
 
         rec = asyncio.run(scenario())

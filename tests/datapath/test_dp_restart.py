@@ -20,7 +20,7 @@ from services.nodeagent.datapath import (
     is_pinned,
     unpin,
 )
-from tests.datapath.netlab import NodeLab, tcp_ok
+from tests.datapath.netlab import NodeLab, tcp_blocked, tcp_ok
 
 pytestmark = pytest.mark.datapath
 
@@ -110,7 +110,7 @@ def test_programs_enforce_while_no_agent_runs(node_name: str, two_pods: NodeLab)
                     p1.host_if, p2.host_if, p1.ip, p2.ip], check=True, timeout=60)
     # The "agent" has exited: no process of ours holds the programs or the maps.
     assert tcp_ok(p1, p2.ip, 80)
-    assert not tcp_ok(p1, p2.ip, 8080)
+    assert tcp_blocked(p1, p2.ip, 8080)
     # A restarted agent (new objects over the pins) realizes a change made meanwhile.
     with NodeMaps(node_name) as maps:
         desired = {PolicyKey(1002, 1001, Direction.INGRESS, PROTO_TCP, 80, 80): Verdict.ALLOW,
