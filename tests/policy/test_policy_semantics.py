@@ -284,3 +284,13 @@ def test_k8s_and_cilium_forms_compile_to_the_same_map_entries() -> None:
     ek = expand(sp_k, {s: k8s.members(s) for s in sp_k.selector_ids()}).entries
     ec = expand(sp_c, {s: cil.members(s) for s in sp_c.selector_ids()}).entries
     assert ek == ec and len(ek) == 2   # the allow, plus the open egress wildcard
+
+
+def test_k8s_namespace_selector_on_the_metadata_name_label() -> None:
+    # The API server labels every namespace kubernetes.io/metadata.name=<name>; the identity
+    # service copies namespace labels onto pod identities, so this common idiom works.
+    web_dev = pod(namespace="dev", ns_labels={"kubernetes.io/metadata.name": "dev"}, app="web")
+    repo = build(docs(knp("podSelector: {}\ningress: [{from: [{namespaceSelector: {matchLabels:"
+                          " {kubernetes.io/metadata.name: dev}}}]}]")), {**IDS, 500: web_dev})
+    assert verdict(repo, web_dev, B, 1) == ALLOW
+    assert verdict(repo, A_DEV, B, 1) == DENY       # dev pod without that namespace label
