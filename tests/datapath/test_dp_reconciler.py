@@ -121,8 +121,11 @@ def test_typed_maps_roundtrip_through_bytes() -> None:
     pol = {PolicyKey(300, 0, 1, 17, 53, 53): Verdict.ALLOW}
     assert maps.policy.reconcile(pol, subjects=[300]).added == 1
     assert maps.policy.reconcile({}, subjects=[301]).writes == 0
+    maps.policy.reconcile({PolicyKey(301, 9, 0, 6, 8080, 8083): Verdict.DENY}, subjects=[301])
+    assert maps.policy.entries(301) == [(PolicyKey(301, 9, 0, 6, 8080, 8083), Verdict.DENY)]
+    assert len(maps.policy.entries()) == 2
     assert set(maps.stats()) == {"ipcache", "endpoints", "policy"}
-    assert maps.stats()["policy"]["added"] == 1
+    assert maps.stats()["policy"]["added"] == 2
 
 
 def test_key_scope_patches_only_the_listed_keys() -> None:

@@ -33,6 +33,7 @@ from services.nodeagent.datapath.policykeys import (
     decode_policy,
     encode_policy,
     policy_partition,
+    prefix_to_key,
 )
 from services.nodeagent.datapath.reconciler import Reconciler, ReconcileResult
 from services.nodeagent.datapath.twins import (
@@ -108,6 +109,13 @@ class PolicyMap:
     def blocks(self) -> dict[PortPrefix, Verdict]:
         """The kernel map's entries as port blocks."""
         return decode_policy(self.reconciler.backend.read_all())
+
+    def entries(self, subject: int | None = None) -> list[tuple[PolicyKey, Verdict]]:
+        """The kernel map's entries (of one subject, if given) as keys with port ranges,
+        sorted; what ``cilia bpf policy get`` shows. Adjacent blocks are not merged."""
+        out = [(prefix_to_key(p), v) for p, v in self.blocks().items()
+               if subject is None or p.subject == subject]
+        return sorted(out)
 
 
 class CtEntry(NamedTuple):
