@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from services.common.errors import CiliaError
 
-class LabError(Exception):
+
+class LabError(CiliaError):
     """Base of every lab error."""
 
 

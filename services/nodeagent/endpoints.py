@@ -31,6 +31,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from services.common.errors import CiliaError
 from services.nodeagent.ipam import IpamStore, gateway_of, write_json_atomic
 
 IFNAMSIZ = 15              # usable characters of a Linux interface name
@@ -47,7 +48,7 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
-class EndpointError(Exception):
+class EndpointError(CiliaError):
     """Base of the endpoint errors; the message names the container and what failed."""
 
 

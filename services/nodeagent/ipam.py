@@ -18,10 +18,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common.errors import CiliaError
+
 IPAM_STATE_VERSION = 1  # schema version of the ipam state file
 
 
-class IpamError(Exception):
+class IpamError(CiliaError):
     """Base of the IPAM errors."""
 
 

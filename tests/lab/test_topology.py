@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ def test_up_two_nodes_then_down_leaves_nothing(lab_dirs: Any) -> None:
         external = inventory(plan.external_netns)
         assert {("eth0", "172.31.0.254/24"), ("eth0", "203.0.113.10/32")} <= external["addrs"]
         assert sysctl(n1.netns, "net.ipv4.ip_forward") == "1"
+        with open_iproute(n1.netns) as ipr:                              # IPv4-only lab
+            assert not list(ipr.get_addr(family=socket.AF_INET6))
         assert sysctl(plan.external_netns, "net.ipv4.ip_forward") == "0"
 
         agents = load_lab(name).agents
