@@ -32,7 +32,7 @@ from services.lab.plan import (
     EXTERNAL_PORT,
     NODE_UPLINK,
     UNDERLAY_CIDR,
-    WORLD_IP,
+    WORLD_IPS,
     LabPlan,
     NodePlan,
     lab_prefix,
@@ -150,7 +150,8 @@ def _build_external(plan: LabPlan, bridge_idx: int) -> None:
         _uplink(underlay, EXTERNAL_PORT, plan.external_netns, bridge_idx)
     with _ipr(plan.external_netns) as ipr:
         idx = _up_host(ipr, str(EXTERNAL_IP), UNDERLAY_CIDR.prefixlen)
-        ipr.addr("add", index=idx, address=str(WORLD_IP), prefixlen=32)
+        for world in WORLD_IPS:
+            ipr.addr("add", index=idx, address=str(world), prefixlen=32)
         for node in plan.nodes:
             ipr.route("add", dst=str(node.pod_cidr), gateway=str(node.node_ip))
     # a host, not a router: whatever is not addressed to it is dropped here

@@ -307,6 +307,7 @@ class EndpointManager:
                                         f"{req.netns_path} does not exist")
         ip = self.ipam.allocate(req.container_id)
         hostif = host_ifname(req.container_id)
+        self._unplumb(hostif)  # a leftover of a crash between plumbing and commit
         try:
             ep = self._plumb(req, ip, hostif, self.store.next_id())
         except BaseException:

@@ -19,6 +19,7 @@ from services.lab import (
     CLUSTER_POD_CIDR,
     UNDERLAY_CIDR,
     WORLD_IP,
+    WORLD_IPS,
     CniInvokeError,
     Kubelet,
     LabState,
@@ -110,14 +111,16 @@ def test_unallocated_pod_address_is_unreachable_not_leaked(lab2: LabState,
 
 
 def test_world_both_ways(lab2: LabState, pods: dict[str, Any]) -> None:
-    assert curl(lab2, "a1", f"http://{WORLD_IP}/") == (0, "external 200")
+    for world in (WORLD_IP, WORLD_IPS[-1]):
+        assert curl(lab2, "a1", f"http://{world}/") == (0, "external 200")
     proc = exec_in_netns(lab2.plan.external_netns, [CONNECT, ip_of(pods["b1"]),
                                                     str(HTTP_PORT)], timeout=10)
     assert (proc.returncode, proc.stdout.decode().strip()) == (0, "OK")
 
 
 def root_addresses() -> list[str]:
-    lab_ranges = (UNDERLAY_CIDR, CLUSTER_POD_CIDR, ipaddress.IPv4Network(f"{WORLD_IP}/32"))
+    lab_ranges = (UNDERLAY_CIDR, CLUSTER_POD_CIDR,
+                  *(ipaddress.IPv4Network(f"{ip}/32") for ip in WORLD_IPS))
     with IPRoute() as ipr:
         found = [str(a.get("address")) for a in ipr.get_addr(family=socket.AF_INET)]
     return [a for a in found if not ipaddress.ip_address(a).is_loopback
