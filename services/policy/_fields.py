@@ -23,6 +23,30 @@ _FQDN_NAME_RE = re.compile(r"^[-a-zA-Z0-9_]+(\.[-a-zA-Z0-9_]+)*\.?$")
 _FQDN_PATTERN_RE = re.compile(r"^[-a-zA-Z0-9_*]+(\.[-a-zA-Z0-9_*]+)*\.?$|^\*$")
 
 
+# Why a field cilia recognises is rejected (shown in the error).
+UNSUPPORTED_HINTS: dict[str, str] = {
+    "rules": "L7 rules; cilia enforces L3/L4 only",
+    "serverNames": "TLS SNI matching needs the L7 proxy",
+    "listener": "L7 listeners need the L7 proxy",
+    "originatingTLS": "TLS interception needs the L7 proxy",
+    "terminatingTLS": "TLS interception needs the L7 proxy",
+    "toServices": "service-based peers",
+    "toGroups": "cloud-provider groups",
+    "fromGroups": "cloud-provider groups",
+    "fromRequires": "deprecated requirement selectors",
+    "toRequires": "deprecated requirement selectors",
+    "fromNodes": "node selectors",
+    "toNodes": "node selectors",
+    "nodeSelector": "host policies",
+    "icmps": "ICMP type rules",
+    "authentication": "mutual authentication",
+    "labels": "rule labels",
+    "toFQDNs": "DNS names in deny rules",
+    "cidrGroupRef": "CiliumCIDRGroup references",
+    "cidrGroupSelector": "CiliumCIDRGroup selectors",
+}
+
+
 @dataclass(frozen=True)
 class Ctx:
     """The object being parsed, for error messages."""
@@ -34,9 +58,9 @@ class Ctx:
     def fail(self, path: str, reason: str) -> NoReturn:
         raise PolicyValidationError(reason, path, self.kind, self.namespace, self.name)
 
-    def unsupported(self, path: str, what: str) -> NoReturn:
-        raise UnsupportedFieldError(f"{what} is not supported by cilia", path, self.kind,
-                                    self.namespace, self.name)
+    def unsupported(self, path: str, what: str, hint: str = "") -> NoReturn:
+        reason = f"{what} is not supported by cilia" + (f" ({hint})" if hint else "")
+        raise UnsupportedFieldError(reason, path, self.kind, self.namespace, self.name)
 
     def mapping(self, doc: Any, path: str) -> dict[str, Any]:
         if not isinstance(doc, dict):
@@ -57,7 +81,7 @@ class Ctx:
         known = set(known)
         for key in doc:
             if key in unsupported:
-                self.unsupported(f"{path}.{key}", f"field {key!r}")
+                self.unsupported(f"{path}.{key}", f"field {key!r}", UNSUPPORTED_HINTS.get(key, ""))
             if key not in known:
                 self.fail(f"{path}.{key}", f"unknown field {key!r}")
 
