@@ -20,7 +20,7 @@ from services.lab.errors import (
     TopologyError,
     WorkloadError,
 )
-from services.lab.kubelet import Kubelet
+from services.lab.kubelet import ApplyResult, Kubelet
 from services.lab.plan import (
     CLUSTER_POD_CIDR,
     EXTERNAL_IP,
@@ -42,6 +42,7 @@ __all__ = [
     "UNDERLAY_CIDR",
     "WORLD_IP",
     "WORLD_IPS",
+    "ApplyResult",
     "CniInvokeError",
     "DownReport",
     "Kubelet",

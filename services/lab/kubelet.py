@@ -14,6 +14,7 @@ import datetime
 import json
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,14 @@ from services.nodeagent.ipam import write_json_atomic
 
 PODS_STATE_VERSION = 1
 POD_IFNAME = "eth0"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What applying an object did: its pods now, and the pods it removed."""
+
+    pods: list[dict[str, Any]]
+    deleted: list[dict[str, Any]]
 
 
 def _now() -> str:
@@ -141,17 +150,22 @@ class Kubelet:
             self._save(records)
             return True
 
-    def apply(self, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Apply a Pod or a Deployment; returns the resulting pods."""
+    def apply(self, obj: Mapping[str, Any]) -> ApplyResult:
+        """Apply a Pod or a Deployment: its pods now, and the pods it removed."""
         kind = obj.get("kind")
         if kind == "Pod":
-            return [self.create_pod(obj)]
+            return ApplyResult([self.create_pod(obj)], [])
         if kind == "Deployment":
             return self.apply_deployment(obj)
         raise PodSpecError(f"kind {kind!r}: the lab kubelet runs Pods and Deployments only")
 
-    def apply_deployment(self, deploy: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Converge a Deployment's pods: replicas of the current template, others deleted."""
+    def apply_deployment(self, deploy: Mapping[str, Any]) -> ApplyResult:
+        """Converge a Deployment's pods: replicas of the current template, others deleted.
+
+        Returns:
+            The deployment's pods (sorted by name) and the pods deleted (old template or
+            surplus), for the caller to publish.
+        """
         spec = parse_deployment(deploy)
         with self._locked() as records:
             try:
@@ -172,7 +186,7 @@ class Kubelet:
     # -- internals ---------------------------------------------------------------------------
 
     def _converge(self, records: dict[str, dict[str, Any]],
-                  spec: DeploymentSpec) -> list[dict[str, Any]]:
+                  spec: DeploymentSpec) -> ApplyResult:
         owned = sorted(key for key, rec in records.items()
                        if key.startswith(f"{spec.namespace}/")
                        and owner_deployment(rec["pod"]) == spec.name)
@@ -180,15 +194,18 @@ class Kubelet:
                    if records[k]["pod"]["metadata"]["labels"].get("pod-template-hash")
                    == spec.template_hash]
         keep, extra = current[:spec.replicas], current[spec.replicas:]
+        deleted = []
         for key in [k for k in owned if k not in current] + extra:
-            self._teardown(records.pop(key))
+            rec = records[key]
+            self._teardown(rec)
+            deleted.append(records.pop(key)["pod"])
         pods = [records[k]["pod"] for k in keep]
         while len(pods) < spec.replicas:
             obj = deployment_pod(spec, random_suffix())
             if f"{spec.namespace}/{obj['metadata']['name']}" in records:
                 continue
             pods.append(self._create(records, parse_pod(obj), obj))
-        return sorted(pods, key=lambda p: p["metadata"]["name"])
+        return ApplyResult(sorted(pods, key=lambda p: p["metadata"]["name"]), deleted)
 
     def _create(self, records: dict[str, dict[str, Any]], spec: PodSpec,
                 pod: Mapping[str, Any]) -> dict[str, Any]:

@@ -176,8 +176,9 @@ def kubelet(lab2: LabState) -> Iterator[Kubelet]:
 
 def test_deployment_replicas_scale_and_rollout(lab2: LabState, pods: dict[str, Any],
                                                kubelet: Kubelet) -> None:
-    created = kubelet.apply(DEPLOY)
-    assert len(created) == 3
+    first = kubelet.apply(DEPLOY)
+    created = first.pods
+    assert len(created) == 3 and first.deleted == []
     hashes = {p["metadata"]["labels"]["pod-template-hash"] for p in created}
     assert len(hashes) == 1
     for pod in created:
@@ -190,16 +191,19 @@ def test_deployment_replicas_scale_and_rollout(lab2: LabState, pods: dict[str, A
     assert curl(lab2, "deploy/web", f"http://{target}:{HTTP_PORT}/") == (
         0, f"{created[0]['metadata']['name']} 200")
 
-    assert kubelet.apply(DEPLOY) == created                # converged: nothing changes
-    scaled = kubelet.apply({**DEPLOY, "spec": {**DEPLOY["spec"], "replicas": 1}})
+    assert kubelet.apply(DEPLOY).pods == created           # converged: nothing changes
+    result = kubelet.apply({**DEPLOY, "spec": {**DEPLOY["spec"], "replicas": 1}})
+    scaled = result.pods
     assert len(scaled) == 1 and scaled[0] in created
     gone = {p["metadata"]["name"] for p in created} - {scaled[0]["metadata"]["name"]}
+    assert {p["metadata"]["name"] for p in result.deleted} == gone
     assert not [n for n in ns.list_netns(lab2.plan.prefix) if n.split("_", 1)[-1] in gone]
 
     relabelled = json.loads(json.dumps(DEPLOY))
     relabelled["spec"]["template"]["metadata"]["labels"]["version"] = "2"
-    rolled = kubelet.apply(relabelled)
-    assert len(rolled) == 3 and scaled[0] not in rolled
+    rollout = kubelet.apply(relabelled)
+    rolled = rollout.pods
+    assert len(rolled) == 3 and scaled[0] not in rolled and rollout.deleted == scaled
     assert all(p["metadata"]["labels"]["version"] == "2" for p in rolled)
     assert len(kubelet.deployment_pods("traffic", "web")) == 3
 
