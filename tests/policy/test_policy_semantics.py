@@ -294,3 +294,17 @@ def test_k8s_namespace_selector_on_the_metadata_name_label() -> None:
                           " {kubernetes.io/metadata.name: dev}}}]}]")), {**IDS, 500: web_dev})
     assert verdict(repo, web_dev, B, 1) == ALLOW
     assert verdict(repo, A_DEV, B, 1) == DENY       # dev pod without that namespace label
+
+
+def test_ipv6_cidr_rules() -> None:
+    repo = repo_of(cnp("endpointSelector: {matchLabels: {app: a}}\n"
+                       "egress: [{toCIDRSet: [{cidr: '2001:db8::/32', "
+                       "except: ['2001:db8:1::/48']}]},"
+                       " {toCIDR: ['::/0'], toPorts: [{ports: [{port: '443', protocol: TCP}]}]}]"))
+    inside = identity_for_address(repo, "2001:db8:2::1")
+    assert verdict(repo, A, inside, 80) == ALLOW
+    assert verdict(repo, A, identity_for_address(repo, "2001:db8:1::1"), 80) == DENY
+    assert identity_for_address(repo, "2001:db9::1") == identity_for_address(repo, "::1")
+    assert verdict(repo, A, identity_for_address(repo, "2001:db9::1"), 443) == ALLOW
+    assert verdict(repo, A, identity_for_address(repo, "2001:db9::1"), 80) == DENY
+    assert verdict(repo, A, ID_WORLD, 443) == ALLOW     # ::/0 is world too
