@@ -21,10 +21,12 @@ from services.common.policytypes import (
     Verdict,
 )
 from services.nodeagent.datapath import (
+    Counter,
     EndpointEntry,
     FlowReader,
     FlowRecord,
     IpcacheEntry,
+    VerdictCount,
     attach,
     attached_programs,
     detach,
@@ -165,6 +167,10 @@ def test_drop_and_forward_events(env: Env) -> None:
     p1, p2, _ = env.pods
     configure(env, enforce={1: (True, False)},
               policy={tcp_rule(ID_POD2, ID_POD1, IN, 80): Verdict.ALLOW})
+    denied_in = VerdictCount("DROPPED", "policy denied", "ingress")
+    allowed_in = VerdictCount("FORWARDED", "policy allowed", "ingress")
+    metrics = env.maps.metrics()
+    before = metrics.read()
     with FlowReader(env.node) as flows:
         flows.drain()
         assert tcp_blocked(p1, p2.ip, 5432)
@@ -181,6 +187,12 @@ def test_drop_and_forward_events(env: Env) -> None:
     assert drop.endpoint_id == 2
     assert fwd[0].verdict == "FORWARDED"
     assert fwd[0].reason_name == "policy allowed"
+    after = metrics.read()
+    metrics.close()
+    zero = Counter(0, 0)
+    assert after[denied_in].packets > before.get(denied_in, zero).packets
+    assert after[allowed_in].packets == before.get(allowed_in, zero).packets + 1
+    assert after[denied_in].bytes >= after[denied_in].packets * 40
     as_dict = drop.as_dict()
     assert as_dict["reason_name"] == "policy denied" and as_dict["dst_port"] == 5432
 

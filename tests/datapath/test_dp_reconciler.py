@@ -17,6 +17,7 @@ from services.nodeagent.datapath import (
     NodeMaps,
     Reconciler,
 )
+from services.nodeagent.datapath.metrics import possible_cpus
 
 
 def kv(i: int, v: int = 0) -> tuple[bytes, bytes]:
@@ -155,3 +156,9 @@ def test_ipcache_and_endpoints_incremental_patches() -> None:
                                    ips=["10.0.0.2"])
     assert res.updated == 1
     assert maps.endpoints.entries()["10.0.0.2"].enforce_ingress
+
+
+def test_possible_cpus_parsing() -> None:
+    assert possible_cpus("0-1\n") == 2
+    assert possible_cpus("0") == 1
+    assert possible_cpus("0-3,6") == 7

@@ -46,6 +46,7 @@ from services.nodeagent.datapath.maps import (
     NodeMaps,
     PolicyMap,
 )
+from services.nodeagent.datapath.metrics import Counter, MetricsMap, VerdictCount
 from services.nodeagent.datapath.policykeys import (
     PortPrefix,
     decide,
@@ -58,6 +59,7 @@ from services.nodeagent.datapath.reconciler import Reconciler, ReconcileResult, 
 __all__ = [
     "AttachError",
     "ConntrackMap",
+    "Counter",
     "CtEntry",
     "DatapathError",
     "EncodeError",
@@ -71,6 +73,7 @@ __all__ = [
     "MapError",
     "MapFullError",
     "MemoryMapBackend",
+    "MetricsMap",
     "NodeMaps",
     "PinnedMapBackend",
     "PolicyMap",
@@ -80,6 +83,7 @@ __all__ = [
     "ReconcileResult",
     "ReconcileStats",
     "Reconciler",
+    "VerdictCount",
     "VerifierError",
     "attach",
     "attached_programs",

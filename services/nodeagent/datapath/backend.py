@@ -107,6 +107,18 @@ class PinnedMapBackend:
                 raise _map_error(self.name, "lookup", exc) from exc
         return result
 
+    def lookup_percpu(self, key: bytes, ncpus: int) -> list[bytes] | None:
+        """The per-CPU values of ``key`` in a per-CPU map (None if absent)."""
+        stride = (self.value_size + 7) // 8 * 8   # the kernel pads per-CPU values to 8 bytes
+        buf = ct.create_string_buffer(stride * ncpus)
+        try:
+            if not _bpfsys.lookup(self.fd, ct.create_string_buffer(key, self.key_size), buf):
+                return None
+        except OSError as exc:
+            raise _map_error(self.name, "lookup", exc) from exc
+        raw = buf.raw
+        return [raw[i * stride:i * stride + self.value_size] for i in range(ncpus)]
+
     def _batchable(self, count: int) -> bool:
         return self.map_type in _bpfsys.BATCH_CAPABLE_TYPES and count >= BATCH_MIN
 

@@ -24,7 +24,8 @@ MAP_ENDPOINTS = "endpoints"
 MAP_POLICY = "policy"
 MAP_CONNTRACK = "conntrack"
 MAP_EVENTS = "events"
-ALL_MAPS = (MAP_IPCACHE, MAP_ENDPOINTS, MAP_POLICY, MAP_CONNTRACK, MAP_EVENTS)
+MAP_METRICS = "metrics"
+ALL_MAPS = (MAP_IPCACHE, MAP_ENDPOINTS, MAP_POLICY, MAP_CONNTRACK, MAP_EVENTS, MAP_METRICS)
 
 # Map capacities (entries) and the ring buffer size (bytes, a power of two pages).
 IPCACHE_MAX = 65536
@@ -32,6 +33,12 @@ ENDPOINTS_MAX = 4096
 POLICY_MAX = 65536
 CT_MAX = 131072
 EVENTS_BYTES = 1 << 22
+
+# Per-CPU verdict counters (lib/metrics.h): slot = reason * 2 + direction; slot 0 counts
+# events the ring buffer could not take.
+METRICS_SLOTS = 512
+METRICS_SLOT_EVENTS_LOST = 0
+FORWARD_REASON_LIMIT = 128     # reasons below this are forwards, the rest drops
 
 # Conntrack lifetimes in seconds, and how coarse the kernel's deadline refresh is.
 CT_LIFETIME_TCP = 21600        # established TCP (Cilium's default: 6 h)

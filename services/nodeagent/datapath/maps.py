@@ -28,6 +28,7 @@ from services.nodeagent.datapath.encode import (
     endpoint_keys,
     ipcache_keys,
 )
+from services.nodeagent.datapath.metrics import MetricsMap
 from services.nodeagent.datapath.policykeys import (
     PortPrefix,
     decode_policy,
@@ -195,6 +196,10 @@ class NodeMaps:
 
     def _pinned(self, name: str, key_size: int, value_size: int) -> MapBackend:
         return PinnedMapBackend(self.pin_dir / name, key_size, value_size)
+
+    def metrics(self) -> MetricsMap:
+        """The per-CPU verdict counters (pinned maps only); close it when done."""
+        return MetricsMap(self.pin_dir / c.MAP_METRICS)
 
     def reconcilers(self) -> dict[str, Reconciler]:
         """The reconciler of each reconciled map, by map name (for metrics)."""

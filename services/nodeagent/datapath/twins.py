@@ -98,7 +98,13 @@ class FlowEvent(Twin):
                 ("direction", u8), ("tcp_flags", u8), ("pad", u8), ("endpoint_id", u16))
 
 
+# struct metrics_value (lib/metrics.h) -- one per CPU per slot
+class MetricsValue(Twin):
+    C_STRUCT, C_HEADER = "metrics_value", "metrics.h"
+    _fields_ = (("packets", u64), ("bytes", u64))
+
+
 ALL_TWINS: tuple[type[Twin], ...] = (
     IpcacheKey, IpcacheValue, EndpointKey, EndpointValue, PolicyMapKey, PolicyMapValue,
-    CtKey, CtValue, FlowTuple, FlowEvent,
+    CtKey, CtValue, FlowTuple, FlowEvent, MetricsValue,
 )

@@ -3,6 +3,7 @@
 #define CILIA_EVENTS_H
 
 #include "types.h"
+#include "metrics.h"
 
 #define FLOW_VERDICT_FORWARDED 1
 #define FLOW_VERDICT_DROPPED 2
@@ -69,7 +70,9 @@ static __always_inline void emit_flow(struct __sk_buff *skb, const struct flow_t
 		.endpoint_id = endpoint_id,
 	};
 
-	cilia_events.ringbuf_output(&ev, sizeof(ev), 0);
+	metrics_count(((u32)reason << 1) | dir, skb->len);
+	if (cilia_events.ringbuf_output(&ev, sizeof(ev), 0) < 0)
+		metrics_count(METRICS_SLOT_EVENTS_LOST, 0);
 }
 
 #endif /* CILIA_STRUCTS_ONLY */
