@@ -99,13 +99,16 @@ class Kubelet:
     # -- queries -----------------------------------------------------------------------------
 
     def list_pods(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        """All pods (of one namespace), sorted by namespace and name."""
-        return [rec["pod"] for key, rec in sorted(self._load().items())
+        """All pods (of one namespace), sorted by namespace and name.
+
+        ``status.phase`` is observed: Failed when the pod's workload process has died.
+        """
+        return [_observed(rec) for key, rec in sorted(self._load().items())
                 if namespace is None or key.split("/", 1)[0] == namespace]
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         rec = self._load().get(f"{namespace}/{name}")
-        return rec["pod"] if rec else None
+        return _observed(rec) if rec else None
 
     def pod_netns(self, namespace: str, name: str) -> str:
         """The netns name of a pod's sandbox.
@@ -267,6 +270,15 @@ class Kubelet:
                                prev_result=runtime.get("cniResult"))
         finally:
             ns.remove_netns(runtime["netns"])
+
+
+def _observed(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod as recorded, with ``status.phase`` Failed if its workload has died."""
+    pod = dict(rec["pod"])
+    workload = rec["runtime"].get("workload")
+    if workload and not ns.is_alive(ns.ProcRef.from_json(workload)):
+        pod["status"] = {**pod["status"], "phase": "Failed"}
+    return pod
 
 
 def _cni_args(spec: PodSpec, runtime: Mapping[str, Any]) -> dict[str, str]:

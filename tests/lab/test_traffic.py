@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
+import signal
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -247,3 +250,22 @@ def test_click_commands_exec_and_status(lab2: LabState, pods: dict[str, Any]) ->
     status = json.loads(result.output)
     assert [n["node"] for n in status["nodes"]] == [n.name for n in lab2.plan.nodes]
     assert all(n["agent"].endswith("running") for n in status["nodes"])
+
+
+def test_dead_workload_shows_as_failed_and_deletes_cleanly(lab2: LabState,
+                                                           pods: dict[str, Any]) -> None:
+    kubelet = Kubelet(lab2.name)
+    pod = kubelet.create_pod({"metadata": {"name": "victim", "namespace": "traffic"},
+                              "spec": {"containers": [{"ports": [{"containerPort": 80}]}]}})
+    assert pod["status"]["phase"] == "Running"
+    record = json.loads((lab_dir(lab2.name) / "pods.json").read_text())["pods"]
+    workload = ns.ProcRef.from_json(record["traffic/victim"]["runtime"]["workload"])
+    os.kill(workload.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while ns.is_alive(workload) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    observed = kubelet.get_pod("traffic", "victim")
+    assert observed is not None and observed["status"]["phase"] == "Failed"
+    assert kubelet.delete_pod("traffic", "victim")
+    assert not kubelet.delete_pod("traffic", "victim")
+    assert not ns.netns_exists(record["traffic/victim"]["runtime"]["netns"])
