@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +17,7 @@ from services.nodeagent.datapath import (
     IpcacheEntry,
     NodeMaps,
     Programs,
+    attach,
     expand_policy,
     is_pinned,
     unpin,
@@ -118,3 +120,32 @@ def test_programs_enforce_while_no_agent_runs(node_name: str, two_pods: NodeLab)
                        Verdict.ALLOW}
         assert maps.policy.reconcile(desired).writes == 1
     assert tcp_ok(p1, p2.ip, 8080)
+
+
+def test_reload_and_reattach_under_traffic(node_name: str, two_pods: NodeLab) -> None:
+    """An agent restart recompiles and re-attaches (replace) while traffic flows: no allowed
+    connection fails, no denied one passes."""
+    p1, p2 = two_pods.pods
+    two_pods.server(p2, [80, 8080])
+    subprocess.run([sys.executable, "-c", AGENT_SCRIPT, node_name, two_pods.node_ns,
+                    p1.host_if, p2.host_if, p1.ip, p2.ip], check=True, timeout=60)
+    outcomes: list[bool] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            outcomes.append(tcp_ok(p1, p2.ip, 80))
+
+    t = threading.Thread(target=stream)
+    t.start()
+    try:
+        for _ in range(3):
+            progs = Programs(node_name)
+            attach(progs, p1.host_if, netns=two_pods.node_ns)
+            attach(progs, p2.host_if, netns=two_pods.node_ns)
+            progs.close()
+            assert tcp_blocked(p1, p2.ip, 8080)
+    finally:
+        stop.set()
+        t.join()
+    assert len(outcomes) >= 10 and all(outcomes)
