@@ -56,18 +56,22 @@ class Ctx:
     name: str
 
     def fail(self, path: str, reason: str) -> NoReturn:
+        """Raise a validation error for the field at ``path``."""
         raise PolicyValidationError(reason, path, self.kind, self.namespace, self.name)
 
     def unsupported(self, path: str, what: str, hint: str = "") -> NoReturn:
+        """Raise an :class:`UnsupportedFieldError` for the field at ``path``."""
         reason = f"{what} is not supported by cilia" + (f" ({hint})" if hint else "")
         raise UnsupportedFieldError(reason, path, self.kind, self.namespace, self.name)
 
     def mapping(self, doc: Any, path: str) -> dict[str, Any]:
+        """``doc`` itself, if it is a mapping."""
         if not isinstance(doc, dict):
             self.fail(path, f"must be a mapping, got {type(doc).__name__}")
         return doc
 
     def listing(self, doc: Any, path: str) -> list[Any]:
+        """``doc`` itself if it is a list; ``[]`` if absent."""
         if doc is None:
             return []
         if not isinstance(doc, list):
@@ -86,12 +90,14 @@ class Ctx:
                 self.fail(f"{path}.{key}", f"unknown field {key!r}")
 
     def selector(self, doc: Any, path: str, default_source: str = SOURCE_ANY) -> EndpointSelector:
+        """Parse a label selector, reporting errors against this object."""
         try:
             return parse_selector(doc, path, default_source)
         except SelectorError as exc:
             self.fail(exc.path or path, exc.reason)
 
     def cidr(self, prefix: Any, excepts: Iterable[Any], path: str) -> CIDRRule:
+        """Validate a CIDR rule, reporting errors against this object."""
         try:
             return make_cidr_rule(prefix, excepts)
         except CIDRError as exc:

@@ -88,6 +88,7 @@ def label_key(net: Network) -> str:
 
 
 def prefix_selector_requirement(prefix: str, op: str = OP_IN) -> Requirement:
+    """The requirement ``cidr:<prefix>`` (``In`` it, or ``DoesNotExist``)."""
     key = label_key(parse_prefix(prefix))
     return Requirement(SOURCE_CIDR, key, op, ("",) if op == OP_IN else ())
 
@@ -158,6 +159,7 @@ class CIDRAllocator:
         return ident
 
     def identity(self, prefix: str) -> int | None:
+        """The identity of ``prefix``, or None if it has none."""
         return self._ids.get(prefix)
 
     def entries(self) -> dict[str, int]:

@@ -55,6 +55,7 @@ class RuleOrigin(NamedTuple):
 
     @property
     def policy(self) -> PolicyRef:
+        """The policy this origin belongs to."""
         return PolicyRef(self.kind, self.namespace, self.name)
 
     def __str__(self) -> str:
@@ -74,9 +75,11 @@ class CompiledEntry:
 
     @property
     def section(self) -> Section:
+        """The section (direction, allow or deny) of this entry."""
         return Section(self.origin.section)
 
     def to_dict(self) -> dict[str, Any]:
+        """msgpack-friendly form."""
         return {"section": self.origin.section, "index": self.origin.position,
                 "any_peer": self.any_peer, "selectors": list(self.selectors),
                 "ports": [p.to_list() for p in self.ports], "fqdns": list(self.fqdns)}
@@ -93,13 +96,16 @@ class CompiledRule:
     entries: tuple[CompiledEntry, ...]
 
     def selector_ids(self) -> set[str]:
+        """Every selector id referred to."""
         return {self.subject, *(s for e in self.entries for s in e.selectors)}
 
     def default_deny(self, direction: Direction) -> bool:
+        """Whether this rule makes ``direction`` default-deny."""
         return self.default_deny_ingress if direction == Direction.INGRESS \
             else self.default_deny_egress
 
     def to_dict(self) -> dict[str, Any]:
+        """msgpack-friendly form."""
         o = self.origin
         return {"kind": o.kind, "namespace": o.namespace, "name": o.name, "rule": o.rule,
                 "subject": self.subject, "default_deny_ingress": self.default_deny_ingress,
@@ -108,6 +114,7 @@ class CompiledRule:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> CompiledRule:
+        """Rebuild from :meth:`to_dict` output (as received from the bus)."""
         def entry(e: Mapping[str, Any]) -> CompiledEntry:
             origin = RuleOrigin(doc["kind"], doc["namespace"], doc["name"], doc["rule"],
                                 e["section"], e["index"])
@@ -127,9 +134,11 @@ class SubjectPolicy:
     revision: int = field(default=0, compare=False)
 
     def enforced(self, direction: Direction) -> bool:
+        """Whether ``direction`` is default-deny for this subject."""
         return any(r.default_deny(direction) for r in self.rules)
 
     def selector_ids(self) -> set[str]:
+        """Every selector id referred to."""
         return set().union(*(r.selector_ids() for r in self.rules)) if self.rules else set()
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +150,7 @@ class SubjectPolicy:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SubjectPolicy:
+        """Rebuild from :meth:`to_dict` output (as received from the bus)."""
         return cls(doc["identity"], tuple(CompiledRule.from_dict(r) for r in doc["rules"]),
                    doc["revision"])
 
@@ -181,6 +191,7 @@ class Expansion:
     enforcing: dict[Direction, tuple[RuleOrigin, ...]]
 
     def enforced(self, direction: Direction) -> bool:
+        """Whether ``direction`` is default-deny for this subject."""
         return bool(self.enforcing[direction])
 
 

@@ -33,11 +33,13 @@ class Section(StrEnum):
 
     @property
     def direction(self) -> Direction:
+        """The traffic direction of the section."""
         return Direction.INGRESS if self in (Section.INGRESS, Section.INGRESS_DENY) \
             else Direction.EGRESS
 
     @property
     def deny(self) -> bool:
+        """True for the deny sections."""
         return self in (Section.INGRESS_DENY, Section.EGRESS_DENY)
 
 
@@ -136,6 +138,7 @@ class Rule:
     description: str = ""
 
     def default_deny(self, direction: Direction) -> bool:
+        """Whether selecting an endpoint makes ``direction`` default-deny."""
         return self.default_deny_ingress if direction == Direction.INGRESS \
             else self.default_deny_egress
 
@@ -151,4 +154,5 @@ class Policy:
 
     @property
     def ref(self) -> PolicyRef:
+        """The repository key of this policy."""
         return PolicyRef(self.kind, self.namespace, self.name)

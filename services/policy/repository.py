@@ -255,9 +255,11 @@ class Repository:
             yield self._policies[ref]
 
     def policy(self, ref: PolicyRef) -> Policy | None:
+        """The policy stored under ``ref``, or None."""
         return self._policies.get(ref)
 
     def policy_revision(self, ref: PolicyRef) -> int:
+        """The revision at which ``ref`` was last upserted."""
         return self._policy_revisions[ref]
 
     def identities(self) -> dict[int, Labels]:
@@ -269,9 +271,11 @@ class Repository:
         return self._subjects.get(identity) or SubjectPolicy(identity, (), self.revision)
 
     def subjects(self) -> dict[int, SubjectPolicy]:
+        """Every subject identity that some rule selects, with its compiled rules."""
         return dict(self._subjects)
 
     def members(self, selector_id: str) -> frozenset[int]:
+        """The identities a selector matches now."""
         return self.cache.members(selector_id)
 
     def prefix_entries(self) -> dict[str, int]:
@@ -279,6 +283,7 @@ class Repository:
         return self.cidrs.entries()
 
     def compiled_rules(self) -> list[CompiledRule]:
+        """Every compiled rule, in (policy, spec index) order."""
         return [self._compiled[k] for k in sorted(self._compiled)]
 
     def rules_for_labels(self, labels: Labels) -> tuple[CompiledRule, ...]:

@@ -151,19 +151,24 @@ class SelectorCache:
         return frozenset(entry.members) if entry else frozenset()
 
     def selector(self, selector_id: str) -> EndpointSelector:
+        """The selector registered under ``selector_id``."""
         return self._selectors[selector_id].selector
 
     def selector_ids(self) -> list[str]:
+        """Ids of every selector in use, sorted."""
         return sorted(self._selectors)
 
     def refs(self, selector_id: str) -> int:
+        """How many rules use a selector (0 if unknown)."""
         entry = self._selectors.get(selector_id)
         return entry.refs if entry else 0
 
     def identities(self) -> dict[int, Labels]:
+        """Every identity with the labels selectors match against."""
         return dict(self._identities)
 
     def labels(self, identity: int) -> Labels | None:
+        """The labels of ``identity``, or None."""
         return self._identities.get(identity)
 
     def snapshot(self) -> dict[str, frozenset[int]]:

@@ -39,6 +39,7 @@ class DirectionTrace:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON/msgpack-friendly form (for ``cilia policy trace -o json``)."""
         return {"direction": self.direction.name.lower(), "subject": self.subject,
                 "peer": self.peer, "verdict": self.verdict.name, "enforced": self.enforced,
                 "reason": self.reason, "rules": [str(o) for o in self.deciding],
@@ -58,10 +59,12 @@ class TraceResult:
 
     @property
     def verdict(self) -> Verdict:
+        """ALLOW only if the source's egress and the destination's ingress allow."""
         both = (self.egress.verdict, self.ingress.verdict)
         return Verdict.ALLOW if both == (Verdict.ALLOW, Verdict.ALLOW) else Verdict.DENY
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON/msgpack-friendly form (for ``cilia policy trace -o json``)."""
         return {"src_identity": self.src_identity, "dst_identity": self.dst_identity,
                 "proto": PROTO_NAMES.get(self.proto, str(self.proto)), "dport": self.dport,
                 "verdict": "ALLOWED" if self.verdict == Verdict.ALLOW else "DENIED",
