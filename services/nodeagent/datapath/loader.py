@@ -100,7 +100,11 @@ class Programs:
         except Exception as exc:
             raise ProgramLoadError(src_path.name, f"compilation failed: {exc}",
                                    "".join(log)) from exc
-        self.fds = {name: self._load(name) for name in (c.PROG_FROM_POD, c.PROG_TO_POD)}
+        try:
+            self.fds = {name: self._load(name) for name in (c.PROG_FROM_POD, c.PROG_TO_POD)}
+        except ProgramLoadError:
+            self.bpf.close()
+            raise
 
     def _load(self, name: str) -> int:
         err: Exception | None = None
