@@ -20,6 +20,7 @@ import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from services.lab.errors import LabConfigError
 
@@ -71,6 +72,10 @@ class LabPlan:
         """The netns name prefix that every namespace of this lab carries."""
         return lab_prefix(self.name)
 
+    def node_objects(self) -> list[dict[str, Any]]:
+        """Every node as a Kubernetes Node object (see :func:`node_object`)."""
+        return [node_object(n) for n in self.nodes]
+
     def node(self, name: str) -> NodePlan:
         for node in self.nodes:
             if node.name == name:
@@ -92,6 +97,22 @@ def lab_prefix(name: str) -> str:
 
 def node_name(lab: str, index: int) -> str:
     return f"{lab}-node{index}"
+
+
+def node_object(node: NodePlan) -> dict[str, Any]:
+    """The Kubernetes Node object of a lab node, for the source to publish on the bus.
+
+    ``InternalIP`` is the underlay address; ``CiliumInternalIP`` the pod gateway (Cilium's
+    router IP), also a node address: host on the node itself, remote-node elsewhere.
+    """
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name,
+                                                    "kubernetes.io/os": "linux"}},
+        "spec": {"podCIDR": str(node.pod_cidr), "podCIDRs": [str(node.pod_cidr)]},
+        "status": {"addresses": [{"type": "InternalIP", "address": str(node.node_ip)},
+                                 {"type": "CiliumInternalIP", "address": str(node.gateway)}]},
+    }
 
 
 def plan_lab(name: str, nodes: int) -> LabPlan:

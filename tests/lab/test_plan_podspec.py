@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from services.common.objects import KINDS
 from services.lab import CLUSTER_POD_CIDR, UNDERLAY_CIDR, WORLD_IP, plan_lab
 from services.lab.errors import LabConfigError, PodSpecError
 from services.lab.plan import MAX_NETNS_NAME, pod_netns_name
@@ -124,3 +125,12 @@ def test_pick_node_least_pods_then_first() -> None:
     assert pick_node(nodes, {}) == "n1"
     assert pick_node(nodes, {"n1": 1}) == "n2"
     assert pick_node(nodes, {"n1": 1, "n2": 1, "n3": 0}) == "n3"
+
+
+def test_node_objects_are_valid_kubernetes_nodes() -> None:
+    objs = plan_lab("demo", 2).node_objects()
+    for obj in objs:
+        KINDS["Node"].validate(obj)
+    assert objs[1]["metadata"]["name"] == "demo-node2"
+    assert objs[1]["spec"]["podCIDR"] == "10.244.2.0/24"
+    assert {"type": "InternalIP", "address": "172.31.0.12"} in objs[1]["status"]["addresses"]
