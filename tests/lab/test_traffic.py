@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from pyroute2 import IPRoute
 
+from services.common.objects import KINDS
 from services.lab import (
     CLUSTER_POD_CIDR,
     UNDERLAY_CIDR,
@@ -85,6 +86,8 @@ def test_pods_have_status_from_their_node(lab2: LabState, pods: dict[str, Any]) 
     assert ipaddress.ip_address(ip_of(pods["a1"])) in n1.pod_cidr
     assert ipaddress.ip_address(ip_of(pods["b1"])) in n2.pod_cidr
     assert pods["b1"]["status"]["phase"] == "Running" and pods["b1"]["metadata"]["uid"]
+    for pod in pods.values():       # what the source publishes is a valid Pod
+        KINDS["Pod"].validate(pod)
 
 
 def test_same_node_http_and_udp(lab2: LabState, pods: dict[str, Any]) -> None:
@@ -187,6 +190,7 @@ def test_deployment_replicas_scale_and_rollout(lab2: LabState, pods: dict[str, A
     for pod in created:
         assert re.fullmatch(rf"web-{next(iter(hashes))}-[a-z0-9]{{5}}", pod["metadata"]["name"])
         assert pod["metadata"]["labels"]["app"] == "web"
+        KINDS["Pod"].validate(pod)
     # 3 standalone pods sit on node1 (2) and node2 (1): the least loaded node fills first
     per_node = sorted(p["spec"]["nodeName"] for p in created)
     assert per_node == sorted([lab2.plan.nodes[1].name] * 2 + [lab2.plan.nodes[0].name])
