@@ -15,6 +15,7 @@ from services.nodeagent.datapath._byteorder import (
     be32_to_ip,
     ip_to_be32,
 )
+from services.nodeagent.datapath.errors import DatapathError
 from services.nodeagent.datapath.twins import (
     EndpointKey,
     EndpointValue,
@@ -27,7 +28,7 @@ U16_MAX = (1 << 16) - 1
 U8_MAX = (1 << 8) - 1
 
 
-class EncodeError(ValueError):
+class EncodeError(DatapathError, ValueError):
     """A desired entry is malformed; the message names the entry and the field."""
 
 
