@@ -256,11 +256,13 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
                     state.save()
             state.status = "up"
             state.save()
-        except (NetlinkError, OSError, LabError) as exc:
+        except BaseException as exc:
+            # nothing half-made survives a failed up, whatever failed (even ^C)
             _teardown(name, state)
-            if isinstance(exc, LabError):
-                raise
-            raise TopologyError(f"lab {name}: up failed: {exc}") from exc
+            (lab_dir(name) / "lab.json").unlink(missing_ok=True)
+            if isinstance(exc, NetlinkError | OSError):
+                raise TopologyError(f"lab {name}: up failed: {exc}") from exc
+            raise
     log.info("lab %s up: %d node(s)", name, nodes)
     return state
 

@@ -13,7 +13,7 @@ from bcc import libbcc
 
 from services.lab import Kubelet, LabExistsError, down, load_lab, up
 from services.lab import netns as ns
-from services.lab.errors import LabNotFoundError
+from services.lab.errors import LabNotFoundError, TopologyError
 from services.lab.state import lab_dir, node_run_dir, node_state_dir
 from services.nodeagent.endpoints import BPFFS_ROOT, open_iproute
 from tests.lab.conftest import root_snapshot, unique_lab
@@ -126,3 +126,20 @@ def test_down_without_state_still_sweeps(lab_dirs: Any) -> None:
         report = down(name)
     assert report.netns == [f"cilia-{name}-node1"]
     assert not pin.parent.exists()
+
+
+def test_failed_up_leaves_nothing_and_can_be_retried(lab_dirs: Any) -> None:
+    name = unique_lab()
+    before = root_snapshot()
+    try:
+        with pytest.raises(TopologyError, match="agent exited during start"):
+            up(name, nodes=2, agent_module="services.no_such_agent")
+        assert ns.list_netns(f"cilia-{name}-") == []
+        with pytest.raises(LabNotFoundError):
+            load_lab(name)
+        state = up(name, nodes=1, external_ports=())
+        assert state.status == "up"
+    finally:
+        down(name)
+    after = root_snapshot()
+    assert (after.links, after.routes) == (before.links, before.routes)
