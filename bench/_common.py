@@ -27,7 +27,7 @@ def nats() -> Iterator[NatsServer]:
 
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def summary_ms(values_s: list[float]) -> dict[str, float]:
