@@ -52,6 +52,7 @@ from services.lab.state import (
 from services.nodeagent.endpoints import (
     BPFFS_ROOT,
     NodeConfig,
+    off_loop,
     open_iproute,
     run_root,
     state_root,
@@ -158,6 +159,13 @@ def _build_external(plan: LabPlan, bridge_idx: int) -> None:
     ns.write_sysctl(plan.external_netns, "net.ipv4.ip_forward", "0")
 
 
+def _build(plan: LabPlan) -> None:
+    bridge_idx = _build_underlay(plan)
+    for node in plan.nodes:
+        _build_node(plan, node, bridge_idx)
+    _build_external(plan, bridge_idx)
+
+
 def node_config(node: NodePlan) -> NodeConfig:
     return NodeConfig.default_paths(node.name, str(node.node_ip), str(node.pod_cidr),
                                     node.netns)
@@ -241,10 +249,7 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
         state = LabState(name=name, nodes=nodes, agent_module=module if start_agents else "")
         state.save()
         try:
-            bridge_idx = _build_underlay(plan)
-            for node in plan.nodes:
-                _build_node(plan, node, bridge_idx)
-            _build_external(plan, bridge_idx)
+            off_loop(lambda: _build(plan))
             if external_ports:
                 state.external = _start_external_server(name, plan, external_ports)
                 state.save()

@@ -16,23 +16,27 @@ restart; :class:`EndpointManager` is the netlink shell.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import ctypes
 import ctypes.util
 import hashlib
 import ipaddress
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from services.common.errors import CiliaError
 from services.nodeagent.ipam import IpamStore, gateway_of, write_json_atomic
+
+T = TypeVar("T")
 
 IFNAMSIZ = 15              # usable characters of a Linux interface name
 HOST_IF_PREFIX = "lxc"     # Cilium's prefix of host-side pod veths
@@ -256,6 +260,20 @@ def open_iproute(netns: str | None) -> IPRoute:
         return IPRoute()
     with entered_netns(netns):
         return IPRoute()
+
+
+def off_loop(fn: Callable[[], T]) -> T:
+    """Call ``fn`` here, or in a helper thread when this thread runs an asyncio loop.
+
+    pyroute2's synchronous API drives an event loop of its own and refuses to run on a thread
+    whose loop is running; callers that may be inside ``asyncio.run`` use this.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result()
 
 
 @contextmanager

@@ -143,3 +143,16 @@ def test_failed_up_leaves_nothing_and_can_be_retried(lab_dirs: Any) -> None:
         down(name)
     after = root_snapshot()
     assert (after.links, after.routes) == (before.links, before.routes)
+
+
+async def test_lab_api_works_inside_a_running_event_loop(lab_dirs: Any) -> None:
+    """The CLI calls the lab from coroutines: pyroute2's sync API must not hit the loop."""
+    name = unique_lab()
+    try:
+        up(name, nodes=1, external_ports=())
+        pod = Kubelet(name).create_pod({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"ports": [{"containerPort": 80}]}]}})
+        assert pod["status"]["podIP"] == "10.244.1.2"
+    finally:
+        report = down(name)
+    assert len(report.netns) == 4
