@@ -12,6 +12,8 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,7 +39,7 @@ from services.lab import (
 from services.lab import netns as ns
 from services.lab.cli import exec_command, lab_group
 from services.lab.state import lab_dir
-from tests.lab.conftest import CONNECT, RootSnapshot, root_snapshot
+from tests.lab.conftest import CNI_PLUGIN, CONNECT, RootSnapshot, root_snapshot
 
 HTTP_PORT = 8080
 UDP_PORT = 5353
@@ -273,3 +275,55 @@ def test_dead_workload_shows_as_failed_and_deletes_cleanly(lab2: LabState,
     assert kubelet.delete_pod("traffic", "victim")
     assert not kubelet.delete_pod("traffic", "victim")
     assert not ns.netns_exists(record["traffic/victim"]["runtime"]["netns"])
+
+
+def test_kubelet_calls_the_plugin_like_a_runtime(lab2: LabState, pods: dict[str, Any],
+                                                 tmp_path: Path) -> None:
+    """A recording shim named cilia-cni in CNI_PATH sees exactly what a runtime passes."""
+    shim = tmp_path / "cilia-cni"
+    shim.write_text(f"#!/bin/sh\n"
+                    f"env | grep '^CNI_' | sort > {tmp_path}/$CNI_COMMAND.env\n"
+                    f"readlink /proc/self/ns/net > {tmp_path}/$CNI_COMMAND.netns\n"
+                    f"tee {tmp_path}/$CNI_COMMAND.stdin | {CNI_PLUGIN}\n")
+    shim.chmod(0o755)
+    kubelet = Kubelet(lab2.name, cni_path=[str(tmp_path)])
+    node = lab2.plan.nodes[1]
+    pod = kubelet.create_pod({"metadata": {"name": "shimmed", "namespace": "traffic"},
+                              "spec": {"nodeName": node.name, "containers": [{}]}})
+    kubelet.delete_pod("traffic", "shimmed")
+
+    env = dict(line.split("=", 1) for line in (tmp_path / "ADD.env").read_text().splitlines())
+    sandbox = ns.netns_path(f"{lab2.plan.prefix}traffic_shimmed")
+    assert env["CNI_COMMAND"] == "ADD" and env["CNI_IFNAME"] == "eth0"
+    assert env["CNI_NETNS"] == sandbox and env["CNI_PATH"] == str(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{64}", env["CNI_CONTAINERID"])
+    args = dict(kv.split("=", 1) for kv in env["CNI_ARGS"].split(";"))
+    assert args["K8S_POD_NAMESPACE"] == "traffic" and args["K8S_POD_NAME"] == "shimmed"
+    node_ino = os.stat(ns.netns_path(node.netns)).st_ino
+    assert (tmp_path / "ADD.netns").read_text().strip() == f"net:[{node_ino}]"
+    conf = json.loads((tmp_path / "ADD.stdin").read_text())
+    assert conf["cniVersion"] == "1.0.0" and conf["type"] == "cilia-cni"
+    assert "prevResult" not in conf
+    delete = json.loads((tmp_path / "DEL.stdin").read_text())
+    assert delete["prevResult"]["ips"][0]["address"] == f"{pod['status']['podIP']}/32"
+    del_env = (tmp_path / "DEL.env").read_text()
+    assert f"CNI_CONTAINERID={env['CNI_CONTAINERID']}" in del_env
+
+
+def test_concurrent_pod_creation_is_serialised(lab2: LabState, pods: dict[str, Any]) -> None:
+    kubelet = Kubelet(lab2.name)
+    names = [f"burst{i}" for i in range(4)]
+
+    def create(name: str) -> dict[str, Any]:
+        return Kubelet(lab2.name).create_pod({"metadata": {"name": name, "namespace": "traffic"},
+                                              "spec": {"containers": [{}]}})
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            created = list(pool.map(create, names))
+        ips = [p["status"]["podIP"] for p in created]
+        assert len(set(ips)) == 4
+        assert {p["metadata"]["name"] for p in kubelet.list_pods("traffic")} >= set(names)
+    finally:
+        for name in names:
+            kubelet.delete_pod("traffic", name)
