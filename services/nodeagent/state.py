@@ -58,6 +58,7 @@ class IpcacheRecord:
     host_ip: str
     node: str
     origin: str
+    pod: str = ""
 
 
 class NodeState:
@@ -101,7 +102,7 @@ class NodeState:
         prefix = data["prefix"]
         if event_type == "ipcache.upsert":
             rec = IpcacheRecord(data["identity"], data.get("host_ip") or "",
-                                data.get("node") or "", origin)
+                                data.get("node") or "", origin, data.get("pod") or "")
             old = self.ipcache.get(prefix)
             # Pod addresses win over CIDR identities for the same prefix, as in Cilium.
             if old is not None and old.origin == "k8s" and origin != "k8s":

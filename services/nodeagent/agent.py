@@ -1,0 +1,289 @@
+"""The node agent: bus events in, eBPF maps patched, flows and realized revisions out.
+
+One per node. It folds the bus into :class:`~services.nodeagent.state.NodeState`, and after
+each batch computes what its maps should hold and lets each map's reconciler write only the
+difference. Maps and programs stay pinned and attached while the agent is down; on start it
+replays the bus, reads what the maps hold and patches the difference (never flushes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from typing import Any
+
+from opentelemetry import trace as otel
+from prometheus_client import Counter, Gauge
+
+from services.common import subjects
+from services.common.bus import Bus, Delivery, Outgoing, Subscription
+from services.common.identities import ID_INIT
+from services.common.runner import STATE_DEGRADED, STATE_OK, STATE_STARTING
+from services.common.tracing import tracer
+from services.nodeagent.cniserver import CniServer
+from services.nodeagent.datapath import (
+    DatapathError,
+    FlowReader,
+    FlowRecord,
+    NodeMaps,
+    Programs,
+    ReconcileResult,
+    attach,
+    detach,
+)
+from services.nodeagent.endpoints import Endpoint, NodeConfig
+from services.nodeagent.state import Dirty, LocalEndpoint, NodeState
+
+log = logging.getLogger(__name__)
+
+INPUTS = ["cilia.identity.>", "cilia.ipcache.>", "cilia.policy.rules.>",
+          "cilia.policy.selector.>", subjects.source_filter("Pod"),
+          subjects.source_filter("Node")]
+MAX_BATCH = 2048            # events folded before patching the maps under load
+FLOW_BATCH_S = 0.1          # flows are published in batches this often
+FLOW_RATE_LIMIT = 2000      # flows per second published at most; the rest are counted
+CT_GC_INTERVAL_S = 10.0     # expired conntrack entries are collected this often
+
+MAP_OPS = Counter("cilia_agent_map_ops_total", "Map entries written", ["node", "map", "op"])
+FLOWS_DROPPED = Counter("cilia_agent_flows_ratelimited_total", "Flows not published",
+                        ["node"])
+REALIZED = Gauge("cilia_agent_realized_revision", "Last realized bus sequence", ["node"])
+_tracer = tracer("cilia.nodeagent")
+
+
+class NodeAgent:
+    name = "nodeagent"
+
+    def __init__(self, node: NodeConfig) -> None:
+        self.cfg = node
+        self.node_state = NodeState(node.name)
+        self.cni = CniServer(node, hooks=self)
+        self.bus: Bus | None = None
+        self.programs: Programs | None = None
+        self.maps: NodeMaps | None = None
+        self.error: str | None = None
+        self.local: dict[str, LocalEndpoint] = {}
+        self._dirty = Dirty(ipcache=True, endpoints=True, all_subjects=True)
+        self._policy_subjects: set[int] = set()
+        self._lock = asyncio.Lock()
+        self._live = False
+        self._subs: list[Subscription] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop_flows = threading.Event()
+        self._realized_published = -1
+        self._folded = 0
+        self.totals: dict[str, int] = {"writes": 0, "reconciles": 0, "flows": 0}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, bus: Bus) -> None:
+        self.bus = bus
+        try:
+            self.programs = await asyncio.to_thread(Programs, self.cfg.name)
+            self.maps = NodeMaps(self.cfg.name)
+        except DatapathError as exc:
+            # Stay up and say why: the verifier log is in the message.
+            self.error = f"datapath unavailable: {exc}"
+            log.error("%s", self.error)
+        for ep in self.cni.endpoints():
+            await self._attach(ep)
+        await self.cni.start()
+        await self._register_node()
+        sub = await bus.consume(INPUTS, self._on_event, name=f"agent {self.cfg.name}")
+        self._subs.append(sub)
+        if sub.caught_up.is_set():
+            self._live = True
+            await self.reconcile()
+        if self.maps is not None:
+            self._tasks.append(asyncio.create_task(self._flows()))
+            self._tasks.append(asyncio.create_task(self._ct_gc()))
+
+    async def stop(self) -> None:
+        self._stop_flows.set()
+        for sub in self._subs:
+            await sub.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.cni.stop()
+        if self.maps is not None:
+            self.maps.close()
+
+    def state(self) -> str:
+        if self.error:
+            return STATE_DEGRADED
+        return STATE_OK if self._live else STATE_STARTING
+
+    def stats(self) -> dict[str, Any]:
+        return {"node": self.cfg.name, "endpoints": len(self.local),
+                "revision": self.node_state.revision,
+                "policy_revisions": {str(k): v for k, v in
+                                     self.node_state.realized(self._policy_subjects).items()},
+                "error": self.error or "", **self.totals}
+
+    async def _register_node(self) -> None:
+        """Publish this node's Node object, as a kubelet registers its node."""
+        assert self.bus is not None
+        obj = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.cfg.name},
+               "spec": {"podCIDR": self.cfg.pod_cidr},
+               "status": {"addresses": [{"type": "InternalIP", "address": self.cfg.node_ip}]}}
+        await self.bus.publish(
+            subjects.source("Node", "", self.cfg.name), "object.upsert",
+            {"kind": "Node", "namespace": "", "name": self.cfg.name, "object": obj},
+            msg_id=f"node/{self.cfg.name}/{self.cfg.node_ip}/{self.cfg.pod_cidr}")
+
+    # -- endpoints (CNI hooks) -------------------------------------------------------------
+
+    async def _attach(self, ep: Endpoint) -> None:
+        if self.programs is not None:
+            await asyncio.to_thread(attach, self.programs, ep.host_ifname, ep.node_netns)
+        self.local[ep.ipv4] = LocalEndpoint(ep.id, ep.ipv4, ep.host_ifindex, ep.host_ifname,
+                                            f"{ep.pod_namespace}/{ep.pod_name}")
+
+    async def on_endpoint_created(self, ep: Endpoint) -> None:
+        await self._attach(ep)
+        self._dirty.endpoints = True
+        self._dirty.all_subjects = True
+        await self.reconcile()
+
+    async def on_endpoint_deleted(self, ep: Endpoint) -> None:
+        self.local.pop(ep.ipv4, None)
+        if self.programs is not None:
+            await asyncio.to_thread(detach, ep.host_ifname, ep.node_netns)
+        self._dirty.endpoints = True
+        self._dirty.all_subjects = True
+        await self.reconcile()
+
+    # -- bus -------------------------------------------------------------------------------
+
+    async def _on_event(self, d: Delivery) -> None:
+        self._dirty.merge(self.node_state.apply(d.subject, d.event.type, d.event.data, d.seq))
+        self._folded += 1
+        # Patch when idle (nothing pending) or every MAX_BATCH events under load; the patch
+        # runs inside this event's consume span, so its trace reaches the map writes.
+        if d.pending == 0 or self._folded >= MAX_BATCH:
+            self._folded = 0
+            self._live = self._live or d.pending == 0
+            await self.reconcile()
+
+    async def reconcile(self) -> None:
+        """Make the maps hold what the state says, writing only the difference."""
+        async with self._lock:
+            dirty, self._dirty = self._dirty, Dirty()
+            if self.maps is None or not dirty:
+                return
+            try:
+                await asyncio.to_thread(self._patch, dirty)
+            except DatapathError as exc:
+                self.error = f"map update failed: {exc}"
+                log.error("%s", self.error)
+                self._dirty.merge(dirty)    # retried on the next change
+                return
+            self.error = None
+        await self._publish_realized()
+
+    def _patch(self, dirty: Dirty) -> None:
+        assert self.maps is not None
+        maps = self.maps
+        eps = list(self.local.values())
+        local_ids = self.node_state.local_identities(eps) - {ID_INIT}
+        if dirty.ipcache:
+            self._span("ipcache", lambda: maps.ipcache.reconcile(self.node_state.desired_ipcache()))
+        if dirty.endpoints:
+            self._span("endpoints",
+                       lambda: maps.endpoints.reconcile(self.node_state.desired_endpoints(eps)))
+        gone = self._policy_subjects - local_ids
+        touched = local_ids if dirty.all_subjects else dirty.subjects & local_ids
+        if touched or gone:
+            subjects_now = touched | gone
+            desired = self.node_state.desired_policy(touched)
+            self._span("policy", lambda: maps.policy.reconcile(desired,
+                                                                subjects=sorted(subjects_now)))
+        self._policy_subjects = local_ids
+
+    def _span(self, name: str, patch: Any) -> ReconcileResult:
+        with _tracer.start_as_current_span(f"map patch {name}") as span:
+            result: ReconcileResult = patch()
+            span.set_attributes({"cilia.node": self.cfg.name, "cilia.map": name,
+                                 "cilia.added": result.added, "cilia.updated": result.updated,
+                                 "cilia.deleted": result.deleted,
+                                 "cilia.revision": self.node_state.revision})
+        for op, n in (("add", result.added), ("update", result.updated),
+                      ("delete", result.deleted)):
+            if n:
+                MAP_OPS.labels(self.cfg.name, name, op).inc(n)
+        self.totals["writes"] += result.writes
+        self.totals["reconciles"] += 1
+        return result
+
+    async def _publish_realized(self) -> None:
+        if self.bus is None or not self._live:
+            return
+        rev = self.node_state.revision
+        if rev == self._realized_published:
+            return
+        self._realized_published = rev
+        REALIZED.labels(self.cfg.name).set(rev)
+        data = {"node": self.cfg.name, "revision": rev,
+                "identities": {str(k): v for k, v in
+                               self.node_state.realized(self._policy_subjects).items()}}
+        subject = subjects.agent_realized(self.cfg.name)
+        await self.bus.publish_batch([Outgoing(subject, "agent.realized", data,
+                                               f"agent/{self.cfg.name}/{rev}")])
+        otel.get_current_span().set_attribute("cilia.realized_revision", rev)
+
+    # -- flows and conntrack ---------------------------------------------------------------
+
+    async def _flows(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[FlowRecord] = asyncio.Queue()
+        node = self.cfg.name
+
+        def push(rec: FlowRecord) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, rec)
+
+        def reader() -> None:
+            with FlowReader(node) as fr:
+                fr.run(push, self._stop_flows)
+
+        thread = asyncio.create_task(asyncio.to_thread(reader))
+        offset = time.time() - time.monotonic()   # flow times are CLOCK_MONOTONIC
+        try:
+            while True:
+                await asyncio.sleep(FLOW_BATCH_S)
+                batch: list[dict[str, Any]] = []
+                limit = int(FLOW_RATE_LIMIT * FLOW_BATCH_S)
+                while not queue.empty():
+                    rec = queue.get_nowait()
+                    if len(batch) >= limit:
+                        FLOWS_DROPPED.labels(node).inc()
+                        continue
+                    batch.append(self._flow(rec, offset))
+                if batch and self.bus is not None:
+                    self.totals["flows"] += len(batch)
+                    await self.bus.publish_core(subjects.flows(node), "flow",
+                                                {"node": node, "flows": batch})
+        finally:
+            self._stop_flows.set()
+            with contextlib.suppress(Exception):
+                await thread
+
+    def _flow(self, rec: FlowRecord, offset: float) -> dict[str, Any]:
+        flow = rec.as_dict()
+        flow["time"] = rec.time_ns / 1e9 + offset
+        for side in ("src", "dst"):
+            entry = self.node_state.ipcache.get(f"{flow[side + '_ip']}/32")
+            flow[f"{side}_pod"] = entry.pod if entry is not None and entry.pod else ""
+        return flow
+
+    async def _ct_gc(self) -> None:
+        while True:
+            await asyncio.sleep(CT_GC_INTERVAL_S)
+            if self.maps is not None:
+                try:
+                    await asyncio.to_thread(self.maps.conntrack.gc)
+                except DatapathError as exc:
+                    log.warning("conntrack GC failed: %s", exc)
