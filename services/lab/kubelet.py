@@ -246,7 +246,9 @@ class Kubelet:
             runtime["cniResult"] = result
             runtime["workload"] = self._start_workload(spec, runtime["netns"]).to_json()
         except BaseException:
-            self._teardown({"runtime": runtime, "netconf": netconf})
+            # undo what was done; the error worth reporting is the one that got us here
+            with contextlib.suppress(LabError, OSError):
+                self._teardown({"runtime": runtime, "netconf": netconf})
             raise
         out = _pod_object(pod, spec, uid, node.name, str(node.node_ip), _pod_ip(result))
         records[spec.key] = {"pod": out, "runtime": runtime, "netconf": netconf}

@@ -233,7 +233,8 @@ def test_bad_pod_and_failed_cni_leave_nothing(lab2: LabState, pods: dict[str, An
         with pytest.raises(CniInvokeError) as info:
             kubelet.create_pod({"metadata": {"name": "y", "namespace": "traffic"},
                                 "spec": {"nodeName": node2, "containers": [{}]}})
-        assert info.value.code == 11 and "agent not reachable" in str(info.value)
+        assert info.value.command == "ADD" and info.value.code == 11
+        assert "agent not reachable" in str(info.value)
     finally:
         start_agent(lab2.name, node2)
     assert set(ns.list_netns(lab2.plan.prefix)) == before
