@@ -19,8 +19,10 @@ from services.cli._context import (
     print_json,
     run_async,
 )
+from services.cli.agentcli import bpf_group, endpoint_group, observe
 from services.cli.demo import demo
 from services.cli.identity import identity_group
+from services.cli.labcli import exec_command, lab_group, runtime_for
 from services.cli.policy import policy_group
 from services.common import subjects
 from services.common.bus import Bus, HistoryConfig
@@ -139,7 +141,8 @@ def _load_or_fail(files: tuple[str, ...]) -> list[manifests.Manifest]:
 def apply(ctx: CliContext, files: tuple[str, ...]) -> None:
     """Apply Kubernetes manifests (validated whole: a bad file applies nothing)."""
     items = _load_or_fail(files)
-    for outcome in ctx.run(lambda bus: source.apply(bus, items)):
+    runtime = runtime_for()
+    for outcome in ctx.run(lambda bus: source.apply(bus, items, runtime)):
         click.echo(str(outcome))
 
 
@@ -150,7 +153,8 @@ def apply(ctx: CliContext, files: tuple[str, ...]) -> None:
 def delete(ctx: CliContext, files: tuple[str, ...]) -> None:
     """Delete the objects named in manifests."""
     items = _load_or_fail(files)
-    outcomes = ctx.run(lambda bus: source.delete(bus, items))
+    runtime = runtime_for()
+    outcomes = ctx.run(lambda bus: source.delete(bus, items, runtime))
     for outcome in outcomes:
         click.echo(str(outcome), err=outcome.result == source.NOT_FOUND)
     if any(o.result == source.NOT_FOUND for o in outcomes):
@@ -159,6 +163,11 @@ def delete(ctx: CliContext, files: tuple[str, ...]) -> None:
 
 cli.add_command(identity_group)
 cli.add_command(policy_group)
+cli.add_command(endpoint_group)
+cli.add_command(bpf_group)
+cli.add_command(observe)
+cli.add_command(lab_group)
+cli.add_command(exec_command)
 cli.add_command(demo)
 
 

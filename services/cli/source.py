@@ -6,8 +6,12 @@ nothing downstream knows which source runs.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
@@ -26,6 +30,20 @@ CONFIGURED = "configured"
 UNCHANGED = "unchanged"
 DELETED = "deleted"
 NOT_FOUND = "not found"
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+WORKLOAD_KINDS = ("Pod", "Deployment")
+
+
+class Runtime(Protocol):
+    """What runs pods (the lab's kubelet): returns the pods as they now run."""
+
+    def apply(self, obj: Mapping[str, Any]) -> Any: ...
+
+    def delete_pod(self, namespace: str, name: str) -> bool: ...
+
+    def delete_deployment(self, namespace: str, name: str) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -53,29 +71,69 @@ async def current(bus: Bus, m: Manifest) -> dict[str, object] | None:
     return event.data["object"] if event.type == "object.upsert" else None
 
 
-async def apply(bus: Bus, manifests: list[Manifest]) -> list[Outcome]:
-    """Publish every manifest that differs from what the bus holds (one trace per call)."""
+def with_last_applied(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object with kubectl's last-applied annotation: what `apply` compares next time."""
+    meta = dict(obj["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}),
+                           LAST_APPLIED: json.dumps(obj, sort_keys=True)}
+    return {**obj, "metadata": meta}
+
+
+def _last_applied(obj: Mapping[str, Any] | None) -> str | None:
+    if obj is None:
+        return None
+    meta = obj.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return annotations.get(LAST_APPLIED) if isinstance(annotations, Mapping) else None
+
+
+async def _publish_object(bus: Bus, obj: Mapping[str, Any], event_type: str = "object.upsert",
+                          ) -> None:
+    kind, meta = obj["kind"], obj["metadata"]
+    namespace = meta.get("namespace") or ""
+    await bus.publish(subjects.source(kind, namespace, meta["name"]), event_type,
+                      {"kind": kind, "namespace": namespace, "name": meta["name"],
+                       "object": dict(obj)}, msg_id=f"apply/{uuid.uuid4()}")
+
+
+async def _run_workload(bus: Bus, runtime: Runtime, obj: dict[str, Any]) -> None:
+    """Have the runtime run a Pod or Deployment, then publish its pods as they now run."""
+    result = await asyncio.to_thread(runtime.apply, obj)
+    for pod in result.pods:
+        await _publish_object(bus, pod)
+    for pod in result.deleted:
+        await _publish_object(bus, pod, "object.delete")
+
+
+async def apply(bus: Bus, manifests: list[Manifest],
+                runtime: Runtime | None = None) -> list[Outcome]:
+    """Publish every manifest that differs from what the bus holds (one trace per call).
+
+    With a ``runtime`` (the lab), Pods and Deployments also run: their pods are created through
+    the CNI and published with their addresses, as a kubelet reports them.
+    """
     outcomes: list[Outcome] = []
     with _tracer.start_as_current_span("cilia apply", kind=SpanKind.CLIENT,
                                        attributes={"cilia.objects": len(manifests)}):
         for m in manifests:
             before = await current(bus, m)
-            if before == m.obj:
+            obj = with_last_applied(m.obj)
+            if _last_applied(before) == _last_applied(obj):
                 outcomes.append(Outcome(m, UNCHANGED))
                 continue
             with _tracer.start_as_current_span(
                     f"apply {m.ref}", attributes={"k8s.namespace": m.namespace,
                                                   "k8s.kind": m.kind, "k8s.name": m.name}):
-                await bus.publish(
-                    subjects.source(m.kind, m.namespace, m.name), "object.upsert",
-                    {"kind": m.kind, "namespace": m.namespace, "name": m.name, "object": m.obj},
-                    msg_id=f"apply/{uuid.uuid4()}")
+                await _publish_object(bus, obj)
+                if runtime is not None and m.kind in WORKLOAD_KINDS:
+                    await _run_workload(bus, runtime, obj)
             outcomes.append(Outcome(m, CREATED if before is None else CONFIGURED))
     return outcomes
 
 
-async def delete(bus: Bus, manifests: list[Manifest]) -> list[Outcome]:
-    """Publish a delete for every manifest the bus holds."""
+async def delete(bus: Bus, manifests: list[Manifest],
+                 runtime: Runtime | None = None) -> list[Outcome]:
+    """Publish a delete for every manifest the bus holds (and stop its pods in the lab)."""
     outcomes: list[Outcome] = []
     with _tracer.start_as_current_span("cilia delete", kind=SpanKind.CLIENT):
         for m in manifests:
@@ -83,9 +141,13 @@ async def delete(bus: Bus, manifests: list[Manifest]) -> list[Outcome]:
             if before is None:
                 outcomes.append(Outcome(m, NOT_FOUND))
                 continue
-            await bus.publish(
-                subjects.source(m.kind, m.namespace, m.name), "object.delete",
-                {"kind": m.kind, "namespace": m.namespace, "name": m.name, "object": before},
-                msg_id=f"delete/{uuid.uuid4()}")
+            if runtime is not None and m.kind == "Deployment":
+                names = await asyncio.to_thread(runtime.delete_deployment, m.namespace, m.name)
+                for name in names:
+                    await _publish_object(bus, {"kind": "Pod", "metadata": {
+                        "name": name, "namespace": m.namespace}}, "object.delete")
+            elif runtime is not None and m.kind == "Pod":
+                await asyncio.to_thread(runtime.delete_pod, m.namespace, m.name)
+            await _publish_object(bus, before, "object.delete")
             outcomes.append(Outcome(m, DELETED))
     return outcomes

@@ -21,6 +21,7 @@ HISTORY_SUBJECTS = [
 # Core NATS (not stored).
 FLOWS = "cilia.flows"            # cilia.flows.<node>
 STATUS = "cilia.ctl.status"      # request/reply heartbeat every service answers
+FLOWS_REQUEST = "cilia.ctl.flows"  # request/reply: each agent's recent flows
 
 # KV buckets.
 KV_IDENTITIES = "cilia-identities"   # identity allocation (compare-and-set)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from opentelemetry import trace as otel
@@ -20,6 +21,7 @@ from prometheus_client import Counter, Gauge
 
 from services.common import subjects
 from services.common.bus import Bus, Delivery, Outgoing, Subscription
+from services.common.codec import encode
 from services.common.identities import ID_INIT
 from services.common.runner import STATE_DEGRADED, STATE_OK, STATE_STARTING
 from services.common.tracing import tracer
@@ -45,6 +47,7 @@ INPUTS = ["cilia.identity.>", "cilia.ipcache.>", "cilia.policy.rules.>",
 MAX_BATCH = 2048            # events folded before patching the maps under load
 FLOW_BATCH_S = 0.1          # flows are published in batches this often
 FLOW_RATE_LIMIT = 2000      # flows per second published at most; the rest are counted
+FLOW_BUFFER = 4096          # recent flows kept for `cilia observe` without --follow
 CT_GC_INTERVAL_S = 10.0     # expired conntrack entries are collected this often
 
 MAP_OPS = Counter("cilia_agent_map_ops_total", "Map entries written", ["node", "map", "op"])
@@ -71,10 +74,12 @@ class NodeAgent:
         self._lock = asyncio.Lock()
         self._live = False
         self._subs: list[Subscription] = []
+        self._core_subs: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_flows = threading.Event()
         self._realized_published = -1
         self._folded = 0
+        self.recent: deque[dict[str, Any]] = deque(maxlen=FLOW_BUFFER)
         self.totals: dict[str, int] = {"writes": 0, "reconciles": 0, "flows": 0}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -97,6 +102,8 @@ class NodeAgent:
         if sub.caught_up.is_set():
             self._live = True
             await self.reconcile()
+        self._core_subs.append(await bus.nc.subscribe(subjects.FLOWS_REQUEST,
+                                                      cb=self._on_flows_req))
         if self.maps is not None:
             self._tasks.append(asyncio.create_task(self._flows()))
             self._tasks.append(asyncio.create_task(self._ct_gc()))
@@ -108,6 +115,9 @@ class NodeAgent:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for core in self._core_subs:
+            with contextlib.suppress(Exception):
+                await core.unsubscribe()
         await self.cni.stop()
         if self.maps is not None:
             self.maps.close()
@@ -262,6 +272,7 @@ class NodeAgent:
                         FLOWS_DROPPED.labels(node).inc()
                         continue
                     batch.append(self._flow(rec, offset))
+                self.recent.extend(batch)
                 if batch and self.bus is not None:
                     self.totals["flows"] += len(batch)
                     await self.bus.publish_core(subjects.flows(node), "flow",
@@ -278,6 +289,13 @@ class NodeAgent:
             entry = self.node_state.ipcache.get(f"{flow[side + '_ip']}/32")
             flow[f"{side}_pod"] = entry.pod if entry is not None and entry.pod else ""
         return flow
+
+    async def _on_flows_req(self, msg: Any) -> None:
+        """Answer `cilia observe` (without --follow) with the recent flows of this node."""
+        assert self.bus is not None
+        if msg.reply:
+            await self.bus.nc.publish(msg.reply, encode("flow", {
+                "node": self.cfg.name, "flows": list(self.recent)}))
 
     async def _ct_gc(self) -> None:
         while True:

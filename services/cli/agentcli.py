@@ -1,0 +1,252 @@
+"""Node-level commands: ``endpoint list``, ``bpf ipcache|policy list/get``, ``observe``.
+
+Map contents are read from the kernel (the pinned maps under /sys/fs/bpf/cilia/<node>), so
+they show what the datapath holds even while an agent is down. Names and labels come from the
+bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from typing import Any
+
+import click
+from nats.aio.msg import Msg
+from tabulate import tabulate
+
+from services.cli._context import CliContext, output_option, pass_ctx, print_json
+from services.common import subjects
+from services.common.bus import Bus
+from services.common.codec import decode
+from services.common.errors import CiliaError, CodecError
+from services.common.identities import RESERVED
+from services.common.policytypes import ANY_PEER, PROTO_NAMES, Direction
+from services.nodeagent.datapath import DatapathError, open_maps
+from services.nodeagent.datapath.constants import PIN_ROOT
+
+OBSERVE_COLLECT_S = 0.5
+
+
+def nodes_with_maps(node: str | None) -> list[str]:
+    if node:
+        return [node]
+    if not PIN_ROOT.exists():
+        return []
+    return sorted(p.name for p in PIN_ROOT.iterdir() if p.is_dir())
+
+
+def _open(node: str) -> Any:
+    try:
+        return open_maps(node)
+    except DatapathError as exc:
+        raise click.ClickException(f"node {node}: {exc}") from exc
+
+
+async def _names(bus: Bus) -> tuple[dict[int, list[str]], dict[str, str]]:
+    """identity -> labels, and pod IP -> namespace/name, from the bus."""
+    snap = await bus.snapshot(["cilia.identity.>", "cilia.ipcache.>"])
+    labels = {d.event.data["id"]: sorted(d.event.data["labels"]) for d in snap.values()
+              if d.event.type == "identity.upsert"}
+    pods = {d.event.data["prefix"].split("/")[0]: d.event.data.get("pod") or ""
+            for d in snap.values() if d.event.type == "ipcache.upsert"}
+    return labels, pods
+
+
+def _labels_of(labels: dict[int, list[str]], ident: int) -> list[str]:
+    if ident in labels:
+        return labels[ident]
+    if ident in RESERVED:
+        return [f"reserved:{RESERVED[ident]}"]
+    return ["reserved:unknown"] if ident == ANY_PEER else [f"identity {ident}"]
+
+
+def endpoint_rows(ctx: CliContext, node: str | None) -> list[dict[str, Any]]:
+    labels, pods = ctx.run(_names)
+    rows = []
+    for name in nodes_with_maps(node):
+        with _open(name) as maps:
+            entries = maps.endpoints.entries()
+        for ip, ep in sorted(entries.items(), key=lambda kv: kv[1].endpoint_id):
+            rows.append({"node": name, "id": ep.endpoint_id, "identity": ep.identity,
+                         "ingress_enforcement": ep.enforce_ingress,
+                         "egress_enforcement": ep.enforce_egress, "ipv4": ip,
+                         "pod": pods.get(ip, ""), "labels": _labels_of(labels, ep.identity),
+                         "status": "ready"})
+    return rows
+
+
+@click.group("endpoint")
+def endpoint_group() -> None:
+    """Local endpoints of the nodes."""
+
+
+@endpoint_group.command("list")
+@click.option("--node", default=None, help="one node (default: every node on this machine)")
+@output_option
+@pass_ctx
+def endpoint_list(ctx: CliContext, node: str | None, output: str) -> None:
+    """List endpoints (like `cilium endpoint list`)."""
+    rows = endpoint_rows(ctx, node)
+    if output == "json":
+        print_json(rows)
+        return
+    on = {True: "Enabled", False: "Disabled"}
+    click.echo(tabulate(
+        [[r["id"], on[r["ingress_enforcement"]], on[r["egress_enforcement"]], r["identity"],
+          "\n".join(r["labels"]), r["ipv4"], r["status"], r["node"]] for r in rows],
+        headers=["ENDPOINT", "POLICY (ingress)\nENFORCEMENT", "POLICY (egress)\nENFORCEMENT",
+                 "IDENTITY", "LABELS (source:key[=value])", "IPv4", "STATUS", "NODE"],
+        tablefmt="plain", disable_numparse=True))
+
+
+@click.group("bpf")
+def bpf_group() -> None:
+    """What the kernel maps hold."""
+
+
+@bpf_group.group("ipcache")
+def bpf_ipcache() -> None:
+    """The ipcache map (prefix -> identity)."""
+
+
+@bpf_ipcache.command("list")
+@click.option("--node", default=None)
+@output_option
+def bpf_ipcache_list(node: str | None, output: str) -> None:
+    """List the ipcache of each node, from the kernel."""
+    rows = []
+    for name in nodes_with_maps(node):
+        with _open(name) as maps:
+            for prefix, entry in sorted(maps.ipcache.entries().items()):
+                rows.append({"node": name, "prefix": prefix, "identity": entry.identity,
+                             "tunnel_endpoint": entry.tunnel_endpoint or "0.0.0.0"})
+    if output == "json":
+        print_json(rows)
+        return
+    click.echo(tabulate([[r["prefix"], f"identity={r['identity']} encryptkey=0 "
+                          f"tunnelendpoint={r['tunnel_endpoint']}", r["node"]] for r in rows],
+                        headers=["IP PREFIX/ADDRESS", "IDENTITY", "NODE"], tablefmt="plain"))
+
+
+@bpf_group.group("policy")
+def bpf_policy() -> None:
+    """The policy map."""
+
+
+def _find_endpoint(ctx: CliContext, target: str, node: str | None) -> tuple[str, int, int]:
+    """(node, endpoint id, identity) of an endpoint given by id, IP or namespace/pod."""
+    for r in endpoint_rows(ctx, node):
+        if target in (str(r["id"]), r["ipv4"], r["pod"]):
+            return r["node"], r["id"], r["identity"]
+    raise click.ClickException(f"endpoint {target!r} not found"
+                               + (f" on node {node}" if node else ""))
+
+
+@bpf_policy.command("get")
+@click.argument("endpoint")
+@click.option("--node", default=None, help="needed when endpoint ids repeat across nodes")
+@output_option
+@pass_ctx
+def bpf_policy_get(ctx: CliContext, endpoint: str, node: str | None, output: str) -> None:
+    """Policy map entries of an ENDPOINT (id, IP or namespace/pod), from the kernel."""
+    where, _, identity = _find_endpoint(ctx, endpoint, node)
+    labels, _ = ctx.run(_names)
+    with _open(where) as maps:
+        entries = maps.policy.entries(identity)
+    rows = [{"verdict": v.name.capitalize(), "direction": Direction(k.direction).name.lower(),
+             "peer": k.peer, "labels": _labels_of(labels, k.peer),
+             "port": "ANY" if k.port == 0 else (str(k.port) if k.port == k.end_port
+                                                else f"{k.port}-{k.end_port}"),
+             "proto": PROTO_NAMES.get(k.proto, str(k.proto))} for k, v in entries]
+    if output == "json":
+        print_json(rows)
+        return
+    click.echo(tabulate(
+        [[r["verdict"], r["direction"].capitalize(), r["peer"], "\n".join(r["labels"]),
+          "ANY" if r["port"] == "ANY" and r["proto"] == "ANY" else f"{r['port']}/{r['proto']}"]
+         for r in rows],
+        headers=["POLICY", "DIRECTION", "IDENTITY", "LABELS (source:key[=value])",
+                 "PORT/PROTO"], tablefmt="plain", disable_numparse=True))
+
+
+def format_flow(f: dict[str, Any]) -> str:
+    when = dt.datetime.fromtimestamp(f["time"], dt.UTC).strftime("%b %d %H:%M:%S.%f")
+    src = f.get("src_pod") or f["src_ip"]
+    dst = f.get("dst_pod") or f["dst_ip"]
+    sport = f":{f['src_port']}" if f["src_port"] else ""
+    dport = f":{f['dst_port']}" if f["dst_port"] else ""
+    reason = f["reason_name"]
+    return (f"{when[:-3]}: {src}{sport} (ID:{f['src_identity']}) -> {dst}{dport} "
+            f"(ID:{f['dst_identity']}) {f['direction']} {f['verdict']} ({reason}, "
+            f"{f['proto_name']})")
+
+
+def _matches(f: dict[str, Any], verdict: str | None, pod: str | None) -> bool:
+    if verdict and f["verdict"] != verdict.upper():
+        return False
+    return not pod or pod in (f.get("src_pod"), f.get("dst_pod"))
+
+
+async def recent_flows(bus: Bus) -> list[dict[str, Any]]:
+    """The recent flows every agent keeps, merged in time order."""
+    flows: list[dict[str, Any]] = []
+    inbox = bus.nc.new_inbox()
+
+    async def on_reply(msg: Msg) -> None:
+        with contextlib.suppress(CodecError):
+            flows.extend(decode(msg.data).data["flows"])
+
+    sub = await bus.nc.subscribe(inbox, cb=on_reply)
+    await bus.nc.publish(subjects.FLOWS_REQUEST, b"", reply=inbox)
+    await asyncio.sleep(OBSERVE_COLLECT_S)
+    await sub.unsubscribe()
+    return sorted(flows, key=lambda f: f["time"])
+
+
+@click.command("observe")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new flows")
+@click.option("--verdict", type=click.Choice(["FORWARDED", "DROPPED"], case_sensitive=False))
+@click.option("--pod", default=None, help="only flows from or to NAMESPACE/POD")
+@click.option("--last", type=int, default=20, show_default=True,
+              help="flows shown without --follow")
+@click.option("--node", default=None)
+@output_option
+@pass_ctx
+def observe(ctx: CliContext, follow: bool, verdict: str | None, pod: str | None, last: int,
+            node: str | None, output: str) -> None:
+    """Flows through the datapath (like `hubble observe`)."""
+
+    def show(f: dict[str, Any]) -> None:
+        if output == "json":
+            print_json(f)
+        else:
+            click.echo(format_flow(f))
+
+    async def run(bus: Bus) -> None:
+        flows = [f for f in await recent_flows(bus) if _matches(f, verdict, pod)]
+        for f in flows[-last:]:
+            show(f)
+        if not follow:
+            return
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def on_flows(msg: Msg) -> None:
+            with contextlib.suppress(CodecError):
+                for f in decode(msg.data).data["flows"]:
+                    queue.put_nowait(f)
+
+        await bus.nc.subscribe(subjects.flows(node) if node else f"{subjects.FLOWS}.>",
+                               cb=on_flows)
+        while True:
+            f = await queue.get()
+            if _matches(f, verdict, pod):
+                show(f)
+
+    try:
+        ctx.run(run)
+    except KeyboardInterrupt:
+        pass
+    except CiliaError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,111 @@
+"""``cilia lab up|down|status``: the embedded cluster, wired to the control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import click
+from tabulate import tabulate
+
+from services.cli import controlplane
+from services.cli._context import CliContext, pass_ctx
+from services.common.bus import NATS_URL_ENV
+from services.common.errors import CiliaError
+from services.lab import DEFAULT_LAB, Kubelet, LabError, exec_in_pod, list_labs
+from services.lab import down as lab_down
+from services.lab import up as lab_up
+
+AGENT_MODULE = "services.nodeagent"
+LAB_ENV = "CILIA_LAB"
+AGENT_READY_S = 60.0
+
+
+def current_lab(explicit: str | None = None) -> str | None:
+    """The lab `apply` runs pods in: --lab, $CILIA_LAB, the default lab, or the only one up."""
+    name = explicit or os.environ.get(LAB_ENV)
+    labs = list_labs()
+    if name:
+        return name if name in labs else None
+    if DEFAULT_LAB in labs:
+        return DEFAULT_LAB
+    return labs[0] if len(labs) == 1 else None
+
+
+def runtime_for(explicit: str | None = None) -> Kubelet | None:
+    lab = current_lab(explicit)
+    return Kubelet(lab) if lab else None
+
+
+def start_lab(ctx: CliContext, name: str, nodes: int) -> list[str]:
+    """Bring the control plane up if it is not, then the lab with one agent per node."""
+    if ctx.explicit_url is None and controlplane.read_state(ctx.control_plane_file) is None:
+        controlplane.up(ctx.state_dir, None)
+    url = ctx.url()
+    os.environ[NATS_URL_ENV] = url          # the agents inherit it
+    try:
+        state = lab_up(name, nodes, agent_module=AGENT_MODULE)
+    except LabError as exc:
+        raise CiliaError(str(exc)) from exc
+    asyncio.run(controlplane.wait_ready(url, {"nodeagent": nodes}, AGENT_READY_S))
+    return [f"node {n.name}: {n.node_ip}, pods {n.pod_cidr} (netns {n.netns})"
+            for n in state.plan.nodes]
+
+
+@click.group("lab")
+def lab_group() -> None:
+    """The embedded cluster: nodes are network namespaces on this machine."""
+
+
+@lab_group.command("up")
+@click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 50))
+@click.option("--name", default=DEFAULT_LAB, show_default=True)
+@pass_ctx
+def up_command(ctx: CliContext, nodes: int, name: str) -> None:
+    """Create the lab (and start the control plane if it is not running)."""
+    try:
+        for line in start_lab(ctx, name, nodes):
+            click.echo(line)
+    except CiliaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"lab {name} is up with {nodes} node(s)")
+
+
+@lab_group.command("down")
+@click.option("--name", default=DEFAULT_LAB, show_default=True)
+def down_command(name: str) -> None:
+    """Remove every namespace, link, pinned map and process of the lab."""
+    try:
+        report = lab_down(name)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"lab {name} is down: removed {len(report.netns)} namespaces, "
+               f"stopped {len(report.processes)} processes, {len(report.pins)} pin dirs")
+
+
+@lab_group.command("status")
+def status_command() -> None:
+    """Labs that are up."""
+    labs = list_labs()
+    click.echo(tabulate([[n] for n in labs], headers=["LAB"], tablefmt="plain")
+               if labs else "no lab is up")
+
+
+@click.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("target")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--lab", default=None, help="lab name (default $CILIA_LAB or the lab that is up)")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_command(target: str, namespace: str, lab: str | None, command: tuple[str, ...]) -> None:
+    """Run COMMAND inside a pod's network namespace (POD or deploy/NAME), like kubectl exec."""
+    name = current_lab(lab)
+    if name is None:
+        raise click.ClickException("no lab is up (cilia lab up)")
+    try:
+        proc = exec_in_pod(target, list(command), namespace=namespace, lab=name)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
+    raise SystemExit(proc.returncode)
+
+
+__all__ = ["exec_command", "lab_group", "runtime_for", "start_lab"]
