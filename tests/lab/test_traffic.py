@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from pyroute2 import IPRoute
 
 from services.common.objects import KINDS
@@ -37,7 +36,6 @@ from services.lab import (
     stop_agent,
 )
 from services.lab import netns as ns
-from services.lab.cli import exec_command, lab_group
 from services.lab.state import lab_dir
 from tests.lab.conftest import CNI_PLUGIN, CONNECT, RootSnapshot, root_snapshot
 
@@ -242,21 +240,6 @@ def test_bad_pod_and_failed_cni_leave_nothing(lab2: LabState, pods: dict[str, An
     assert "traffic/y" not in json.loads((lab_dir(lab2.name) / "pods.json").read_text())["pods"]
     # the restarted agent kept its endpoints: b1 still answers and can be deleted cleanly
     assert curl(lab2, "a1", f"http://{ip_of(pods['b1'])}:{HTTP_PORT}/") == (0, "b1 200")
-
-
-def test_click_commands_exec_and_status(lab2: LabState, pods: dict[str, Any]) -> None:
-    runner = CliRunner()
-    result = runner.invoke(exec_command, ["a1", "-n", "traffic", "--lab", lab2.name, "--",
-                                          "sh", "-c", "exit 5"])
-    assert result.exit_code == 5
-    result = runner.invoke(exec_command, ["ghost", "-n", "traffic", "--lab", lab2.name, "--",
-                                          "true"])
-    assert result.exit_code == 1 and "pod traffic/ghost not found" in result.output
-    result = runner.invoke(lab_group, ["status", "--name", lab2.name, "-o", "json"])
-    assert result.exit_code == 0, result.output
-    status = json.loads(result.output)
-    assert [n["node"] for n in status["nodes"]] == [n.name for n in lab2.plan.nodes]
-    assert all(n["agent"].endswith("running") for n in status["nodes"])
 
 
 def test_dead_workload_shows_as_failed_and_deletes_cleanly(lab2: LabState,
