@@ -6,8 +6,12 @@ resolves to its first pod by name, as kubectl does.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from services.lab import netns as ns
 from services.lab.errors import LabError, PodNotFoundError
@@ -63,6 +67,15 @@ def exec_in_pod(target: str, argv: Sequence[str], *, namespace: str = DEFAULT_NA
     return exec_in_netns(netns, argv, capture=capture, timeout=timeout)
 
 
+def resolve_command(argv: Sequence[str]) -> list[str]:
+    """``argv`` with its program found on ``$PATH`` or beside this Python (the venv's bin,
+    where ``cilia-connect`` lives even when the venv is not activated)."""
+    search = os.pathsep.join(filter(None, [os.environ.get("PATH", ""),
+                                           str(Path(sys.executable).parent)]))
+    found = shutil.which(argv[0], path=search) if "/" not in argv[0] else None
+    return [found or argv[0], *argv[1:]]
+
+
 def exec_in_netns(netns: str, argv: Sequence[str], *, capture: bool = True,
                   timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` in any lab netns (a node, the external host) and wait for it."""
@@ -70,7 +83,7 @@ def exec_in_netns(netns: str, argv: Sequence[str], *, capture: bool = True,
         raise LabError("exec: no command given")
     pipe = subprocess.PIPE if capture else None
     try:
-        proc = ns.spawn(netns, argv, stdout=pipe, stderr=pipe)
+        proc = ns.spawn(netns, resolve_command(argv), stdout=pipe, stderr=pipe)
     except (FileNotFoundError, PermissionError) as exc:
         raise LabError(f"exec in netns {netns}: cannot run {argv[0]!r}: {exc}") from exc
     try:

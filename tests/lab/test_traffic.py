@@ -93,7 +93,8 @@ def test_pods_have_status_from_their_node(lab2: LabState, pods: dict[str, Any]) 
 def test_same_node_http_and_udp(lab2: LabState, pods: dict[str, Any]) -> None:
     target = ip_of(pods["a2"])
     assert curl(lab2, "a1", f"http://{target}:{HTTP_PORT}/") == (0, "a2 200")
-    assert run(lab2, "a1", [CONNECT, target, str(UDP_PORT), "--udp"]) == (0, "OK")
+    # by name: exec finds cilia-connect beside the interpreter even off $PATH
+    assert run(lab2, "a1", ["cilia-connect", target, str(UDP_PORT), "--udp"]) == (0, "OK")
 
 
 def test_cross_node_http_and_udp(lab2: LabState, pods: dict[str, Any]) -> None:
