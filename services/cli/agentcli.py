@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 from typing import Any
 
 import click
@@ -29,12 +30,18 @@ from services.nodeagent.datapath.constants import PIN_ROOT
 OBSERVE_COLLECT_S = 0.5
 
 
-def nodes_with_maps(node: str | None) -> list[str]:
+async def cluster_nodes(bus: Bus) -> list[str]:
+    """The nodes registered on the bus (each agent publishes its Node object)."""
+    snap = await bus.snapshot([subjects.source_filter("Node")])
+    return sorted(d.event.data["name"] for d in snap.values()
+                  if d.event.type == "object.upsert")
+
+
+def nodes_with_maps(ctx: CliContext, node: str | None) -> list[str]:
+    """``node``, or every node of the cluster whose maps are pinned on this machine."""
     if node:
         return [node]
-    if not PIN_ROOT.exists():
-        return []
-    return sorted(p.name for p in PIN_ROOT.iterdir() if p.is_dir())
+    return [n for n in ctx.run(cluster_nodes) if (PIN_ROOT / n).is_dir()]
 
 
 def _open(node: str) -> Any:
@@ -65,7 +72,7 @@ def _labels_of(labels: dict[int, list[str]], ident: int) -> list[str]:
 def endpoint_rows(ctx: CliContext, node: str | None) -> list[dict[str, Any]]:
     labels, pods = ctx.run(_names)
     rows = []
-    for name in nodes_with_maps(node):
+    for name in nodes_with_maps(ctx, node):
         with _open(name) as maps:
             entries = maps.endpoints.entries()
         for ip, ep in sorted(entries.items(), key=lambda kv: kv[1].endpoint_id):
@@ -114,10 +121,11 @@ def bpf_ipcache() -> None:
 @bpf_ipcache.command("list")
 @click.option("--node", default=None)
 @output_option
-def bpf_ipcache_list(node: str | None, output: str) -> None:
+@pass_ctx
+def bpf_ipcache_list(ctx: CliContext, node: str | None, output: str) -> None:
     """List the ipcache of each node, from the kernel."""
     rows = []
-    for name in nodes_with_maps(node):
+    for name in nodes_with_maps(ctx, node):
         with _open(name) as maps:
             for prefix, entry in sorted(maps.ipcache.entries().items()):
                 rows.append({"node": name, "prefix": prefix, "identity": entry.identity,
@@ -219,17 +227,19 @@ def observe(ctx: CliContext, follow: bool, verdict: str | None, pod: str | None,
     """Flows through the datapath (like `hubble observe`)."""
 
     def show(f: dict[str, Any]) -> None:
-        if output == "json":
-            print_json(f)
-        else:
-            click.echo(format_flow(f))
+        click.echo(json.dumps(f) if output == "json" else format_flow(f))
 
     async def run(bus: Bus) -> None:
-        flows = [f for f in await recent_flows(bus) if _matches(f, verdict, pod)]
-        for f in flows[-last:]:
-            show(f)
+        flows = [f for f in await recent_flows(bus) if _matches(f, verdict, pod)][-last:]
         if not follow:
+            if output == "json":
+                print_json(flows)
+            else:
+                for f in flows:
+                    show(f)
             return
+        for f in flows:
+            show(f)   # --follow -o json: one flow per line
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
         async def on_flows(msg: Msg) -> None:

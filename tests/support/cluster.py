@@ -1,0 +1,105 @@
+"""A whole cluster for tests: its own nats-server, the services, a lab with agents.
+
+Everything is started by the fixture and removed by it (namespaces, pins, processes), also
+when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.common.bus import Bus
+from services.common.embedded import NatsServer, start_nats
+from tests.support.procs import REPO, start_service, stop_process
+
+CILIA = str(Path(sys.executable).parent / "cilia")
+CONNECT = str(Path(sys.executable).parent / "cilia-connect")
+
+
+@dataclass
+class Cluster:
+    url: str
+    lab: str
+    state_dir: Path
+    env: dict[str, str]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def cilia(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CILIA, *args], cwd=REPO, env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def ok(self, *args: str) -> str:
+        res = self.cilia(*args)
+        assert res.returncode == 0, f"cilia {' '.join(args)}: {res.stdout}{res.stderr}"
+        return res.stdout
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.ok(*args, "-o", "json"))
+
+    def connect(self, target: str, namespace: str, host: str, port: int,
+                timeout: float = 1.0, udp: bool = False) -> str:
+        """Probe from a pod: 'OK', 'timeout', 'refused' or 'error: ...'."""
+        args = ["exec", target, "-n", namespace, "--", CONNECT, host, str(port),
+                "--timeout", str(timeout)]
+        if udp:
+            args.append("--udp")
+        return self.cilia(*args, timeout=timeout + 30).stdout.strip()
+
+    def wait(self, what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.1)
+
+    def endpoints(self) -> list[dict[str, Any]]:
+        return list(self.json("endpoint", "list"))
+
+    def pod_ips(self, namespace: str) -> dict[str, str]:
+        """app label -> pod IP, from the kernel's endpoint map."""
+        out = {}
+        for ep in self.endpoints():
+            if not ep["pod"].startswith(f"{namespace}/"):
+                continue
+            for lbl in ep["labels"]:
+                if lbl.startswith("k8s:app="):
+                    out[lbl.split("=", 1)[1]] = ep["ipv4"]
+        return out
+
+    def bus(self) -> Bus:
+        return asyncio.run(Bus.connect(self.url, "test"))
+
+
+@contextmanager
+def cluster(tmp: Path, nodes: int = 1) -> Iterator[Cluster]:
+    """Start nats-server, identity and policy services, and a lab with ``nodes`` agents."""
+    lab = "t" + secrets.token_hex(2)
+    state = tmp / "state"
+    server: NatsServer = start_nats(tmp / "nats", log_file=tmp / "nats.log")
+    env = {**os.environ, "CILIA_STATE_DIR": str(state), "CILIA_NATS_URL": server.url,
+           "CILIA_LAB": lab, "CILIA_RUN_DIR": str(tmp / "run")}
+    c = Cluster(server.url, lab, state, env)
+    try:
+        for name in ("identity", "policy"):
+            c.procs.append(start_service(f"services.{name}", server.url, env=env,
+                                         log=tmp / f"{name}.log"))
+        res = c.cilia("lab", "up", "--nodes", str(nodes), "--name", lab, timeout=180)
+        assert res.returncode == 0, res.stdout + res.stderr
+        yield c
+    finally:
+        subprocess.run([CILIA, "lab", "down", "--name", lab], env=env, cwd=REPO,
+                       capture_output=True, timeout=120)
+        for proc in c.procs:
+            stop_process(proc)
+        server.stop()
