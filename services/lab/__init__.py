@@ -4,7 +4,7 @@ Typical use::
 
     from services.lab import up, down, Kubelet, exec_in_pod
     up("cilia", nodes=2)
-    pods = Kubelet("cilia").apply(deployment_dict)
+    result = Kubelet("cilia").apply(deployment_dict)   # ApplyResult(pods, deleted)
     exec_in_pod("deploy/frontend", ["curl", "-s", "http://10.244.1.5:8080"], namespace="prod")
     down("cilia")
 """
