@@ -40,10 +40,15 @@ SCHEMAS: dict[str, Schema] = {
     # Per policy object: "set", "delete" or "error" (the previous version stays in force).
     "policy.status": Schema({"kind": str, "namespace": str, "name": str, "revision": int,
                              "op": str}, {"rules": int, "selectors": list, "error": str}),
-    # Load balancer service.
+    # Load balancer service (services/lb/events.py documents subjects and fields).
     "lb.service": Schema({"id": int, "service": dict}),
-    "lb.service.delete": Schema({"id": int}),
-    "lb.backends": Schema({"service": int, "added": list, "removed": list}),
+    "lb.service.delete": Schema({"id": int}, {"namespace": str, "name": str}),
+    "lb.backend": Schema({"id": int, "address": str, "port": int, "protocol": str},
+                         {"node": str, "pod": str, "state": str}),
+    "lb.backend.delete": Schema({"id": int}),
+    # Per service: membership delta of (port name, backend id) pairs ("op": "delta" or "set").
+    "lb.backends": Schema({"service": int, "added": list, "removed": list}, {"op": str}),
+    "lb.status": Schema({"namespace": str, "name": str, "op": str}, {"error": str, "id": int}),
     # Node agents.
     "agent.realized": Schema({"node": str, "revision": int}, {"identities": dict}),
     "flow": Schema({"node": str, "flows": list}),

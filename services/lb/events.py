@@ -1,0 +1,129 @@
+"""The lb service's events: subjects, payload shapes, and :class:`LbView`, their fold. Pure.
+
+- ``cilia.lb.service.<ns>.<name>``: ``lb.service`` {id, service} and
+  ``lb.service.delete`` {id, namespace, name};
+- ``cilia.lb.backend.<id>``: ``lb.backend`` {id, address, port, protocol, node, pod, state}
+  and ``lb.backend.delete`` {id};
+- ``cilia.lb.members.<service id>``: ``lb.backends`` {service, op ("delta"), added, removed},
+  the pairs ``[service port name, backend id]`` that joined or left;
+- ``cilia.lb.status.<ns>.<name>``: ``lb.status`` {namespace, name, op ("ok", "error",
+  "delete"), error, id}.
+
+``service`` is ``{namespace, name, type, cluster_ip ("" when headless), ports: [{name, port,
+protocol, node_port (0: none)}], external_ips, lb_ips, affinity_timeout (s, 0: none),
+ext_local, int_local}``. Membership is published as deltas; a consumer folds the whole
+``cilia.lb.>`` history in order (``deliver="all"``) to know every service's members.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.common.subjects import token
+
+LB_FILTER = "cilia.lb.>"
+EV_SERVICE = "lb.service"
+EV_SERVICE_DELETE = "lb.service.delete"
+EV_BACKEND = "lb.backend"
+EV_BACKEND_DELETE = "lb.backend.delete"
+EV_MEMBERS = "lb.backends"
+EV_STATUS = "lb.status"
+OP_DELTA = "delta"
+OP_SET = "set"
+
+Member = tuple[str, int]    # (service port name, backend id)
+
+
+def service_subject(ns: str, name: str) -> str:
+    return f"cilia.lb.service.{token(ns)}.{token(name)}"
+
+
+def backend_subject(backend_id: int) -> str:
+    return f"cilia.lb.backend.{backend_id}"
+
+
+def members_subject(service_id: int) -> str:
+    return f"cilia.lb.members.{service_id}"
+
+
+def status_subject(ns: str, name: str) -> str:
+    return f"cilia.lb.status.{token(ns)}.{token(name)}"
+
+
+@dataclass
+class Touched:
+    """What one folded event changed."""
+
+    services: set[int] = field(default_factory=set)
+    backends: set[int] = field(default_factory=set)
+
+    def merge(self, other: Touched) -> None:
+        self.services |= other.services
+        self.backends |= other.backends
+
+    def __bool__(self) -> bool:
+        return bool(self.services or self.backends)
+
+
+class LbView:
+    """What the bus says about services, backends and memberships (a fold of ``cilia.lb.>``)."""
+
+    def __init__(self) -> None:
+        self.services: dict[int, dict[str, Any]] = {}
+        self.ids: dict[str, int] = {}                 # "ns/name" -> service id
+        self.backends: dict[int, dict[str, Any]] = {}
+        self.members: dict[int, set[Member]] = {}
+        self.status: dict[str, dict[str, Any]] = {}
+
+    def apply(self, event_type: str, data: dict[str, Any]) -> Touched:
+        """Fold one event; returns the service and backend ids it touched."""
+        t = Touched()
+        match event_type:
+            case "lb.service":
+                svc = data["service"]
+                sid = int(data["id"])
+                ref = f"{svc['namespace']}/{svc['name']}"
+                old = self.ids.get(ref)
+                if old is not None and old != sid:
+                    self.services.pop(old, None)
+                    t.services.add(old)
+                self.services[sid] = svc
+                self.ids[ref] = sid
+                t.services.add(sid)
+            case "lb.service.delete":
+                sid = int(data["id"])
+                svc = self.services.pop(sid, None)
+                if svc is not None:
+                    self.ids.pop(f"{svc['namespace']}/{svc['name']}", None)
+                self.members.pop(sid, None)
+                t.services.add(sid)
+            case "lb.backend":
+                bid = int(data["id"])
+                self.backends[bid] = data
+                t.backends.add(bid)
+                t.services |= self.services_of(bid)
+            case "lb.backend.delete":
+                bid = int(data["id"])
+                self.backends.pop(bid, None)
+                t.backends.add(bid)
+                t.services |= self.services_of(bid)
+            case "lb.backends":
+                sid = int(data["service"])
+                if data.get("op") == OP_SET:
+                    self.members[sid] = set()
+                cur = self.members.setdefault(sid, set())
+                for name, bid in data.get("removed") or ():
+                    cur.discard((str(name), int(bid)))
+                for name, bid in data.get("added") or ():
+                    cur.add((str(name), int(bid)))
+                t.services.add(sid)
+            case "lb.status":
+                self.status[f"{data['namespace']}/{data['name']}"] = data
+        return t
+
+    def services_of(self, backend_id: int) -> set[int]:
+        return {sid for sid, mem in self.members.items() if any(b == backend_id for _, b in mem)}
+
+    def referenced_backends(self) -> set[int]:
+        return {bid for mem in self.members.values() for _, bid in mem}

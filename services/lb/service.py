@@ -1,0 +1,303 @@
+"""The lb service: Service, EndpointSlice and Pod objects in; frontends, backends and
+membership deltas out.
+
+State is rebuilt from the bus on start: the service folds its own earlier output (an
+:class:`LbView`), replays the source history, and publishes only the difference. Once live,
+each source event re-resolves only the Services it can affect, and publishes only what changed
+for them: a new backend is one ``lb.backend`` event and one ``lb.backends`` delta on the
+service's members subject. Numbers (service ids, backend ids, ClusterIPs, NodePorts) live in the
+``cilia-lb-ids`` KV bucket, so restarts and replicas keep them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+from collections import defaultdict
+from typing import Any
+
+import msgpack
+from prometheus_client import Counter
+
+from services.common import subjects
+from services.common.bus import Bus, Delivery, Outgoing, Subscription
+from services.common.runner import STATE_OK, STATE_STARTING
+from services.identity.allocator import JetStreamStore
+from services.lb.errors import LbError
+from services.lb.events import (
+    EV_BACKEND,
+    EV_BACKEND_DELETE,
+    EV_MEMBERS,
+    EV_SERVICE,
+    EV_SERVICE_DELETE,
+    EV_STATUS,
+    LB_FILTER,
+    OP_DELTA,
+    LbView,
+    Member,
+    backend_subject,
+    members_subject,
+    service_subject,
+    status_subject,
+)
+from services.lb.ids import BACKENDS, NODEPORTS, SERVICES, LbIds, cluster_ip_pool
+from services.lb.model import (
+    SERVICE_NAME_LABEL,
+    EndpointSlice,
+    ServiceSpec,
+    parse_endpointslice,
+    parse_service,
+)
+from services.lb.resolve import Backend, resolve_backends
+
+log = logging.getLogger(__name__)
+
+INPUT_KINDS = ("Service", "EndpointSlice", "Pod")
+MAX_BATCH = 256                 # source events folded into one reconciliation under load
+
+ERRORS = Counter("cilia_lb_errors_total", "Services rejected (invalid or conflicting)")
+
+Ref = str   # "ns/name"
+
+
+def _digest(data: dict[str, Any]) -> str:
+    return hashlib.sha1(msgpack.packb(data, use_bin_type=True)).hexdigest()[:12]
+
+
+class LbService:
+    """The ``lb`` control-plane service."""
+
+    name = "lb"
+
+    def __init__(self) -> None:
+        self.bus: Bus | None = None
+        self.ids: LbIds | None = None
+        self.view = LbView()
+        self.services: dict[Ref, dict[str, Any]] = {}
+        self.pods: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self.slices: dict[Ref, EndpointSlice] = {}
+        self.bad_slices: set[Ref] = set()
+        self.node_port_owners: dict[Ref, set[str]] = {}
+        self._dirty: set[Ref] = set()
+        self._outbox: list[Outgoing] = []
+        self._subs: list[Subscription] = []
+        self._live = False
+        self.published = 0
+        self.errors = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, bus: Bus) -> None:
+        self.bus = bus
+        self.ids = LbIds(JetStreamStore(await bus.key_value(subjects.KV_SERVICES)))
+        outputs = await bus.consume([LB_FILTER], self._on_output, name="lb-outputs")
+        self._subs.append(outputs)
+        await outputs.caught_up.wait()
+        sources = await bus.consume([subjects.source_filter(k) for k in INPUT_KINDS],
+                                    self._on_source, name="lb")
+        self._subs.append(sources)
+        if sources.caught_up.is_set():
+            await self._go_live("start")
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.stop()
+
+    def state(self) -> str:
+        return STATE_OK if self._live else STATE_STARTING
+
+    def stats(self) -> dict[str, Any]:
+        return {"services": len(self.view.services), "backends": len(self.view.backends),
+                "published": self.published, "errors": self.errors,
+                "conflicts": self.ids.conflicts if self.ids else 0}
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    async def _on_output(self, d: Delivery) -> None:
+        self.view.apply(d.event.type, d.event.data)
+
+    async def _on_source(self, d: Delivery) -> None:
+        data = d.event.data
+        kind, ns, name = data["kind"], data["namespace"], data["name"]
+        deleted = d.event.type == "object.delete"
+        ref = f"{ns}/{name}"
+        if kind == "Service":
+            if deleted:
+                self.services.pop(ref, None)
+            else:
+                self.services[ref] = data["object"]
+            self._dirty.add(ref)
+        elif kind == "Pod":
+            if deleted:
+                self.pods[ns].pop(name, None)
+            else:
+                self.pods[ns][name] = data["object"]
+            self._dirty.update(r for r in self.services if r.startswith(f"{ns}/"))
+        elif kind == "EndpointSlice":
+            old = self.slices.pop(ref, None)
+            if old is not None:
+                self._dirty.add(f"{ns}/{old.service}")
+            self.bad_slices.discard(ref)
+            if not deleted:
+                try:
+                    sl = parse_endpointslice(data["object"])
+                except LbError as exc:
+                    log.warning("lb: ignoring %s", exc)
+                    self.bad_slices.add(ref)
+                else:
+                    self.slices[ref] = sl
+                    self._dirty.add(f"{ns}/{sl.service}")
+        if d.pending == 0 or (self._live and len(self._dirty) >= MAX_BATCH):
+            if not self._live:
+                await self._go_live(str(d.seq))
+            else:
+                dirty, self._dirty = self._dirty, set()
+                await self.reconcile(dirty, str(d.seq))
+
+    async def _go_live(self, cause: str) -> None:
+        """First reconciliation: every known Service, and every published one that is gone."""
+        self._live = True
+        self._dirty = set()
+        await self.reconcile(set(self.services) | set(self.view.ids), f"resync-{cause}")
+
+    # -- reconciliation --------------------------------------------------------------------
+
+    async def reconcile(self, refs: set[Ref], cause: str) -> None:
+        """Bring the bus in line with the sources for ``refs``; publish the difference."""
+        for ref in sorted(refs):
+            obj = self.services.get(ref)
+            try:
+                if obj is None:
+                    await self._remove(ref, cause)
+                else:
+                    await self._upsert(ref, obj, cause)
+            except LbError as exc:
+                self.errors += 1
+                ERRORS.inc()
+                ns, _, name = ref.partition("/")
+                log.warning("lb: %s", exc)
+                data = {"namespace": ns, "name": name, "op": "error", "error": str(exc)}
+                if self.view.status.get(ref) != data:
+                    self._publish(status_subject(ns, name), EV_STATUS, data, cause)
+        self._collect_backends(cause)
+        await self._flush()
+
+    async def _upsert(self, ref: Ref, obj: dict[str, Any], cause: str) -> None:
+        assert self.ids is not None
+        spec = parse_service(obj)
+        sid = await self.ids.allocate(SERVICES, ref)
+        svc = await self._frontends(spec)
+        ns, name = spec.namespace, spec.name
+        slices = [s for s in self.slices.values() if s.namespace == ns and s.service == name]
+        backends = resolve_backends(spec, self.pods.get(ns, {}), slices)
+        desired: set[Member] = set()
+        for port_name, items in backends.items():
+            for be in items:
+                bid = await self.ids.allocate(BACKENDS, be.addr.key())
+                desired.add((port_name, bid))
+                self._publish_backend(bid, be, cause)
+        old_id = self.view.ids.get(ref)
+        if old_id is not None and old_id != sid:
+            self._publish(service_subject(ns, name), EV_SERVICE_DELETE,
+                          {"id": old_id, "namespace": ns, "name": name}, cause)
+        if self.view.services.get(sid) != svc:
+            self._publish(service_subject(ns, name), EV_SERVICE, {"id": sid, "service": svc},
+                          cause)
+        current = self.view.members.get(sid, set())
+        added, removed = desired - current, current - desired
+        if added or removed:
+            self._publish(members_subject(sid), EV_MEMBERS,
+                          {"service": sid, "op": OP_DELTA,
+                           "added": [list(m) for m in sorted(added)],
+                           "removed": [list(m) for m in sorted(removed)]}, cause)
+        status = {"namespace": ns, "name": name, "op": "ok", "id": sid}
+        if self.view.status.get(ref) != status:
+            self._publish(status_subject(ns, name), EV_STATUS, status, cause)
+
+    async def _frontends(self, spec: ServiceSpec) -> dict[str, Any]:
+        """The published service record, with ClusterIP and NodePorts allocated."""
+        assert self.ids is not None
+        ref = spec.ref
+        cluster_ip = ""
+        if not spec.headless:
+            pool = cluster_ip_pool()
+            want = None if spec.cluster_ip is None else int(ipaddress.IPv4Address(
+                spec.cluster_ip))
+            try:
+                cluster_ip = str(ipaddress.IPv4Address(await self.ids.allocate(pool, ref, want)))
+            except LbError as exc:
+                raise type(exc)(f"Service {ref}: spec.clusterIP: {exc}") from exc
+        ports = []
+        owners: set[str] = set()
+        for i, p in enumerate(spec.ports):
+            node_port = 0
+            if spec.exposes_node_ports:
+                owner = f"{ref}/{p.name or p.port}/{p.protocol}"
+                owners.add(owner)
+                try:
+                    node_port = await self.ids.allocate(NODEPORTS, owner, p.node_port)
+                except LbError as exc:
+                    raise type(exc)(f"Service {ref}: spec.ports[{i}].nodePort: {exc}") from exc
+            ports.append({"name": p.name, "port": p.port, "protocol": p.protocol,
+                          "node_port": node_port})
+        for stale in self.node_port_owners.get(ref, set()) - owners:
+            await self.ids.release(NODEPORTS, stale)
+        self.node_port_owners[ref] = owners
+        return {"namespace": spec.namespace, "name": spec.name, "type": spec.type,
+                "cluster_ip": cluster_ip, "ports": ports,
+                "external_ips": list(spec.external_ips), "lb_ips": list(spec.lb_ips),
+                "affinity_timeout": spec.affinity_timeout, "ext_local": spec.ext_local,
+                "int_local": spec.int_local}
+
+    def _publish_backend(self, bid: int, be: Backend, cause: str) -> None:
+        data = {"id": bid, "address": be.addr.ip, "port": be.addr.port,
+                "protocol": be.addr.protocol, "node": be.node, "pod": be.pod, "state": be.state}
+        if self.view.backends.get(bid) != data:
+            self._publish(backend_subject(bid), EV_BACKEND, data, cause)
+
+    async def _remove(self, ref: Ref, cause: str) -> None:
+        assert self.ids is not None
+        ns, _, name = ref.partition("/")
+        sid = self.view.ids.get(ref)
+        if sid is not None:
+            self._publish(service_subject(ns, name), EV_SERVICE_DELETE,
+                          {"id": sid, "namespace": ns, "name": name}, cause)
+        if ref in self.view.status:
+            self._publish(status_subject(ns, name), EV_STATUS,
+                          {"namespace": ns, "name": name, "op": "delete"}, cause)
+        await self.ids.release(SERVICES, ref)
+        await self.ids.release(cluster_ip_pool(), ref)
+        owners = self.node_port_owners.pop(ref, None)
+        if owners is None:   # not seen since start: find its ports in the bucket
+            owners = {o for o in await self.ids.owned(NODEPORTS) if o.startswith(f"{ref}/")}
+        for owner in owners:
+            await self.ids.release(NODEPORTS, owner)
+
+    def _collect_backends(self, cause: str) -> None:
+        """Backends no service refers to any more are deleted (after the membership change)."""
+        used = self.view.referenced_backends()
+        for bid in sorted(set(self.view.backends) - used):
+            self._publish(backend_subject(bid), EV_BACKEND_DELETE, {"id": bid}, cause)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _publish(self, subject: str, event_type: str, data: dict[str, Any], cause: str) -> None:
+        """Queue one event and fold it into the view at once (the view is what we published).
+
+        The message id is deterministic per cause and content: replicas handling the same
+        source event publish the same ids, and JetStream stores each once.
+        """
+        self._outbox.append(Outgoing(subject, event_type, data,
+                                     f"lb/{cause}/{subject}/{event_type}/{_digest(data)}"))
+        self.view.apply(event_type, data)
+
+    async def _flush(self) -> None:
+        assert self.bus is not None
+        outbox, self._outbox = self._outbox, []
+        if outbox:
+            await self.bus.publish_batch(outbox)
+            self.published += len(outbox)
+
+
+__all__ = ["INPUT_KINDS", "SERVICE_NAME_LABEL", "LbService"]
