@@ -172,9 +172,10 @@ class NodeAgent:
     async def _on_event(self, d: Delivery) -> None:
         self._dirty.merge(self.node_state.apply(d.subject, d.event.type, d.event.data, d.seq))
         self._folded += 1
-        # Patch when idle (nothing pending) or every MAX_BATCH events under load; the patch
-        # runs inside this event's consume span, so its trace reaches the map writes.
-        if d.pending == 0 or self._folded >= MAX_BATCH:
+        # Patch when idle (nothing pending), or every MAX_BATCH events under load once live;
+        # never while replaying history at start, which would write intermediate states.
+        # The patch runs inside this event's consume span, so its trace reaches the maps.
+        if d.pending == 0 or (self._live and self._folded >= MAX_BATCH):
             self._folded = 0
             self._live = self._live or d.pending == 0
             await self.reconcile()

@@ -21,12 +21,13 @@ from pathlib import Path
 
 from bcc import BPF
 from bcc.libbcc import lib as bcclib
-from pyroute2 import IPRoute, NetNS
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from services.nodeagent.datapath import constants as c
 from services.nodeagent.datapath.errors import AttachError, ProgramLoadError, VerifierError
 from services.nodeagent.datapath.maps import NodeMaps
+from services.nodeagent.endpoints import open_iproute
 
 # clsact hook points (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS)).
 TC_PARENT_INGRESS = 0xFFFFFFF2
@@ -142,7 +143,9 @@ class Programs:
 
 @contextlib.contextmanager
 def _route(netns: str | None) -> Iterator[IPRoute]:
-    ipr = NetNS(netns) if netns else IPRoute()
+    # Not pyroute2's NetNS: it forks a helper and SIGTERMs it, and in a process with an
+    # asyncio SIGTERM handler (every agent) that signal reaches the parent's handler.
+    ipr = open_iproute(netns)
     try:
         yield ipr
     finally:
