@@ -78,6 +78,7 @@ class NodeAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop_flows = threading.Event()
         self._realized_published = -1
+        self._realized_seq = 0
         self._folded = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=FLOW_BUFFER)
         self.totals: dict[str, int] = {"writes": 0, "reconciles": 0, "flows": 0}
@@ -130,6 +131,7 @@ class NodeAgent:
     def stats(self) -> dict[str, Any]:
         return {"node": self.cfg.name, "endpoints": len(self.local),
                 "revision": self.node_state.revision,
+                "realized": self._realized_seq,
                 "policy_revisions": {str(k): v for k, v in
                                      self.node_state.realized(self._policy_subjects).items()},
                 "error": self.error or "", **self.totals}
@@ -185,6 +187,8 @@ class NodeAgent:
         async with self._lock:
             dirty, self._dirty = self._dirty, Dirty()
             if self.maps is None or not dirty:
+                # Nothing for this node: it has realized this revision all the same.
+                self._realized_seq = self.node_state.revision
                 return
             try:
                 await asyncio.to_thread(self._patch, dirty)
@@ -194,6 +198,7 @@ class NodeAgent:
                 self._dirty.merge(dirty)    # retried on the next change
                 return
             self.error = None
+            self._realized_seq = self.node_state.revision
         await self._publish_realized()
 
     def _patch(self, dirty: Dirty) -> None:

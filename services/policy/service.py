@@ -161,6 +161,7 @@ class PolicyService:
         self._live = False
         self.rejected = 0
         self.last_revision = 0
+        self.last_seq = 0
 
     async def start(self, bus: Bus) -> None:
         self.bus = bus
@@ -184,12 +185,13 @@ class PolicyService:
                 "identities": len(self.repo.identities()),
                 "selectors": len(self.repo.cache.selector_ids()),
                 "subjects": len(self.repo.subjects()), "rejected": self.rejected,
-                "revision": self.last_revision}
+                "revision": self.last_revision, "seq": self.last_seq}
 
     async def _on_output(self, d: Delivery) -> None:
         self.view.apply(d.event.type, d.event.data)
 
     async def _on_input(self, d: Delivery) -> None:
+        self.last_seq = d.seq
         data = d.event.data
         try:
             ch = self._reduce(d.event.type, data)

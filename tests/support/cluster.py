@@ -77,8 +77,29 @@ class Cluster:
                     out[lbl.split("=", 1)[1]] = ep["ipv4"]
         return out
 
-    def bus(self) -> Bus:
-        return asyncio.run(Bus.connect(self.url, "test"))
+    def settle(self, timeout: float = 20.0) -> None:
+        """Wait until the policy service and every agent handled everything on the bus."""
+        from services.nodeagent.agent import INPUTS as AGENT_INPUTS
+        from services.policy.service import INPUTS as POLICY_INPUTS
+
+        async def last_seq(filters: list[str]) -> int:
+            bus = await Bus.connect(self.url, "test")
+            try:
+                snap = await bus.snapshot(filters)
+            finally:
+                await bus.close()
+            return max((d.seq for d in snap.values()), default=0)
+
+        def stats(service: str) -> list[dict[str, Any]]:
+            return [s["stats"] for s in self.json("status")["services"]
+                    if s["service"] == service]
+
+        policy_seq = asyncio.run(last_seq(POLICY_INPUTS))
+        self.wait("policy service caught up",
+                  lambda: all(s["seq"] >= policy_seq for s in stats("policy")), timeout)
+        agent_seq = asyncio.run(last_seq(AGENT_INPUTS))
+        self.wait("agents caught up",
+                  lambda: all(s["realized"] >= agent_seq for s in stats("nodeagent")), timeout)
 
 
 @contextmanager
