@@ -116,7 +116,10 @@ def cluster(tmp: Path, nodes: int = 1) -> Iterator[Cluster]:
             c.procs.append(start_service(f"services.{name}", server.url, env=env,
                                          log=tmp / f"{name}.log"))
         res = c.cilia("lab", "up", "--nodes", str(nodes), "--name", lab, timeout=180)
-        assert res.returncode == 0, res.stdout + res.stderr
+        if res.returncode != 0:
+            logs = "".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                           for p in sorted((state / "lab" / lab / "logs").glob("*.log")))
+            raise AssertionError(f"lab up failed: {res.stdout}{res.stderr}\n{logs}")
         yield c
     finally:
         subprocess.run([CILIA, "lab", "down", "--name", lab], env=env, cwd=REPO,
