@@ -3,74 +3,137 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import click
+from tabulate import tabulate
 
 from services.cli import controlplane, manifests, source
 from services.cli._context import CliContext, pass_ctx
+from services.cli.agentcli import endpoint_rows, format_flow, recent_flows
 from services.cli.identity import format_identities, list_identities
-from services.common.bus import Bus
+from services.cli.labcli import start_lab
+from services.common.bus import NATS_URL_ENV, Bus
 from services.common.embedded import free_port
 from services.common.errors import CiliaError
+from services.lab import Kubelet, exec_in_pod
+from services.lab import down as lab_down
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-THREE_TIER = ("three-tier/namespace.yaml", "three-tier/pods.yaml")
-WAIT_S = 20.0
+THREE_TIER = EXAMPLES / "three-tier"
+LAB = "demo"
+NS = "production"
+WAIT_S = 30.0
+PROBE_TIMEOUT_S = 1.0
+# (source app, destination app, port) pairs of the verdict matrix.
+PAIRS = [("frontend", "backend", 8080), ("frontend", "database", 5432),
+         ("backend", "database", 5432), ("backend", "frontend", 80),
+         ("database", "frontend", 80), ("database", "backend", 8080)]
+CONNECT = str(Path(sys.executable).parent / "cilia-connect")
 
 
 def step(text: str) -> None:
     click.secho(f"==> {text}", bold=True)
 
 
-async def _wait_for_ipcache(bus: Bus, ips: set[str], timeout: float) -> None:
+def _wait(what: str, check: Callable[[], bool], timeout: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout
-    while True:
-        snap = await bus.snapshot(["cilia.ipcache.>"])
-        have = {d.event.data["prefix"].split("/")[0] for d in snap.values()
-                if d.event.type == "ipcache.upsert"}
-        if ips <= have:
-            return
+    while not check():
         if time.monotonic() > deadline:
-            raise CiliaError(f"no ipcache entries for {sorted(ips - have)} after {timeout:.0f}s")
-        await asyncio.sleep(0.1)
+            raise CiliaError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _apps(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for r in rows:
+        for lbl in r["labels"]:
+            if lbl.startswith("k8s:app=") and r["pod"].startswith(f"{NS}/"):
+                out[lbl.split("=", 1)[1]] = r
+    return out
+
+
+def _probe(src: str, dst_ip: str, port: int) -> bool:
+    proc = exec_in_pod(f"deploy/{src}", [CONNECT, dst_ip, str(port), "--timeout",
+                                         str(PROBE_TIMEOUT_S)],
+                       namespace=NS, lab=LAB, capture=True, timeout=30)
+    return proc.returncode == 0
+
+
+def verdict_matrix(eps: dict[str, dict[str, Any]]) -> str:
+    """Real connections for every pair, as a table with identities."""
+    with ThreadPoolExecutor(len(PAIRS)) as pool:
+        results = list(pool.map(lambda p: _probe(p[0], eps[p[1]]["ipv4"], p[2]), PAIRS))
+    rows = [[f"{s} ({eps[s]['identity']})", f"{d}:{port} ({eps[d]['identity']})",
+             "ALLOWED" if ok else "DENIED"] for (s, d, port), ok in zip(PAIRS, results,
+                                                                      strict=True)]
+    return tabulate(rows, headers=["FROM (IDENTITY)", "TO (IDENTITY)", "VERDICT"],
+                    tablefmt="simple")
 
 
 @click.command()
 @click.option("--keep", is_flag=True, help="leave everything running for exploring")
+@click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 8))
 @pass_ctx
-def demo(ctx: CliContext, keep: bool) -> None:
-    """Start everything, apply the three-tier example, show what cilia made of it."""
-    state_dir = ctx.state_dir / "demo"
+def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
+    """From nothing: bus, services, a lab, the seed's three-tier app and its policy."""
     started = time.monotonic()
+    demo_ctx = CliContext(None, ctx.state_dir / "demo")
+    os.environ["CILIA_STATE_DIR"] = str(demo_ctx.state_dir)
     step("starting the control plane (embedded NATS JetStream + services)")
-    state = controlplane.up(state_dir, None, port=free_port())
+    state = controlplane.up(demo_ctx.state_dir, None, port=free_port())
+    url = state["nats_url"]
+    os.environ[NATS_URL_ENV] = url
+    demo_ctx.explicit_url = url
     try:
-        url = state["nats_url"]
-        click.echo(f"    NATS {url}; " + ", ".join(
+        click.echo("    NATS " + url + "; " + ", ".join(
             f"{p['name']} pid {p['pid']}" for p in state["processes"]))
-        items = manifests.load([str(EXAMPLES / f) for f in THREE_TIER])
-        step("cilia apply -f examples/three-tier/")
-
-        async def run() -> list[dict[str, object]]:
-            bus = await Bus.connect(url, "cilia-demo")
-            try:
-                for outcome in await source.apply(bus, items):
-                    click.echo(f"    {outcome}")
-                ips = {m.obj["status"]["podIP"] for m in items if m.kind == "Pod"}
-                await _wait_for_ipcache(bus, ips, WAIT_S)
-                return await list_identities(bus)
-            finally:
-                await bus.close()
-
-        rows = asyncio.run(run())
+        step(f"cilia lab up --nodes {nodes}")
+        for line in start_lab(demo_ctx, LAB, nodes):
+            click.echo(f"    {line}")
+        runtime = Kubelet(LAB)
+        step("cilia apply -f examples/three-tier/  (namespace, deployments)")
+        app = manifests.load([str(THREE_TIER / "namespace.yaml"),
+                              str(THREE_TIER / "deployments.yaml")])
+        for outcome in demo_ctx.run(lambda bus: source.apply(bus, app, runtime)):
+            click.echo(f"    {outcome}")
+        _wait("endpoints with identities", lambda: len(
+            [r for r in endpoint_rows(demo_ctx, None) if r["identity"] >= 256]) >= 3)
         step("cilia identity list")
-        click.echo(format_identities(rows))
+        click.echo(format_identities(demo_ctx.run(list_identities)))
+        eps = _apps(endpoint_rows(demo_ctx, None))
+        step("verdict matrix without policy (real connections)")
+        click.echo(verdict_matrix(eps))
+        step("cilia apply -f examples/three-tier/policy.yaml  (the seed's Exercise 1)")
+        pol = manifests.load([str(THREE_TIER / "policy.yaml")])
+        for outcome in demo_ctx.run(lambda bus: source.apply(bus, pol)):
+            click.echo(f"    {outcome}")
+        _wait("policy in the kernel", lambda: sum(
+            r["ingress_enforcement"] for r in endpoint_rows(demo_ctx, None)) >= 2)
+        eps = _apps(endpoint_rows(demo_ctx, None))
+        step("verdict matrix with the policy (real connections)")
+        click.echo(verdict_matrix(eps))
+        step("cilia observe --verdict DROPPED")
+
+        async def drops(bus: Bus) -> list[dict[str, Any]]:
+            return [f for f in await recent_flows(bus) if f["verdict"] == "DROPPED"]
+
+        for f in demo_ctx.run(drops)[-4:]:
+            click.echo(f"    {format_flow(f)}")
         click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
     finally:
         if keep:
-            click.echo(f"left running; CILIA_STATE_DIR={state_dir} cilia down  stops it")
+            click.echo(f"left running: export CILIA_STATE_DIR={demo_ctx.state_dir} "
+                       f"CILIA_NATS_URL={url} CILIA_LAB={LAB}; cilia lab down --name {LAB}; "
+                       "cilia down")
         else:
-            step("stopping everything")
-            controlplane.down(state_dir, purge=True)
+            step("cleaning up: cilia lab down, cilia down")
+            asyncio.set_event_loop(None)
+            lab_down(LAB)
+            controlplane.down(demo_ctx.state_dir, purge=True)
