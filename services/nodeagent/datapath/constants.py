@@ -25,7 +25,17 @@ MAP_POLICY = "policy"
 MAP_CONNTRACK = "conntrack"
 MAP_EVENTS = "events"
 MAP_METRICS = "metrics"
-ALL_MAPS = (MAP_IPCACHE, MAP_ENDPOINTS, MAP_POLICY, MAP_CONNTRACK, MAP_EVENTS, MAP_METRICS)
+# Service load balancing (lib/lb.h; services/nodeagent/datapath/lbmaps.py).
+MAP_LB_SERVICES = "lb_services"
+MAP_LB_BACKENDS = "lb_backends"
+MAP_LB_MAGLEV = "lb_maglev"
+MAP_LB_CT = "lb_ct"
+MAP_LB_AFFINITY = "lb_affinity"
+MAP_LB_CONFIG = "lb_config"
+LB_MAPS = (MAP_LB_SERVICES, MAP_LB_BACKENDS, MAP_LB_MAGLEV, MAP_LB_CT, MAP_LB_AFFINITY,
+           MAP_LB_CONFIG)
+ALL_MAPS = (MAP_IPCACHE, MAP_ENDPOINTS, MAP_POLICY, MAP_CONNTRACK, MAP_EVENTS, MAP_METRICS,
+            *LB_MAPS)
 
 # Map capacities (entries) and the ring buffer size (bytes, a power of two pages).
 IPCACHE_MAX = 65536
@@ -33,6 +43,11 @@ ENDPOINTS_MAX = 4096
 POLICY_MAX = 65536
 CT_MAX = 131072
 EVENTS_BYTES = 1 << 22
+LB_SERVICES_MAX = 65536        # frontends (VIP, port, protocol)
+LB_BACKENDS_MAX = 65536
+LB_MAGLEV_MAX = 1 << 22        # Maglev slots of all tables together (not preallocated)
+LB_CT_MAX = 131072             # LB conntrack (LRU): chosen backends and reverse NAT
+LB_AFFINITY_MAX = 65536        # sessionAffinity ClientIP entries (LRU)
 
 # Per-CPU verdict counters (lib/metrics.h): slot = reason * 2 + direction; slot 0 counts
 # events the ring buffer could not take.
@@ -69,7 +84,9 @@ REASON_NOT_ENFORCED = 2
 DROP_INVALID_SOURCE = 132
 DROP_POLICY = 133
 DROP_POLICY_DENY = 181
+DROP_NO_SERVICE = 158          # a service frontend without backends (lib/lb.h)
 REASON_NAMES = {
+    DROP_NO_SERVICE: "no service backend",
     REASON_POLICY_ALLOWED: "policy allowed",
     REASON_NOT_ENFORCED: "policy not enforced",
     DROP_INVALID_SOURCE: "invalid source ip",
@@ -102,5 +119,10 @@ def build_cflags(node_pin_dir: Path) -> list[str]:
         "CILIA_CT_LIFETIME_NONTCP": CT_LIFETIME_NONTCP,
         "CILIA_CT_LIFETIME_CLOSE": CT_LIFETIME_CLOSE,
         "CILIA_CT_REFRESH_MS": CT_REFRESH_MS,
+        "CILIA_LB_SERVICES_MAX": LB_SERVICES_MAX,
+        "CILIA_LB_BACKENDS_MAX": LB_BACKENDS_MAX,
+        "CILIA_LB_MAGLEV_MAX": LB_MAGLEV_MAX,
+        "CILIA_LB_CT_MAX": LB_CT_MAX,
+        "CILIA_LB_AFFINITY_MAX": LB_AFFINITY_MAX,
     }
     return [f"-D{name}={value}" for name, value in defines.items()]

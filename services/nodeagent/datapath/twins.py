@@ -104,7 +104,84 @@ class MetricsValue(Twin):
     _fields_ = (("packets", u64), ("bytes", u64))
 
 
+# ---- service load balancing (lib/lb.h); addresses and ports in network byte order ----------
+
+# struct lb_svc_key (lib/lb.h)
+class LbSvcKey(Twin):
+    C_STRUCT, C_HEADER = "lb_svc_key", "lb.h"
+    _fields_ = (("addr", u32), ("dport", u16), ("proto", u8), ("pad", u8))
+
+
+# struct lb_svc_value (lib/lb.h)
+class LbSvcValue(Twin):
+    C_STRUCT, C_HEADER = "lb_svc_value", "lb.h"
+    _fields_ = (("svc_id", u32), ("affinity_timeout", u32), ("table_int", u32),
+                ("table_ext", u32), ("size_int", u32), ("size_ext", u32), ("flags", u8),
+                ("pad", u8 * 3))
+
+
+# struct lb_maglev_key (lib/lb.h)
+class LbMaglevKey(Twin):
+    C_STRUCT, C_HEADER = "lb_maglev_key", "lb.h"
+    _fields_ = (("table", u32), ("slot", u32))
+
+
+# struct lb_maglev_value (lib/lb.h)
+class LbMaglevValue(Twin):
+    C_STRUCT, C_HEADER = "lb_maglev_value", "lb.h"
+    _fields_ = (("backend_id", u32),)
+
+
+# struct lb_backend_key (lib/lb.h)
+class LbBackendKey(Twin):
+    C_STRUCT, C_HEADER = "lb_backend_key", "lb.h"
+    _fields_ = (("id", u32),)
+
+
+# struct lb_backend_value (lib/lb.h)
+class LbBackendValue(Twin):
+    C_STRUCT, C_HEADER = "lb_backend_value", "lb.h"
+    _fields_ = (("addr", u32), ("port", u16), ("proto", u8), ("flags", u8))
+
+
+# struct lb_ct_key (lib/lb.h)
+class LbCtKey(Twin):
+    C_STRUCT, C_HEADER = "lb_ct_key", "lb.h"
+    _fields_ = (("saddr", u32), ("daddr", u32), ("sport", u16), ("dport", u16), ("proto", u8),
+                ("kind", u8), ("pad", u16))
+
+
+# struct lb_ct_value (lib/lb.h)
+class LbCtValue(Twin):
+    C_STRUCT, C_HEADER = "lb_ct_value", "lb.h"
+    _fields_ = (("last_ns", u64), ("backend_id", u32), ("svc_id", u32), ("addr", u32),
+                ("addr2", u32), ("port", u16), ("port2", u16), ("pad", u32))
+
+
+# struct lb_affinity_key (lib/lb.h)
+class LbAffinityKey(Twin):
+    C_STRUCT, C_HEADER = "lb_affinity_key", "lb.h"
+    _fields_ = (("client", u32), ("svc_id", u32))
+
+
+# struct lb_affinity_value (lib/lb.h)
+class LbAffinityValue(Twin):
+    C_STRUCT, C_HEADER = "lb_affinity_value", "lb.h"
+    _fields_ = (("last_ns", u64), ("backend_id", u32), ("pad", u32))
+
+
+# struct lb_config (lib/lb.h)
+class LbConfig(Twin):
+    C_STRUCT, C_HEADER = "lb_config", "lb.h"
+    _fields_ = (("node_ip", u32), ("flags", u32))
+
+
+LB_TWINS: tuple[type[Twin], ...] = (
+    LbSvcKey, LbSvcValue, LbMaglevKey, LbMaglevValue, LbBackendKey, LbBackendValue, LbCtKey,
+    LbCtValue, LbAffinityKey, LbAffinityValue, LbConfig,
+)
+
 ALL_TWINS: tuple[type[Twin], ...] = (
     IpcacheKey, IpcacheValue, EndpointKey, EndpointValue, PolicyMapKey, PolicyMapValue,
-    CtKey, CtValue, FlowTuple, FlowEvent, MetricsValue,
+    CtKey, CtValue, FlowTuple, FlowEvent, MetricsValue, *LB_TWINS,
 )

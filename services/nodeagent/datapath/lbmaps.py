@@ -1,0 +1,302 @@
+"""Typed views of the node's load-balancing maps (``lib/lb.h``), driven by reconcilers.
+
+The agent hands them desired contents in domain terms (from
+:mod:`services.nodeagent.lbstate`): frontends -> :class:`LbServiceEntry`, backend ids ->
+:class:`LbBackendEntry`, Maglev table ids -> backend id per slot. Encoding is pure and happens
+before any write; the reconcilers apply only the difference, and the Maglev map is partitioned
+by table so that one service's change touches only its tables.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from services.nodeagent.datapath import constants as c
+from services.nodeagent.datapath._byteorder import (
+    be16_to_port,
+    be32_to_ip,
+    ip_to_be32,
+    port_to_be16,
+)
+from services.nodeagent.datapath.backend import MapBackend, PinnedMapBackend
+from services.nodeagent.datapath.encode import EncodeError
+from services.nodeagent.datapath.reconciler import Reconciler, ReconcileResult
+from services.nodeagent.datapath.twins import (
+    LbAffinityKey,
+    LbAffinityValue,
+    LbBackendKey,
+    LbBackendValue,
+    LbCtKey,
+    LbCtValue,
+    LbMaglevKey,
+    LbMaglevValue,
+    LbSvcKey,
+    LbSvcValue,
+    Twin,
+)
+
+# lb_svc_value.flags / lb_backend_value.flags / lb_ct_key.kind (lib/lb.h)
+LB_SVC_F_AFFINITY = 0x1
+LB_SVC_F_EXTERNAL = 0x2
+LB_SVC_F_DSR = 0x4
+LB_BE_F_LOCAL = 0x1
+LB_BE_F_TERMINATING = 0x2
+LB_CT_SERVICE, LB_CT_REVNAT, LB_CT_SNAT = 1, 2, 3
+LB_CT_KINDS = {LB_CT_SERVICE: "service", LB_CT_REVNAT: "revnat", LB_CT_SNAT: "snat"}
+PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
+U32_MAX = (1 << 32) - 1
+
+
+class LbFrontend(NamedTuple):
+    """A service frontend: where clients connect."""
+
+    address: str
+    port: int
+    protocol: str = "TCP"
+
+
+class LbServiceEntry(NamedTuple):
+    """What the datapath knows of a frontend."""
+
+    svc_id: int                 # frontend id (service id and port index, see lbstate)
+    table_int: int              # Maglev table for traffic from pods
+    size_int: int               # its slots (0: no backend)
+    table_ext: int = 0          # Maglev table for traffic from outside
+    size_ext: int = 0
+    affinity_timeout: int = 0   # seconds; 0: no session affinity
+    external: bool = False      # served on the underlay (NodePort, LB IP, externalIP)
+    dsr: bool = False           # external traffic to remote backends uses DSR
+
+
+class LbBackendEntry(NamedTuple):
+    address: str
+    port: int
+    protocol: str = "TCP"
+    local: bool = False
+    terminating: bool = False
+
+
+class LbCtEntry(NamedTuple):
+    kind: str
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    proto: int
+    backend_id: int
+    svc_id: int
+    nat: str          # REVNAT: frontend ip:port; SNAT: client ip:port -> frontend ip:port
+    last_ns: int
+
+
+def _check(what: str, fld: str, value: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= hi:
+        raise EncodeError(f"{what}: field {fld}={value!r} is not an integer in [0, {hi}]")
+
+
+def _addr(what: str, value: str) -> int:
+    try:
+        return ip_to_be32(value)
+    except ValueError as exc:
+        raise EncodeError(f"{what}: field address: {exc}") from exc
+
+
+def _proto(what: str, value: str) -> int:
+    if value not in PROTO_NUMBERS:
+        raise EncodeError(f"{what}: field protocol={value!r} is not TCP, UDP or SCTP")
+    return PROTO_NUMBERS[value]
+
+
+def encode_services(desired: Mapping[LbFrontend, LbServiceEntry]) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    for fe, e in desired.items():
+        what = f"frontend {fe.address}:{fe.port}/{fe.protocol}"
+        _check(what, "port", fe.port, 65535)
+        for fld in ("svc_id", "table_int", "size_int", "table_ext", "size_ext",
+                    "affinity_timeout"):
+            _check(what, fld, getattr(e, fld), U32_MAX)
+        flags = ((LB_SVC_F_AFFINITY if e.affinity_timeout else 0)
+                 | (LB_SVC_F_EXTERNAL if e.external else 0) | (LB_SVC_F_DSR if e.dsr else 0))
+        key = LbSvcKey(addr=_addr(what, fe.address), dport=port_to_be16(fe.port),
+                       proto=_proto(what, fe.protocol))
+        val = LbSvcValue(svc_id=e.svc_id, affinity_timeout=e.affinity_timeout,
+                         table_int=e.table_int, table_ext=e.table_ext, size_int=e.size_int,
+                         size_ext=e.size_ext, flags=flags)
+        out[key.to_bytes()] = val.to_bytes()
+    return out
+
+
+def decode_services(raw: Mapping[bytes, bytes]) -> dict[LbFrontend, LbServiceEntry]:
+    out = {}
+    for kb, vb in raw.items():
+        k = LbSvcKey.from_buffer_copy(kb)
+        v = LbSvcValue.from_buffer_copy(vb)
+        out[LbFrontend(be32_to_ip(k.addr), be16_to_port(k.dport),
+                       PROTO_NAMES.get(k.proto, str(k.proto)))] = LbServiceEntry(
+            v.svc_id, v.table_int, v.size_int, v.table_ext, v.size_ext, v.affinity_timeout,
+            bool(v.flags & LB_SVC_F_EXTERNAL), bool(v.flags & LB_SVC_F_DSR))
+    return out
+
+
+def encode_backends(desired: Mapping[int, LbBackendEntry]) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    for bid, e in desired.items():
+        what = f"backend {bid}"
+        _check(what, "id", bid, U32_MAX)
+        _check(what, "port", e.port, 65535)
+        flags = (LB_BE_F_LOCAL if e.local else 0) | (LB_BE_F_TERMINATING if e.terminating else 0)
+        out[LbBackendKey(id=bid).to_bytes()] = LbBackendValue(
+            addr=_addr(what, e.address), port=port_to_be16(e.port),
+            proto=_proto(what, e.protocol), flags=flags).to_bytes()
+    return out
+
+
+def decode_backends(raw: Mapping[bytes, bytes]) -> dict[int, LbBackendEntry]:
+    out = {}
+    for kb, vb in raw.items():
+        v = LbBackendValue.from_buffer_copy(vb)
+        out[LbBackendKey.from_buffer_copy(kb).id] = LbBackendEntry(
+            be32_to_ip(v.addr), be16_to_port(v.port), PROTO_NAMES.get(v.proto, str(v.proto)),
+            bool(v.flags & LB_BE_F_LOCAL), bool(v.flags & LB_BE_F_TERMINATING))
+    return out
+
+
+def encode_maglev(desired: Mapping[int, Sequence[int]]) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    for table, slots in desired.items():
+        _check(f"maglev table {table}", "table", table, U32_MAX)
+        for slot, bid in enumerate(slots):
+            out[LbMaglevKey(table=table, slot=slot).to_bytes()] = \
+                LbMaglevValue(backend_id=bid).to_bytes()
+    return out
+
+
+def decode_maglev(raw: Mapping[bytes, bytes]) -> dict[int, list[int]]:
+    cells: dict[int, dict[int, int]] = {}
+    for kb, vb in raw.items():
+        k = LbMaglevKey.from_buffer_copy(kb)
+        cells.setdefault(k.table, {})[k.slot] = LbMaglevValue.from_buffer_copy(vb).backend_id
+    return {t: [s[i] for i in sorted(s)] for t, s in cells.items()}
+
+
+def _table_of(key: bytes) -> int:
+    return int(LbMaglevKey.from_buffer_copy(key).table)
+
+
+@dataclass
+class LbPlan:
+    """Desired contents of the lb maps; ``table_scope`` limits the Maglev reconcile to those
+    tables (None: the whole map)."""
+
+    services: dict[LbFrontend, LbServiceEntry] = field(default_factory=dict)
+    backends: dict[int, LbBackendEntry] = field(default_factory=dict)
+    tables: dict[int, list[int]] = field(default_factory=dict)
+    table_scope: set[int] | None = None
+
+
+BackendFactory = Callable[[str, int, int], MapBackend]
+
+_LB_TWINS: dict[str, tuple[type[Twin], type[Twin]]] = {
+    c.MAP_LB_SERVICES: (LbSvcKey, LbSvcValue),
+    c.MAP_LB_BACKENDS: (LbBackendKey, LbBackendValue),
+    c.MAP_LB_MAGLEV: (LbMaglevKey, LbMaglevValue),
+    c.MAP_LB_CT: (LbCtKey, LbCtValue),
+    c.MAP_LB_AFFINITY: (LbAffinityKey, LbAffinityValue),
+}
+
+
+class LbMaps:
+    """The node's lb maps, opened from their pins (created by loading either program)."""
+
+    def __init__(self, node: str, factory: BackendFactory | None = None) -> None:
+        self.node = node
+        self.pin_dir: Path = c.pin_dir(node)
+        make = factory or self._pinned
+        self._backends = {name: make(name, ct.sizeof(k), ct.sizeof(v))
+                          for name, (k, v) in _LB_TWINS.items()}
+        self.services = Reconciler(self._backends[c.MAP_LB_SERVICES])
+        self.backends = Reconciler(self._backends[c.MAP_LB_BACKENDS])
+        self.maglev = Reconciler(self._backends[c.MAP_LB_MAGLEV], partition_of=_table_of)
+
+    def _pinned(self, name: str, key_size: int, value_size: int) -> MapBackend:
+        return PinnedMapBackend(self.pin_dir / name, key_size, value_size)
+
+    def apply(self, plan: LbPlan) -> dict[str, ReconcileResult]:
+        """Reconcile the maps to ``plan``: new tables and backends before the frontends that
+        use them, removed ones after.
+
+        Raises:
+            EncodeError: an entry is malformed (nothing is written then).
+        """
+        svc = encode_services(plan.services)
+        bes = encode_backends(plan.backends)
+        tables = encode_maglev(plan.tables)
+        out = {"backends": self.backends.reconcile(
+                   {**{k: v for k, v in self.backends.actual().items()}, **bes}),
+               "maglev": self.maglev.reconcile(
+                   tables, None if plan.table_scope is None else plan.table_scope)}
+        out["services"] = self.services.reconcile(svc)
+        # second pass: drop backends no longer wanted (after the frontends stopped using them)
+        out["backends"] = self.backends.reconcile(bes)
+        return out
+
+    def service_entries(self) -> dict[LbFrontend, LbServiceEntry]:
+        return decode_services(self._backends[c.MAP_LB_SERVICES].read_all())
+
+    def backend_entries(self) -> dict[int, LbBackendEntry]:
+        return decode_backends(self._backends[c.MAP_LB_BACKENDS].read_all())
+
+    def maglev_tables(self, tables: Iterable[int] | None = None) -> dict[int, list[int]]:
+        raw = self._backends[c.MAP_LB_MAGLEV].read_all()
+        if tables is not None:
+            want = set(tables)
+            raw = {k: v for k, v in raw.items() if _table_of(k) in want}
+        return decode_maglev(raw)
+
+    def ct_entries(self) -> list[LbCtEntry]:
+        out = []
+        for kb, vb in self._backends[c.MAP_LB_CT].read_all().items():
+            k = LbCtKey.from_buffer_copy(kb)
+            v = LbCtValue.from_buffer_copy(vb)
+            nat = f"{be32_to_ip(v.addr)}:{be16_to_port(v.port)}" if v.addr else ""
+            if v.addr2:
+                nat += f" -> {be32_to_ip(v.addr2)}:{be16_to_port(v.port2)}"
+            out.append(LbCtEntry(LB_CT_KINDS.get(k.kind, str(k.kind)), be32_to_ip(k.saddr),
+                                 be32_to_ip(k.daddr), be16_to_port(k.sport),
+                                 be16_to_port(k.dport), k.proto, v.backend_id, v.svc_id, nat,
+                                 v.last_ns))
+        return out
+
+    def affinity_entries(self) -> dict[tuple[str, int], int]:
+        """(client ip, frontend id << 1 | external) -> backend id."""
+        out = {}
+        for kb, vb in self._backends[c.MAP_LB_AFFINITY].read_all().items():
+            k = LbAffinityKey.from_buffer_copy(kb)
+            out[(be32_to_ip(k.client), k.svc_id)] = LbAffinityValue.from_buffer_copy(
+                vb).backend_id
+        return out
+
+    def flush_flows(self) -> None:
+        """Forget LB conntrack and affinity (tests; a real agent never does this)."""
+        for name in (c.MAP_LB_CT, c.MAP_LB_AFFINITY):
+            b = self._backends[name]
+            keys = list(b.read_all())
+            if keys:
+                b.delete(keys)
+
+    def close(self) -> None:
+        for b in self._backends.values():
+            close = getattr(b, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> LbMaps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

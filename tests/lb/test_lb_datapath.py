@@ -1,0 +1,177 @@
+"""Service load balancing with real packets: ClusterIP from pods, Maglev spread, conntrack
+across backend changes, session affinity, policy after translation, no-backend drops."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from services.nodeagent.datapath import FlowReader
+from services.nodeagent.datapath.constants import DROP_NO_SERVICE
+from tests.datapath.netlab import DENIED_TIMEOUT_S, in_netns
+from tests.lb.lblab import (
+    WHO_PORT,
+    LbLab,
+    UdpWho,
+    egress_deny,
+    open_conn,
+    read_who,
+    roundtrip,
+    who,
+)
+
+pytestmark = pytest.mark.datapath
+
+VIP = "10.96.0.10"
+SID = 7
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LbLab]:
+    lab = LbLab.create(nodes=1, pods=6)
+    try:
+        yield lab
+    finally:
+        lab.destroy()
+
+
+@pytest.fixture
+def svc(lab: LbLab) -> Iterator[LbLab]:
+    """A ClusterIP VIP:80 -> pods 1-3 :8080 (pod 0 is the client); removed afterwards."""
+    lab.configure()
+    pods = lab.nodes[0].pods
+    lab.service(SID, "web", cluster_ip=VIP)
+    lab.backends(SID, pods[1:4])
+    try:
+        yield lab
+    finally:
+        lab.publish("cilia.lb.service.default.web", "lb.service.delete", {"id": SID})
+        for p in pods:
+            lab.publish(f"cilia.lb.backend.{lab.bid(p)}", "lb.backend.delete",
+                        {"id": lab.bid(p)})
+
+
+def spread(lab: LbLab, n: int) -> Counter[str]:
+    client = lab.nodes[0].pods[0]
+    got: Counter[str] = Counter()
+    for _ in range(n):
+        res = who(client.name, VIP, 80)
+        assert res is not None, "connection to the VIP failed"
+        backend, seen_src = res
+        assert seen_src == client.ip        # ClusterIP: DNAT only, no SNAT
+        got[backend] += 1
+    return got
+
+
+def test_clusterip_spreads_over_all_backends_and_replies_come_from_the_vip(svc: LbLab) -> None:
+    pods = svc.nodes[0].pods
+    got = spread(svc, 300)
+    assert set(got) == {p.ip for p in pods[1:4]}
+    for backend, n in got.items():
+        assert 0.20 <= n / 300 <= 0.46, (backend, n)
+    # UDP shows the reply source directly: it is the VIP, not the backend
+    udp = [UdpWho(p.name, p.ip, 5353) for p in pods[1:4]]
+    try:
+        svc.service(SID + 1, "dns", cluster_ip="10.96.0.53",
+                    ports=[{"name": "", "port": 53, "protocol": "UDP", "node_port": 0}])
+        for p in pods[1:4]:
+            svc.publish(f"cilia.lb.backend.{svc.bid(p) + 50000}", "lb.backend", {
+                "id": svc.bid(p) + 50000, "address": p.ip, "port": 5353, "protocol": "UDP",
+                "node": svc.nodes[0].name, "state": "active"})
+        svc.publish(f"cilia.lb.members.{SID + 1}", "lb.backends", {
+            "service": SID + 1, "added": [["", svc.bid(p) + 50000] for p in pods[1:4]],
+            "removed": []})
+        s = in_netns(pods[0].name, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        s.settimeout(3)
+        try:
+            s.sendto(b"who", ("10.96.0.53", 53))
+            data, src = s.recvfrom(64)
+        finally:
+            s.close()
+        assert src == ("10.96.0.53", 53)
+        assert data.decode() in {p.ip for p in pods[1:4]}
+    finally:
+        for u in udp:
+            u.stop()
+        svc.publish("cilia.lb.service.default.dns", "lb.service.delete", {"id": SID + 1})
+
+
+def test_established_flows_keep_their_backend_across_scaling(svc: LbLab) -> None:
+    pods = svc.nodes[0].pods
+    client = pods[0]
+    conns = []
+    for _ in range(24):
+        s = open_conn(client.name, VIP, 80)
+        assert s is not None
+        res = read_who(s)
+        assert res is not None
+        conns.append((s, res[0]))
+    try:
+        gone = pods[3].ip
+        svc.backends(SID, [], removed=[pods[3]])             # 3 -> 2
+        assert gone not in spread(svc, 60)                     # removed: no new connections
+        svc.backends(SID, pods[4:6])                           # 2 -> 4
+        for s, backend in conns:
+            if backend != gone:
+                assert roundtrip(s), f"connection to {backend} broke on scaling"
+        assert set(spread(svc, 120)) == {pods[1].ip, pods[2].ip, pods[4].ip, pods[5].ip}
+        table = svc.nodes[0].lbmaps.maglev_tables()
+        assert {b for t in table.values() for b in t} == {svc.bid(p) for p in
+                                                          (pods[1], pods[2], pods[4], pods[5])}
+    finally:
+        for s, _ in conns:
+            s.close()
+        svc.backends(SID, [], removed=pods[4:6])
+
+
+def test_session_affinity_pins_a_client_to_one_backend(svc: LbLab) -> None:
+    svc.service(SID, "web", cluster_ip=VIP, affinity_timeout=60)
+    try:
+        got = spread(svc, 50)
+        assert len(got) == 1, got
+        entries = svc.nodes[0].lbmaps.affinity_entries()
+        assert list(entries.values()) == [svc.bid(next(p for p in svc.nodes[0].pods
+                                                       if p.ip in got))]
+    finally:
+        svc.service(SID, "web", cluster_ip=VIP)
+
+
+def test_service_without_backends_drops_with_a_reason(svc: LbLab) -> None:
+    pods = svc.nodes[0].pods
+    node = svc.nodes[0]
+    svc.service(SID + 2, "empty", cluster_ip="10.96.0.99")
+    try:
+        with FlowReader(node.name) as flows:
+            flows.drain()
+            assert who(pods[0].name, "10.96.0.99", 80, timeout=DENIED_TIMEOUT_S) is None
+            time.sleep(0.05)
+            drops = [f for f in flows.drain() if f.reason == DROP_NO_SERVICE]
+        assert drops and drops[0].reason_name == "no service backend"
+        assert drops[0].dst_ip == "10.96.0.99" and drops[0].src_ip == pods[0].ip
+        assert drops[0].src_identity == svc.identity(pods[0])
+    finally:
+        svc.publish("cilia.lb.service.default.empty", "lb.service.delete", {"id": SID + 2})
+
+
+def test_egress_policy_sees_the_backend_behind_the_vip(svc: LbLab) -> None:
+    pods = svc.nodes[0].pods
+    client, target = pods[0], pods[1]
+    # only pod 1 backs the service; a deny from the client to pod 1's identity
+    svc.backends(SID, [], removed=pods[2:4])
+    svc.configure(egress_deny(svc.identity(client), svc.identity(target), WHO_PORT))
+    try:
+        with FlowReader(svc.nodes[0].name) as flows:
+            flows.drain()
+            assert who(client.name, VIP, 80, timeout=DENIED_TIMEOUT_S) is None
+            time.sleep(0.05)
+            drops = [f for f in flows.drain() if f.verdict == "DROPPED"]
+        assert drops and drops[0].dst_ip == target.ip and drops[0].dst_port == WHO_PORT
+        assert drops[0].dst_identity == svc.identity(target)
+        svc.configure()
+        assert who(client.name, VIP, 80) == (target.ip, client.ip)
+    finally:
+        svc.configure()
