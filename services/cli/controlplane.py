@@ -24,7 +24,7 @@ from services.common.embedded import start_nats
 from services.common.errors import CiliaError, CodecError
 
 # The control-plane services `cilia up` starts, one process each (python -m services.<name>).
-SERVICES: tuple[str, ...] = ("identity", "policy")
+SERVICES: tuple[str, ...] = ("identity", "policy", "lb")
 EMBEDDED_PORT = 4222
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0

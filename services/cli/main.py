@@ -24,6 +24,7 @@ from services.cli.demo import demo
 from services.cli.identity import identity_group
 from services.cli.labcli import exec_command, lab_group, runtime_for
 from services.cli.policy import policy_group
+from services.cli.service import bpf_lb_group, service_group
 from services.common import subjects
 from services.common.bus import Bus, HistoryConfig
 from services.common.errors import CiliaError
@@ -165,6 +166,8 @@ cli.add_command(identity_group)
 cli.add_command(policy_group)
 cli.add_command(endpoint_group)
 cli.add_command(bpf_group)
+cli.add_command(service_group)
+bpf_group.add_command(bpf_lb_group)
 cli.add_command(observe)
 cli.add_command(lab_group)
 cli.add_command(exec_command)

@@ -28,7 +28,7 @@ def test_up_apply_list_status_down(tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr
         state = json.loads((tmp_path / "up.json").read_text())
         pids = {p["name"]: p["pid"] for p in state["processes"]}
-        assert set(pids) == {"nats-server", "identity-0", "identity-1", "policy-0"}
+        assert set(pids) == {"nats-server", "identity-0", "identity-1", "policy-0", "lb-0"}
         assert all(_alive(p) for p in pids.values())
         assert state["nats_url"] == f"nats://127.0.0.1:{port}"
         again = cilia("up", "--port", str(free_port()), env=env)
@@ -54,7 +54,7 @@ def test_up_apply_list_status_down(tmp_path: Path) -> None:
 
         status = json.loads(cilia("status", "-o", "json", env=env).stdout)
         assert sorted((s["service"], s["state"]) for s in status["services"]) == [
-            ("identity", "ok"), ("identity", "ok"), ("policy", "ok")]
+            ("identity", "ok"), ("identity", "ok"), ("lb", "ok"), ("policy", "ok")]
         assert status["streams"][0]["messages"] >= 4
     finally:
         down = cilia("down", "--purge", env=env)
@@ -71,7 +71,7 @@ def test_external_nats_starts_nothing_embedded(tmp_path: Path, nats_url: str) ->
     try:
         assert res.returncode == 0, res.stderr
         state = json.loads((tmp_path / "up.json").read_text())
-        assert [p["name"] for p in state["processes"]] == ["identity-0", "policy-0"]
+        assert [p["name"] for p in state["processes"]] == ["identity-0", "policy-0", "lb-0"]
         assert state["embedded"] is False and state["nats_url"] == nats_url
     finally:
         cilia("down", env=env)

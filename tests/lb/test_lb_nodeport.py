@@ -1,0 +1,105 @@
+"""NodePort and LoadBalancer frontends reached from an external host on the underlay, through
+the underlay program: SNAT mode (default) and DSR mode, local backends, and
+externalTrafficPolicy Local."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pyroute2 import NetNS
+
+from services.nodeagent.datapath import FlowReader
+from services.nodeagent.datapath.constants import DROP_NO_SERVICE
+from services.nodeagent.lbstate import LbNodeState
+from tests.datapath.netlab import DENIED_TIMEOUT_S
+from tests.lb.lblab import EXT_IP, LbLab, node_ip, who
+
+pytestmark = pytest.mark.datapath
+
+NODEPORT = 30080
+LOCAL_NODEPORT = 30081
+LB_IP = "192.0.2.50"
+SID, LOCAL_SID = 11, 12
+
+
+def nodeport_service(lab: LbLab, sid: int, name: str, port: int, **extra: object) -> None:
+    lab.service(sid, name, type="NodePort", cluster_ip=f"10.96.1.{sid}",
+                ports=[{"name": "", "port": 80, "protocol": "TCP", "node_port": port}],
+                **extra)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LbLab]:
+    """Two nodes of two pods each; both services are backed by node 1's pods only."""
+    lab = LbLab.create(nodes=2, pods=2)
+    try:
+        with NetNS(lab.ext_ns) as ext:
+            ext.route("add", dst=f"{LB_IP}/32", gateway=node_ip(0))
+        remote = lab.nodes[1].pods
+        nodeport_service(lab, SID, "web", NODEPORT, lb_ips=[LB_IP])
+        lab.backends(SID, remote)
+        nodeport_service(lab, LOCAL_SID, "local", LOCAL_NODEPORT, ext_local=True)
+        lab.backends(LOCAL_SID, remote)
+        yield lab
+    finally:
+        lab.destroy()
+
+
+def set_mode(lab: LbLab, mode: str) -> None:
+    """Re-plan every node in ``mode`` from the same folded events (an agent restart with
+    ``--lb-mode``)."""
+    for node in lab.nodes:
+        fresh = LbNodeState(node.name, node_ips=[node.ip], lb_mode=mode, maglev_size=251)
+        fresh.view = node.state.view
+        node.state = fresh
+        node.lbmaps.apply(fresh.plan())
+    lab.configure()
+
+
+def backends(lab: LbLab) -> set[str]:
+    return {p.ip for p in lab.nodes[1].pods}
+
+
+@pytest.mark.parametrize("mode", ["snat", "dsr"])
+def test_nodeport_from_the_external_host(lab: LbLab, mode: str) -> None:
+    set_mode(lab, mode)
+    seen: set[str] = set()
+    for _ in range(20):
+        res = who(lab.ext_ns, node_ip(0), NODEPORT)
+        assert res is not None, f"{mode}: NodePort on node 0 unreachable"
+        backend, source = res
+        assert backend in backends(lab)
+        # SNAT: the remote backend sees node 0; DSR: it sees the client and answers directly
+        assert source == (node_ip(0) if mode == "snat" else EXT_IP)
+        seen.add(backend)
+    assert seen == backends(lab)
+    # the LoadBalancer IP routed to node 0 behaves the same
+    res = who(lab.ext_ns, LB_IP, 80)
+    assert res is not None and res[1] == (node_ip(0) if mode == "snat" else EXT_IP)
+    # on node 1 the backends are local: DNAT only, the client's address is kept
+    res = who(lab.ext_ns, node_ip(1), NODEPORT)
+    assert res is not None and res[0] in backends(lab) and res[1] == EXT_IP
+
+
+def test_external_traffic_policy_local_uses_local_backends_only(lab: LbLab) -> None:
+    set_mode(lab, "snat")
+    res = who(lab.ext_ns, node_ip(1), LOCAL_NODEPORT)
+    assert res is not None and res[1] == EXT_IP          # local, client address preserved
+    with FlowReader(lab.nodes[0].name) as flows:
+        flows.drain()
+        assert who(lab.ext_ns, node_ip(0), LOCAL_NODEPORT, timeout=DENIED_TIMEOUT_S) is None
+        drops = [f for f in flows.drain() if f.reason == DROP_NO_SERVICE]
+    assert drops and drops[0].src_ip == EXT_IP and drops[0].dst_port == LOCAL_NODEPORT
+    # from pods, the same service uses every backend (internalTrafficPolicy Cluster)
+    res = who(lab.nodes[0].pods[0].name, "10.96.1.12", 80)
+    assert res is not None and res[0] in backends(lab)
+
+
+def test_nodeport_programs_no_iptables_rule(lab: LbLab) -> None:
+    import subprocess
+
+    for ns in [n.lab.node_ns for n in lab.nodes]:
+        out = subprocess.run(["ip", "netns", "exec", ns, "iptables-save"], capture_output=True,
+                             text=True, check=True).stdout
+        assert "-A " not in out
