@@ -217,11 +217,15 @@ class Bus:
         await self.nc.publish(subject, encode(event_type, data), headers=inject_headers({}))
 
     async def consume(self, filters: Sequence[str], handler: Handler, *,
-                      deliver: DeliverFrom = "all", name: str = "consume") -> Subscription:
+                      deliver: DeliverFrom = "all", name: str = "consume",
+                      start_seq: int | None = None) -> Subscription:
         """Consume events of the history stream matching ``filters``, in order.
 
         Undecodable payloads are counted (``cilia_bus_messages_total{outcome="rejected"}``) and
         skipped; a handler that raises is logged and counted, and consumption goes on.
+
+        Args:
+            start_seq: resume at this stream sequence (a consumer's durable position).
         """
         queue: asyncio.Queue[Msg] = asyncio.Queue()
 
@@ -231,6 +235,9 @@ class Bus:
         flist = list(filters)
         config = api.ConsumerConfig(deliver_policy=_DELIVER[deliver],
                                     filter_subjects=flist if len(flist) > 1 else None)
+        if start_seq is not None:
+            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = start_seq
         sub = await self.js.subscribe(flist[0], stream=subjects.HISTORY_STREAM, cb=on_msg,
                                       ordered_consumer=True, config=config)
         caught_up = asyncio.Event()

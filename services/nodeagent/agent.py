@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
+import msgpack
 from opentelemetry import trace as otel
 from prometheus_client import Counter, Gauge
 
@@ -49,6 +52,8 @@ FLOW_BATCH_S = 0.1          # flows are published in batches this often
 FLOW_RATE_LIMIT = 2000      # flows per second published at most; the rest are counted
 FLOW_BUFFER = 4096          # recent flows kept for `cilia observe` without --follow
 CT_GC_INTERVAL_S = 10.0     # expired conntrack entries are collected this often
+SNAPSHOT_FILE = "agent-state.msgpack"   # the durable position: folded state + its sequence
+SNAPSHOT_EVERY_S = 1.0      # the position is saved at most this often
 
 MAP_OPS = Counter("cilia_agent_map_ops_total", "Map entries written", ["node", "map", "op"])
 FLOWS_DROPPED = Counter("cilia_agent_flows_ratelimited_total", "Flows not published",
@@ -79,6 +84,8 @@ class NodeAgent:
         self._stop_flows = threading.Event()
         self._realized_published = -1
         self._realized_seq = 0
+        self._saved_at = 0.0
+        self.resumed_from = 0
         self._folded = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=FLOW_BUFFER)
         self.totals: dict[str, int] = {"writes": 0, "reconciles": 0, "flows": 0}
@@ -98,7 +105,9 @@ class NodeAgent:
             await self._attach(ep)
         await self.cni.start()
         await self._register_node()
-        sub = await bus.consume(INPUTS, self._on_event, name=f"agent {self.cfg.name}")
+        start = await self._resume(bus)
+        sub = await bus.consume(INPUTS, self._on_event, name=f"agent {self.cfg.name}",
+                                start_seq=start)
         self._subs.append(sub)
         if sub.caught_up.is_set():
             self._live = True
@@ -121,6 +130,9 @@ class NodeAgent:
                 await core.unsubscribe()
         await self.cni.stop()
         if self.maps is not None:
+            if self._live and not self.error:
+                self._saved_at = 0.0
+                await asyncio.to_thread(self._save_position)
             self.maps.close()
 
     def state(self) -> str:
@@ -131,10 +143,47 @@ class NodeAgent:
     def stats(self) -> dict[str, Any]:
         return {"node": self.cfg.name, "endpoints": len(self.local),
                 "revision": self.node_state.revision,
-                "realized": self._realized_seq,
+                "realized": self._realized_seq, "resumed_from": self.resumed_from,
                 "policy_revisions": {str(k): v for k, v in
                                      self.node_state.realized(self._policy_subjects).items()},
                 "error": self.error or "", **self.totals}
+
+    @property
+    def _snapshot_path(self) -> Path:
+        return Path(self.cfg.state_dir) / SNAPSHOT_FILE
+
+    async def _resume(self, bus: Bus) -> int | None:
+        """Load the saved state; returns the sequence to resume at, None to replay all."""
+        try:
+            data = msgpack.unpackb(self._snapshot_path.read_bytes(), strict_map_key=False)
+            state = NodeState.from_snapshot(data)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:   # a corrupt or foreign snapshot: replay from the bus
+            log.warning("ignoring saved agent state %s: %s", self._snapshot_path, exc)
+            return None
+        info = await bus.ensure_history()
+        first, last = info.state.first_seq, info.state.last_seq
+        if state.node != self.cfg.name or state.revision > last or state.revision + 1 < first:
+            log.warning("saved agent state at %s does not fit the stream (%s..%s); replaying",
+                        state.revision, first, last)
+            return None
+        self.node_state = state
+        self.resumed_from = state.revision
+        log.info("resuming at stream sequence %s", state.revision + 1)
+        return state.revision + 1
+
+    def _save_position(self) -> None:
+        """Write the folded state and its sequence, atomically (called after a patch)."""
+        now = time.monotonic()
+        if now - self._saved_at < SNAPSHOT_EVERY_S:
+            return
+        self._saved_at = now
+        path = self._snapshot_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgpack.packb(self.node_state.snapshot()))
+        os.replace(tmp, path)
 
     async def _register_node(self) -> None:
         """Publish this node's Node object, as a kubelet registers its node."""
@@ -199,6 +248,7 @@ class NodeAgent:
                 return
             self.error = None
             self._realized_seq = self.node_state.revision
+            await asyncio.to_thread(self._save_position)
         await self._publish_realized()
 
     def _patch(self, dirty: Dirty) -> None:

@@ -18,6 +18,7 @@ from services.common.policytypes import PROTO_BY_NAME, Direction, PolicyKey, Ver
 from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
 from services.policy.compiler import SubjectPolicy, expand
 
+SNAPSHOT_VERSION = 1   # version of NodeState.snapshot()'s layout
 NODE_KIND = "Node"
 POD_KIND = "Pod"
 
@@ -75,6 +76,44 @@ class NodeState:
         self.pods: dict[str, dict[str, Any]] = {}
         self.node_ips: dict[str, str] = {}
         self.revision = 0
+
+    # -- durable position -------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything folded so far, msgpack-friendly; with ``revision``, a resume point."""
+        return {"v": SNAPSHOT_VERSION, "node": self.node, "revision": self.revision,
+                "identities": {i: ls.strings() for i, ls in self.identities.items()},
+                "ipcache": {p: [r.identity, r.host_ip, r.node, r.origin, r.pod]
+                            for p, r in self.ipcache.items()},
+                "subjects": {i: sp.to_dict() for i, sp in self.subjects.items()},
+                "subject_revision": dict(self.subject_revision),
+                "members": {sid: sorted(m) for sid, m in self.members.items()},
+                "pods": dict(self.pods), "node_ips": dict(self.node_ips)}
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> NodeState:
+        """Rebuild a state saved by :meth:`snapshot`.
+
+        Raises:
+            ValueError: another layout version.
+        """
+        if data.get("v") != SNAPSHOT_VERSION:
+            raise ValueError(f"node state snapshot version {data.get('v')!r} is not "
+                             f"{SNAPSHOT_VERSION}")
+        st = cls(data["node"])
+        st.revision = data["revision"]
+        st.identities = {int(i): Labels.parse(ls) for i, ls in data["identities"].items()}
+        st.ipcache = {p: IpcacheRecord(*r) for p, r in data["ipcache"].items()}
+        for i, doc in data["subjects"].items():
+            sp = SubjectPolicy.from_dict(doc)
+            st.subjects[int(i)] = sp
+            for sid in sp.selector_ids():
+                st.subjects_of_selector[sid].add(int(i))
+        st.subject_revision = {int(i): r for i, r in data["subject_revision"].items()}
+        st.members = {sid: set(m) for sid, m in data["members"].items()}
+        st.pods = dict(data["pods"])
+        st.node_ips = dict(data["node_ips"])
+        return st
 
     # -- folding events ---------------------------------------------------------------------
 

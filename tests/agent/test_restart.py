@@ -120,3 +120,5 @@ def test_agent_restart_keeps_traffic_and_policy(lab: Cluster, tmp_path: Path) ->
     new = {json.dumps(e, sort_keys=True) for e in after["policy-frontend"]}
     stats = _agent_stats(lab)
     assert stats["writes"] == 1 + len(old ^ new), (stats, old, new)
+    # It resumed from its saved position instead of replaying the whole history.
+    assert int(stats["resumed_from"]) > 0, stats  # type: ignore[call-overload]
