@@ -103,13 +103,17 @@ class Cluster:
 
 
 @contextmanager
-def cluster(tmp: Path, nodes: int = 1) -> Iterator[Cluster]:
-    """Start nats-server, identity and policy services, and a lab with ``nodes`` agents."""
+def cluster(tmp: Path, nodes: int = 1,
+            extra_env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """Start nats-server, identity and policy services, and a lab with ``nodes`` agents.
+
+    ``extra_env`` reaches every process started (services, agents, CLI calls).
+    """
     lab = "t" + secrets.token_hex(2)
     state = tmp / "state"
     server: NatsServer = start_nats(tmp / "nats", log_file=tmp / "nats.log")
     env = {**os.environ, "CILIA_STATE_DIR": str(state), "CILIA_NATS_URL": server.url,
-           "CILIA_LAB": lab, "CILIA_RUN_DIR": str(tmp / "run")}
+           "CILIA_LAB": lab, "CILIA_RUN_DIR": str(tmp / "run"), **(extra_env or {})}
     c = Cluster(server.url, lab, state, env)
     try:
         for name in ("identity", "policy"):
