@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from services.cli.service import bpf_lb_group, service_group
 from services.common import subjects
 from services.common.bus import Bus, HistoryConfig
 from services.common.errors import CiliaError
+from services.common.tracing import TRACE_FILE_ENV
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,10 +37,16 @@ from services.common.errors import CiliaError
               help="use this NATS server (default: the one `cilia up` started)")
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None,
               help="state directory (default $CILIA_STATE_DIR or /var/lib/cilia)")
+@click.option("--trace-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="append OpenTelemetry spans as JSON lines to this file (this command and "
+                   "every process it starts); see `cilia trace show`")
 @click.pass_context
-def cli(ctx: click.Context, nats_url: str | None, state_dir: Path | None) -> None:
+def cli(ctx: click.Context, nats_url: str | None, state_dir: Path | None,
+        trace_file: Path | None) -> None:
     """cilia: eBPF networking and security for Kubernetes, on NATS JetStream."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if trace_file is not None:
+        os.environ[TRACE_FILE_ENV] = str(trace_file.resolve())
     ctx.obj = CliContext(nats_url, state_dir or default_state_dir())
 
 

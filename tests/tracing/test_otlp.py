@@ -1,0 +1,138 @@
+"""One trace from `cilia policy import` to the map patch of every agent, over real OTLP/HTTP."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from services.common.embedded import free_port
+from tests.support.cluster import cluster
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
+
+
+class Receiver:
+    """An OTLP/HTTP trace receiver: decodes the protobuf requests exporters send."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                req = ExportTraceServiceRequest()
+                req.ParseFromString(body)
+                receiver.add(req)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, req: ExportTraceServiceRequest) -> None:
+        with self.lock:
+            for rs in req.resource_spans:
+                service = next(a.value.string_value for a in rs.resource.attributes
+                               if a.key == "service.name")
+                for ss in rs.scope_spans:
+                    for s in ss.spans:
+                        self.spans.append({
+                            "service": service, "name": s.name, "trace": s.trace_id.hex(),
+                            "id": s.span_id.hex(), "parent": s.parent_span_id.hex(),
+                            "attrs": {a.key: (a.value.string_value or a.value.int_value)
+                                      for a in s.attributes}})
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def test_policy_import_is_one_trace_down_to_each_agents_map_patch(receiver: Receiver) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+           "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    tmp = Path(tempfile.mkdtemp(prefix="cilia-trace-"))
+    try:
+        with cluster(tmp, nodes=2, extra_env=env) as lab:
+            lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
+                   str(EXAMPLES / "deployments.yaml"))
+            lab.wait("pods on both nodes", lambda: len(
+                {e["node"] for e in lab.endpoints() if e["identity"] >= 256}) == 2)
+            lab.settle()
+            lab.ok("policy", "import", "-f", str(EXAMPLES / "policy.yaml"))
+            lab.settle()
+
+            def complete() -> bool:
+                with receiver.lock:
+                    roots = [s for s in receiver.spans if s["name"] == "cilia apply"
+                             and s["service"] == "cilia-cli"]
+                    if not roots:
+                        return False
+                    trace = roots[-1]["trace"]
+                    nodes = {s["attrs"].get("cilia.node") for s in receiver.spans
+                             if s["trace"] == trace and s["name"] == "map patch policy"}
+                    return len(nodes) == 2
+            lab.wait("spans of the import exported", complete, timeout=30)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    with receiver.lock:
+        spans = list(receiver.spans)
+    root = [s for s in spans if s["name"] == "cilia apply"][-1]
+    trace = [s for s in spans if s["trace"] == root["trace"]]
+    by_id = {s["id"]: s for s in trace}
+
+    def chain(span: dict[str, Any]) -> list[str]:
+        """Services from the root down to ``span``, following parent links."""
+        out = []
+        while span is not None:
+            out.append(f"{span['service']}:{span['name']}")
+            span = by_id.get(span["parent"])  # type: ignore[assignment]
+        return out[::-1]
+
+    patches = [s for s in trace if s["name"] == "map patch policy"]
+    assert {p["attrs"]["cilia.node"] for p in patches} == {f"{lab.lab}-node1",
+                                                          f"{lab.lab}-node2"}
+    for patch in patches:
+        path = chain(patch)
+        assert path[0] == "cilia-cli:cilia apply"                 # reaches the root
+        assert any(p.startswith("policy:policy object.upsert") for p in path)
+        assert any(p.startswith("nodeagent:agent ") for p in path)
+        assert path[-1] == "nodeagent:map patch policy"
+        assert patch["attrs"]["cilia.added"] >= 1
+    assert {s["service"] for s in trace} >= {"cilia-cli", "policy", "nodeagent"}
+
+    # Pod creation likewise: the apply of the deployments reaches identity allocation, the
+    # ipcache and the ipcache patch of every agent, in one trace.
+    first = [s for s in spans if s["name"] == "cilia apply"][0]
+    pods = [s for s in spans if s["trace"] == first["trace"]]
+    by_id = {s["id"]: s for s in pods}
+    ipcache_patches = [s for s in pods if s["name"] == "map patch ipcache"]
+    assert {p["attrs"]["cilia.node"] for p in ipcache_patches} == {f"{lab.lab}-node1",
+                                                                  f"{lab.lab}-node2"}
+    for patch in ipcache_patches:
+        path = chain(patch)
+        assert path[0] == "cilia-cli:cilia apply"
+        assert any(p.startswith("identity:identity object.upsert") for p in path)
