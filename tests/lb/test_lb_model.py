@@ -90,3 +90,14 @@ def test_endpointslice_needs_its_service_label() -> None:
     del obj["metadata"]["labels"]
     with pytest.raises(ServiceSpecError, match=r"kubernetes\.io/service-name"):
         parse_endpointslice(obj)
+
+
+def test_examples_validate() -> None:
+    from pathlib import Path
+
+    from services.cli.manifests import load
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "services"
+    docs = load([str(root)])
+    services = [parse_service(m.obj) for m in docs if m.kind == "Service"]
+    assert {s.type for s in services} == {"ClusterIP", "NodePort", "LoadBalancer"}
