@@ -1,0 +1,115 @@
+"""The node reducer (pure) and the lb map reconcile over the in-memory map backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.lb.events import backend_subject, members_subject, service_subject
+from services.nodeagent.datapath import MemoryMapBackend
+from services.nodeagent.datapath.lbmaps import LbFrontend, LbMaps
+from services.nodeagent.lbstate import LbNodeState, frontend_id, table_id
+
+M = 251
+
+
+def svc(**fields: Any) -> dict[str, Any]:
+    base = {"namespace": "default", "name": "web", "type": "NodePort",
+            "cluster_ip": "10.96.0.10",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "node_port": 30080}],
+            "external_ips": ["192.0.2.1"], "lb_ips": [], "affinity_timeout": 0,
+            "ext_local": False, "int_local": False}
+    base.update(fields)
+    return base
+
+
+def feed(state: LbNodeState, sid: int, service: dict[str, Any],
+         backends: list[tuple[int, str, str, str]]) -> None:
+    state.apply(service_subject("default", service["name"]), "lb.service",
+                {"id": sid, "service": service})
+    for bid, ip, node, st in backends:
+        state.apply(backend_subject(bid), "lb.backend", {
+            "id": bid, "address": ip, "port": 8080, "protocol": "TCP", "node": node,
+            "state": st})
+    state.apply(members_subject(sid), "lb.backends", {
+        "service": sid, "added": [["http", b[0]] for b in backends], "removed": []})
+
+
+def node_object(name: str, ip: str) -> dict[str, Any]:
+    return {"kind": "Node", "namespace": "", "name": name, "object": {
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}}
+
+
+def test_frontends_tables_and_local_policies() -> None:
+    st = LbNodeState("n1", node_ips=["172.31.0.11"], maglev_size=M)
+    st.apply("cilia.src.node._.n2", "object.upsert", node_object("n2", "172.31.0.12"))
+    feed(st, 5, svc(ext_local=True), [(1, "10.244.1.2", "n1", "active"),
+                                      (2, "10.244.2.2", "n2", "active"),
+                                      (3, "10.244.2.3", "n2", "terminating")])
+    plan = st.plan()
+    fid = frontend_id(5, 0)
+    fronts = plan.services
+    assert set(fronts) == {LbFrontend("10.96.0.10", 80), LbFrontend("192.0.2.1", 80),
+                           LbFrontend("172.31.0.11", 30080), LbFrontend("172.31.0.12", 30080)}
+    internal = fronts[LbFrontend("10.96.0.10", 80)]
+    external = fronts[LbFrontend("172.31.0.12", 30080)]
+    assert not internal.external and external.external and not external.dsr
+    # pods use both active backends (Maglev); outside traffic only the local one
+    assert internal.table_int == table_id(fid, False) and internal.size_int == M
+    assert set(plan.tables[internal.table_int]) == {1, 2}
+    assert external.table_ext == table_id(fid, True) and plan.tables[external.table_ext] == [1]
+    # the terminating backend keeps its map entry (its flows) but is in no table
+    assert plan.backends[3].terminating and plan.backends[1].local
+    assert not plan.backends[2].local
+
+
+def test_dsr_mode_marks_external_frontends() -> None:
+    st = LbNodeState("n1", node_ips=["172.31.0.11"], lb_mode="dsr", maglev_size=M)
+    feed(st, 5, svc(), [(1, "10.244.1.2", "n1", "active")])
+    fronts = st.plan().services
+    assert fronts[LbFrontend("172.31.0.11", 30080)].dsr
+    assert not fronts[LbFrontend("10.96.0.10", 80)].dsr
+    with pytest.raises(ValueError, match="lb mode"):
+        LbNodeState("n1", lb_mode="tunnel")
+
+
+def test_incremental_plans_touch_only_the_changed_service() -> None:
+    maps = LbMaps("n1", factory=lambda name, k, v: MemoryMapBackend(name, k, v, 1 << 16))
+    st = LbNodeState("n1", maglev_size=M)
+    feed(st, 5, svc(name="a", cluster_ip="10.96.0.5", external_ips=[]),
+         [(1, "10.244.1.2", "n1", "active"), (2, "10.244.1.3", "n1", "active")])
+    feed(st, 6, svc(name="b", cluster_ip="10.96.0.6", external_ips=[]),
+         [(3, "10.244.1.4", "n1", "active"), (4, "10.244.1.5", "n1", "active")])
+    maps.apply(st.plan())
+    assert len(maps.maglev_tables()) == 2
+    # one backend joins b: only b's table is rewritten, a's is not even diffed
+    st.apply(backend_subject(7), "lb.backend", {"id": 7, "address": "10.244.1.9", "port": 8080,
+                                                "protocol": "TCP", "node": "n1"})
+    dirty = st.apply(members_subject(6), "lb.backends",
+                     {"service": 6, "added": [["http", 7]], "removed": []})
+    plan = st.plan(dirty)
+    assert plan.table_scope == {table_id(frontend_id(6, 0), False)}
+    res = maps.apply(plan)
+    assert 0 < res["maglev"].writes <= 1.2 * M / 3     # Maglev: about 1/3 of b's slots move
+    assert set(maps.maglev_tables()[table_id(frontend_id(6, 0), False)]) == {3, 4, 7}
+    # service a deleted: its frontend and table go, b stays
+    dirty = st.apply(service_subject("default", "a"), "lb.service.delete", {"id": 5})
+    maps.apply(st.plan(dirty))
+    assert set(maps.service_entries()) == {LbFrontend("10.96.0.6", 80)}
+    assert list(maps.maglev_tables()) == [table_id(frontend_id(6, 0), False)]
+    assert set(maps.backend_entries()) == {3, 4, 7}
+
+
+def test_single_backend_needs_one_slot_and_none_means_no_table() -> None:
+    st = LbNodeState("n1", maglev_size=M)
+    feed(st, 5, svc(type="ClusterIP", ports=[{"name": "http", "port": 80, "protocol": "TCP",
+                                              "node_port": 0}], external_ips=[]),
+         [(1, "10.244.1.2", "n1", "active")])
+    plan = st.plan()
+    entry = plan.services[LbFrontend("10.96.0.10", 80)]
+    assert entry.size_int == 1 and plan.tables[entry.table_int] == [1]
+    st.apply(members_subject(5), "lb.backends", {"service": 5, "added": [],
+                                                 "removed": [["http", 1]]})
+    plan = st.plan()
+    assert plan.services[LbFrontend("10.96.0.10", 80)].size_int == 0 and not plan.tables
