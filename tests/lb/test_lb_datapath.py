@@ -175,3 +175,20 @@ def test_egress_policy_sees_the_backend_behind_the_vip(svc: LbLab) -> None:
         assert who(client.name, VIP, 80) == (target.ip, client.ip)
     finally:
         svc.configure()
+
+
+def test_lb_conntrack_gc_keeps_live_flows(svc: LbLab) -> None:
+    client = svc.nodes[0].pods[0]
+    s = open_conn(client.name, VIP, 80)
+    assert s is not None and read_who(s) is not None
+    try:
+        lbmaps = svc.nodes[0].lbmaps
+        kinds = {e.kind for e in lbmaps.ct_entries()}
+        assert {"service", "revnat"} <= kinds
+        assert lbmaps.gc(max_idle_s=3600) == 0            # fresh entries stay
+        time.sleep(1.1)
+        assert roundtrip(s)                                # traffic refreshes them
+        assert lbmaps.gc(max_idle_s=1.0) == 0
+        assert lbmaps.gc(max_idle_s=0, now_ns=time.monotonic_ns() + 10**9) > 0
+    finally:
+        s.close()

@@ -138,6 +138,7 @@ static __always_inline int np_snat_reply(struct __sk_buff *skb, const struct flo
 	if (!v)
 		return TC_ACT_OK;
 	*handled = 1;
+	lb_touch(v, bpf_ktime_get_ns());
 	client = v->addr;
 	cport = v->port;
 	frontend = v->addr2;
@@ -226,6 +227,7 @@ int cil_to_netdev(struct __sk_buff *skb)
 	rv = cilia_lb_ct.lookup(&rk);
 	if (!rv)
 		return TC_ACT_OK;
+	lb_touch(rv, bpf_ktime_get_ns());
 	if (lb_rewrite(skb, t.proto, 0, t.saddr, rv->addr, t.sport, rv->port) < 0)
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;

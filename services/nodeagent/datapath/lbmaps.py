@@ -10,6 +10,7 @@ by table so that one service's change touches only its tables.
 from __future__ import annotations
 
 import ctypes as ct
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,6 +281,19 @@ class LbMaps:
             out[(be32_to_ip(k.client), k.svc_id)] = LbAffinityValue.from_buffer_copy(
                 vb).backend_id
         return out
+
+    def gc(self, max_idle_s: float = c.CT_LIFETIME_TCP, now_ns: int | None = None) -> int:
+        """Delete LB conntrack entries unused for ``max_idle_s`` (the kernel refreshes an
+        entry's ``last_ns`` at most once a second while packets use it); the map is an LRU
+        as well, so this only keeps it from filling with dead flows. Returns how many."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        limit = int(max_idle_s * c.NS_PER_SEC)
+        backend = self._backends[c.MAP_LB_CT]
+        dead = [kb for kb, vb in backend.read_all().items()
+                if now - LbCtValue.from_buffer_copy(vb).last_ns > limit]
+        if dead:
+            backend.delete(dead)
+        return len(dead)
 
     def flush_flows(self) -> None:
         """Forget LB conntrack and affinity (tests; a real agent never does this)."""

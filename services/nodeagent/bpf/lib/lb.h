@@ -137,6 +137,13 @@ static __always_inline int lb_is_syn(const struct flow_tuple *t)
 	return t->proto == CILIA_IPPROTO_TCP && (t->tcp_flags & 0x12) == 0x02;
 }
 
+/* Mark an entry used (coarsely, so steady traffic does not write it on every packet). */
+static __always_inline void lb_touch(struct lb_ct_value *v, u64 now)
+{
+	if (now - v->last_ns > LB_NS_PER_SEC)
+		v->last_ns = now;
+}
+
 static __always_inline struct lb_svc_value *lb_frontend(const struct flow_tuple *t)
 {
 	struct lb_svc_key key = { .addr = t->daddr, .dport = t->dport, .proto = t->proto };
@@ -198,8 +205,7 @@ static __always_inline struct lb_backend_value *lb_pick(const struct flow_tuple 
 		bk.id = cv->backend_id;
 		be = cilia_lb_backends.lookup(&bk);
 		if (be) {
-			if (now - cv->last_ns > LB_NS_PER_SEC)
-				cv->last_ns = now;
+			lb_touch(cv, now);
 			*bid_out = bk.id;
 			return be;
 		}

@@ -66,6 +66,7 @@ static __always_inline int svc_reverse_nat(struct __sk_buff *skb, struct flow_tu
 	rv = cilia_lb_ct.lookup(&rk);
 	if (!rv)
 		return 0;
+	lb_touch(rv, bpf_ktime_get_ns());
 	return lb_rewrite(skb, t->proto, 0, t->saddr, rv->addr, t->sport, rv->port);
 }
 
