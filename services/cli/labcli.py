@@ -15,6 +15,7 @@ from services.common.errors import CiliaError
 from services.lab import DEFAULT_LAB, Kubelet, LabError, exec_in_pod, list_labs
 from services.lab import down as lab_down
 from services.lab import up as lab_up
+from services.nodeagent.agent import LB_MODE_ENV
 
 AGENT_MODULE = "services.nodeagent"
 LAB_ENV = "CILIA_LAB"
@@ -60,9 +61,13 @@ def lab_group() -> None:
 @lab_group.command("up")
 @click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 50))
 @click.option("--name", default=DEFAULT_LAB, show_default=True)
+@click.option("--lb-mode", type=click.Choice(["snat", "dsr"]), default="snat", show_default=True,
+              help="how NodePort traffic from outside reaches remote backends (Cilium's "
+                   "loadBalancer.mode)")
 @pass_ctx
-def up_command(ctx: CliContext, nodes: int, name: str) -> None:
+def up_command(ctx: CliContext, nodes: int, name: str, lb_mode: str) -> None:
     """Create the lab (and start the control plane if it is not running)."""
+    os.environ[LB_MODE_ENV] = lb_mode        # the agents inherit it
     try:
         for line in start_lab(ctx, name, nodes):
             click.echo(line)

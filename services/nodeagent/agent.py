@@ -39,7 +39,11 @@ from services.nodeagent.datapath import (
     attach,
     detach,
 )
+from services.nodeagent.datapath.lbmaps import LbMaps
+from services.nodeagent.datapath.lbnodeport import NodePortProgram
+from services.nodeagent.datapath.overlay import setup_overlay
 from services.nodeagent.endpoints import Endpoint, NodeConfig
+from services.nodeagent.lbstate import LbDirty, LbNodeState
 from services.nodeagent.state import Dirty, LocalEndpoint, NodeState
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,10 @@ FLOW_BATCH_S = 0.1          # flows are published in batches this often
 FLOW_RATE_LIMIT = 2000      # flows per second published at most; the rest are counted
 FLOW_BUFFER = 4096          # recent flows kept for `cilia observe` without --follow
 CT_GC_INTERVAL_S = 10.0     # expired conntrack entries are collected this often
+LB_INPUTS = ["cilia.lb.>", subjects.source_filter("Node")]
+LB_MODE_ENV = "CILIA_LB_MODE"        # snat (default) or dsr, like Cilium's loadBalancer.mode
+DEVICES_ENV = "CILIA_DEVICES"        # the node's external interface, like Cilium's --devices
+DEFAULT_DEVICE = "eth0"              # the lab node's underlay interface
 SNAPSHOT_FILE = "agent-state.msgpack"   # the durable position: folded state + its sequence
 SNAPSHOT_EVERY_S = 1.0      # the position is saved at most this often
 
@@ -68,6 +76,11 @@ class NodeAgent:
     def __init__(self, node: NodeConfig) -> None:
         self.cfg = node
         self.node_state = NodeState(node.name)
+        self.lb_state = LbNodeState(node.name, node_ips=[node.node_ip],
+                                    lb_mode=os.environ.get(LB_MODE_ENV, "snat"))
+        self.lb_maps: LbMaps | None = None
+        self.nodeport: NodePortProgram | None = None
+        self._lb_dirty: LbDirty | None = None      # None: everything (the first reconcile)
         self.cni = CniServer(node, hooks=self)
         self.bus: Bus | None = None
         self.programs: Programs | None = None
@@ -97,6 +110,10 @@ class NodeAgent:
         try:
             self.programs = await asyncio.to_thread(Programs, self.cfg.name)
             self.maps = NodeMaps(self.cfg.name)
+            # tunnel mode: the VXLAN device's programs (identity in the VNI)
+            self.overlay = await asyncio.to_thread(setup_overlay, self.cfg.name,
+                                                   self.cfg.netns, self.cfg.routing)
+            await self._attach_nodeport()
         except DatapathError as exc:
             # Stay up and say why: the verifier log is in the message.
             self.error = f"datapath unavailable: {exc}"
@@ -105,6 +122,10 @@ class NodeAgent:
             await self._attach(ep)
         await self.cni.start()
         await self._register_node()
+        # Load balancing folds its own inputs from the start (cheap, and independent of the
+        # policy state's saved position); its maps are diffed like every other.
+        self._subs.append(await bus.consume(LB_INPUTS, self._on_lb_event,
+                                            name=f"agent-lb {self.cfg.name}"))
         start = await self._resume(bus)
         sub = await bus.consume(INPUTS, self._on_event, name=f"agent {self.cfg.name}",
                                 start_seq=start)
@@ -129,6 +150,9 @@ class NodeAgent:
             with contextlib.suppress(Exception):
                 await core.unsubscribe()
         await self.cni.stop()
+        for closable in (self.nodeport, self.lb_maps):
+            if closable is not None:
+                closable.close()
         if self.maps is not None:
             if self._live and not self.error:
                 self._saved_at = 0.0
@@ -147,6 +171,54 @@ class NodeAgent:
                 "policy_revisions": {str(k): v for k, v in
                                      self.node_state.realized(self._policy_subjects).items()},
                 "error": self.error or "", **self.totals}
+
+    async def _attach_nodeport(self) -> None:
+        """NodePort/LoadBalancer from outside: programs on the node's external device."""
+        device = os.environ.get(DEVICES_ENV)
+        if device is None and self.cfg.netns is None:
+            # Never touch the root namespace's interfaces unless told which one.
+            log.info("no %s and no node netns: NodePort programs not attached", DEVICES_ENV)
+            return
+        self.nodeport = await asyncio.to_thread(NodePortProgram, self.cfg.name)
+        await asyncio.to_thread(self.nodeport.attach, device or DEFAULT_DEVICE, self.cfg.netns,
+                                self.cfg.node_ip)
+        self.lb_maps = LbMaps(self.cfg.name)
+
+    async def _on_lb_event(self, d: Delivery) -> None:
+        dirty = self.lb_state.apply(d.subject, d.event.type, d.event.data)
+        if self._lb_dirty is not None:
+            self._lb_dirty.merge(dirty)
+        if d.pending == 0:
+            await self.reconcile_lb()
+
+    async def reconcile_lb(self) -> None:
+        """Make the lb maps hold what the lb state says (services, backends, Maglev)."""
+        async with self._lock:
+            dirty, self._lb_dirty = self._lb_dirty, LbDirty()
+            if self.lb_maps is None or (dirty is not None and not dirty):
+                return
+            plan = self.lb_state.plan(dirty)
+            lb_maps = self.lb_maps
+            try:
+                await asyncio.to_thread(self._span_many, "lb", lambda: lb_maps.apply(plan))
+            except DatapathError as exc:
+                self.error = f"lb map update failed: {exc}"
+                log.error("%s", self.error)
+                self._lb_dirty = None       # full retry on the next change
+
+    def _span_many(self, name: str, patch: Any) -> dict[str, ReconcileResult]:
+        with _tracer.start_as_current_span(f"map patch {name}") as span:
+            results: dict[str, ReconcileResult] = patch()
+            span.set_attribute("cilia.node", self.cfg.name)
+            for map_name, r in results.items():
+                span.set_attributes({f"cilia.{map_name}.added": r.added,
+                                     f"cilia.{map_name}.updated": r.updated,
+                                     f"cilia.{map_name}.deleted": r.deleted})
+                self.totals["writes"] += r.writes
+                for op, n in (("add", r.added), ("update", r.updated), ("delete", r.deleted)):
+                    if n:
+                        MAP_OPS.labels(self.cfg.name, map_name, op).inc(n)
+        return results
 
     @property
     def _snapshot_path(self) -> Path:

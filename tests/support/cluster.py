@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.cli.controlplane import SERVICES
 from services.common.bus import Bus
 from services.common.embedded import NatsServer, start_nats
 from tests.support.procs import REPO, start_service, stop_process
@@ -116,7 +117,7 @@ def cluster(tmp: Path, nodes: int = 1,
            "CILIA_LAB": lab, "CILIA_RUN_DIR": str(tmp / "run"), **(extra_env or {})}
     c = Cluster(server.url, lab, state, env)
     try:
-        for name in ("identity", "policy"):
+        for name in SERVICES:
             c.procs.append(start_service(f"services.{name}", server.url, env=env,
                                          log=tmp / f"{name}.log"))
         res = c.cilia("lab", "up", "--nodes", str(nodes), "--name", lab, timeout=180)

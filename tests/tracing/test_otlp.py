@@ -28,7 +28,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 req = ExportTraceServiceRequest()
                 req.ParseFromString(body)
@@ -126,7 +126,7 @@ def test_policy_import_is_one_trace_down_to_each_agents_map_patch(receiver: Rece
 
     # Pod creation likewise: the apply of the deployments reaches identity allocation, the
     # ipcache and the ipcache patch of every agent, in one trace.
-    first = [s for s in spans if s["name"] == "cilia apply"][0]
+    first = next(s for s in spans if s["name"] == "cilia apply")
     pods = [s for s in spans if s["trace"] == first["trace"]]
     by_id = {s["id"]: s for s in pods}
     ipcache_patches = [s for s in pods if s["name"] == "map patch ipcache"]
