@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,6 +83,9 @@ class NodeConfig:
         netns: name or path of the node's network namespace; None: the agent's own netns.
         state_dir: where the agent keeps ipam.json and endpoints.json.
         socket_path: the CNI server's unix socket.
+        routing: how pods reach other nodes' pods: ``native`` (kernel routes via the node
+            addresses) or ``tunnel`` (the VXLAN overlay, identity in the VNI).
+        pod_mtu: MTU of the pods' interfaces; 0 leaves the kernel's default.
     """
 
     name: str
@@ -91,6 +94,8 @@ class NodeConfig:
     netns: str | None
     state_dir: str
     socket_path: str
+    routing: str = "native"
+    pod_mtu: int = 0
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
@@ -114,10 +119,11 @@ class NodeConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NodeConfig:
-        try:
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
-        except KeyError as exc:
-            raise EndpointError(f"node config: missing field {exc}") from exc
+        missing = [f.name for f in fields(cls) if f.name not in data
+                   and f.default is MISSING]
+        if missing:
+            raise EndpointError(f"node config: missing field {missing[0]!r}")
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -416,6 +422,8 @@ class EndpointManager:
                     lo = _first_index(pod, "lo")
                     if lo is not None:
                         pod.link("set", index=lo, state="up")
+                    if self.node.pod_mtu:
+                        pod.link("set", index=pidx, mtu=self.node.pod_mtu)
                     pod.link("set", index=pidx, state="up")
                     pod.addr("add", index=pidx, address=str(ip), prefixlen=32)
                     pod.route("add", dst=f"{gw}/32", oif=pidx, scope="link")

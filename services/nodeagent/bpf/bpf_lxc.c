@@ -17,6 +17,7 @@
 #include "lib/conntrack.h"
 #include "lib/events.h"
 #include "lib/lb_hook.h"
+#include "lib/overlay.h"
 
 /* Connection tracking, then (new flows only) identities, policy and a verdict event. */
 static __always_inline int enforce(struct __sk_buff *skb, const struct flow_tuple *t,
@@ -29,7 +30,9 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct flow_tupl
 	if (ct_lookup(t, dir, now) != CT_NEW)
 		return TC_ACT_OK;
 
-	peer = ipcache_identity(dir == CILIA_DIR_EGRESS ? t->daddr : t->saddr);
+	/* A source that came through the tunnel carries its identity (lib/overlay.h). */
+	peer = dir == CILIA_DIR_EGRESS ? ipcache_identity(t->daddr)
+				       : overlay_source_identity(skb, t->saddr);
 	src_id = dir == CILIA_DIR_EGRESS ? ep->identity : peer;
 	dst_id = dir == CILIA_DIR_EGRESS ? peer : ep->identity;
 	verdict = policy_decide(ep->identity, peer, dir, t->proto, t->dport);

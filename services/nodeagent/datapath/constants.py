@@ -85,8 +85,10 @@ DROP_INVALID_SOURCE = 132
 DROP_POLICY = 133
 DROP_POLICY_DENY = 181
 DROP_NO_SERVICE = 158          # a service frontend without backends (lib/lb.h)
+DROP_NO_TUNNEL_ENDPOINT = 160  # tunnel mode: no node for the destination (lib/overlay.h)
 REASON_NAMES = {
     DROP_NO_SERVICE: "no service backend",
+    DROP_NO_TUNNEL_ENDPOINT: "no tunnel endpoint",
     REASON_POLICY_ALLOWED: "policy allowed",
     REASON_NOT_ENFORCED: "policy not enforced",
     DROP_INVALID_SOURCE: "invalid source ip",

@@ -81,8 +81,11 @@ def _capture_stderr() -> Iterator[list[str]]:
 class Programs:
     """The compiled veth programs of one node, with their map pins created."""
 
-    def __init__(self, node: str, source: Path | None = None) -> None:
+    def __init__(self, node: str, source: Path | None = None,
+                 names: tuple[str, ...] = (c.PROG_FROM_POD, c.PROG_TO_POD)) -> None:
         """Compile and load. Maps are created and pinned on first load, reused afterwards.
+
+        ``names`` are the programs of ``source`` to load (default: the veth programs).
 
         Raises:
             ProgramLoadError: compilation failed (the log holds the compiler output).
@@ -102,7 +105,7 @@ class Programs:
             raise ProgramLoadError(src_path.name, f"compilation failed: {exc}",
                                    "".join(log)) from exc
         try:
-            self.fds = {name: self._load(name) for name in (c.PROG_FROM_POD, c.PROG_TO_POD)}
+            self.fds = {name: self._load(name) for name in names}
         except ProgramLoadError:
             self.bpf.close()
             raise
@@ -160,13 +163,16 @@ def _ifindex(ipr: IPRoute, ifname: str, netns: str | None) -> int:
     return int(found[0])
 
 
-def attach(programs: Programs, ifname: str, netns: str | None = None) -> int:
-    """Attach both programs to a pod's host-side veth (replacing ours if present).
+def attach(programs: Programs, ifname: str, netns: str | None = None,
+           ingress: str = c.PROG_FROM_POD, egress: str = c.PROG_TO_POD) -> int:
+    """Attach two programs to an interface's tc hooks (replacing ours if present).
+
+    The default pair is the veth programs for a pod's host-side veth.
 
     Returns:
         The interface's ifindex (what the endpoint entry's ``ifindex`` should be).
     """
-    hooks = ((TC_PARENT_INGRESS, c.PROG_FROM_POD), (TC_PARENT_EGRESS, c.PROG_TO_POD))
+    hooks = ((TC_PARENT_INGRESS, ingress), (TC_PARENT_EGRESS, egress))
     with _route(netns) as ipr:
         idx = _ifindex(ipr, ifname, netns)
         try:
