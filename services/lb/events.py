@@ -33,6 +33,15 @@ OP_DELTA = "delta"
 OP_SET = "set"
 
 Member = tuple[str, int]    # (service port name, backend id)
+Frontend = tuple[str, int, str]   # (address, port, protocol)
+
+
+def service_frontends(svc: dict[str, Any]) -> set[Frontend]:
+    """The address frontends of a service record (ClusterIP, externalIPs, LB IPs x ports);
+    NodePorts are unique by allocation and not listed."""
+    addrs = [a for a in [svc.get("cluster_ip") or "", *(svc.get("external_ips") or []),
+                         *(svc.get("lb_ips") or [])] if a]
+    return {(a, int(p["port"]), str(p["protocol"])) for a in addrs for p in svc["ports"]}
 
 
 def service_subject(ns: str, name: str) -> str:
@@ -75,6 +84,7 @@ class LbView:
         self.backends: dict[int, dict[str, Any]] = {}
         self.members: dict[int, set[Member]] = {}
         self.status: dict[str, dict[str, Any]] = {}
+        self.frontends: dict[Frontend, int] = {}    # address frontend -> service id
 
     def apply(self, event_type: str, data: dict[str, Any]) -> Touched:
         """Fold one event; returns the service and backend ids it touched."""
@@ -86,14 +96,17 @@ class LbView:
                 ref = f"{svc['namespace']}/{svc['name']}"
                 old = self.ids.get(ref)
                 if old is not None and old != sid:
-                    self.services.pop(old, None)
+                    self._drop(old)
                     t.services.add(old)
+                self._drop(sid)
                 self.services[sid] = svc
+                for fe in service_frontends(svc):
+                    self.frontends[fe] = sid
                 self.ids[ref] = sid
                 t.services.add(sid)
             case "lb.service.delete":
                 sid = int(data["id"])
-                svc = self.services.pop(sid, None)
+                svc = self._drop(sid)
                 if svc is not None:
                     self.ids.pop(f"{svc['namespace']}/{svc['name']}", None)
                 self.members.pop(sid, None)
@@ -121,6 +134,14 @@ class LbView:
             case "lb.status":
                 self.status[f"{data['namespace']}/{data['name']}"] = data
         return t
+
+    def _drop(self, sid: int) -> dict[str, Any] | None:
+        svc = self.services.pop(sid, None)
+        if svc is not None:
+            for fe in service_frontends(svc):
+                if self.frontends.get(fe) == sid:
+                    del self.frontends[fe]
+        return svc
 
     def services_of(self, backend_id: int) -> set[int]:
         return {sid for sid, mem in self.members.items() if any(b == backend_id for _, b in mem)}

@@ -24,7 +24,7 @@ from services.common import subjects
 from services.common.bus import Bus, Delivery, Outgoing, Subscription
 from services.common.runner import STATE_OK, STATE_STARTING
 from services.identity.allocator import JetStreamStore
-from services.lb.errors import LbError
+from services.lb.errors import AllocationError, LbError
 from services.lb.events import (
     EV_BACKEND,
     EV_BACKEND_DELETE,
@@ -38,6 +38,7 @@ from services.lb.events import (
     Member,
     backend_subject,
     members_subject,
+    service_frontends,
     service_subject,
     status_subject,
 )
@@ -164,8 +165,14 @@ class LbService:
     # -- reconciliation --------------------------------------------------------------------
 
     async def reconcile(self, refs: set[Ref], cause: str) -> None:
-        """Bring the bus in line with the sources for ``refs``; publish the difference."""
-        for ref in sorted(refs):
+        """Bring the bus in line with the sources for ``refs``; publish the difference.
+
+        When a Service goes away, Services rejected for a conflict are tried again (what
+        they asked for may be free now)."""
+        if any(ref not in self.services for ref in refs):
+            refs = set(refs) | {r for r, st in self.view.status.items()
+                                if st.get("op") == "error" and r in self.services}
+        for ref in sorted(refs, key=lambda r: (r in self.services, r)):
             obj = self.services.get(ref)
             try:
                 if obj is None:
@@ -188,6 +195,7 @@ class LbService:
         spec = parse_service(obj)
         sid = await self.ids.allocate(SERVICES, ref)
         svc = await self._frontends(spec)
+        self._check_frontends(ref, sid, svc)
         ns, name = spec.namespace, spec.name
         slices = [s for s in self.slices.values() if s.namespace == ns and s.service == name]
         backends = resolve_backends(spec, self.pods.get(ns, {}), slices)
@@ -249,6 +257,17 @@ class LbService:
                 "external_ips": list(spec.external_ips), "lb_ips": list(spec.lb_ips),
                 "affinity_timeout": spec.affinity_timeout, "ext_local": spec.ext_local,
                 "int_local": spec.int_local}
+
+    def _check_frontends(self, ref: Ref, sid: int, svc: dict[str, Any]) -> None:
+        """An address:port/protocol serves one service only (Kubernetes does not check
+        externalIPs or LoadBalancer IPs across Services; a datapath must)."""
+        for addr, port, proto in sorted(service_frontends(svc)):
+            owner = self.view.frontends.get((addr, port, proto))
+            if owner is not None and owner != sid:
+                other = self.view.services.get(owner, {})
+                raise AllocationError(
+                    f"Service {ref}: frontend {addr}:{port}/{proto} is already used by "
+                    f"Service {other.get('namespace')}/{other.get('name')}")
 
     def _publish_backend(self, bid: int, be: Backend, cause: str) -> None:
         data = {"id": bid, "address": be.addr.ip, "port": be.addr.port,

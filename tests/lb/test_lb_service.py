@@ -97,14 +97,10 @@ async def test_nodeport_allocation_and_conflicts(bus: Bus, lb_proc: None) -> Non
     assert "spec.ports[0].nodePort" in view.status["default/np3"]["error"]
     assert f"{cip} is already allocated to default/np1" in view.status["default/ip3"]["error"]
     assert "default/np3" not in view.ids and "default/ip3" not in view.ids
-    # once np2 is gone its port is free again
+    # once np2 is gone its port is free again, and np3 gets it without being re-applied
     await source.delete(bus, manifests(service("np2")))
-    view = await until(bus, lambda v: v.status.get("default/np3", {}).get("op") == "ok"
-                       or "default/np2" not in v.ids)
-    await source.apply(bus, manifests(
-        service("np3", type_="NodePort", ports=[{"port": 80, "nodePort": 31000}],
-                selector={"app": "x"})))
-    view = await until(bus, lambda v: "default/np3" in v.ids)
+    view = await until(bus, lambda v: v.status.get("default/np3", {}).get("op") == "ok")
+    assert "default/np2" not in view.ids
     assert view.services[view.ids["default/np3"]]["ports"][0]["node_port"] == 31000
 
 
@@ -150,3 +146,18 @@ async def test_ids_are_safe_with_racing_replicas(bus: Bus) -> None:
         asyncio.gather(*(b.allocate(SERVICES, o) for o in reversed(owners))))
     assert list(got_a) == list(reversed(got_b))
     assert len(set(got_a)) == len(owners)
+
+
+async def test_shared_external_frontend_is_a_conflict(bus: Bus, lb_proc: None) -> None:
+    await source.apply(bus, manifests(
+        service("first", selector={"app": "echo"}, externalIPs=["192.0.2.7"])))
+    await until(bus, lambda v: "default/first" in v.ids)
+    await source.apply(bus, manifests(
+        service("second", selector={"app": "echo"}, externalIPs=["192.0.2.7"]),
+        service("third", selector={"app": "echo"}, externalIPs=["192.0.2.7"],
+                ports=[{"port": 443}])))
+    view = await until(bus, lambda v: "default/second" in v.status and "default/third" in v.ids)
+    assert view.status["default/second"]["op"] == "error"
+    assert "192.0.2.7:80/TCP is already used by Service default/first" in \
+        view.status["default/second"]["error"]
+    assert "default/second" not in view.ids        # another port on the same IP is fine
