@@ -19,14 +19,17 @@ from services.cli._context import CliContext, pass_ctx
 from services.cli.agentcli import endpoint_rows, format_flow, recent_flows
 from services.cli.identity import format_identities, list_identities
 from services.cli.labcli import start_lab
+from services.cli.service import read_view, render_services, service_rows
 from services.common.bus import NATS_URL_ENV, Bus
 from services.common.embedded import free_port
 from services.common.errors import CiliaError
-from services.lab import Kubelet, exec_in_pod
+from services.lab import Kubelet, exec_in_netns, exec_in_pod, load_lab
 from services.lab import down as lab_down
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 THREE_TIER = EXAMPLES / "three-tier"
+APP_FILES = ("namespace.yaml", "deployments.yaml", "services.yaml", "frontend-nodeport.yaml")
+NODE_PORT = 30080
 LAB = "demo"
 NS = "production"
 WAIT_S = 30.0
@@ -97,10 +100,10 @@ def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
         step(f"cilia lab up --nodes {nodes}")
         for line in start_lab(demo_ctx, LAB, nodes):
             click.echo(f"    {line}")
+        node_ips = [str(n.node_ip) for n in load_lab(LAB).plan.nodes]
         runtime = Kubelet(LAB)
-        step("cilia apply -f examples/three-tier/  (namespace, deployments)")
-        app = manifests.load([str(THREE_TIER / "namespace.yaml"),
-                              str(THREE_TIER / "deployments.yaml")])
+        step("cilia apply -f examples/three-tier/  (namespace, deployments, services)")
+        app = manifests.load([str(THREE_TIER / f) for f in APP_FILES])
         for outcome in demo_ctx.run(lambda bus: source.apply(bus, app, runtime)):
             click.echo(f"    {outcome}")
         _wait("endpoints with identities", lambda: len(
@@ -119,6 +122,14 @@ def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
         eps = _apps(endpoint_rows(demo_ctx, None))
         step("verdict matrix with the policy (real connections)")
         click.echo(verdict_matrix(eps))
+        step("cilia service list")
+        click.echo(render_services(service_rows(demo_ctx.run(read_view))))
+        step(f"from the external host (outside the cluster) to NodePort {NODE_PORT} on each node")
+        for node_ip in node_ips:
+            proc = exec_in_netns(f"cilia-{LAB}-external",
+                                 [CONNECT, node_ip, str(NODE_PORT), "--timeout", "2"],
+                                 capture=True, timeout=30)
+            click.echo(f"    {node_ip}:{NODE_PORT} -> {proc.stdout.decode().strip()}")
         step("cilia observe --verdict DROPPED")
 
         async def drops(bus: Bus) -> list[dict[str, Any]]:
