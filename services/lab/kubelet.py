@@ -43,6 +43,7 @@ from services.nodeagent.ipam import write_json_atomic
 
 PODS_STATE_VERSION = 1
 POD_IFNAME = "eth0"
+DNS_IMAGE = "cilia/dns"     # the image whose pods run the cluster DNS server, not the workload
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,9 @@ class Kubelet:
                                     ifname=POD_IFNAME, args=_cni_args(spec, runtime),
                                     cni_path=self.cni_path, run_in_netns=node.netns)
             runtime["cniResult"] = result
-            runtime["workload"] = self._start_workload(spec, runtime["netns"]).to_json()
+            runtime["resolvConf"] = self._write_resolv_conf(spec, runtime["netns"])
+            runtime["workload"] = self._start_workload(spec, runtime["netns"], pod,
+                                                       node.name).to_json()
         except BaseException:
             # undo what was done; the error worth reporting is the one that got us here
             with contextlib.suppress(LabError, OSError):
@@ -254,10 +257,30 @@ class Kubelet:
         records[spec.key] = {"pod": out, "runtime": runtime, "netconf": netconf}
         return out
 
-    def _start_workload(self, spec: PodSpec, netns: str) -> ns.ProcRef:
+    def _start_workload(self, spec: PodSpec, netns: str, pod: Mapping[str, Any],
+                        node: str) -> ns.ProcRef:
         logfile = log_dir(self.lab) / f"pod-{spec.namespace}_{spec.name}.log"
+        if _image(pod) == DNS_IMAGE:
+            from services.dns.launch import start_dns  # the cluster DNS server (kube-dns)
+
+            return start_dns(netns, spec.name, spec.namespace, node, logfile)
         return start_workload(netns, spec.name, spec.namespace, [p.port for p in spec.ports],
                               logfile)
+
+    def _write_resolv_conf(self, spec: PodSpec, netns: str) -> str:
+        """The pod's resolv.conf (kube-dns, search domains), bind-mounted by ``exec``."""
+        from services.dns.records import resolv_conf
+
+        path = lab_dir(self.lab) / "resolv" / f"{netns}.conf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(resolv_conf(spec.namespace), encoding="utf-8")
+        return str(path)
+
+    def pod_resolv_conf(self, namespace: str, name: str) -> str | None:
+        """The resolv.conf file of a pod (None for pods created before there was one)."""
+        rec = self._load().get(f"{namespace}/{name}")
+        path = rec["runtime"].get("resolvConf") if rec else None
+        return str(path) if path else None
 
     def _teardown(self, rec: Mapping[str, Any]) -> None:
         runtime = rec["runtime"]
@@ -272,6 +295,8 @@ class Kubelet:
                                prev_result=runtime.get("cniResult"))
         finally:
             ns.remove_netns(runtime["netns"])
+            if runtime.get("resolvConf"):
+                Path(runtime["resolvConf"]).unlink(missing_ok=True)
 
 
 def _observed(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -281,6 +306,11 @@ def _observed(rec: Mapping[str, Any]) -> dict[str, Any]:
     if workload and not ns.is_alive(ns.ProcRef.from_json(workload)):
         pod["status"] = {**pod["status"], "phase": "Failed"}
     return pod
+
+
+def _image(pod: Mapping[str, Any]) -> str:
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    return str((containers[0] or {}).get("image") or "")
 
 
 def _cni_args(spec: PodSpec, runtime: Mapping[str, Any]) -> dict[str, str]:

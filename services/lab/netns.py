@@ -33,6 +33,11 @@ from services.nodeagent.endpoints import entered_netns
 
 NETNS_RUN_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000    # a private mount namespace (the pod's resolv.conf)
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SLAVE = 1 << 19          # mounts made in the child never propagate back
+RESOLV_CONF = b"/etc/resolv.conf"
 STAT_STARTTIME_FIELD = 21   # index of starttime in /proc/<pid>/stat after the comm field
 TERM_GRACE = 2.0            # seconds between SIGTERM and SIGKILL
 POLL_INTERVAL = 0.02
@@ -118,14 +123,26 @@ def write_sysctl(netns: str, key: str, value: str) -> None:
         raise TopologyError(f"netns {netns}: sysctl {key}={value}: {errors[0]}")
 
 
+def _bind_resolv_conf(path: bytes) -> None:
+    """In a forked child: a private mount namespace where ``path`` is /etc/resolv.conf (what
+    ``ip netns exec`` does with /etc/netns/<name>/resolv.conf)."""
+    for ok in (_libc.unshare(CLONE_NEWNS) == 0,
+               _libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) == 0,
+               _libc.mount(path, RESOLV_CONF, None, MS_BIND, None) == 0):
+        if not ok:
+            err = ctypes.get_errno()
+            raise OSError(err, f"resolv.conf bind mount: {os.strerror(err)}")
+
+
 def spawn(netns: str | None, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
           stdin: int | IO[Any] | None = None, stdout: int | IO[Any] | None = None,
           stderr: int | IO[Any] | None = None, pass_fds: Sequence[int] = (),
-          detach: bool = False) -> subprocess.Popen[bytes]:
+          detach: bool = False, resolv_conf: str | None = None) -> subprocess.Popen[bytes]:
     """Start ``argv`` inside a named netns (None: the caller's netns).
 
     Args:
         detach: start a new session, so the process outlives the caller's terminal.
+        resolv_conf: a file the process sees as /etc/resolv.conf (the pod's DNS settings).
 
     Raises:
         TopologyError: the netns does not exist.
@@ -138,15 +155,19 @@ def spawn(netns: str | None, argv: Sequence[str], *, env: Mapping[str, str] | No
         except FileNotFoundError:
             raise TopologyError(f"netns {netns} does not exist") from None
 
+    resolv = resolv_conf.encode() if resolv_conf else None
+
     def enter() -> None:
         if fd >= 0:
             _enter(fd)
+        if resolv is not None:
+            _bind_resolv_conf(resolv)
 
     try:
         return subprocess.Popen(list(argv), env=dict(env) if env is not None else None,
                                 stdin=stdin, stdout=stdout, stderr=stderr,
                                 pass_fds=tuple(pass_fds), start_new_session=detach,
-                                preexec_fn=enter if fd >= 0 else None)
+                                preexec_fn=enter if fd >= 0 or resolv else None)
     finally:
         if fd >= 0:
             os.close(fd)

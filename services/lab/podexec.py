@@ -63,8 +63,9 @@ def exec_in_pod(target: str, argv: Sequence[str], *, namespace: str = DEFAULT_NA
         PodNotFoundError: the target does not exist.
         LabError: the command cannot be started; subprocess.TimeoutExpired on timeout.
     """
-    _, netns = resolve_pod(target, namespace, lab)
-    return exec_in_netns(netns, argv, capture=capture, timeout=timeout)
+    pod, netns = resolve_pod(target, namespace, lab)
+    return exec_in_netns(netns, argv, capture=capture, timeout=timeout,
+                         resolv_conf=Kubelet(lab).pod_resolv_conf(namespace, pod))
 
 
 def resolve_command(argv: Sequence[str]) -> list[str]:
@@ -77,13 +78,19 @@ def resolve_command(argv: Sequence[str]) -> list[str]:
 
 
 def exec_in_netns(netns: str, argv: Sequence[str], *, capture: bool = True,
-                  timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run ``argv`` in any lab netns (a node, the external host) and wait for it."""
+                  timeout: float | None = None, resolv_conf: str | None = None,
+                  ) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` in any lab netns (a node, the external host) and wait for it.
+
+    ``resolv_conf`` (a pod's) is bind-mounted on /etc/resolv.conf in a private mount
+    namespace of the command, so names resolve through the cluster DNS.
+    """
     if not argv:
         raise LabError("exec: no command given")
     pipe = subprocess.PIPE if capture else None
     try:
-        proc = ns.spawn(netns, resolve_command(argv), stdout=pipe, stderr=pipe)
+        proc = ns.spawn(netns, resolve_command(argv), stdout=pipe, stderr=pipe,
+                        resolv_conf=resolv_conf)
     except (FileNotFoundError, PermissionError) as exc:
         raise LabError(f"exec in netns {netns}: cannot run {argv[0]!r}: {exc}") from exc
     try:

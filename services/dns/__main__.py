@@ -1,0 +1,40 @@
+"""``python -m services.dns serve --netns NS ...`` (a kube-dns pod) or ``... lookup NAME``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from services.common.runner import service_main
+from services.dns import lookup
+
+USAGE = "usage: python -m services.dns {serve|lookup} ..."
+
+
+def _serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--netns", default=None, help="listen inside this netns (the pod's)")
+    parser.add_argument("--port", type=int, default=53)
+    parser.add_argument("--node", default=None, help="the node the pod runs on")
+    parser.add_argument("--ready-fd", type=int, default=None,
+                        help="write 'ready' here once serving")
+
+
+def _factory(args: argparse.Namespace) -> object:
+    from services.dns.server import DnsService, bind_in_netns
+
+    udp, tcp = bind_in_netns(args.netns, args.port)
+    return DnsService(udp, tcp, args.ready_fd)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("serve", "lookup"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    if argv[0] == "lookup":
+        return lookup.main(argv[1:])
+    service_main("dns", _factory, argv[1:], extra_args=_serve_args)  # type: ignore[arg-type]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
