@@ -192,3 +192,38 @@ def test_lb_conntrack_gc_keeps_live_flows(svc: LbLab) -> None:
         assert lbmaps.gc(max_idle_s=0, now_ns=time.monotonic_ns() + 10**9) > 0
     finally:
         s.close()
+
+
+def test_terminating_backend_keeps_its_flows_and_takes_no_new_ones(svc: LbLab) -> None:
+    pods = svc.nodes[0].pods
+    conns = []
+    for _ in range(12):
+        s = open_conn(pods[0].name, VIP, 80)
+        assert s is not None
+        res = read_who(s)
+        assert res is not None
+        conns.append((s, res[0]))
+    try:
+        victim = next(ip for _, ip in conns)
+        pod = next(p for p in pods if p.ip == victim)
+        svc.publish(f"cilia.lb.backend.{svc.bid(pod)}", "lb.backend", {
+            "id": svc.bid(pod), "address": pod.ip, "port": WHO_PORT, "protocol": "TCP",
+            "node": svc.nodes[0].name, "state": "terminating"})
+        assert victim not in spread(svc, 60)
+        assert all(roundtrip(s) for s, ip in conns if ip == victim)
+    finally:
+        for s, _ in conns:
+            s.close()
+
+
+def test_agent_restart_rewrites_nothing(svc: LbLab) -> None:
+    from services.nodeagent.datapath.lbmaps import LbMaps
+    from services.nodeagent.lbstate import LbNodeState
+
+    node = svc.nodes[0]
+    fresh = LbNodeState(node.name, node_ips=[node.ip], maglev_size=251)
+    fresh.view = node.state.view          # the same events folded again
+    with LbMaps(node.name) as maps:       # opened from the pins, like a restarted agent
+        results = maps.apply(fresh.plan())
+    assert all(r.writes == 0 for r in results.values()), results
+    assert results["maglev"].unchanged == 251
