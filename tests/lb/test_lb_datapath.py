@@ -227,3 +227,28 @@ def test_agent_restart_rewrites_nothing(svc: LbLab) -> None:
         results = maps.apply(fresh.plan())
     assert all(r.writes == 0 for r in results.values()), results
     assert results["maglev"].unchanged == 251
+
+
+def test_a_pod_reaches_itself_through_its_service(svc: LbLab) -> None:
+    pods = svc.nodes[0].pods
+    client = pods[0]
+    svc.backends(SID, [client], removed=pods[2:4])     # backends: the client and pod 1
+    try:
+        seen: Counter[str] = Counter()
+        for _ in range(40):
+            res = who(client.name, VIP, 80)
+            assert res is not None, "hairpin connection failed"
+            backend, source = res
+            # the pod never sees its own address as the source of a connection to itself
+            assert source == ("169.254.42.1" if backend == client.ip else client.ip)
+            seen[backend] += 1
+        assert set(seen) == {client.ip, pods[1].ip}
+        s = open_conn(client.name, VIP, 80)
+        assert s is not None
+        try:
+            read_who(s)
+            assert roundtrip(s, b"x" * 3000)
+        finally:
+            s.close()
+    finally:
+        svc.backends(SID, pods[2:4], removed=[client])

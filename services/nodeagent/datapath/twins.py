@@ -155,7 +155,7 @@ class LbCtKey(Twin):
 class LbCtValue(Twin):
     C_STRUCT, C_HEADER = "lb_ct_value", "lb.h"
     _fields_ = (("last_ns", u64), ("backend_id", u32), ("svc_id", u32), ("addr", u32),
-                ("addr2", u32), ("port", u16), ("port2", u16), ("pad", u32))
+                ("addr2", u32), ("port", u16), ("port2", u16), ("flags", u32))
 
 
 # struct lb_affinity_key (lib/lb.h)

@@ -23,6 +23,10 @@
 #define LB_CT_SERVICE 1 /* client -> frontend: the chosen backend */
 #define LB_CT_REVNAT 2  /* backend -> client: restore the frontend as the source */
 #define LB_CT_SNAT 3    /* backend -> this node (SNAT): restore client dest, frontend source */
+/* lb_ct_value.flags */
+#define LB_CT_F_HAIRPIN 0x1 /* REVNAT of a pod reaching itself through a service */
+/* Source of hairpin traffic (a pod whose service chose itself), Cilium's IPV4_LOOPBACK. */
+#define LB_HAIRPIN_IP 0xa9fe2a01 /* 169.254.42.1, host byte order */
 /* Drop reason (Cilium's number): a frontend whose service has no backend. */
 #define DROP_NO_SERVICE 158
 /* DSR: the frontend travels to the backend's node in an IPv4 option (as Cilium does). */
@@ -85,7 +89,7 @@ struct lb_ct_value {
 	u32 addr2; /* SNAT: frontend address */
 	u16 port;  /* REVNAT: frontend port; SNAT: client port */
 	u16 port2; /* SNAT: frontend port */
-	u32 pad;
+	u32 flags;
 };
 
 struct lb_affinity_key {
@@ -248,6 +252,31 @@ static __always_inline void lb_record_revnat(const struct flow_tuple *t,
 	struct lb_ct_value rv = { .last_ns = now, .addr = t->daddr, .port = t->dport };
 
 	cilia_lb_ct.update(&rk, &rv);
+}
+
+/* A pod reaching itself through a service: its packet leaves as HAIRPIN -> pod (so the pod
+ * does not see its own address as the source), and two entries undo that: the pod's reply
+ * (pod:bport -> HAIRPIN:cport) gets the frontend as source and the pod as destination, and
+ * that translated reply (frontend -> pod:cport) is presented to conntrack and policy as the
+ * pod talking to itself. */
+static __always_inline void lb_record_hairpin(const struct flow_tuple *t,
+					      const struct lb_backend_value *be, u64 now)
+{
+	struct lb_ct_key rk = {
+		.saddr = be->addr, .daddr = bpf_htonl(LB_HAIRPIN_IP), .sport = be->port,
+		.dport = t->sport, .proto = t->proto, .kind = LB_CT_REVNAT,
+	};
+	struct lb_ct_value rv = { .last_ns = now, .addr = t->daddr, .port = t->dport,
+				  .addr2 = t->saddr };
+	struct lb_ct_key hk = {
+		.saddr = t->daddr, .daddr = t->saddr, .sport = t->dport, .dport = t->sport,
+		.proto = t->proto, .kind = LB_CT_REVNAT,
+	};
+	struct lb_ct_value hv = { .last_ns = now, .addr = be->addr, .port = be->port,
+				  .flags = LB_CT_F_HAIRPIN };
+
+	cilia_lb_ct.update(&rk, &rv);
+	cilia_lb_ct.update(&hk, &hv);
 }
 
 static __always_inline int lb_l4_off(struct __sk_buff *skb, u32 *off)
