@@ -38,19 +38,22 @@ def runtime_for(explicit: str | None = None) -> Kubelet | None:
     return Kubelet(lab) if lab else None
 
 
-def start_lab(ctx: CliContext, name: str, nodes: int) -> list[str]:
-    """Bring the control plane up if it is not, then the lab with one agent per node."""
+def start_lab(ctx: CliContext, name: str, nodes: int, routing: str = "native") -> list[str]:
+    """Bring the control plane up if it is not, then the lab with one agent per node.
+
+    ``routing`` is ``native`` or ``tunnel`` (VXLAN, the source identity in the VNI).
+    """
     if ctx.explicit_url is None and controlplane.read_state(ctx.control_plane_file) is None:
         controlplane.up(ctx.state_dir, None)
     url = ctx.url()
     os.environ[NATS_URL_ENV] = url          # the agents inherit it
     try:
-        state = lab_up(name, nodes, agent_module=AGENT_MODULE)
+        state = lab_up(name, nodes, agent_module=AGENT_MODULE, routing=routing)
     except LabError as exc:
         raise CiliaError(str(exc)) from exc
     asyncio.run(controlplane.wait_ready(url, {"nodeagent": nodes}, AGENT_READY_S))
     return [f"node {n.name}: {n.node_ip}, pods {n.pod_cidr} (netns {n.netns})"
-            for n in state.plan.nodes]
+            for n in state.plan.nodes] + [f"routing: {routing}"]
 
 
 @click.group("lab")
@@ -64,12 +67,16 @@ def lab_group() -> None:
 @click.option("--lb-mode", type=click.Choice(["snat", "dsr"]), default="snat", show_default=True,
               help="how NodePort traffic from outside reaches remote backends (Cilium's "
                    "loadBalancer.mode)")
+@click.option("--routing", type=click.Choice(["native", "tunnel"]), default="native",
+              show_default=True,
+              help="cross-node pod traffic: native routes via the node addresses, or a VXLAN "
+                   "tunnel carrying the source identity in the VNI")
 @pass_ctx
-def up_command(ctx: CliContext, nodes: int, name: str, lb_mode: str) -> None:
+def up_command(ctx: CliContext, nodes: int, name: str, lb_mode: str, routing: str) -> None:
     """Create the lab (and start the control plane if it is not running)."""
     os.environ[LB_MODE_ENV] = lb_mode        # the agents inherit it
     try:
-        for line in start_lab(ctx, name, nodes):
+        for line in start_lab(ctx, name, nodes, routing):
             click.echo(line)
     except CiliaError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -10,6 +10,13 @@ Address plan (documented in the report and ``cilia lab up --help``):
   gateway and routes each pod CIDR to its node (an upstream router that knows the pod CIDRs,
   as with native routing and BGP) but forwards nothing itself.
 
+Routing between nodes (``--routing``): ``native`` routes each remote pod CIDR via the remote
+node's underlay address; ``tunnel`` adds a VXLAN device ``cilia_vxlan`` in collect-metadata
+mode (UDP 8472, MTU 1450 and pod MTU 1450 for the 50 bytes of encapsulation) to every node and
+routes each remote pod CIDR into it, ``via <remote gateway> onlink`` with a permanent neighbour
+entry for the remote device's MAC (``02:c1:1a:00:00:<i>``); the overlay programs choose the
+remote node and carry the source identity in the VNI.
+
 Every netns name of a lab starts with ``cilia-<lab>-``; lab names have no ``-`` so that prefix
 identifies exactly one lab.
 """
@@ -23,6 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.lab.errors import LabConfigError
+from services.nodeagent.datapath.overlay import (
+    ROUTING_MODES,
+    ROUTING_NATIVE,
+    ROUTING_TUNNEL,
+    overlay_mtu,
+    validate_routing,
+)
 
 NETNS_PREFIX = "cilia"
 UNDERLAY_CIDR = ipaddress.IPv4Network("172.31.0.0/24")
@@ -40,6 +54,8 @@ EXTERNAL_PORT = "ext"               # the external host's port on the bridge
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,15}$")
 MAX_NETNS_NAME = 100                # netns names are files under /run/netns; stay well short
 NETNS_HASH_LEN = 10
+# the VXLAN device of node i has MAC 02:c1:1a:00:<i high byte>:<i low byte> (locally administered)
+OVERLAY_MAC_PREFIX = "02:c1:1a:00"
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,11 @@ class NodePlan:
     def gateway(self) -> ipaddress.IPv4Address:
         return self.pod_cidr.network_address + 1
 
+    @property
+    def overlay_mac(self) -> str:
+        """The MAC of this node's VXLAN device (tunnel mode)."""
+        return f"{OVERLAY_MAC_PREFIX}:{self.index >> 8:02x}:{self.index & 0xFF:02x}"
+
 
 @dataclass(frozen=True)
 class LabPlan:
@@ -66,6 +87,17 @@ class LabPlan:
     underlay_netns: str
     external_netns: str
     nodes: tuple[NodePlan, ...]
+    routing: str = ROUTING_NATIVE
+
+    @property
+    def tunnel(self) -> bool:
+        return self.routing == ROUTING_TUNNEL
+
+    @property
+    def pod_mtu(self) -> int:
+        """MTU of the pods' interfaces: room for the VXLAN header in tunnel mode, else 0
+        (the kernel's default)."""
+        return overlay_mtu() if self.tunnel else 0
 
     @property
     def prefix(self) -> str:
@@ -115,13 +147,18 @@ def node_object(node: NodePlan) -> dict[str, Any]:
     }
 
 
-def plan_lab(name: str, nodes: int) -> LabPlan:
-    """The plan of a lab with ``nodes`` nodes.
+def plan_lab(name: str, nodes: int, routing: str = ROUTING_NATIVE) -> LabPlan:
+    """The plan of a lab with ``nodes`` nodes and a routing mode (``native`` or ``tunnel``).
 
     Raises:
-        LabConfigError: bad name or node count.
+        LabConfigError: bad name, node count or routing mode.
     """
     validate_lab_name(name)
+    try:
+        validate_routing(routing)
+    except ValueError:
+        raise LabConfigError(f"lab {name}: routing must be one of {', '.join(ROUTING_MODES)}, "
+                             f"got {routing!r}") from None
     if not 1 <= nodes <= MAX_NODES:
         raise LabConfigError(f"lab {name}: nodes must be 1-{MAX_NODES}, got {nodes}")
     cidrs = list(CLUSTER_POD_CIDR.subnets(new_prefix=POD_CIDR_PREFIX))
@@ -134,6 +171,7 @@ def plan_lab(name: str, nodes: int) -> LabPlan:
                              node_ip=UNDERLAY_CIDR.network_address + NODE_IP_OFFSET + i,
                              pod_cidr=cidrs[i], underlay_port=f"n{i}")
                     for i in range(1, nodes + 1)),
+        routing=routing,
     )
 
 

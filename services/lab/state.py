@@ -24,7 +24,7 @@ from typing import Any
 
 from services.lab.errors import LabError, LabNotFoundError
 from services.lab.netns import ProcRef
-from services.lab.plan import LabPlan, plan_lab
+from services.lab.plan import ROUTING_NATIVE, LabPlan, plan_lab
 from services.nodeagent.endpoints import run_root, state_root
 from services.nodeagent.ipam import write_json_atomic
 
@@ -74,16 +74,17 @@ class LabState:
     agent_module: str = ""
     status: str = "creating"
     external: ProcRef | None = None
+    routing: str = ROUTING_NATIVE
 
     @property
     def plan(self) -> LabPlan:
-        return plan_lab(self.name, self.nodes)
+        return plan_lab(self.name, self.nodes, self.routing)
 
     def to_json(self) -> dict[str, Any]:
         plan = self.plan
         return {
             "version": LAB_STATE_VERSION, "name": self.name, "nodes": self.nodes,
-            "status": self.status, "agentModule": self.agent_module,
+            "status": self.status, "agentModule": self.agent_module, "routing": self.routing,
             "agents": {n: ref.to_json() for n, ref in self.agents.items()},
             "external": self.external.to_json() if self.external else None,
             # informational: the plan is derived from name and node count
@@ -98,6 +99,7 @@ class LabState:
             raise LabError(f"lab state: unsupported version {data.get('version')!r}")
         return cls(name=data["name"], nodes=int(data["nodes"]), status=data.get("status", ""),
                    agent_module=data.get("agentModule", ""),
+                   routing=data.get("routing", ROUTING_NATIVE),
                    agents={n: ProcRef.from_json(r) for n, r in data.get("agents", {}).items()},
                    external=ProcRef.from_json(data["external"]) if data.get("external") else None)
 

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -49,6 +49,12 @@ from services.lab.state import (
     node_run_dir,
     node_state_dir,
 )
+from services.nodeagent.datapath.overlay import (
+    OVERLAY_DEVICE,
+    OVERLAY_PORT,
+    ROUTING_NATIVE,
+    overlay_mtu,
+)
 from services.nodeagent.endpoints import (
     BPFFS_ROOT,
     NodeConfig,
@@ -60,6 +66,8 @@ from services.nodeagent.endpoints import (
 from services.nodeagent.ipam import write_json_atomic
 
 log = logging.getLogger("cilia.lab")
+
+RTNH_F_ONLINK = 4              # route flag: the gateway is on the link, no subnet needed
 
 DEFAULT_LAB = "cilia"
 DEFAULT_AGENT_MODULE = "services.nodeagent.cniserver"
@@ -138,11 +146,34 @@ def _build_node(plan: LabPlan, node: NodePlan, bridge_idx: int) -> None:
         ipr.addr("add", index=_index(ipr, "lo"), address=str(node.gateway), prefixlen=32)
         # unallocated local pod addresses must not leak to the default route
         ipr.route("add", dst=str(node.pod_cidr), type="unreachable")
-        for peer in plan.nodes:
-            if peer.name != node.name:
+        peers = [peer for peer in plan.nodes if peer.name != node.name]
+        if plan.tunnel:
+            _build_overlay(ipr, node, peers)
+        else:
+            for peer in peers:
                 ipr.route("add", dst=str(peer.pod_cidr), gateway=str(peer.node_ip))
         ipr.route("add", dst="0.0.0.0/0", gateway=str(EXTERNAL_IP))
     ns.write_sysctl(node.netns, "net.ipv4.ip_forward", "1")
+
+
+def _build_overlay(ipr: IPRoute, node: NodePlan, peers: Sequence[NodePlan]) -> None:
+    """Tunnel mode: the VXLAN device (collect-metadata) and remote pod CIDRs routed into it.
+
+    The device has no fixed remote or VNI: the overlay programs set both per packet. Each
+    remote pod CIDR goes ``via <remote gateway> onlink`` with a permanent neighbour entry for
+    the remote device's MAC, so no ARP crosses the tunnel and the receiving device accepts
+    the frame as its own.
+    """
+    ipr.link("add", ifname=OVERLAY_DEVICE, kind="vxlan", vxlan_collect_metadata=1,
+             vxlan_port=OVERLAY_PORT, vxlan_learning=0, address=node.overlay_mac,
+             mtu=overlay_mtu())
+    idx = _index(ipr, OVERLAY_DEVICE)
+    ipr.link("set", index=idx, state="up")
+    for peer in peers:
+        ipr.neigh("add", dst=str(peer.gateway), lladdr=peer.overlay_mac, ifindex=idx,
+                  state="permanent")
+        ipr.route("add", dst=str(peer.pod_cidr), gateway=str(peer.gateway), oif=idx,
+                  flags=RTNH_F_ONLINK)
 
 
 def _build_external(plan: LabPlan, bridge_idx: int) -> None:
@@ -166,9 +197,13 @@ def _build(plan: LabPlan) -> None:
     _build_external(plan, bridge_idx)
 
 
-def node_config(node: NodePlan) -> NodeConfig:
-    return NodeConfig.default_paths(node.name, str(node.node_ip), str(node.pod_cidr),
-                                    node.netns)
+def node_config(node: NodePlan, plan: LabPlan | None = None) -> NodeConfig:
+    """The agent's config of a lab node (with the lab's routing mode and pod MTU)."""
+    cfg = NodeConfig.default_paths(node.name, str(node.node_ip), str(node.pod_cidr),
+                                   node.netns)
+    if plan is None:
+        return cfg
+    return replace(cfg, routing=plan.routing, pod_mtu=plan.pod_mtu)
 
 
 def cni_netconf(node: NodeConfig) -> dict[str, object]:
@@ -221,7 +256,8 @@ def _start_external_server(name: str, plan: LabPlan, ports: Sequence[int]) -> ns
 
 def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
        agent_module: str | None = None,
-       external_ports: Sequence[int] = DEFAULT_EXTERNAL_PORTS) -> LabState:
+       external_ports: Sequence[int] = DEFAULT_EXTERNAL_PORTS,
+       routing: str = ROUTING_NATIVE) -> LabState:
     """Create a lab with ``nodes`` nodes and start one agent per node.
 
     Args:
@@ -232,21 +268,24 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
             default ``$CILIA_AGENT_MODULE`` or ``services.nodeagent.cniserver``.
         external_ports: ports the external host serves (HTTP body ``external``, UDP echo) on
             ``WORLD_IP`` and ``EXTERNAL_IP``; empty: no server.
+        routing: ``native`` (remote pod CIDRs via the node addresses) or ``tunnel`` (VXLAN
+            overlay with the source identity in the VNI).
 
     Returns:
         The lab's state (also persisted in ``$CILIA_STATE_DIR/lab/<name>/lab.json``).
 
     Raises:
         LabExistsError: the lab is up already.
-        LabConfigError: bad name or node count.
+        LabConfigError: bad name, node count or routing mode.
         TopologyError: creation failed; everything created is removed again.
     """
-    plan = plan_lab(name, nodes)
+    plan = plan_lab(name, nodes, routing)
     module = agent_module or os.environ.get(AGENT_MODULE_ENV) or DEFAULT_AGENT_MODULE
     with lab_lock(name):
         if (lab_dir(name) / "lab.json").exists() or ns.list_netns(plan.prefix):
             raise LabExistsError(f"lab {name} is already up (run lab down first)")
-        state = LabState(name=name, nodes=nodes, agent_module=module if start_agents else "")
+        state = LabState(name=name, nodes=nodes, agent_module=module if start_agents else "",
+                         routing=routing)
         state.save()
         try:
             off_loop(lambda: _build(plan))
@@ -254,7 +293,7 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
                 state.external = _start_external_server(name, plan, external_ports)
                 state.save()
             for node in plan.nodes:
-                cfg = node_config(node)
+                cfg = node_config(node, plan)
                 write_json_atomic(cni_conf_path(name, node.name), cni_netconf(cfg))
                 if start_agents:
                     state.agents[node.name] = _start_agent(name, cfg, module)
@@ -268,7 +307,7 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
             if isinstance(exc, NetlinkError | OSError):
                 raise TopologyError(f"lab {name}: up failed: {exc}") from exc
             raise
-    log.info("lab %s up: %d node(s)", name, nodes)
+    log.info("lab %s up: %d node(s), %s routing", name, nodes, routing)
     return state
 
 
@@ -288,7 +327,7 @@ def start_agent(name: str, node: str, agent_module: str | None = None) -> ns.Pro
             raise TopologyError(f"node {node}: agent {running.pid} is running already")
         module = (agent_module or state.agent_module or os.environ.get(AGENT_MODULE_ENV)
                   or DEFAULT_AGENT_MODULE)
-        ref = _start_agent(name, node_config(plan_node), module)
+        ref = _start_agent(name, node_config(plan_node, state.plan), module)
         state.agents[node] = ref
         state.agent_module = module
         state.save()

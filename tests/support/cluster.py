@@ -105,10 +105,11 @@ class Cluster:
 
 @contextmanager
 def cluster(tmp: Path, nodes: int = 1,
-            extra_env: dict[str, str] | None = None) -> Iterator[Cluster]:
+            extra_env: dict[str, str] | None = None, routing: str = "native") -> Iterator[Cluster]:
     """Start nats-server, identity and policy services, and a lab with ``nodes`` agents.
 
-    ``extra_env`` reaches every process started (services, agents, CLI calls).
+    ``extra_env`` reaches every process started (services, agents, CLI calls); ``routing``
+    is the lab's ``--routing`` (native or tunnel).
     """
     lab = "t" + secrets.token_hex(2)
     state = tmp / "state"
@@ -120,7 +121,8 @@ def cluster(tmp: Path, nodes: int = 1,
         for name in SERVICES:
             c.procs.append(start_service(f"services.{name}", server.url, env=env,
                                          log=tmp / f"{name}.log"))
-        res = c.cilia("lab", "up", "--nodes", str(nodes), "--name", lab, timeout=180)
+        res = c.cilia("lab", "up", "--nodes", str(nodes), "--name", lab, "--routing", routing,
+                      timeout=180)
         if res.returncode != 0:
             logs = "".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
                            for p in sorted((state / "lab" / lab / "logs").glob("*.log")))

@@ -1,0 +1,74 @@
+"""The seed's three-tier example spread over two nodes, and its verdict matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.support.cluster import Cluster
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
+NS = "production"
+APPS = ("frontend", "backend", "database")
+PORTS = {"frontend": 80, "backend": 8080, "database": 5432}
+PROBE_TIMEOUT = 1.0
+# What the seed's Exercise 1 policy means for every pair (TCP to the target's port, and UDP
+# where the target is open or the policy allows TCP only).
+EXPECTED = {
+    ("frontend", "backend", "tcp"): "OK",
+    ("frontend", "database", "tcp"): "timeout",
+    ("backend", "frontend", "tcp"): "OK",
+    ("backend", "database", "tcp"): "OK",
+    ("database", "frontend", "tcp"): "OK",
+    ("database", "backend", "tcp"): "timeout",
+    ("frontend", "backend", "udp"): "timeout",
+    ("backend", "frontend", "udp"): "OK",
+}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the apps run: app -> (pod IP, node, identity)."""
+
+    ips: dict[str, str]
+    nodes: dict[str, str]
+    identities: dict[str, int]
+
+
+def deploy(lab: Cluster) -> Placement:
+    """Apply the example's namespace and deployments; wait for identities."""
+    lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
+           str(EXAMPLES / "deployments.yaml"))
+    lab.wait("three endpoints with identities", lambda: len(
+        [e for e in lab.endpoints() if e["identity"] >= 256]) == 3)
+    return placement(lab)
+
+
+def placement(lab: Cluster) -> Placement:
+    eps: dict[str, dict[str, Any]] = {}
+    for ep in lab.endpoints():
+        for app in APPS:
+            if f"k8s:app={app}" in ep["labels"]:
+                eps[app] = ep
+    return Placement({a: e["ipv4"] for a, e in eps.items()},
+                     {a: e["node"] for a, e in eps.items()},
+                     {a: e["identity"] for a, e in eps.items()})
+
+
+def enforced(lab: Cluster, app: str) -> bool:
+    return any(f"k8s:app={app}" in ep["labels"] and ep["ingress_enforcement"]
+               for ep in lab.endpoints())
+
+
+def apply_policy(lab: Cluster) -> None:
+    lab.ok("apply", "-f", str(EXAMPLES / "policy.yaml"))
+    lab.wait("policy enforced", lambda: enforced(lab, "backend") and enforced(lab, "database"))
+    lab.settle()
+
+
+def verdicts(lab: Cluster, where: Placement) -> dict[tuple[str, str, str], str]:
+    """Probe every pair of :data:`EXPECTED` with a real connection from the source pod."""
+    return {(src, dst, proto): lab.connect(f"deploy/{src}", NS, where.ips[dst], PORTS[dst],
+                                           timeout=PROBE_TIMEOUT, udp=proto == "udp")
+            for src, dst, proto in EXPECTED}
