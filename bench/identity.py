@@ -52,10 +52,18 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 async def _wait_services(bus: Bus, replicas: int) -> None:
+    """Until every replica is ready and knows its peers (steady state, before the burst)."""
     from services.cli.controlplane import wait_ready
+    from services.common.runner import collect_status
 
     assert bus.nc.connected_url is not None
     await wait_ready(bus.nc.connected_url.geturl(), {"identity": replicas}, 30)
+    for _ in range(100):
+        peers = [r["stats"]["peers"] for r in await collect_status(bus)
+                 if r["service"] == "identity"]
+        if peers and all(p == replicas for p in peers):
+            return
+        await asyncio.sleep(0.1)
 
 
 async def allocation_rate(sets: int, replicas: int) -> dict[str, float]:
@@ -87,11 +95,16 @@ async def allocation_rate(sets: int, replicas: int) -> dict[str, float]:
             published = time.perf_counter() - start
             await asyncio.wait_for(done.wait(), 300)
             elapsed = time.perf_counter() - start
+            from services.common.runner import collect_status
+            stats = [r["stats"] for r in await collect_status(bus)
+                     if r["service"] == "identity"]
         finally:
             _stop(procs)
             await bus.close()
     return {"replicas": replicas, "sets": sets, "seconds": round(elapsed, 3),
             "publish_seconds": round(published, 3),
+            "conflicts": [st["conflicts"] for st in stats],
+            "peers": [st["peers"] for st in stats],
             "sets_per_s": round(sets / elapsed, 1)}
 
 

@@ -15,20 +15,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from nats.aio.msg import Msg
-
-from services.common import subjects
 from services.common.bus import NATS_URL_ENV, Bus, HistoryConfig
-from services.common.codec import decode
 from services.common.embedded import start_nats
-from services.common.errors import CiliaError, CodecError
+from services.common.errors import CiliaError
+from services.common.runner import collect_status
 
 # The control-plane services `cilia up` starts, one process each (python -m services.<name>).
 SERVICES: tuple[str, ...] = ("identity", "policy", "lb")
 EMBEDDED_PORT = 4222
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
-STATUS_COLLECT_S = 0.3     # how long a status request gathers replies
 
 
 @dataclass
@@ -120,22 +116,6 @@ async def _prepare_bus(url: str, history: HistoryConfig | None) -> None:
         await bus.ensure_history(history)
     finally:
         await bus.close()
-
-
-async def collect_status(bus: Bus, wait: float = STATUS_COLLECT_S) -> list[dict[str, Any]]:
-    """Ask every service replica for its status; gathers the replies that come in ``wait``."""
-    replies: list[dict[str, Any]] = []
-    inbox = bus.nc.new_inbox()
-
-    async def on_reply(msg: Msg) -> None:
-        with contextlib.suppress(CodecError):
-            replies.append(decode(msg.data).data)
-
-    sub = await bus.nc.subscribe(inbox, cb=on_reply)
-    await bus.nc.publish(subjects.STATUS, b"", reply=inbox)
-    await asyncio.sleep(wait)
-    await sub.unsubscribe()
-    return sorted(replies, key=lambda r: (r["service"], r["replica"]))
 
 
 async def wait_ready(url: str, expected: dict[str, int], timeout: float,

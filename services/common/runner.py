@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -21,11 +22,13 @@ from prometheus_client import start_http_server
 
 from services.common import subjects
 from services.common.bus import Bus
-from services.common.codec import encode
+from services.common.codec import decode, encode
+from services.common.errors import CodecError
 from services.common.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
+STATUS_COLLECT_S = 0.3     # how long a status request gathers replies
 STATE_STARTING = "starting"
 STATE_OK = "ok"
 STATE_DEGRADED = "degraded"
@@ -78,6 +81,22 @@ class Heartbeat:
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.unsubscribe()
+
+
+async def collect_status(bus: Bus, wait: float = STATUS_COLLECT_S) -> list[dict[str, Any]]:
+    """Ask every service replica for its status; gathers the replies that come in ``wait``."""
+    replies: list[dict[str, Any]] = []
+    inbox = bus.nc.new_inbox()
+
+    async def on_reply(msg: Msg) -> None:
+        with contextlib.suppress(CodecError):
+            replies.append(decode(msg.data).data)
+
+    sub = await bus.nc.subscribe(inbox, cb=on_reply)
+    await bus.nc.publish(subjects.STATUS, b"", reply=inbox)
+    await asyncio.sleep(wait)
+    await sub.unsubscribe()
+    return sorted(replies, key=lambda r: (r["service"], r["replica"]))
 
 
 async def serve(service: Service, nats_url: str | None, *, replica: str | None = None,

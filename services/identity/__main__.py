@@ -19,7 +19,7 @@ def _args(parser: argparse.ArgumentParser) -> None:
 
 def _factory(args: argparse.Namespace) -> IdentityService:
     flt = LabelFilter.parse(args.labels) if args.labels else None
-    return IdentityService(grace_s=args.grace, label_filter=flt)
+    return IdentityService(grace_s=args.grace, label_filter=flt, replica=args.replica)
 
 
 if __name__ == "__main__":

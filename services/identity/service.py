@@ -21,7 +21,7 @@ from services.common import subjects
 from services.common.bus import Bus, Delivery, Outgoing, Subscription
 from services.common.identities import RESERVED, reserved_labels
 from services.common.labels import Labels
-from services.common.runner import STATE_OK, STATE_STARTING
+from services.common.runner import STATE_OK, STATE_STARTING, collect_status, default_replica
 from services.common.tracing import tracer
 from services.identity.allocator import Allocator, JetStreamStore
 from services.identity.derive import LabelFilter, pod_identity_labels
@@ -32,6 +32,8 @@ GRACE_ENV = "CILIA_IDENTITY_GRACE"
 DEFAULT_GRACE_S = 300.0        # an unused identity is kept this long before release
 MAX_GC_TICK_S = 5.0            # GC looks for expired identities at least this often
 ALLOC_CONCURRENCY = 64         # allocations in flight in one batch
+MEMBERSHIP_REFRESH_S = 1.0     # how often a replica learns which identity replicas run
+OWNER_WAIT_S = 0.5             # how long a replica waits for another's allocation
 MAX_BATCH = 512                # source events folded into one reconciliation under load
 
 ALLOCATIONS = Counter("cilia_identity_allocations_total", "Identities allocated", ["outcome"])
@@ -59,7 +61,12 @@ class IdentityService:
     name = "identity"
 
     def __init__(self, grace_s: float | None = None,
-                 label_filter: LabelFilter | None = None) -> None:
+                 label_filter: LabelFilter | None = None, replica: str | None = None) -> None:
+        self.replica = replica or default_replica()
+        # Replicas split allocation work by label-set digest (each allocates its share and
+        # learns the others from the bus); the compare-and-set keeps it right regardless.
+        self.peers: list[str] = [self.replica]
+        self._learned: dict[str, asyncio.Future[int]] = {}
         self.grace_s = grace_s if grace_s is not None else float(
             os.environ.get(GRACE_ENV, DEFAULT_GRACE_S))
         self.filter = label_filter or LabelFilter.from_env()
@@ -79,6 +86,7 @@ class IdentityService:
         self._live = False
         self._subs: list[Subscription] = []
         self._gc_task: asyncio.Task[None] | None = None
+        self._members_task: asyncio.Task[None] | None = None
         self.released = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -103,11 +111,13 @@ class IdentityService:
         if sources.caught_up.is_set():
             self._live = True
         self._gc_task = asyncio.create_task(self._gc_loop())
+        self._members_task = asyncio.create_task(self._membership_loop())
 
     async def stop(self) -> None:
-        if self._gc_task:
-            self._gc_task.cancel()
-            await asyncio.gather(self._gc_task, return_exceptions=True)
+        for task in (self._gc_task, self._members_task):
+            if task:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for sub in self._subs:
             await sub.stop()
 
@@ -116,6 +126,7 @@ class IdentityService:
 
     def stats(self) -> dict[str, Any]:
         return {"identities": len(self.published_ids), "pods": len(self.pods),
+                "peers": len(self.peers),
                 "ipcache": len(self.published_ip), "released": self.released,
                 "conflicts": self.allocator.conflicts if self.allocator else 0}
 
@@ -129,6 +140,9 @@ class IdentityService:
         match event_type:
             case "identity.upsert":
                 self.published_ids[data["id"]] = data["labels"]
+                waiter = self._learned.get(Labels.parse(data["labels"]).digest())
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(data["id"])
             case "identity.delete":
                 self.published_ids.pop(data["id"], None)
             case "ipcache.upsert":
@@ -173,23 +187,86 @@ class IdentityService:
             if pod is not None:
                 desired[key] = pod_identity_labels(pod.obj, self.namespaces.get(key[0], {}),
                                                    self.filter)
-        numbers = await self._allocate_all(set(desired.values()))
+        numbers = await self._allocate_all(set(desired.values()), cause)
         for key in sorted(keys):
             self._reconcile_pod(key, desired.get(key), numbers, cause)
         await self._flush()
 
-    async def _allocate_all(self, label_sets: set[Labels]) -> dict[Labels, int]:
+    def owns(self, labels: Labels) -> bool:
+        """Whether this replica allocates ``labels`` (its share of the digest space)."""
+        if len(self.peers) <= 1 or self.replica not in self.peers:
+            return True
+        return int(labels.digest(), 16) % len(self.peers) == self.peers.index(self.replica)
+
+    async def _allocate_all(self, label_sets: set[Labels], cause: str) -> dict[Labels, int]:
+        """Numbers for ``label_sets``: this replica's share first (published at once, so that
+        the other replicas learn them), then the others' share, learned from the bus or, if
+        their owner does not answer in time, allocated here."""
         assert self.allocator is not None
         allocator = self.allocator
         gate = asyncio.Semaphore(ALLOC_CONCURRENCY)
+        known = {tuple(v): k for k, v in self.published_ids.items()}
+        out: dict[Labels, int] = {}
+        todo = []
+        for labels in label_sets:
+            num = known.get(tuple(labels.strings()))
+            if num is not None:
+                out[labels] = num
+            else:
+                todo.append(labels)
 
-        async def one(labels: Labels) -> tuple[Labels, int]:
+        async def allocate(labels: Labels) -> tuple[Labels, int]:
             async with gate:
                 alloc = await allocator.allocate(labels)
             ALLOCATIONS.labels("new" if alloc.new else "existing").inc()
             return labels, alloc.id
 
-        return dict(await asyncio.gather(*(one(ls) for ls in label_sets)))
+        async def learn_or_allocate(labels: Labels) -> tuple[Labels, int]:
+            learned = await self._learn(labels)
+            return (labels, learned) if learned is not None else await allocate(labels)
+
+        mine = [ls for ls in todo if self.owns(ls)]
+        theirs = [ls for ls in todo if not self.owns(ls)]
+        waiting = {ls.digest(): self._waiter(ls) for ls in theirs}
+        for labels, num in await asyncio.gather(*(allocate(ls) for ls in mine)):
+            out[labels] = num
+            if self.published_ids.get(num) != labels.strings():
+                self._publish(subjects.identity(num), "identity.upsert",
+                              {"id": num, "labels": labels.strings()}, cause)
+        await self._flush()
+        out.update(await asyncio.gather(*(learn_or_allocate(ls) for ls in theirs)))
+        for digest in waiting:
+            self._learned.pop(digest, None)
+        return out
+
+    def _waiter(self, labels: Labels) -> asyncio.Future[int]:
+        fut = self._learned.get(labels.digest())
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._learned[labels.digest()] = fut
+        return fut
+
+    async def _learn(self, labels: Labels) -> int | None:
+        """Wait for the owning replica's identity event for ``labels``."""
+        digest = labels.digest()
+        fut = self._waiter(labels)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), OWNER_WAIT_S)
+        except TimeoutError:
+            return None
+        finally:
+            self._learned.pop(digest, None)
+
+    async def _membership_loop(self) -> None:
+        assert self.bus is not None
+        while True:
+            try:
+                replies = await collect_status(self.bus)
+                peers = sorted(r["replica"] for r in replies if r["service"] == self.name)
+                self.peers = peers if self.replica in peers else [self.replica]
+            except Exception:
+                log.exception("identity: membership refresh failed")
+            await asyncio.sleep(MEMBERSHIP_REFRESH_S)
 
     def _reconcile_pod(self, key: PodKey, labels: Labels | None,
                              numbers: dict[Labels, int], cause: str) -> None:
