@@ -21,6 +21,7 @@ from services.cli._context import (
     run_async,
 )
 from services.cli.agentcli import bpf_group, endpoint_group, observe
+from services.cli.connectivity import connectivity_group
 from services.cli.demo import demo
 from services.cli.identity import identity_group
 from services.cli.labcli import exec_command, lab_group, runtime_for
@@ -180,6 +181,7 @@ cli.add_command(observe)
 cli.add_command(lab_group)
 cli.add_command(exec_command)
 cli.add_command(demo)
+cli.add_command(connectivity_group)
 
 
 def main() -> None:
