@@ -18,6 +18,7 @@ from services.lb.client import read_view
 from services.lb.events import LbView
 from services.nodeagent.datapath.errors import DatapathError
 from services.nodeagent.datapath.lbmaps import LbMaps
+from services.nodeagent.lbstate import PORT_INDEX_BITS
 
 ANY_ADDRESS = "0.0.0.0"
 
@@ -111,7 +112,10 @@ def lb_map_rows(maps: LbMaps, node: str) -> list[dict[str, Any]]:
         flags = [f for f, on in (("external", entry.external), ("dsr", entry.dsr),
                                  ("affinity", bool(entry.affinity_timeout))) if on]
         rows.append({"node": node, "frontend": f"{fe.address}:{fe.port}/{fe.protocol}",
-                     "frontend_id": entry.svc_id, "table_size": entry.size_int,
+                     "frontend_id": entry.svc_id,
+                     "service_id": entry.svc_id >> PORT_INDEX_BITS,
+                     "port_index": entry.svc_id & ((1 << PORT_INDEX_BITS) - 1),
+                     "table_size": entry.size_int,
                      "external_table_size": entry.size_ext, "flags": flags, "backends": bes})
     return rows
 
@@ -137,11 +141,12 @@ def bpf_lb_list(node: str, output: str) -> None:
     table = []
     for r in rows:
         size = r["table_size"] or 1
-        lines = [f"{b['address']}/{b['protocol']} ({r['frontend_id']}) "
+        sid = f"{r['service_id']}" + (f"/{r['port_index']}" if r["port_index"] else "")
+        lines = [f"{b['address']}/{b['protocol']} ({sid}) "
                  f"[{100 * b['slots'] / size:.1f}% of {r['table_size']} slots"
                  f"{', local' if b['local'] else ''}]" for b in r["backends"]]
         if not lines:
-            lines = [f"0.0.0.0:0 ({r['frontend_id']}) [no backend]"]
+            lines = [f"0.0.0.0:0 ({sid}) [no backend]"]
         table.append([r["frontend"], "\n".join(lines), ", ".join(r["flags"])])
-    click.echo(tabulate(table, headers=["SERVICE ADDRESS", "BACKEND ADDRESS (FRONTEND ID)",
+    click.echo(tabulate(table, headers=["SERVICE ADDRESS", "BACKEND ADDRESS (SERVICE ID)",
                                         "FLAGS"], tablefmt="plain", disable_numparse=True))

@@ -70,18 +70,23 @@ def build_table(backends: Sequence[tuple[str, int]], size: int = DEFAULT_TABLE_S
         raise MaglevError(f"{len(ordered)} backends do not fit a maglev table of {size}")
     params = [offset_skip(name, size) for name, _ in ordered]
     ids = [bid for _, bid in ordered]
-    nxt = [0] * len(ordered)
+    # cur[i] is backend i's next candidate, offset + j * skip (mod size) for its j-th turn;
+    # stepping by addition keeps the hot loop free of multiplications and modulos.
+    cur = [offset for offset, _ in params]
+    skips = [skip for _, skip in params]
     table = [-1] * size
     filled = 0
+    count = len(ids)
     while True:
-        for i, (offset, skip) in enumerate(params):
-            j = nxt[i]
-            slot = (offset + j * skip) % size
+        for i in range(count):
+            slot, skip = cur[i], skips[i]
             while table[slot] >= 0:
-                j += 1
-                slot = (offset + j * skip) % size
+                slot += skip
+                if slot >= size:
+                    slot -= size
             table[slot] = ids[i]
-            nxt[i] = j + 1
+            slot += skip
+            cur[i] = slot - size if slot >= size else slot
             filled += 1
             if filled == size:
                 return table

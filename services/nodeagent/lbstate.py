@@ -81,7 +81,11 @@ class LbNodeState:
         self.view = LbView()
         self.node_addrs: dict[str, list[str]] = {node: list(node_ips or [])}
         self._tables_of: dict[int, set[int]] = {}     # service id -> its table ids (last plan)
+        # Tables built during one plan() (the int and ext tables of a frontend are often the
+        # same set); dropped afterwards: a table is 4 * maglev_size bytes in the kernel and
+        # far more as Python objects.
         self._cache: dict[tuple[int, ...], list[int]] = {}
+        self._plans: dict[int, dict[LbFrontend, LbServiceEntry]] = {}   # frontends per service
 
     # -- folding ------------------------------------------------------------------------------
 
@@ -180,24 +184,31 @@ class LbNodeState:
         return out
 
     def plan(self, dirty: LbDirty | None = None) -> LbPlan:
-        """Desired map contents. Frontends and backends are always complete (small, diffed
-        by the reconciler); Maglev tables are rebuilt only for the dirty services (all of
-        them without ``dirty`` or when node addresses changed)."""
+        """Desired map contents. Frontends and backends are always complete (diffed by the
+        reconciler); only dirty services are recomputed (all of them without ``dirty``, and
+        every frontend when node addresses changed), and the Maglev part is limited to the
+        dirty services' tables (``table_scope``)."""
         full = dirty is None
-        services: dict[LbFrontend, LbServiceEntry] = {}
+        wanted = set(self.view.services) if full else set(dirty.services) if dirty else set()
+        if dirty is not None and dirty.nodes:
+            wanted |= set(self.view.services)
         tables: dict[int, list[int]] = {}
         scope: set[int] = set()
-        wanted = set(self.view.services) if full else (dirty.services if dirty else set())
-        for sid in sorted(self.view.services):
+        for sid in sorted(wanted):
             fronts, stabs = self.service_plan(sid)
-            services.update(fronts)
-            if sid in wanted:
-                tables.update(stabs)
-                scope |= set(stabs) | self._tables_of.get(sid, set())
-                self._tables_of[sid] = set(stabs)
+            if sid in self.view.services:
+                self._plans[sid] = fronts
+            else:
+                self._plans.pop(sid, None)
+            tables.update(stabs)
+            scope |= set(stabs) | self._tables_of.get(sid, set())
+            self._tables_of[sid] = set(stabs)
         for sid in list(self._tables_of):
             if sid not in self.view.services:
                 scope |= self._tables_of.pop(sid)
-        if len(self._cache) > 4 * max(1, len(self.view.services)):
-            self._cache.clear()     # tables of backend sets that no longer exist
+                self._plans.pop(sid, None)
+        services: dict[LbFrontend, LbServiceEntry] = {}
+        for sid in sorted(self._plans):
+            services.update(self._plans[sid])
+        self._cache.clear()
         return LbPlan(services, self.backends(), tables, None if full else scope)

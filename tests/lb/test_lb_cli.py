@@ -63,7 +63,8 @@ def test_bpf_lb_list_reads_the_kernel_maps() -> None:
         assert {b["address"] for b in row["backends"]} == {f"{p.ip}:8080" for p in pods[1:3]}
         assert sum(b["slots"] for b in row["backends"]) == 251
         table = cilia("bpf", "lb", "list", "--node", node).stdout
-        assert "10.96.0.21:80/TCP" in table and f"{pods[1].ip}:8080/TCP" in table
+        assert "10.96.0.21:80/TCP" in table and f"{pods[1].ip}:8080/TCP (21)" in table
+        assert row["service_id"] == 21
         bad = cilia("bpf", "lb", "list", "--node", "no-such-node")
         assert bad.returncode != 0 and "no-such-node" in bad.stderr
     finally:
