@@ -172,8 +172,10 @@ def _build_overlay(ipr: IPRoute, node: NodePlan, peers: Sequence[NodePlan]) -> N
     for peer in peers:
         ipr.neigh("add", dst=str(peer.gateway), lladdr=peer.overlay_mac, ifindex=idx,
                   state="permanent")
+        # the node's own packets leave with its underlay address, which every node's ipcache
+        # knows (a reply finds its tunnel endpoint; the source is remote-node there)
         ipr.route("add", dst=str(peer.pod_cidr), gateway=str(peer.gateway), oif=idx,
-                  flags=RTNH_F_ONLINK)
+                  flags=RTNH_F_ONLINK, prefsrc=str(node.node_ip))
 
 
 def _build_external(plan: LabPlan, bridge_idx: int) -> None:

@@ -11,6 +11,7 @@ import ipaddress
 import shutil
 import socket
 import struct
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -20,8 +21,8 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from services.common.identities import ID_WORLD
-from services.lab import CLUSTER_POD_CIDR
+from services.common.identities import ID_HOST, ID_REMOTE_NODE, ID_WORLD
+from services.lab import CLUSTER_POD_CIDR, plan_lab
 from services.nodeagent.datapath import attached_programs, open_maps
 from services.nodeagent.datapath.encode import ipcache_keys
 from services.nodeagent.datapath.overlay import (
@@ -32,7 +33,7 @@ from services.nodeagent.datapath.overlay import (
     overlay_mtu,
 )
 from services.nodeagent.endpoints import open_iproute
-from tests.support.cluster import Cluster, cluster
+from tests.support.cluster import CONNECT, Cluster, cluster
 from tests.tunnel.capture import ETH_HLEN, ETH_P_IP, drain, sniff
 from tests.tunnel.threetier import (
     EXPECTED,
@@ -133,6 +134,32 @@ def test_cross_node_tcp_and_udp(tunnel: Cluster) -> None:
     assert body.startswith("backend-")
 
 
+def _node_ip(lab: Cluster, node: str) -> str:
+    return str(plan_lab(lab.lab, 2).node(node).node_ip)
+
+
+def _from_node(lab: Cluster, node: str, host: str, port: int) -> str:
+    """Probe from a node's own network stack (its netns), not from a pod."""
+    res = subprocess.run(["ip", "netns", "exec", _netns(lab, node), CONNECT, host, str(port),
+                          "--timeout", "1"], capture_output=True, text=True, timeout=30)
+    return res.stdout.strip()
+
+
+def test_node_reaches_a_remote_pod_through_the_tunnel_as_host(tunnel: Cluster) -> None:
+    where = placement(tunnel)
+    sender, fe = where.nodes["backend"], where.ips["frontend"]
+    underlay = f"cilia-{tunnel.lab}-underlay"
+    since = time.time()
+    with sniff(underlay, "n" + sender.rsplit("node", 1)[1]) as sock:
+        assert _from_node(tunnel, sender, fe, PORTS["frontend"]) == "OK"
+        packets = drain(sock, OVERLAY_PORT)
+    # the sender's own address goes out as host (1); the receiver sees a remote node
+    assert {p.vni for p in packets if p.inner_dst == fe} == {ID_HOST}
+    flow = _flow(tunnel, where.nodes["frontend"], _node_ip(tunnel, sender), fe,
+                 PORTS["frontend"], "FORWARDED", since)
+    assert flow["src_identity"] == ID_REMOTE_NODE
+
+
 def _plain_pod_packets(sock: socket.socket) -> int:
     """Frames on the underlay whose outer IPv4 header carries pod addresses (not tunnelled)."""
     count = 0
@@ -185,6 +212,17 @@ def test_pod_traffic_never_crosses_the_underlay_unencapsulated(tunnel: Cluster) 
         assert _plain_pod_packets(sock) == 0
 
 
+def _node_to_backend(lab: Cluster, where: Placement) -> tuple[str, int]:
+    """The frontend's node probes the backend (other node): outcome and the receiver's view
+    of the source identity."""
+    since = time.time()
+    node = where.nodes["frontend"]
+    outcome = _from_node(lab, node, where.ips["backend"], PORTS["backend"])
+    flow = _flow(lab, where.nodes["backend"], _node_ip(lab, node), where.ips["backend"],
+                 PORTS["backend"], "DROPPED", since)
+    return outcome, flow["src_identity"]
+
+
 def _check_receiver_drop_identity(lab: Cluster, where: Placement) -> None:
     """The cross-node drop (database -> backend) is seen on the backend's node with the
     database's identity as source."""
@@ -202,6 +240,8 @@ def test_policy_verdicts_are_identical_in_native_and_tunnel_mode(tunnel: Cluster
     in_tunnel = verdicts(tunnel, where)
     assert in_tunnel == EXPECTED
     _check_receiver_drop_identity(tunnel, where)
+    host_in_tunnel = _node_to_backend(tunnel, where)
+    assert host_in_tunnel == ("timeout", ID_REMOTE_NODE)
 
     tmp = Path(tempfile.mkdtemp(prefix="cilia-native-"))
     try:
@@ -212,6 +252,7 @@ def test_policy_verdicts_are_identical_in_native_and_tunnel_mode(tunnel: Cluster
             apply_policy(native)
             assert verdicts(native, native_where) == in_tunnel
             _check_receiver_drop_identity(native, native_where)
+            assert _node_to_backend(native, native_where) == host_in_tunnel
             # Without a tunnel the receiver needs the source in its ipcache: without the
             # entry the allowed frontend is world to the backend's node, and dropped.
             with ipcache_without(native_where.nodes["backend"], [native_where.ips["frontend"]]):
