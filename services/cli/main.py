@@ -6,18 +6,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
-from tabulate import tabulate
 
 from services.cli import controlplane, manifests, source
 from services.cli._context import (
     CliContext,
     default_state_dir,
-    output_option,
     pass_ctx,
-    print_json,
     run_async,
 )
 from services.cli.agentcli import bpf_group, endpoint_group, observe
@@ -26,9 +22,10 @@ from services.cli.demo import demo
 from services.cli.identity import identity_group
 from services.cli.labcli import exec_command, lab_group, runtime_for
 from services.cli.policy import policy_group
+from services.cli.replay import history_group, replay_group, trace_group
 from services.cli.service import bpf_lb_group, service_group
-from services.common import subjects
-from services.common.bus import Bus, HistoryConfig
+from services.cli.status import status
+from services.common.bus import HistoryConfig
 from services.common.errors import CiliaError
 from services.common.tracing import TRACE_FILE_ENV
 
@@ -100,40 +97,6 @@ def down(ctx: CliContext, purge: bool) -> None:
         click.echo("nothing to stop")
 
 
-@cli.command()
-@output_option
-@pass_ctx
-def status(ctx: CliContext, output: str) -> None:
-    """Bus, streams and services at a glance."""
-
-    async def gather(bus: Bus) -> dict[str, Any]:
-        info = await bus.js.stream_info(subjects.HISTORY_STREAM)
-        replies = await controlplane.collect_status(bus)
-        version = bus.nc.connected_server_version
-        return {"nats": {"url": ctx.url(),
-                         "server": f"{version.major}.{version.minor}.{version.patch}",
-                         "jetstream": True},
-                "streams": [{"name": info.config.name, "messages": info.state.messages,
-                             "bytes": info.state.bytes, "max_age_s": info.config.max_age,
-                             "max_bytes": info.config.max_bytes}],
-                "services": replies}
-
-    data = ctx.run(gather)
-    if output == "json":
-        print_json(data)
-        return
-    click.echo(f"NATS:       OK   {data['nats']['url']} (server {data['nats']['server']}, "
-               "JetStream enabled)")
-    for s in data["streams"]:
-        age = "forever" if not s["max_age_s"] else f"{s['max_age_s']:.0f}s"
-        click.echo(f"Stream:     {s['name']}: {s['messages']} messages, {s['bytes']} bytes "
-                   f"(retention {age}, {s['max_bytes']} bytes)")
-    rows = [[r["service"], r["replica"], r["pid"], r["state"].upper(), f"{r['uptime_s']:.0f}s"]
-            for r in data["services"]]
-    click.echo(tabulate(rows, headers=["SERVICE", "REPLICA", "PID", "STATE", "UPTIME"],
-                        tablefmt="plain"))
-
-
 def _load_or_fail(files: tuple[str, ...]) -> list[manifests.Manifest]:
     try:
         return manifests.load(files)
@@ -181,7 +144,11 @@ cli.add_command(observe)
 cli.add_command(lab_group)
 cli.add_command(exec_command)
 cli.add_command(demo)
+cli.add_command(replay_group)
+cli.add_command(history_group)
+cli.add_command(trace_group)
 cli.add_command(connectivity_group)
+cli.add_command(status)
 
 
 def main() -> None:

@@ -1,0 +1,181 @@
+"""Folding a history with the reducers the services and the agents run.
+
+* the policy service's own :class:`~services.policy.service.PolicyService` (its repository and
+  its input reducer) over the service's inputs, and its :class:`BusView` over its outputs;
+* the node agent's :class:`~services.nodeagent.state.NodeState` over the agent's inputs, one
+  for the cluster-wide view and one per node asked about;
+* the agent's :class:`~services.nodeagent.lbstate.LbNodeState` over the lb inputs.
+
+Each part sees only the subjects its service subscribes to (the very filter lists the services
+use), in stream order, so the folded state is what they held after that sequence. The pure
+renderings of the folded state live in :mod:`services.replay.maps`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from services.common.codec import Event, decode
+from services.common.errors import CodecError
+from services.nodeagent.agent import INPUTS as AGENT_INPUTS
+from services.nodeagent.agent import LB_INPUTS
+from services.nodeagent.lbstate import LbDirty, LbNodeState
+from services.nodeagent.state import POD_KIND, Dirty, NodeState
+from services.policy.errors import PolicyError
+from services.policy.model import POLICY_KINDS
+from services.policy.repository import Changes, Repository
+from services.policy.service import INPUTS as POLICY_INPUTS
+from services.policy.service import OUTPUTS as POLICY_OUTPUTS
+from services.policy.service import BusView, PolicyService
+
+from .record import Record, matches_any
+
+log = logging.getLogger(__name__)
+
+CLUSTER = ""    # node name of the cluster-wide NodeState (no node is local)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which reducers a subject reaches (the services' subscription filters)."""
+
+    policy_in: bool
+    policy_out: bool
+    agent: bool
+    lb: bool
+
+
+@lru_cache(maxsize=65536)
+def route(subject: str) -> Route:
+    return Route(matches_any(subject, POLICY_INPUTS), matches_any(subject, POLICY_OUTPUTS),
+                 matches_any(subject, AGENT_INPUTS), matches_any(subject, LB_INPUTS))
+
+
+@dataclass
+class Step:
+    """One folded event and what it may have changed."""
+
+    record: Record
+    event: Event
+    route: Route
+    changes: Changes | None = None
+    rejected: str = ""
+    dirty: dict[str, Dirty] = field(default_factory=dict)
+    lb_dirty: dict[str, LbDirty] = field(default_factory=dict)
+
+    @property
+    def pod_event(self) -> bool:
+        return self.event.type.startswith("object.") and self.event.data.get("kind") == POD_KIND
+
+
+@dataclass
+class NodeFold:
+    """One node's reducers."""
+
+    state: NodeState
+    lb: LbNodeState
+
+
+class Replay:
+    """The control plane and some nodes, folded from a history up to :attr:`seq`."""
+
+    def __init__(self, nodes: Iterable[str] = ()) -> None:
+        self.policy = PolicyService()      # constructed only for its reducer; never started
+        self.outputs = BusView()
+        self.cluster = NodeState(CLUSTER)
+        self.cluster_lb = LbNodeState(CLUSTER)
+        self.nodes = {n: NodeFold(NodeState(n), LbNodeState(n)) for n in nodes}
+        self.rejected: dict[str, str] = {}     # "kind/namespace/name" -> validation error
+        self.last: dict[str, Record] = {}      # subject -> its last event
+        self.seq = 0
+        self.time_ns = 0
+        self.events = 0
+        self.skipped = 0
+        self.failed = 0
+
+    @property
+    def repo(self) -> Repository:
+        return self.policy.repo
+
+    def fold(self, records: Sequence[Record]) -> None:
+        """Fold records in order (no change tracking)."""
+        for rec in records:
+            self.apply(rec)
+
+    def apply(self, rec: Record) -> Step | None:
+        """Fold one record; None when the payload is undecodable (skipped, as the bus does)."""
+        self.seq, self.time_ns = rec.seq, rec.time_ns
+        try:
+            event = decode(rec.payload)
+        except CodecError as exc:
+            self.skipped += 1
+            log.warning("skipped message %s on %s: %s", rec.seq, rec.subject, exc)
+            return None
+        self.events += 1
+        r = route(rec.subject)
+        step = Step(rec, event, r)
+        data = event.data
+        if r.policy_in:
+            self._policy_input(step)
+        if r.policy_out:
+            self.outputs.apply(event.type, data)
+        if r.agent:
+            self.cluster.apply(rec.subject, event.type, data, rec.seq)
+            for name, nf in self.nodes.items():
+                step.dirty[name] = nf.state.apply(rec.subject, event.type, data, rec.seq)
+        if r.lb:
+            self.cluster_lb.apply(rec.subject, event.type, data)
+            for name, nf in self.nodes.items():
+                step.lb_dirty[name] = nf.lb.apply(rec.subject, event.type, data)
+        self.last[rec.subject] = rec
+        return step
+
+    def _policy_input(self, step: Step) -> None:
+        data = step.event.data
+        key = policy_key(data) if data.get("kind") in POLICY_KINDS else ""
+        try:
+            step.changes = self.policy._reduce(step.event.type, data)
+        except PolicyError as exc:
+            # The service logs it, publishes an error status and keeps the previous version.
+            step.rejected = str(exc)
+            if key:
+                self.rejected[key] = str(exc)
+            return
+        except Exception:   # the bus counts a failing handler and goes on; so do we
+            self.failed += 1
+            log.exception("policy reducer failed on %s (seq %s)", step.record.subject,
+                          step.record.seq)
+            return
+        if key:
+            self.rejected.pop(key, None)
+
+    def node(self, name: str) -> NodeFold:
+        """The reducers of a node this replay folds.
+
+        Raises:
+            KeyError: the node was not asked for when the replay was created.
+        """
+        return self.nodes[name]
+
+    def known_nodes(self) -> list[str]:
+        """Nodes the history names (Node objects, pods' spec.nodeName, ipcache entries)."""
+        names = set(self.cluster.node_ips)
+        names |= {str((p.get("spec") or {}).get("nodeName")) for p in self.cluster.pods.values()
+                  if (p.get("spec") or {}).get("nodeName")}
+        names |= {r.node for r in self.cluster.ipcache.values() if r.node}
+        return sorted(names)
+
+
+def policy_key(data: dict[str, Any]) -> str:
+    return f"{data['kind']}/{data['namespace']}/{data['name']}"
+
+
+def replay_to(records: Sequence[Record], nodes: Iterable[str] = ()) -> Replay:
+    """A replay of ``records`` (already cut at the moment)."""
+    rp = Replay(nodes)
+    rp.fold(records)
+    return rp

@@ -1,0 +1,179 @@
+"""Folding event by event while keeping every map current and remembering, per entry, the event
+that last changed it. ``replay diff`` and ``replay explain`` are built on it.
+
+After each event only what it may have changed is recomputed, the way the agent decides what to
+patch: the node reducer's :class:`~services.nodeagent.state.Dirty` says which node maps, and
+policy entries are recomputed per subject (touched subjects, or every local one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .fold import Replay, Step
+from .maps import (
+    CLUSTER_RENDER,
+    CLUSTER_SCOPE,
+    FlatMap,
+    all_maps,
+    cluster_ipcache,
+    desired,
+    flat_endpoints,
+    flat_ipcache,
+    flat_policy,
+    lb_maps,
+    local_endpoints,
+    local_subjects,
+    node_scope,
+)
+from .record import Record
+
+MISSING: Any = None
+ADDED, REMOVED, CHANGED = "added", "removed", "changed"
+POLICY_MAPS = ("policies", "selectors", "subjects")
+LB_MAPS = ("services", "backends")
+
+
+@dataclass(frozen=True)
+class Cause:
+    """The event that changed an entry."""
+
+    record: Record
+    event_type: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.record.where(), "type": self.event_type}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of one map that differs between two moments, and why."""
+
+    scope: str
+    map: str
+    key: str
+    old: Any
+    new: Any
+    cause: Cause
+
+    @property
+    def kind(self) -> str:
+        if self.old is MISSING:
+            return ADDED
+        return REMOVED if self.new is MISSING else CHANGED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scope": self.scope, "map": self.map, "change": self.kind, "key": self.key,
+                "old": self.old, "new": self.new, "event": self.cause.to_dict()}
+
+
+class Tracker:
+    """A replay whose maps are kept current after every event, with each entry's cause."""
+
+    def __init__(self, rp: Replay) -> None:
+        self.rp = rp
+        self.maps = all_maps(rp)
+        self.cause: dict[tuple[str, str, str], Cause] = {}
+        self._policy_keys: dict[str, dict[int, set[str]]] = {}
+        self._local: dict[str, set[int]] = {}
+        for node, nf in rp.nodes.items():
+            eps = local_endpoints(nf.state, node)
+            self._local[node] = local_subjects(nf.state, eps)
+            self._policy_keys[node] = {
+                s: set(flat_policy(nf.state.desired_policy({s}))) for s in self._local[node]}
+
+    def snapshot(self) -> dict[str, dict[str, FlatMap]]:
+        """A copy of every map now (entries are replaced, never mutated, so shallow is enough)."""
+        return {scope: {m: dict(entries) for m, entries in maps.items()}
+                for scope, maps in self.maps.items()}
+
+    def fold(self, records: Sequence[Record]) -> None:
+        for rec in records:
+            self.apply(rec)
+
+    def apply(self, rec: Record) -> None:
+        step = self.rp.apply(rec)
+        if step is None:
+            return
+        cause = Cause(rec, step.event.type)
+        self._cluster(step, cause)
+        for node in self.rp.nodes:
+            self._node(node, step, cause)
+
+    # -- recomputing what an event may have changed -------------------------------------------
+
+    def _set(self, scope: str, name: str, new: FlatMap, cause: Cause,
+             only: set[str] | None = None) -> None:
+        cur = self.maps[scope][name]
+        keys = set(cur) | set(new) if only is None else only | set(new)
+        for key in keys:
+            old_v, new_v = cur.get(key, MISSING), new.get(key, MISSING)
+            if old_v == new_v:
+                continue
+            if new_v is MISSING:
+                del cur[key]
+            else:
+                cur[key] = new_v
+            self.cause[(scope, name, key)] = cause
+
+    def _cluster(self, step: Step, cause: Cause) -> None:
+        rp, etype = self.rp, step.event.type
+        if step.route.policy_in or step.route.policy_out:
+            for name in POLICY_MAPS:
+                self._set(CLUSTER_SCOPE, name, CLUSTER_RENDER[name](rp), cause)
+        if etype.startswith("identity."):
+            self._set(CLUSTER_SCOPE, "identities", CLUSTER_RENDER["identities"](rp), cause)
+        if etype.startswith("ipcache."):
+            self._set(CLUSTER_SCOPE, "ipcache", cluster_ipcache(rp), cause)
+        if step.route.lb:
+            for name in LB_MAPS:
+                self._set(CLUSTER_SCOPE, name, CLUSTER_RENDER[name](rp), cause)
+
+    def _node(self, node: str, step: Step, cause: Cause) -> None:
+        nf = self.rp.nodes[node]
+        scope = node_scope(node)
+        dirty = step.dirty.get(node)
+        if dirty is not None and (dirty or step.pod_event):
+            st = nf.state
+            eps = local_endpoints(st, node)
+            if dirty.ipcache:
+                self._set(scope, "ipcache", flat_ipcache(st.desired_ipcache()), cause)
+            if dirty.endpoints or step.pod_event:
+                self._set(scope, "endpoints", flat_endpoints(st.desired_endpoints(eps), eps),
+                          cause)
+            local = local_subjects(st, eps)
+            gone = self._local[node] - local
+            touched = local if dirty.all_subjects or step.pod_event else dirty.subjects & local
+            keys = self._policy_keys[node]
+            for s in touched | gone:
+                new = flat_policy(st.desired_policy({s})) if s in local else {}
+                self._set(scope, "policy", new, cause, only=keys.pop(s, set()))
+                if new:
+                    keys[s] = set(new)
+            self._local[node] = local
+        if step.lb_dirty.get(node):
+            fronts, bes = lb_maps(nf)
+            self._set(scope, "lb_services", fronts, cause)
+            self._set(scope, "lb_backends", bes, cause)
+
+
+def diff(before: dict[str, dict[str, FlatMap]], tracker: Tracker) -> list[Change]:
+    """Entries that differ between ``before`` and the tracker's maps now, each with the event
+    that last changed it (a change undone within the window is no difference)."""
+    out: list[Change] = []
+    for scope, maps in tracker.maps.items():
+        for name, now in maps.items():
+            then = before.get(scope, {}).get(name, {})
+            for key in sorted(set(then) | set(now)):
+                old_v, new_v = then.get(key, MISSING), now.get(key, MISSING)
+                if old_v != new_v:
+                    out.append(Change(scope, name, key, old_v, new_v,
+                                      tracker.cause[(scope, name, key)]))
+    return out
+
+
+def desired_entries(rp: Replay, node: str) -> Any:
+    """The typed desired entries of a node (for comparisons with kernel maps)."""
+    return desired(rp.node(node))
