@@ -160,7 +160,8 @@ class LbService:
         """First reconciliation: every known Service, and every published one that is gone."""
         self._live = True
         self._dirty = set()
-        await self.reconcile(set(self.services) | set(self.view.ids), f"resync-{cause}")
+        await self.reconcile(set(self.services) | set(self.view.ids) | set(self.view.status),
+                             f"resync-{cause}")
 
     # -- reconciliation --------------------------------------------------------------------
 
@@ -282,7 +283,7 @@ class LbService:
         if sid is not None:
             self._publish(service_subject(ns, name), EV_SERVICE_DELETE,
                           {"id": sid, "namespace": ns, "name": name}, cause)
-        if ref in self.view.status:
+        if self.view.status.get(ref, {}).get("op", "delete") != "delete":
             self._publish(status_subject(ns, name), EV_STATUS,
                           {"namespace": ns, "name": name, "op": "delete"}, cause)
         await self.ids.release(SERVICES, ref)

@@ -147,7 +147,7 @@ def roundtrip(s: socket.socket, payload: bytes = b"still-there") -> bool:
         s.sendall(payload)
         got = b""
         while len(got) < len(payload):
-            chunk = s.recv(64)
+            chunk = s.recv(65536)
             if not chunk:
                 return False
             got += chunk

@@ -13,7 +13,7 @@ from services.nodeagent.datapath import FlowReader
 from services.nodeagent.datapath.constants import DROP_NO_SERVICE
 from services.nodeagent.lbstate import LbNodeState
 from tests.datapath.netlab import DENIED_TIMEOUT_S
-from tests.lb.lblab import EXT_IP, LbLab, node_ip, who
+from tests.lb.lblab import EXT_IP, LbLab, node_ip, open_conn, read_who, roundtrip, who
 
 pytestmark = pytest.mark.datapath
 
@@ -77,6 +77,16 @@ def test_nodeport_from_the_external_host(lab: LbLab, mode: str) -> None:
     # the LoadBalancer IP routed to node 0 behaves the same
     res = who(lab.ext_ns, LB_IP, 80)
     assert res is not None and res[1] == (node_ip(0) if mode == "snat" else EXT_IP)
+    # full-size segments get through (DSR carries the frontend on the SYN only, so data
+    # packets do not grow beyond the MTU)
+    for _ in range(4):
+        s = open_conn(lab.ext_ns, node_ip(0), NODEPORT)
+        assert s is not None
+        try:
+            assert read_who(s) is not None
+            assert roundtrip(s, bytes(range(256)) * 80), f"{mode}: bulk data lost"
+        finally:
+            s.close()
     # on node 1 the backends are local: DNAT only, the client's address is kept
     res = who(lab.ext_ns, node_ip(1), NODEPORT)
     assert res is not None and res[0] in backends(lab) and res[1] == EXT_IP

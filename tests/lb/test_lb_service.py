@@ -161,3 +161,22 @@ async def test_shared_external_frontend_is_a_conflict(bus: Bus, lb_proc: None) -
     assert "192.0.2.7:80/TCP is already used by Service default/first" in \
         view.status["default/second"]["error"]
     assert "default/second" not in view.ids        # another port on the same IP is fine
+
+
+async def test_objects_deleted_while_down_are_cleaned_up_once(bus: Bus, nats_url: str,
+                                                              tmp_path: Path) -> None:
+    objs = manifests(service("gone", selector={"app": "echo"}, clusterIP="10.96.9.9"),
+                     service("clash", clusterIP="10.96.9.9"), echo_pod("e0", "10.244.1.10"))
+    await source.apply(bus, objs)
+    with service_proc("services.lb", nats_url, log=tmp_path / "lb1.log"):
+        await until(bus, lambda v: {"default/gone", "default/clash"} <= set(v.status))
+    await source.delete(bus, manifests(service("gone"), service("clash")))
+    with service_proc("services.lb", nats_url, log=tmp_path / "lb2.log"):
+        view = await until(bus, lambda v: not v.ids and not v.backends and all(
+            st["op"] == "delete" for st in v.status.values()))
+        await asyncio.sleep(0.3)
+    assert set(view.status) == {"default/gone", "default/clash"}
+    stored = await count(bus, "cilia.lb.>")
+    with service_proc("services.lb", nats_url, log=tmp_path / "lb3.log"):
+        await asyncio.sleep(1.0)
+    assert await count(bus, "cilia.lb.>") == stored

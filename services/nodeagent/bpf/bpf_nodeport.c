@@ -5,7 +5,8 @@
  *   - a packet to an external frontend gets a backend (Maglev, LB conntrack, affinity). A local
  *     backend is reached by DNAT alone. A remote backend is reached by DNAT + SNAT to this
  *     node's address (default), or in DSR mode by DNAT with the frontend carried in an IPv4
- *     option, so that the backend's node answers the client directly. Rewritten packets for
+ *     option (on a TCP flow's SYN only), so that the backend's node answers the client
+ *     directly. Rewritten packets for
  *     other nodes are redirected out through a FIB lookup (their source may be this node).
  *   - a reply to a SNAT'd flow gets the client back as destination, the frontend as source.
  *   - a DSR packet for a local backend records how to rewrite the backend's replies.
@@ -183,7 +184,11 @@ int cil_from_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	if (svc->flags & LB_SVC_F_DSR) {
-		if (lb_rewrite(skb, t.proto, 1, t.daddr, be->addr, t.dport, be->port) < 0 ||
+		/* TCP carries the frontend on the SYN only (the backend's node remembers it), so
+		 * data packets never grow beyond the MTU; UDP carries it on every packet. */
+		if (lb_rewrite(skb, t.proto, 1, t.daddr, be->addr, t.dport, be->port) < 0)
+			return TC_ACT_SHOT;
+		if ((t.proto != CILIA_IPPROTO_TCP || lb_is_syn(&t)) &&
 		    np_dsr_add_opt(skb, t.daddr, t.dport) < 0)
 			return TC_ACT_SHOT;
 		return np_redirect(skb, t.saddr, be->addr);
