@@ -87,11 +87,15 @@ def service_list(ctx: CliContext, output: str) -> None:
     async def read(bus: Bus) -> LbView:
         return await read_view(bus)
 
-    rows = service_rows(ctx.run(read))
+    view = ctx.run(read)
+    rows = service_rows(view)
     if output == "json":
         print_json(rows)
         return
     click.echo(render_services(rows))
+    for ref, st in sorted(view.status.items()):
+        if st.get("op") == "error":
+            click.echo(f"rejected {ref}: {st.get('error', '')}", err=True)
 
 
 def lb_map_rows(maps: LbMaps, node: str) -> list[dict[str, Any]]:
@@ -118,6 +122,31 @@ def lb_map_rows(maps: LbMaps, node: str) -> list[dict[str, Any]]:
                      "table_size": entry.size_int,
                      "external_table_size": entry.size_ext, "flags": flags, "backends": bes})
     return rows
+
+
+def kube_proxy_replacement(node: str, device: str, netns: str | None = None,
+                           ) -> dict[str, Any]:
+    """What ``cilia status`` reports as KubeProxyReplacement for one node: whether the
+    underlay programs sit on ``device`` and which mode its external frontends use."""
+    from services.nodeagent.datapath import attached_programs
+    from services.nodeagent.datapath.lbnodeport import PROG_FROM_NETDEV, PROG_TO_NETDEV
+
+    try:
+        hooks = attached_programs(device, netns)
+    except DatapathError:
+        hooks = {}
+    enabled = hooks == {"ingress": PROG_FROM_NETDEV, "egress": PROG_TO_NETDEV}
+    mode = "SNAT"
+    if enabled:
+        try:
+            with LbMaps(node) as maps:
+                if any(e.dsr for e in maps.service_entries().values()):
+                    mode = "DSR"
+        except (DatapathError, ValueError):
+            pass
+    text = f"True   [{device} (Direct Routing), {mode}]" if enabled else "False"
+    return {"enabled": enabled, "devices": [device] if enabled else [], "mode": mode,
+            "text": text}
 
 
 @click.group("lb")

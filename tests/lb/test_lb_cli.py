@@ -69,3 +69,23 @@ def test_bpf_lb_list_reads_the_kernel_maps() -> None:
         assert bad.returncode != 0 and "no-such-node" in bad.stderr
     finally:
         lab.destroy()
+
+
+def test_kube_proxy_replacement_status_reads_the_device() -> None:
+    from services.cli.service import kube_proxy_replacement
+    from tests.lb.lblab import UPLINK
+
+    lab = LbLab.create(nodes=1, pods=1)
+    try:
+        node = lab.nodes[0]
+        got = kube_proxy_replacement(node.name, UPLINK, node.lab.node_ns)
+        assert got["enabled"] and got["text"] == f"True   [{UPLINK} (Direct Routing), SNAT]"
+        lab.service(31, "np", type="NodePort", cluster_ip="10.96.0.31",
+                    ports=[{"name": "", "port": 80, "protocol": "TCP", "node_port": 30031}])
+        fresh = type(node.state)(node.name, node_ips=[node.ip], lb_mode="dsr")
+        fresh.view = node.state.view
+        node.lbmaps.apply(fresh.plan())
+        assert kube_proxy_replacement(node.name, UPLINK, node.lab.node_ns)["mode"] == "DSR"
+        assert not kube_proxy_replacement(node.name, "lo", node.lab.node_ns)["enabled"]
+    finally:
+        lab.destroy()
