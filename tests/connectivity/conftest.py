@@ -10,7 +10,7 @@ import pytest
 from tests.support.cluster import Cluster, cluster
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def lab2() -> Iterator[Cluster]:
     """A two-node lab with the whole control plane; this process reads the lab's state too."""
     # Not under pytest's basetemp: another pytest session on this machine may prune it.
