@@ -20,6 +20,7 @@ pytestmark = pytest.mark.datapath
 NODEPORT = 30080
 LOCAL_NODEPORT = 30081
 LB_IP = "192.0.2.50"
+EXTERNAL_IP = "198.51.100.9"
 SID, LOCAL_SID = 11, 12
 
 
@@ -36,8 +37,9 @@ def lab() -> Iterator[LbLab]:
     try:
         with NetNS(lab.ext_ns) as ext:
             ext.route("add", dst=f"{LB_IP}/32", gateway=node_ip(0))
+            ext.route("add", dst=f"{EXTERNAL_IP}/32", gateway=node_ip(1))
         remote = lab.nodes[1].pods
-        nodeport_service(lab, SID, "web", NODEPORT, lb_ips=[LB_IP])
+        nodeport_service(lab, SID, "web", NODEPORT, lb_ips=[LB_IP], external_ips=[EXTERNAL_IP])
         lab.backends(SID, remote)
         nodeport_service(lab, LOCAL_SID, "local", LOCAL_NODEPORT, ext_local=True)
         lab.backends(LOCAL_SID, remote)
@@ -87,6 +89,9 @@ def test_nodeport_from_the_external_host(lab: LbLab, mode: str) -> None:
             assert roundtrip(s, bytes(range(256)) * 80), f"{mode}: bulk data lost"
         finally:
             s.close()
+    # an externalIP routed to node 1, where the backends are local: DNAT only
+    res = who(lab.ext_ns, EXTERNAL_IP, 80)
+    assert res is not None and res[0] in backends(lab) and res[1] == EXT_IP
     # on node 1 the backends are local: DNAT only, the client's address is kept
     res = who(lab.ext_ns, node_ip(1), NODEPORT)
     assert res is not None and res[0] in backends(lab) and res[1] == EXT_IP

@@ -113,3 +113,18 @@ def test_single_backend_needs_one_slot_and_none_means_no_table() -> None:
                                                  "removed": [["http", 1]]})
     plan = st.plan()
     assert plan.services[LbFrontend("10.96.0.10", 80)].size_int == 0 and not plan.tables
+
+
+def test_internal_traffic_policy_local_limits_pod_traffic_to_local_backends() -> None:
+    st = LbNodeState("n1", maglev_size=M)
+    feed(st, 5, svc(type="ClusterIP", int_local=True, external_ips=[],
+                    ports=[{"name": "http", "port": 80, "protocol": "TCP", "node_port": 0}]),
+         [(1, "10.244.1.2", "n1", "active"), (2, "10.244.2.2", "n2", "active")])
+    plan = st.plan()
+    entry = plan.services[LbFrontend("10.96.0.10", 80)]
+    assert plan.tables[entry.table_int] == [1]
+    # on the other node only its own backend
+    other = LbNodeState("n2", maglev_size=M)
+    other.view = st.view
+    plan = other.plan()
+    assert plan.tables[plan.services[LbFrontend("10.96.0.10", 80)].table_int] == [2]
