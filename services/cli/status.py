@@ -19,6 +19,7 @@ from services.cli._context import CliContext, output_option, pass_ctx, print_jso
 from services.cli.agentcli import cluster_nodes
 from services.cli.controlplane import SERVICES, collect_status
 from services.cli.labcli import current_lab
+from services.cli.service import kube_proxy_replacement
 from services.common.bus import Bus
 from services.common.errors import BusError, CiliaError
 from services.common.runner import STATE_OK
@@ -30,6 +31,7 @@ from services.nodeagent.datapath.lbmaps import LbMaps
 AGENT = "nodeagent"
 DNS = "dns"
 KUBE_DNS_REF = "kube-system/kube-dns"
+NODE_DEVICE = "eth0"        # the lab node's underlay device, where NodePort programs sit
 DEFAULT_WAIT_S = 300.0      # cilium status --wait-duration default (5 minutes)
 WAIT_POLL_S = 0.5
 CONNECT_TIMEOUT_S = 5.0
@@ -64,11 +66,18 @@ async def gather(bus: Bus, url: str, lab: str | None) -> dict[str, Any]:
     view = await read_view(bus)
     agent_bus_seq = await _last_seq(bus, AGENT_INPUTS)
     lab_info: dict[str, Any] = {"name": lab, "routing": None}
+    kpr: dict[str, dict[str, Any]] = {}
     if lab:
         try:
-            lab_info["routing"] = getattr(load_lab(lab), "routing", "native")
+            state = load_lab(lab)
         except CiliaError:
             lab_info["name"] = None
+        else:
+            lab_info["routing"] = getattr(state, "routing", "native")
+            # pyroute2 runs its own event loop: off this one
+            kpr = {n.name: await asyncio.to_thread(kube_proxy_replacement, n.name,
+                                                   NODE_DEVICE, n.netns)
+                   for n in state.plan.nodes}
     return {"nats": {"url": url, "server": f"{version.major}.{version.minor}.{version.patch}",
                      "jetstream": True, "streams": account.streams,
                      "consumers": account.consumers, "storage_bytes": account.storage,
@@ -76,7 +85,7 @@ async def gather(bus: Bus, url: str, lab: str | None) -> dict[str, Any]:
             "streams": sorted(streams, key=lambda s: s["name"]),
             "services": replies, "nodes": nodes, "agent_inputs_seq": agent_bus_seq,
             "kube_dns": KUBE_DNS_REF in view.ids,
-            "lb_frontends": {n: _frontends(n) for n in nodes},
+            "lb_frontends": {n: _frontends(n) for n in nodes}, "kpr": kpr,
             "lab": lab_info}
 
 
@@ -150,11 +159,21 @@ def assess(data: dict[str, Any]) -> dict[str, Any]:
                            "policy_revision": 0, "error": "no heartbeat"})
     lb = services.get("lb", {})
     frontends = {n: c for n, c in data["lb_frontends"].items() if c is not None}
-    if lb.get("ready"):
-        kpr = "True" + (f" [{sum(frontends.values())} frontends in {len(frontends)} node "
-                        f"maps; ClusterIP, NodePort, LoadBalancer]" if frontends else "")
-    else:
+    nodes_kpr = data.get("kpr") or {}
+    fe = (f", {sum(frontends.values())} frontends in {len(frontends)} node maps"
+          if frontends else "")
+    if not lb.get("ready"):
         kpr = "False [no lb service]"
+    elif nodes_kpr and not all(k["enabled"] for k in nodes_kpr.values()):
+        off = sorted(n for n, k in nodes_kpr.items() if not k["enabled"])
+        kpr = f"Partial [no NodePort programs on {', '.join(off)}{fe}]"
+        problems.append(f"KubeProxyReplacement: no NodePort programs on {', '.join(off)}")
+    elif nodes_kpr:
+        first = next(iter(nodes_kpr.values()))
+        kpr = (f"True [{', '.join(first['devices'])} (Direct Routing), {first['mode']}"
+               f"{fe}]")
+    else:
+        kpr = f"True [ClusterIP, NodePort{fe}]"
     counts = {"endpoints": sum(a["endpoints"] for a in agents),
               "identities": _stats(data, "identity", "identities"),
               "policies": _stats(data, "policy", "policies"),

@@ -44,7 +44,13 @@ def test_healthy_cluster_is_ok_with_counts() -> None:
                            "backends": 4}
     assert [(a["node"], a["lag"], a["policy_revision"]) for a in h["agents"]] == [
         ("n1", 0, 7), ("n2", 0, 7)]
-    assert h["kube_proxy_replacement"].startswith("True [3 frontends in 1 node maps")
+    assert h["kube_proxy_replacement"] == "True [ClusterIP, NodePort, 3 frontends in 1 node maps]"
+    on = {"enabled": True, "devices": ["eth0"], "mode": "SNAT"}
+    both = assess(variant(kpr={"n1": on, "n2": on}))
+    assert both["ok"] and both["kube_proxy_replacement"].startswith(
+        "True [eth0 (Direct Routing), SNAT")
+    half = assess(variant(kpr={"n1": on, "n2": {**on, "enabled": False, "devices": []}}))
+    assert half["problems"] == ["KubeProxyReplacement: no NodePort programs on n2"]
     assert h["routing"] == "tunnel" and h["policy_revision"] == 7
 
 
@@ -82,7 +88,8 @@ def test_status_screen_and_wait_on_a_live_lab(lab2: Cluster, tmp_path: Path) -> 
     res = lab2.cilia("status", "--wait", "--wait-duration", "30")
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
-    assert "Cilia:                OK" in out and "KubeProxyReplacement:     True" in out
+    assert "Cilia:                OK" in out
+    assert "KubeProxyReplacement:     True [eth0 (Direct Routing), SNAT" in out
     assert "Routing:                  native" in out
     for node in (f"{lab2.lab}-node1", f"{lab2.lab}-node2"):
         assert any(line.startswith(node) and " OK " in line for line in out.splitlines())
