@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .fold import Replay, Step
+from .fold import Replay, Step, no_cyclic_gc
 from .maps import (
     CLUSTER_RENDER,
     CLUSTER_SCOPE,
@@ -90,8 +90,9 @@ class Tracker:
                 for scope, maps in self.maps.items()}
 
     def fold(self, records: Sequence[Record]) -> None:
-        for rec in records:
-            self.apply(rec)
+        with no_cyclic_gc():
+            for rec in records:
+                self.apply(rec)
 
     def apply(self, rec: Record) -> None:
         step = self.rp.apply(rec)
