@@ -209,10 +209,11 @@ def test_damaged_history_file_is_a_clear_error(incident: Incident, exported: Pat
                                                 message: str) -> None:
     bad = tmp_path / "damaged.cilia"
     bad.write_bytes(damage(exported.read_bytes()))
-    for args in (["replay", "state", "--seq", "20"],
-                 ["replay", "explain", "--seq", "20", "--from", FROM, "--to", TO, "--dport",
-                  "8080"],
-                 ["replay", "diff", "--from", "1", "--to", "20"]):
+    commands = [["replay", "state", "--seq", "20"]]
+    if message == "truncated":   # every command reads files the same way; check it once
+        commands += [["replay", "explain", "--seq", "20", "--from", FROM, "--to", TO,
+                      "--dport", "8080"], ["replay", "diff", "--from", "1", "--to", "20"]]
+    for args in commands:
         res = cilia("--nats-url", "nats://127.0.0.1:1", *args, "--file", str(bad))
         assert res.returncode == 1, res.stdout
         assert res.stdout == ""
