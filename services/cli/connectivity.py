@@ -10,6 +10,7 @@ infrastructure. What is deployed and checked is in :mod:`services.cli.connectivi
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -66,8 +67,10 @@ DROP_TIMEOUT_S = 1.0        # a connection that must be dropped is given up afte
 EXEC_GRACE_S = 20.0         # on top of the probe's own timeout, for the exec itself
 READY_TIMEOUT_S = 60.0      # deployment: pods, identities, services in the kernel maps
 SETTLE_TIMEOUT_S = 20.0     # a policy change realized by the policy service and every agent
+SETTLE_COLLECT_S = 0.1      # heartbeats on the local bus answer within milliseconds
 FLOW_WAIT_S = 2.0           # a drop's flow event reaches the agents' recent flows
 POLL_S = 0.1
+EXEC_TIMEOUT = 124          # the exit status reported for a probe that had to be killed
 MANIFEST_SOURCE = "<connectivity test>"
 
 
@@ -105,7 +108,8 @@ async def settle(bus: Bus, timeout: float = SETTLE_TIMEOUT_S) -> None:
     async def until(what: str, filters: list[str], service: str, key: str) -> None:
         target = await _last_seq(bus, filters)
         while True:
-            stats = [r["stats"] for r in await collect_status(bus) if r["service"] == service]
+            stats = [r["stats"] for r in await collect_status(bus, SETTLE_COLLECT_S)
+                     if r["service"] == service]
             if stats and all(s.get(key, 0) >= target for s in stats):
                 return
             if time.monotonic() > deadline:
@@ -124,6 +128,7 @@ class Runner:
     lab: str
     echo: Callable[[str], None]
     env: Env | None = None
+    unsettled: bool = False     # a policy was deleted and its removal not yet waited for
 
     # -- deployment --------------------------------------------------------------------------
 
@@ -221,7 +226,9 @@ class Runner:
         try:
             if policies:
                 self.ctx.run(lambda bus: source.apply(bus, policies))
+            if policies or self.unsettled:   # one wait covers the last removal and this apply
                 self.ctx.run(settle)
+                self.unsettled = False
             since = time.time()
             with ThreadPoolExecutor(max(1, len(scenario.checks))) as pool:
                 results = list(pool.map(self._check, scenario.checks))
@@ -231,15 +238,18 @@ class Runner:
         finally:
             if policies:
                 self.ctx.run(lambda bus: source.delete(bus, policies))
-                self.ctx.run(settle)
+                self.unsettled = True
         return ScenarioResult(scenario.name, results, time.monotonic() - started, error=error)
 
     def _exec(self, src: str, argv: list[str], timeout: float) -> tuple[int, str]:
-        if src == EXTERNAL:
-            proc = exec_in_netns(self.external_netns, argv, timeout=timeout + EXEC_GRACE_S)
-        else:
-            proc = exec_in_pod(src, argv, namespace=NAMESPACE, lab=self.lab, capture=True,
-                               timeout=timeout + EXEC_GRACE_S)
+        try:
+            if src == EXTERNAL:
+                proc = exec_in_netns(self.external_netns, argv, timeout=timeout + EXEC_GRACE_S)
+            else:
+                proc = exec_in_pod(src, argv, namespace=NAMESPACE, lab=self.lab, capture=True,
+                                   timeout=timeout + EXEC_GRACE_S)
+        except subprocess.TimeoutExpired:
+            return EXEC_TIMEOUT, f"no answer in {timeout + EXEC_GRACE_S:.0f}s (killed)"
         out = (proc.stdout or b"").decode(errors="replace").strip()
         err = (proc.stderr or b"").decode(errors="replace").strip()
         return proc.returncode, out or (err.splitlines()[-1] if err else "")

@@ -43,6 +43,10 @@ ZONES = (CLUSTER_DOMAIN, EXTERNAL_DOMAIN)
 # resolv.conf names it before the Service exists, as the kubelet's --cluster-dns does
 KUBE_DNS_IP = "10.96.0.10"
 NDOTS = 5                       # Kubernetes' ndots: short and partial names try the search list
+# glibc's per-query timeout and tries: the lab's DNS is one hop away, so a policy that drops
+# DNS fails a lookup in seconds instead of glibc's default 5 s x 2 tries per search domain
+RESOLV_TIMEOUT_S = 1
+RESOLV_ATTEMPTS = 2
 TTL_S = 5                       # short: ClusterIPs and backends change while tests run
 BACKEND_ACTIVE = "active"
 
@@ -57,7 +61,8 @@ def service_name(namespace: str, name: str) -> str:
 def resolv_conf(namespace: str) -> str:
     """A pod's ``/etc/resolv.conf`` (what the kubelet writes for ClusterFirst pods)."""
     search = " ".join([f"{namespace}.{SERVICE_DOMAIN}", SERVICE_DOMAIN, CLUSTER_DOMAIN])
-    return f"nameserver {KUBE_DNS_IP}\nsearch {search}\noptions ndots:{NDOTS}\n"
+    return (f"nameserver {KUBE_DNS_IP}\nsearch {search}\noptions ndots:{NDOTS} "
+            f"timeout:{RESOLV_TIMEOUT_S} attempts:{RESOLV_ATTEMPTS}\n")
 
 
 def zone_from_view(view: LbView) -> dict[str, tuple[str, ...]]:

@@ -99,4 +99,4 @@ def test_resolv_conf_names_kube_dns_and_the_search_list() -> None:
     text = resolv_conf("prod")
     assert f"nameserver {KUBE_DNS_IP}\n" in text
     assert "search prod.svc.cluster.local svc.cluster.local cluster.local\n" in text
-    assert "ndots:5" in text
+    assert "options ndots:5 timeout:1 attempts:2\n" in text
