@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest_asyncio
 from nats.js.errors import NotFoundError
 
 from services.common import subjects
-from services.common.bus import Bus
+from services.common.bus import Bus, HistoryConfig
 from services.common.embedded import NatsServer, start_nats
 
 
@@ -30,16 +31,37 @@ def nats_url(nats_server: NatsServer) -> str:
     return nats_server.url
 
 
+STREAM_RESET_TRIES = 5
+
+
+async def _delete_stream(b: Bus, name: str) -> None:
+    """Delete a stream and wait until the server no longer knows it."""
+    with contextlib.suppress(NotFoundError):
+        await b.js.delete_stream(name)
+    for _ in range(100):
+        try:
+            await b.js.stream_info(name)
+        except NotFoundError:
+            return
+        await asyncio.sleep(0.02)
+
+
 @pytest_asyncio.fixture
 async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
     """A connection to a bus whose history stream and KV buckets start empty."""
     b = await Bus.connect(nats_server.url, "test")
-    with contextlib.suppress(NotFoundError):
-        await b.js.delete_stream(subjects.HISTORY_STREAM)
-    for name in (subjects.KV_IDENTITIES, subjects.KV_SERVICES):
-        with contextlib.suppress(NotFoundError):
-            await b.js.delete_key_value(name)
-    await b.ensure_history()
+    for name in (f"KV_{subjects.KV_IDENTITIES}", f"KV_{subjects.KV_SERVICES}",
+                 subjects.HISTORY_STREAM):
+        await _delete_stream(b, name)
+    for _ in range(STREAM_RESET_TRIES):
+        info = await b.ensure_history(HistoryConfig())
+        if info.state.messages == 0:
+            break
+        # A stream re-created right after its deletion has been seen to come back with its
+        # old messages on a loaded machine: delete it again.
+        await _delete_stream(b, subjects.HISTORY_STREAM)
+    else:
+        raise RuntimeError("could not start from an empty history stream")
     try:
         yield b
     finally:
