@@ -7,6 +7,7 @@ line per backend.
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import click
@@ -131,10 +132,13 @@ def kube_proxy_replacement(node: str, device: str, netns: str | None = None,
     from services.nodeagent.datapath import attached_programs
     from services.nodeagent.datapath.lbnodeport import PROG_FROM_NETDEV, PROG_TO_NETDEV
 
-    try:
-        hooks = attached_programs(device, netns)
-    except DatapathError:
-        hooks = {}
+    # pyroute2's synchronous socket cannot be opened inside a running event loop (status
+    # calls this from one): ask from a worker thread.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            hooks = pool.submit(attached_programs, device, netns).result()
+        except DatapathError:
+            hooks = {}
     enabled = hooks == {"ingress": PROG_FROM_NETDEV, "egress": PROG_TO_NETDEV}
     mode = "SNAT"
     if enabled:

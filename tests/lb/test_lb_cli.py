@@ -89,3 +89,17 @@ def test_kube_proxy_replacement_status_reads_the_device() -> None:
         assert not kube_proxy_replacement(node.name, "lo", node.lab.node_ns)["enabled"]
     finally:
         lab.destroy()
+
+
+async def test_kube_proxy_replacement_works_inside_an_event_loop() -> None:
+    import asyncio
+
+    from services.cli.service import kube_proxy_replacement
+
+    lab = await asyncio.to_thread(LbLab.create, 1, 1)
+    try:
+        node = lab.nodes[0]
+        # called from a coroutine, as `cilia status` does
+        assert kube_proxy_replacement(node.name, "up0", node.lab.node_ns)["enabled"]
+    finally:
+        await asyncio.to_thread(lab.destroy)
