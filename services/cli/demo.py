@@ -17,9 +17,12 @@ from tabulate import tabulate
 from services.cli import controlplane, manifests, source
 from services.cli._context import CliContext, pass_ctx
 from services.cli.agentcli import endpoint_rows, format_flow, recent_flows
+from services.cli.connectivity import run_connectivity
+from services.cli.connectivity_checks import render_summary, summary
 from services.cli.identity import format_identities, list_identities
 from services.cli.labcli import start_lab
 from services.cli.service import read_view, render_services, service_rows
+from services.cli.status import read_status, render
 from services.common.bus import NATS_URL_ENV, Bus
 from services.common.embedded import free_port
 from services.common.errors import CiliaError
@@ -39,6 +42,9 @@ PAIRS = [("frontend", "backend", 8080), ("frontend", "database", 5432),
          ("backend", "database", 5432), ("backend", "frontend", 80),
          ("database", "frontend", 80), ("database", "backend", 8080)]
 CONNECT = str(Path(sys.executable).parent / "cilia-connect")
+# the short connectivity run at the end (the whole suite: `cilia connectivity test`)
+CONNECTIVITY_TESTS = ("^pod-to-", "external-to-nodeport", "dns", "^client-egress$",
+                      "to-entities-world")
 
 
 def step(text: str) -> None:
@@ -87,6 +93,7 @@ def verdict_matrix(eps: dict[str, dict[str, Any]]) -> str:
 def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
     """From nothing: bus, services, a lab, the seed's three-tier app and its policy."""
     started = time.monotonic()
+    failed: list[str] = []
     demo_ctx = CliContext(None, ctx.state_dir / "demo")
     os.environ["CILIA_STATE_DIR"] = str(demo_ctx.state_dir)
     step("starting the control plane (embedded NATS JetStream + services)")
@@ -137,6 +144,14 @@ def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
 
         for f in demo_ctx.run(drops)[-4:]:
             click.echo(f"    {format_flow(f)}")
+        step("cilia connectivity test --test " + " --test ".join(CONNECTIVITY_TESTS))
+        results = run_connectivity(demo_ctx, LAB, CONNECTIVITY_TESTS,
+                                   lambda line: click.echo(f"    {line}"))
+        for line in render_summary(results)[1:]:
+            click.echo(f"    {line}")
+        failed = summary(results)["failed_tests"]
+        step("cilia status")
+        click.echo(render(*read_status(demo_ctx, WAIT_S)))
         click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
     finally:
         if keep:
@@ -148,3 +163,5 @@ def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
             asyncio.set_event_loop(None)
             lab_down(LAB)
             controlplane.down(demo_ctx.state_dir, purge=True)
+    if failed:
+        raise click.ClickException(f"connectivity tests failed: {', '.join(failed)}")
