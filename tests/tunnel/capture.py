@@ -81,14 +81,53 @@ def sniff(netns: str, ifname: str) -> Iterator[socket.socket]:
         sock.close()
 
 
-def drain(sock: socket.socket, port: int) -> list[VxlanPacket]:
-    """Every VXLAN packet the socket has queued so far."""
-    out: list[VxlanPacket] = []
+def drain(sock: socket.socket) -> list[bytes]:
+    """Every frame the socket has queued so far."""
+    out: list[bytes] = []
     while True:
         try:
-            frame = sock.recv(FRAME_MAX)
+            out.append(sock.recv(FRAME_MAX))
         except BlockingIOError:
             return out
-        pkt = parse_vxlan(frame, port)
-        if pkt is not None:
-            out.append(pkt)
+
+
+def vxlan_packets(frames: list[bytes], port: int) -> list[VxlanPacket]:
+    return [p for p in (parse_vxlan(f, port) for f in frames) if p is not None]
+
+
+def outer_ipv4_sources(frames: list[bytes]) -> list[ipaddress.IPv4Address]:
+    """The source address of every IPv4 frame, as the underlay sees it (outer header)."""
+    out = []
+    for frame in frames:
+        if len(frame) >= ETH_HLEN + 20 and struct.unpack_from("!H", frame, 12)[0] == ETH_P_IP:
+            out.append(ipaddress.IPv4Address(frame[ETH_HLEN + 12:ETH_HLEN + 16]))
+    return out
+
+
+def _checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def vxlan_payload(vni: int, dst_mac: str, src: str, dst: str, dport: int) -> bytes:
+    """A VXLAN UDP payload carrying a TCP SYN from ``src`` to ``dst:dport`` (what a node's
+    VXLAN device would send; for forging tests)."""
+    tcp = struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 5 << 4, 0x02, 0xFFFF, 0, 0)
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0,
+                      ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+    ip = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
+    eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex("020000000099") + \
+        struct.pack("!H", ETH_P_IP)
+    return struct.pack("!B3xI", VXLAN_FLAG_VNI, vni << 8) + eth + ip + tcp
+
+
+def send_udp(netns: str, host: str, port: int, payload: bytes) -> None:
+    """Send one datagram from inside a lab netns."""
+    with entered_netns(netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.sendto(payload, (host, port))
+    finally:
+        sock.close()

@@ -7,10 +7,7 @@ lab for the verdict comparison.
 
 from __future__ import annotations
 
-import ipaddress
 import shutil
-import socket
-import struct
 import subprocess
 import tempfile
 import time
@@ -22,7 +19,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from services.common.identities import ID_HOST, ID_REMOTE_NODE, ID_WORLD
-from services.lab import CLUSTER_POD_CIDR, plan_lab
+from services.lab import CLUSTER_POD_CIDR, WORLD_IPS, plan_lab
 from services.nodeagent.datapath import attached_programs, open_maps
 from services.nodeagent.datapath.encode import ipcache_keys
 from services.nodeagent.datapath.overlay import (
@@ -34,7 +31,14 @@ from services.nodeagent.datapath.overlay import (
 )
 from services.nodeagent.endpoints import open_iproute
 from tests.support.cluster import CONNECT, Cluster, cluster
-from tests.tunnel.capture import ETH_HLEN, ETH_P_IP, drain, sniff
+from tests.tunnel.capture import (
+    drain,
+    outer_ipv4_sources,
+    send_udp,
+    sniff,
+    vxlan_packets,
+    vxlan_payload,
+)
 from tests.tunnel.threetier import (
     EXPECTED,
     NS,
@@ -152,32 +156,12 @@ def test_node_reaches_a_remote_pod_through_the_tunnel_as_host(tunnel: Cluster) -
     since = time.time()
     with sniff(underlay, "n" + sender.rsplit("node", 1)[1]) as sock:
         assert _from_node(tunnel, sender, fe, PORTS["frontend"]) == "OK"
-        packets = drain(sock, OVERLAY_PORT)
+        packets = vxlan_packets(drain(sock), OVERLAY_PORT)
     # the sender's own address goes out as host (1); the receiver sees a remote node
     assert {p.vni for p in packets if p.inner_dst == fe} == {ID_HOST}
     flow = _flow(tunnel, where.nodes["frontend"], _node_ip(tunnel, sender), fe,
                  PORTS["frontend"], "FORWARDED", since)
     assert flow["src_identity"] == ID_REMOTE_NODE
-
-
-def _plain_pod_packets(sock: socket.socket) -> int:
-    """Frames on the underlay whose outer IPv4 header carries pod addresses (not tunnelled)."""
-    count = 0
-    for pkt in drain_raw(sock):
-        if len(pkt) < ETH_HLEN + 20 or struct.unpack_from("!H", pkt, 12)[0] != ETH_P_IP:
-            continue
-        src = ipaddress.IPv4Address(pkt[ETH_HLEN + 12:ETH_HLEN + 16])
-        count += src in CLUSTER_POD_CIDR
-    return count
-
-
-def drain_raw(sock: socket.socket) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(sock.recv(65535))
-        except BlockingIOError:
-            return out
 
 
 def test_underlay_carries_vxlan_with_the_source_identity_as_vni(tunnel: Cluster) -> None:
@@ -189,7 +173,10 @@ def test_underlay_carries_vxlan_with_the_source_identity_as_vni(tunnel: Cluster)
         assert tunnel.connect("deploy/frontend", NS, ips["backend"], PORTS["backend"]) == "OK"
         assert tunnel.connect("deploy/backend", NS, ips["database"], PORTS["database"],
                               udp=True) == "OK"
-        packets = drain(sock, OVERLAY_PORT)
+        frames = drain(sock)
+    packets = vxlan_packets(frames, OVERLAY_PORT)
+    # pod traffic between nodes never crosses the underlay unencapsulated
+    assert not [src for src in outer_ipv4_sources(frames) if src in CLUSTER_POD_CIDR]
     by_pair: dict[tuple[str, str], set[int]] = {}
     for p in packets:
         by_pair.setdefault((p.inner_src, p.inner_dst), set()).add(p.vni)
@@ -200,16 +187,6 @@ def test_underlay_carries_vxlan_with_the_source_identity_as_vni(tunnel: Cluster)
     assert by_pair.get((be, fe)) == {ids["backend"]}, by_pair
     assert by_pair.get((be, db)) == {ids["backend"]}, by_pair
     assert by_pair.get((db, be)) == {ids["database"]}, by_pair
-
-
-def test_pod_traffic_never_crosses_the_underlay_unencapsulated(tunnel: Cluster) -> None:
-    where = placement(tunnel)
-    underlay = f"cilia-{tunnel.lab}-underlay"
-    port = "n" + where.nodes["backend"].rsplit("node", 1)[1]
-    with sniff(underlay, port) as sock:
-        assert tunnel.connect("deploy/frontend", NS, where.ips["backend"],
-                              PORTS["backend"]) == "OK"
-        assert _plain_pod_packets(sock) == 0
 
 
 def _node_to_backend(lab: Cluster, where: Placement) -> tuple[str, int]:
@@ -265,6 +242,27 @@ def test_policy_verdicts_are_identical_in_native_and_tunnel_mode(tunnel: Cluster
                 assert flow["src_identity"] == ID_WORLD
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_only_nodes_of_the_cluster_can_assert_an_identity(tunnel: Cluster) -> None:
+    """A VXLAN packet forged with the frontend's identity as VNI: honoured from a node (outer
+    source remote-node), ignored from the external host (its source is looked up: world)."""
+    where = placement(tunnel)
+    receiver = where.nodes["backend"]
+    plan = plan_lab(tunnel.lab, 2)
+    target = plan.node(receiver)
+    sender = next(n for n in plan.nodes if n.name != receiver)
+    cases = ((sender.netns, str(WORLD_IPS[1]), "FORWARDED", where.identities["frontend"]),
+             (plan.external_netns, str(WORLD_IPS[2]), "DROPPED", ID_WORLD))
+    since = time.time()
+    for netns, inner_src, _, _ in cases:
+        send_udp(netns, str(target.node_ip), OVERLAY_PORT,
+                 vxlan_payload(where.identities["frontend"], target.overlay_mac, inner_src,
+                               where.ips["backend"], PORTS["backend"]))
+    for _, inner_src, verdict, identity in cases:
+        flow = _flow(tunnel, receiver, inner_src, where.ips["backend"], PORTS["backend"],
+                     verdict, since)
+        assert flow["src_identity"] == identity
 
 
 def test_receiver_trusts_the_vni_without_the_source_in_its_ipcache(tunnel: Cluster) -> None:
