@@ -2,7 +2,8 @@
 
 The test namespace ``cilia-test`` holds two clients and two echo servers: ``client``,
 ``client2`` and ``echo-same`` on the first node, ``echo-other`` on the second (on the first when
-the lab has one node; the cross-node scenario is then skipped). ``echo-same`` and
+the lab has one node; the cross-node scenario is then skipped, and NodePort checks use the one
+node). ``echo-same`` and
 ``echo-other`` are NodePort Services. Scenarios follow ``cilium connectivity test``: each is a
 list of checks, each check a real connection (or DNS lookup) that must pass or must be dropped,
 some under a policy applied for that scenario only.
@@ -61,6 +62,11 @@ class Check:
     udp: bool = False
     kind: str = CONNECT
     want: str = ""
+
+    @property
+    def node(self) -> int:
+        """The node index a NodePort target names (0 for every other target)."""
+        return int(self.target.split(":")[1]) if self.target.startswith("nodeport:") else 0
 
     @property
     def label(self) -> str:
@@ -172,10 +178,10 @@ SCENARIOS: tuple[Scenario, ...] = (
                                        C("client", "pod:echo-other", udp=True)), min_nodes=2),
     Scenario("pod-to-service", (C("client", "svc:echo-same"), C("client", "svc:echo-other"))),
     Scenario("pod-to-nodeport", (C("client", "nodeport:0:echo-other"),
-                                 C("client", "nodeport:1:echo-same")), min_nodes=2),
+                                 C("client", "nodeport:1:echo-same"))),
     Scenario("pod-to-external", (C("client", "world:0", EXTERNAL_PORT),)),
     Scenario("external-to-nodeport", (C(EXTERNAL, "nodeport:0:echo-same"),
-                                      C(EXTERNAL, "nodeport:1:echo-other")), min_nodes=2),
+                                      C(EXTERNAL, "nodeport:1:echo-other"))),
     Scenario("dns-resolution", DNS_CHECKS),
     Scenario("all-ingress-deny",
              (C("client", "pod:echo-same", expect=DROP), C("client", "pod:echo-other",
