@@ -104,9 +104,10 @@ def lb_map_rows(maps: LbMaps, node: str) -> list[dict[str, Any]]:
     backends = maps.backend_entries()
     rows = []
     for fe, entry in sorted(maps.service_entries().items()):
-        tables = maps.maglev_tables({entry.table_int, entry.table_ext})
-        slots = Counter(tables.get(entry.table_int, []))
-        ext_slots = Counter(tables.get(entry.table_ext, []))
+        slots = Counter(maps.kernel_table(entry.table_int, entry.size_int))
+        ext_slots = (slots if (entry.table_ext, entry.size_ext) == (entry.table_int,
+                                                                     entry.size_int)
+                     else Counter(maps.kernel_table(entry.table_ext, entry.size_ext)))
         bes = []
         for bid in sorted(set(slots) | set(ext_slots)):
             be = backends.get(bid)

@@ -29,6 +29,7 @@ from typing import Any
 from services.lb.events import LbView, Touched
 from services.lb.maglev import DEFAULT_TABLE_SIZE, build_table
 from services.lb.resolve import STATE_ACTIVE, STATE_TERMINATING
+from services.nodeagent.datapath.lbmaglev import table_id
 from services.nodeagent.datapath.lbmaps import (
     LbBackendEntry,
     LbFrontend,
@@ -45,10 +46,6 @@ NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 
 def frontend_id(service_id: int, port_index: int) -> int:
     return (service_id << PORT_INDEX_BITS) | port_index
-
-
-def table_id(fid: int, external: bool) -> int:
-    return (fid << 1) | int(external)
 
 
 @dataclass

@@ -28,7 +28,7 @@ MAP_METRICS = "metrics"
 # Service load balancing (lib/lb.h; services/nodeagent/datapath/lbmaps.py).
 MAP_LB_SERVICES = "lb_services"
 MAP_LB_BACKENDS = "lb_backends"
-MAP_LB_MAGLEV = "lb_maglev"
+MAP_LB_MAGLEV = "lb_maglev_slots"
 MAP_LB_CT = "lb_ct"
 MAP_LB_AFFINITY = "lb_affinity"
 MAP_LB_CONFIG = "lb_config"
@@ -45,7 +45,7 @@ CT_MAX = 131072
 EVENTS_BYTES = 1 << 22
 LB_SERVICES_MAX = 65536        # frontends (VIP, port, protocol)
 LB_BACKENDS_MAX = 65536
-LB_MAGLEV_MAX = 1 << 22        # Maglev slots of all tables together (not preallocated)
+LB_MAGLEV_MAX = 1 << 22        # Maglev slots of all tables together (an array: 16 MiB)
 LB_CT_MAX = 131072             # LB conntrack (LRU): chosen backends and reverse NAT
 LB_AFFINITY_MAX = 65536        # sessionAffinity ClientIP entries (LRU)
 

@@ -2,16 +2,17 @@
 
 The agent hands them desired contents in domain terms (from
 :mod:`services.nodeagent.lbstate`): frontends -> :class:`LbServiceEntry`, backend ids ->
-:class:`LbBackendEntry`, Maglev table ids -> backend id per slot. Encoding is pure and happens
-before any write; the reconcilers apply only the difference, and the Maglev map is partitioned
-by table so that one service's change touches only its tables.
+:class:`LbBackendEntry`, logical Maglev table ids -> backend id per slot. Encoding is pure and
+happens before any write; the reconcilers apply only the difference. Tables go into the slot
+array through :class:`~services.nodeagent.datapath.lbmaglev.MaglevSlots`, which writes only
+the slots that changed, and frontends are written with their tables' base slots.
 """
 
 from __future__ import annotations
 
 import ctypes as ct
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +26,7 @@ from services.nodeagent.datapath._byteorder import (
 )
 from services.nodeagent.datapath.backend import MapBackend, PinnedMapBackend
 from services.nodeagent.datapath.encode import EncodeError
+from services.nodeagent.datapath.lbmaglev import MaglevSlots, read_slots, table_id
 from services.nodeagent.datapath.reconciler import Reconciler, ReconcileResult
 from services.nodeagent.datapath.twins import (
     LbAffinityKey,
@@ -33,7 +35,6 @@ from services.nodeagent.datapath.twins import (
     LbBackendValue,
     LbCtKey,
     LbCtValue,
-    LbMaglevKey,
     LbMaglevValue,
     LbSvcKey,
     LbSvcValue,
@@ -167,28 +168,6 @@ def decode_backends(raw: Mapping[bytes, bytes]) -> dict[int, LbBackendEntry]:
     return out
 
 
-def encode_maglev(desired: Mapping[int, Sequence[int]]) -> dict[bytes, bytes]:
-    out: dict[bytes, bytes] = {}
-    for table, slots in desired.items():
-        _check(f"maglev table {table}", "table", table, U32_MAX)
-        for slot, bid in enumerate(slots):
-            out[LbMaglevKey(table=table, slot=slot).to_bytes()] = \
-                LbMaglevValue(backend_id=bid).to_bytes()
-    return out
-
-
-def decode_maglev(raw: Mapping[bytes, bytes]) -> dict[int, list[int]]:
-    cells: dict[int, dict[int, int]] = {}
-    for kb, vb in raw.items():
-        k = LbMaglevKey.from_buffer_copy(kb)
-        cells.setdefault(k.table, {})[k.slot] = LbMaglevValue.from_buffer_copy(vb).backend_id
-    return {t: [s[i] for i in sorted(s)] for t, s in cells.items()}
-
-
-def _table_of(key: bytes) -> int:
-    return int(LbMaglevKey.from_buffer_copy(key).table)
-
-
 @dataclass
 class LbPlan:
     """Desired contents of the lb maps; ``table_scope`` limits the Maglev reconcile to those
@@ -202,10 +181,16 @@ class LbPlan:
 
 BackendFactory = Callable[[str, int, int], MapBackend]
 
+
+class _SlotKey(Twin):
+    """The u32 index of the lb_maglev_slots array."""
+
+    _fields_ = (("slot", ct.c_uint32),)
+
 _LB_TWINS: dict[str, tuple[type[Twin], type[Twin]]] = {
     c.MAP_LB_SERVICES: (LbSvcKey, LbSvcValue),
     c.MAP_LB_BACKENDS: (LbBackendKey, LbBackendValue),
-    c.MAP_LB_MAGLEV: (LbMaglevKey, LbMaglevValue),
+    c.MAP_LB_MAGLEV: (_SlotKey, LbMaglevValue),
     c.MAP_LB_CT: (LbCtKey, LbCtValue),
     c.MAP_LB_AFFINITY: (LbAffinityKey, LbAffinityValue),
 }
@@ -222,26 +207,52 @@ class LbMaps:
                           for name, (k, v) in _LB_TWINS.items()}
         self.services = Reconciler(self._backends[c.MAP_LB_SERVICES])
         self.backends = Reconciler(self._backends[c.MAP_LB_BACKENDS])
-        self.maglev = Reconciler(self._backends[c.MAP_LB_MAGLEV], partition_of=_table_of)
+        self.maglev = MaglevSlots(self._backends[c.MAP_LB_MAGLEV])
+        for entry in self.service_entries().values():     # a restarted agent's placement
+            self.maglev.adopt(table_id(entry.svc_id, False), entry.table_int, entry.size_int)
+            shared = (entry.table_ext, entry.size_ext) == (entry.table_int, entry.size_int)
+            self.maglev.adopt(table_id(entry.svc_id, not shared), entry.table_ext,
+                              entry.size_ext)
 
     def _pinned(self, name: str, key_size: int, value_size: int) -> MapBackend:
         return PinnedMapBackend(self.pin_dir / name, key_size, value_size)
 
+    def _resolve(self, services: Mapping[LbFrontend, LbServiceEntry],
+                 ) -> dict[LbFrontend, LbServiceEntry]:
+        """Logical table ids -> what the kernel's frontend holds (base slot or backend id)."""
+        out = {}
+        for fe, e in services.items():
+            try:
+                t_int = self.maglev.value_of(e.table_int) if e.size_int else 0
+                t_ext = self.maglev.value_of(e.table_ext) if e.size_ext else 0
+            except KeyError as exc:
+                raise EncodeError(f"frontend {fe.address}:{fe.port}/{fe.protocol}: table "
+                                  f"{exc} is in no plan (apply a full plan first)") from None
+            out[fe] = e._replace(table_int=t_int, table_ext=t_ext)
+        return out
+
     def apply(self, plan: LbPlan) -> dict[str, ReconcileResult]:
-        """Reconcile the maps to ``plan``: new tables and backends before the frontends that
-        use them, removed ones after.
+        """Reconcile the maps to ``plan``: tables and backends before the frontends that use
+        them, removed ones after.
 
         Raises:
             EncodeError: an entry is malformed (nothing is written then).
+            MapFullError: no room for a table, frontend or backend.
         """
-        svc = encode_services(plan.services)
         bes = encode_backends(plan.backends)
-        tables = encode_maglev(plan.tables)
-        out = {"backends": self.backends.reconcile(
-                   {**{k: v for k, v in self.backends.actual().items()}, **bes}),
-               "maglev": self.maglev.reconcile(
-                   tables, None if plan.table_scope is None else plan.table_scope)}
-        out["services"] = self.services.reconcile(svc)
+        encode_services(plan.services)        # validate before any write
+        out = {"backends": self.backends.reconcile({**self.backends.actual(), **bes})}
+        mag = ReconcileResult()
+        for logical, slots in sorted(plan.tables.items()):
+            self.maglev.put(logical, slots, mag)
+        scope = self.maglev.known() if plan.table_scope is None else set(plan.table_scope)
+        gone = scope - set(plan.tables)
+        out["maglev"] = mag
+        out["services"] = self.services.reconcile(encode_services(
+            self._resolve(plan.services)))
+        for logical in gone:
+            self.maglev.release(logical)
+        mag.deleted = len(gone)
         # second pass: drop backends no longer wanted (after the frontends stopped using them)
         out["backends"] = self.backends.reconcile(bes)
         return out
@@ -253,11 +264,15 @@ class LbMaps:
         return decode_backends(self._backends[c.MAP_LB_BACKENDS].read_all())
 
     def maglev_tables(self, tables: Iterable[int] | None = None) -> dict[int, list[int]]:
-        raw = self._backends[c.MAP_LB_MAGLEV].read_all()
-        if tables is not None:
-            want = set(tables)
-            raw = {k: v for k, v in raw.items() if _table_of(k) in want}
-        return decode_maglev(raw)
+        """Logical table id -> backend id per slot, as the kernel holds them."""
+        return self.maglev.tables(tables)
+
+    def kernel_table(self, value: int, size: int) -> list[int]:
+        """The slots a frontend's ``table_*`` field and size name (what ``bpf lb list``
+        shows)."""
+        if size <= 1:
+            return [value] if size else []
+        return read_slots(self._backends[c.MAP_LB_MAGLEV], value, size)
 
     def ct_entries(self) -> list[LbCtEntry]:
         out = []

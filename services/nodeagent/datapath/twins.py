@@ -120,12 +120,6 @@ class LbSvcValue(Twin):
                 ("pad", u8 * 3))
 
 
-# struct lb_maglev_key (lib/lb.h)
-class LbMaglevKey(Twin):
-    C_STRUCT, C_HEADER = "lb_maglev_key", "lb.h"
-    _fields_ = (("table", u32), ("slot", u32))
-
-
 # struct lb_maglev_value (lib/lb.h)
 class LbMaglevValue(Twin):
     C_STRUCT, C_HEADER = "lb_maglev_value", "lb.h"
@@ -177,7 +171,7 @@ class LbConfig(Twin):
 
 
 LB_TWINS: tuple[type[Twin], ...] = (
-    LbSvcKey, LbSvcValue, LbMaglevKey, LbMaglevValue, LbBackendKey, LbBackendValue, LbCtKey,
+    LbSvcKey, LbSvcValue, LbMaglevValue, LbBackendKey, LbBackendValue, LbCtKey,
     LbCtValue, LbAffinityKey, LbAffinityValue, LbConfig,
 )
 

@@ -43,19 +43,17 @@ struct lb_svc_key {
 struct lb_svc_value {
 	u32 svc_id;
 	u32 affinity_timeout; /* seconds; 0 = no session affinity */
-	u32 table_int;        /* Maglev table for traffic from pods */
-	u32 table_ext;        /* Maglev table for traffic from outside (may be local backends only) */
+	u32 table_int;        /* Maglev table base slot for traffic from pods (size 1: backend id) */
+	u32 table_ext;        /* same for traffic from outside (may be local backends only) */
 	u32 size_int;         /* slots of table_int; 0 = no backend */
 	u32 size_ext;
 	u8 flags;
 	u8 pad[3];
 };
 
-struct lb_maglev_key {
-	u32 table;
-	u32 slot;
-};
-
+/* lb_maglev is one array of slots; a table of size M > 1 occupies M consecutive slots
+ * from its base (lb_svc_value.table_*). A table of size 1 has no slots: its table_* field
+ * is the backend id itself. */
 struct lb_maglev_value {
 	u32 backend_id;
 };
@@ -122,8 +120,8 @@ BPF_TABLE_PINNED("hash", struct lb_svc_key, struct lb_svc_value, cilia_lb_servic
 		 CILIA_LB_SERVICES_MAX, CILIA_PIN_DIR "/lb_services", BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("hash", struct lb_backend_key, struct lb_backend_value, cilia_lb_backends,
 		 CILIA_LB_BACKENDS_MAX, CILIA_PIN_DIR "/lb_backends", BPF_F_NO_PREALLOC);
-BPF_TABLE_PINNED("hash", struct lb_maglev_key, struct lb_maglev_value, cilia_lb_maglev,
-		 CILIA_LB_MAGLEV_MAX, CILIA_PIN_DIR "/lb_maglev", BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array", u32, struct lb_maglev_value, cilia_lb_maglev, CILIA_LB_MAGLEV_MAX,
+		 CILIA_PIN_DIR "/lb_maglev_slots", 0);
 BPF_TABLE_PINNED("lru_hash", struct lb_ct_key, struct lb_ct_value, cilia_lb_ct,
 		 CILIA_LB_CT_MAX, CILIA_PIN_DIR "/lb_ct", 0);
 BPF_TABLE_PINNED("lru_hash", struct lb_affinity_key, struct lb_affinity_value,
@@ -175,13 +173,13 @@ static __always_inline u32 lb_hash(const struct flow_tuple *t)
 
 static __always_inline u32 lb_maglev_pick(const struct flow_tuple *t, u32 table, u32 size)
 {
-	struct lb_maglev_key key = { .table = table };
 	struct lb_maglev_value *v;
+	u32 slot;
 
-	if (size == 0)
-		return 0;
-	key.slot = lb_hash(t) % size;
-	v = cilia_lb_maglev.lookup(&key);
+	if (size <= 1)
+		return size ? table : 0;
+	slot = table + lb_hash(t) % size;
+	v = cilia_lb_maglev.lookup(&slot);
 	return v ? v->backend_id : 0;
 }
 
