@@ -6,8 +6,10 @@ namespaces (tests/datapath/netlab.py). In the cilia lab the pod programs transla
 (lb maps filled with N frontends). In the baseline lab no program is attached and the same N
 services are kube-proxy nat rules (bench/kubeproxy_baseline.py) loaded with iptables-restore
 inside the lab's node namespace, never in the root namespace. The measured service is the
-last one of KUBE-SERVICES (a linear chain's worst case; the eBPF lookup is a hash). A sample
-is connect() plus the first byte the backend sends, from a client process in the pod.
+last one of KUBE-SERVICES (a linear chain's worst case; the eBPF lookup is a hash) and has two
+backends (a Maglev table of 16381 slots / two KUBE-SEP chains chosen by -m statistic); the
+other services have one backend each. A sample is connect() plus the first byte the backend
+sends, from a client process in the pod.
 
 Run: .venv/bin/python -m bench.lb_latency [--counts 1,100,1000,10000] [--samples 300]
 """
@@ -15,6 +17,7 @@ Run: .venv/bin/python -m bench.lb_latency [--counts 1,100,1000,10000] [--samples
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -24,7 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bench._common import summary_ms, write
-from bench.kubeproxy_baseline import rules, synthetic, vip_of
+from bench.kubeproxy_baseline import KpService, rules, synthetic, vip_of
+from services.lb.maglev import DEFAULT_TABLE_SIZE, build_table
 from services.nodeagent.datapath.lbmaps import (
     LbBackendEntry,
     LbFrontend,
@@ -38,6 +42,7 @@ PORT = 9090
 WARMUP = 20
 GOAL_RATIO = 1.1
 DUMMY_BACKEND_BASE = 100000
+TARGET_BACKEND_BASE = 10
 
 # Client and server each get a core (the machine has 2), so that scheduler placement does
 # not swamp the difference being measured.
@@ -97,40 +102,51 @@ def iptables_rule_count(ns: str) -> int:
     return sum(1 for line in out.splitlines() if line.startswith("-A "))
 
 
-def cilia_plan(count: int, backend_ip: str) -> LbPlan:
-    """``count`` single-backend frontends; the last one sends to the backend pod."""
+def cilia_plan(count: int, backend_ips: list[str]) -> LbPlan:
+    """``count`` frontends: single-backend ones, and last the measured one, whose backends
+    are the backend pods behind a full Maglev table."""
     plan = LbPlan()
-    for i in range(count):
+    for i in range(count - 1):
         bid = DUMMY_BACKEND_BASE + i
-        target = i == count - 1
-        plan.backends[bid] = LbBackendEntry(
-            backend_ip if target else f"10.250.{i // 250 % 256}.{i % 250 + 1}",
-            PORT if target else 8080, local=target)
+        plan.backends[bid] = LbBackendEntry(f"10.250.{i // 250 % 256}.{i % 250 + 1}", 8080)
         plan.tables[i << 1] = [bid]
         plan.services[LbFrontend(vip_of(i), 80)] = LbServiceEntry(i + 1, i << 1, 1, i << 1, 1)
+    target = [(f"{ip}:{PORT}/TCP", TARGET_BACKEND_BASE + j) for j, ip in enumerate(backend_ips)]
+    for (_, bid), ip in zip(target, backend_ips, strict=True):
+        plan.backends[bid] = LbBackendEntry(ip, PORT, local=True)
+    table = build_table(target, DEFAULT_TABLE_SIZE)
+    tid = (count - 1) << 1
+    plan.tables[tid] = table
+    plan.services[LbFrontend(vip_of(count - 1), 80)] = LbServiceEntry(count, tid, len(table),
+                                                                      tid, len(table))
     return plan
 
 
 def run(counts: list[int], samples: int) -> dict[str, object]:
-    cilia_lab = LbLab.create(nodes=1, pods=2)
-    kp_lab = NodeLab.create(2, subnet="10.244.9")
+    cilia_lab = LbLab.create(nodes=1, pods=3)
+    kp_lab = NodeLab.create(3, subnet="10.244.9")
     results: dict[str, object] = {"samples": samples, "counts": counts, "cilia": {},
                                   "iptables": {}}
     try:
         node = cilia_lab.nodes[0]
-        c_client, c_backend = node.pods
-        k_client, k_backend = kp_lab.pods
-        with server(c_backend.name, c_backend.ip), server(k_backend.name, k_backend.ip):
+        c_client, *c_backends = node.pods
+        k_client, *k_backends = kp_lab.pods
+        with contextlib.ExitStack() as stack:
+            for pod in [*c_backends, *k_backends]:
+                stack.enter_context(server(pod.name, pod.ip))
             for count in counts:
                 t0 = time.perf_counter()
-                node.lbmaps.apply(cilia_plan(count, c_backend.ip))
+                node.lbmaps.apply(cilia_plan(count, [p.ip for p in c_backends]))
                 program_s = time.perf_counter() - t0
                 lat = measure(c_client.name, vip_of(count - 1), samples)
                 results["cilia"][count] = {  # type: ignore[index]
                     **summary_ms(lat), "program_s": round(program_s, 3),
                     "iptables_rules": iptables_rule_count(node.lab.node_ns),
                     "frontends": len(node.lbmaps.service_entries())}
-                text = rules(synthetic(count, (k_backend.ip, PORT)))
+                services = synthetic(count, (k_backends[0].ip, PORT))
+                services[-1] = KpService(services[-1].name, services[-1].vip, 80,
+                                         tuple((p.ip, PORT) for p in k_backends))
+                text = rules(services)
                 t0 = time.perf_counter()
                 subprocess.run(["ip", "netns", "exec", kp_lab.node_ns, "iptables-restore"],
                                input=text, text=True, check=True)
