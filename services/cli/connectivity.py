@@ -134,6 +134,7 @@ class Runner:
     # -- deployment --------------------------------------------------------------------------
 
     def deploy(self) -> None:
+        """Deploy the test namespace (and kube-dns if missing); wait until it is realized."""
         state = load_lab(self.lab)
         plan = state.plan
         self.nodes = [n.name for n in plan.nodes]
@@ -221,6 +222,8 @@ class Runner:
     # -- scenarios ---------------------------------------------------------------------------
 
     def run(self, scenario: Scenario) -> ScenarioResult:
+        """Apply the scenario's policies, run its checks in parallel, confirm the drops in the
+        flow events, remove the policies."""
         assert self.env is not None
         started = time.monotonic()
         checks = [c for c in scenario.checks if c.node < self.env.nodes]

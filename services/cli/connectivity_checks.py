@@ -70,6 +70,7 @@ class Check:
 
     @property
     def label(self) -> str:
+        """How the check is shown: ``client -> pod:echo-same:8080/TCP``."""
         if self.kind == LOOKUP:
             return f"{self.src} -> lookup {self.target}"
         proto = "UDP" if self.udp else "TCP"
@@ -116,6 +117,7 @@ class Env:
         raise KeyError(target)
 
     def port(self, check: Check) -> int:
+        """The port a check connects to (a NodePort target: the Service's node port)."""
         if check.target.startswith("nodeport:"):
             return self.node_ports[check.target.rsplit(":", 1)[1]]
         return check.port
@@ -190,7 +192,9 @@ SCENARIOS: tuple[Scenario, ...] = (
              (_cnp("all-ingress-deny", {}, ingress=[{}]),)),
     Scenario("all-egress-deny",
              (C("client", "pod:echo-same", expect=DROP),
-              C("client", "world:0", EXTERNAL_PORT, expect=DROP)),
+              C("client", "world:0", EXTERNAL_PORT, expect=DROP),
+              # ingress stays open, and replies are not egress: the world still gets in
+              C(EXTERNAL, "nodeport:0:echo-same")),
              (_cnp("all-egress-deny", {}, egress=[{}]),)),
     Scenario("client-egress",
              (C("client", "pod:echo-same"), C("client", "svc:echo-other"),
@@ -285,6 +289,7 @@ class ScenarioResult:
 
 
 def summary(results: Sequence[ScenarioResult]) -> dict[str, Any]:
+    """Counts of a run (what ``-o json`` prints as ``summary``)."""
     ran = [r for r in results if not r.skipped]
     failed = [r for r in ran if not r.ok]
     checks = [c for r in ran for c in r.checks]
@@ -314,6 +319,7 @@ def render_result(r: ScenarioResult) -> list[str]:
 
 
 def render_summary(results: Sequence[ScenarioResult]) -> list[str]:
+    """The report printed at the end of a run."""
     s = summary(results)
     lines = ["", "📋 Test Report"]
     if s["failed"]:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from services.common.runner import service_main
 from services.dns import lookup
+
+if TYPE_CHECKING:   # the server (and the bus) are imported only to serve, not to look up
+    from services.dns.server import DnsService
 
 USAGE = "usage: python -m services.dns {serve|lookup} ..."
 
@@ -19,7 +23,7 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
                         help="write 'ready' here once serving")
 
 
-def _factory(args: argparse.Namespace) -> object:
+def _factory(args: argparse.Namespace) -> DnsService:
     from services.dns.server import DnsService, bind_in_netns
 
     udp, tcp = bind_in_netns(args.netns, args.port)
@@ -32,7 +36,7 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[0] == "lookup":
         return lookup.main(argv[1:])
-    service_main("dns", _factory, argv[1:], extra_args=_serve_args)  # type: ignore[arg-type]
+    service_main("dns", _factory, argv[1:], extra_args=_serve_args)
     return 0
 
 
