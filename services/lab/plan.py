@@ -13,9 +13,10 @@ Address plan (documented in the report and ``cilia lab up --help``):
 Routing between nodes (``--routing``): ``native`` routes each remote pod CIDR via the remote
 node's underlay address; ``tunnel`` adds a VXLAN device ``cilia_vxlan`` in collect-metadata
 mode (UDP 8472, MTU 1450 and pod MTU 1450 for the 50 bytes of encapsulation) to every node and
-routes each remote pod CIDR into it, ``via <remote gateway> onlink`` with a permanent neighbour
-entry for the remote device's MAC (``02:c1:1a:00:00:<i>``); the overlay programs choose the
-remote node and carry the source identity in the VNI.
+routes each remote pod CIDR into it, ``via <remote node address> onlink`` with a permanent
+neighbour entry for the remote device's MAC (``02:c1:1a:00:00:<i>``); the overlay programs
+choose the remote node (ipcache tunnel endpoint, else that route's gateway) and carry the
+source identity in the VNI.
 
 Every netns name of a lab starts with ``cilia-<lab>-``; lab names have no ``-`` so that prefix
 identifies exactly one lab.

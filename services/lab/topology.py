@@ -159,10 +159,11 @@ def _build_node(plan: LabPlan, node: NodePlan, bridge_idx: int) -> None:
 def _build_overlay(ipr: IPRoute, node: NodePlan, peers: Sequence[NodePlan]) -> None:
     """Tunnel mode: the VXLAN device (collect-metadata) and remote pod CIDRs routed into it.
 
-    The device has no fixed remote or VNI: the overlay programs set both per packet. Each
-    remote pod CIDR goes ``via <remote gateway> onlink`` with a permanent neighbour entry for
-    the remote device's MAC, so no ARP crosses the tunnel and the receiving device accepts
-    the frame as its own.
+    The device has no fixed remote or VNI: the overlay programs set both per packet (the
+    remote from the ipcache, else from this route's gateway). Each remote pod CIDR goes
+    ``via <remote node address> onlink`` with a permanent neighbour entry for the remote
+    device's MAC, so no ARP crosses the tunnel and the receiving device accepts the frame as
+    its own.
     """
     ipr.link("add", ifname=OVERLAY_DEVICE, kind="vxlan", vxlan_collect_metadata=1,
              vxlan_port=OVERLAY_PORT, vxlan_learning=0, address=node.overlay_mac,
@@ -170,11 +171,11 @@ def _build_overlay(ipr: IPRoute, node: NodePlan, peers: Sequence[NodePlan]) -> N
     idx = _index(ipr, OVERLAY_DEVICE)
     ipr.link("set", index=idx, state="up")
     for peer in peers:
-        ipr.neigh("add", dst=str(peer.gateway), lladdr=peer.overlay_mac, ifindex=idx,
+        ipr.neigh("add", dst=str(peer.node_ip), lladdr=peer.overlay_mac, ifindex=idx,
                   state="permanent")
         # the node's own packets leave with its underlay address, which every node's ipcache
         # knows (a reply finds its tunnel endpoint; the source is remote-node there)
-        ipr.route("add", dst=str(peer.pod_cidr), gateway=str(peer.gateway), oif=idx,
+        ipr.route("add", dst=str(peer.pod_cidr), gateway=str(peer.node_ip), oif=idx,
                   flags=RTNH_F_ONLINK, prefsrc=str(node.node_ip))
 
 

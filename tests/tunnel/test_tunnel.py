@@ -111,7 +111,8 @@ def test_lab_has_a_vxlan_device_per_node_with_the_overlay_programs(tunnel: Clust
             other = next(n for n in nodes if n != node)
             other_cidr = f"10.244.{other[-1]}.0"
             routes = ipr.get_routes(dst=other_cidr, dst_len=24, table=254)
-            assert [r.get_attr("RTA_OIF") for r in routes] == [link["index"]]
+            assert [(r.get_attr("RTA_OIF"), r.get_attr("RTA_GATEWAY")) for r in routes] == [
+                (link["index"], _node_ip(tunnel, other))]
         finally:
             ipr.close()
         assert attached_programs(OVERLAY_DEVICE, netns) == {
@@ -278,8 +279,9 @@ def test_receiver_trusts_the_vni_without_the_source_in_its_ipcache(tunnel: Clust
                      "DROPPED", since)
         assert drop["src_identity"] == ids["database"]
         assert "policy denied" in drop["reason_name"]
-        # allowed: frontend -> backend passes the backend's ingress policy as the frontend
-        tunnel.connect("deploy/frontend", NS, ips["backend"], PORTS["backend"])
+        # allowed: frontend -> backend passes the backend's ingress policy as the frontend,
+        # and the reply finds the frontend's node through the route into the tunnel
+        assert tunnel.connect("deploy/frontend", NS, ips["backend"], PORTS["backend"]) == "OK"
         fwd = _flow(tunnel, receiver, ips["frontend"], ips["backend"], PORTS["backend"],
                     "FORWARDED", since)
         assert fwd["src_identity"] == ids["frontend"]

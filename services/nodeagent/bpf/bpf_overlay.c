@@ -1,8 +1,9 @@
 /* Programs on the node's VXLAN device (collect-metadata / "external" mode).
  *
  * cil_to_overlay runs on tc egress: the kernel routed a packet to a remote pod CIDR into the
- * tunnel; the program picks the remote node (the ipcache's tunnel endpoint of the destination)
- * and puts the source's security identity in the VNI.
+ * tunnel; the program picks the remote node (the ipcache's tunnel endpoint of the destination,
+ * else the gateway of the kernel's route, which is the remote node's address) and puts the
+ * source's security identity in the VNI.
  * cil_from_overlay runs on tc ingress, after decapsulation: it reads the VNI and hands the
  * identity to the destination pod's cil_to_pod in skb->mark (lib/overlay.h).
  */
@@ -27,26 +28,49 @@ static __always_inline u32 local_source_identity(u32 saddr)
 	return ep ? ep->identity : ipcache_identity(saddr);
 }
 
+/* The node that the kernel's route into this tunnel names for @t's destination (the route's
+ * gateway is the remote node's address), for destinations the ipcache does not know (yet);
+ * 0 when there is none. Network byte order. */
+static __always_inline u32 route_tunnel_endpoint(struct __sk_buff *skb,
+						 const struct flow_tuple *t)
+{
+	struct bpf_fib_lookup fib = {};
+
+	fib.family = OVERLAY_AF_INET;
+	fib.ipv4_src = t->saddr;
+	fib.ipv4_dst = t->daddr;
+	fib.ifindex = skb->ifindex; /* an output lookup: only routes through this device */
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_DIRECT | BPF_FIB_LOOKUP_OUTPUT)
+	    != BPF_FIB_LKUP_RET_SUCCESS)
+		return 0;
+	if (fib.ifindex != skb->ifindex || fib.ipv4_dst == t->daddr)
+		return 0; /* not through this tunnel, or no gateway */
+	return fib.ipv4_dst;
+}
+
 int cil_to_overlay(struct __sk_buff *skb)
 {
 	struct bpf_tunnel_key key = {};
 	struct ipcache_key ck = { .prefixlen = 32 };
 	struct ipcache_value *dst;
 	struct flow_tuple t = {};
-	u32 src_id;
+	u32 src_id, remote;
 
 	if (parse_ipv4(skb, &t) < 0)
 		return TC_ACT_SHOT; /* nothing but IPv4 is routed into the tunnel */
 	src_id = local_source_identity(t.saddr);
 	ck.addr = t.daddr;
 	dst = cilia_ipcache.lookup(&ck);
-	if (!dst || !dst->tunnel_endpoint) {
+	remote = dst ? dst->tunnel_endpoint : 0;
+	if (!remote)
+		remote = route_tunnel_endpoint(skb, &t);
+	if (!remote) {
 		emit_flow(skb, &t, CILIA_DIR_EGRESS, FLOW_VERDICT_DROPPED, DROP_NO_TUNNEL_ENDPOINT,
 			  src_id, dst ? dst->identity : CILIA_ID_WORLD, 0);
 		return TC_ACT_SHOT;
 	}
 	key.tunnel_id = overlay_vni(src_id);
-	key.remote_ipv4 = bpf_ntohl(dst->tunnel_endpoint);
+	key.remote_ipv4 = bpf_ntohl(remote);
 	key.tunnel_ttl = OVERLAY_TTL;
 	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) < 0)
 		return TC_ACT_SHOT;

@@ -18,6 +18,7 @@
 /* The VNI is 24 bits: identities above do not travel (CIDR identities are node-local). */
 #define OVERLAY_VNI_MAX 0xFFFFFF
 #define OVERLAY_TTL 64
+#define OVERLAY_AF_INET 2 /* AF_INET, for bpf_fib_lookup */
 /* Reserved identities the tunnel translates (services/common/identities.py). */
 #define CILIA_ID_HOST 1
 #define CILIA_ID_REMOTE_NODE 6
