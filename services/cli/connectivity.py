@@ -143,6 +143,9 @@ class Runner:
         self.kubelet = Kubelet(self.lab)
         self.objects = _manifests(objects(self.nodes))
         self.cleanup(quiet=True)     # what an interrupted earlier run left behind
+        if len(self.nodes) == 1:
+            self.echo("\u2139\ufe0f  Single-node environment detected, cross-node tests "
+                      "will be skipped")
         self.echo(f"✨ [{NAMESPACE}] Deploying {len(PODS)} pods and {len(SERVICES)} services "
                   f"on lab {self.lab} ({len(self.nodes)} node(s))...")
         view = self.ctx.run(read_view)
