@@ -20,6 +20,7 @@ from services.cli.agentcli import cluster_nodes
 from services.cli.controlplane import SERVICES, collect_status
 from services.cli.labcli import current_lab
 from services.cli.service import kube_proxy_replacement
+from services.common import subjects
 from services.common.bus import Bus
 from services.common.errors import BusError, CiliaError
 from services.common.runner import STATE_OK
@@ -65,6 +66,9 @@ async def gather(bus: Bus, url: str, lab: str | None) -> dict[str, Any]:
     nodes = await cluster_nodes(bus)
     view = await read_view(bus)
     agent_bus_seq = await _last_seq(bus, AGENT_INPUTS)
+    pods = await bus.snapshot([subjects.source_filter("Pod")])
+    running = sum(1 for d in pods.values() if d.event.type == "object.upsert"
+                  and ((d.event.data.get("object") or {}).get("status") or {}).get("podIP"))
     lab_info: dict[str, Any] = {"name": lab, "routing": None}
     kpr: dict[str, dict[str, Any]] = {}
     if lab:
@@ -84,6 +88,7 @@ async def gather(bus: Bus, url: str, lab: str | None) -> dict[str, Any]:
                      "memory_bytes": account.memory},
             "streams": sorted(streams, key=lambda s: s["name"]),
             "services": replies, "nodes": nodes, "agent_inputs_seq": agent_bus_seq,
+            "pods": running,
             "kube_dns": KUBE_DNS_REF in view.ids,
             "lb_frontends": {n: _frontends(n) for n in nodes}, "kpr": kpr,
             "lab": lab_info}
@@ -174,7 +179,7 @@ def assess(data: dict[str, Any]) -> dict[str, Any]:
                f"{fe}]")
     else:
         kpr = f"True [ClusterIP, NodePort{fe}]"
-    counts = {"endpoints": sum(a["endpoints"] for a in agents),
+    counts = {"pods": data.get("pods", 0), "endpoints": sum(a["endpoints"] for a in agents),
               "identities": _stats(data, "identity", "identities"),
               "policies": _stats(data, "policy", "policies"),
               "services": _stats(data, "lb", "services"),
@@ -213,7 +218,7 @@ def render(data: dict[str, Any], health: dict[str, Any]) -> str:
             + (f" (lab {data['lab']['name']})" if data["lab"]["name"] else ""),
             f"{'Policy revision:':<26}{health['policy_revision']}",
             f"{'Nodes:':<26}{len(data['nodes'])}",
-            f"{'Endpoints:':<26}{c['endpoints']}",
+            f"{'Cluster Pods:':<26}{c['endpoints']}/{c['pods']} managed by cilia",
             f"{'Identities:':<26}{c['identities']}",
             f"{'Policies:':<26}{c['policies']}",
             f"{'Services:':<26}{c['services']} ({c['backends']} backends)", ""]

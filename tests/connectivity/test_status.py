@@ -27,7 +27,7 @@ def agent(node: str, realized: int, error: str = "") -> dict[str, Any]:
 HEALTHY: dict[str, Any] = {
     "services": [replica("identity", identities=5), replica("policy", policies=2, revision=7),
                  replica("lb", services=3, backends=4), agent("n1", 40), agent("n2", 40)],
-    "nodes": ["n1", "n2"], "agent_inputs_seq": 40, "kube_dns": False,
+    "nodes": ["n1", "n2"], "agent_inputs_seq": 40, "kube_dns": False, "pods": 4,
     "lb_frontends": {"n1": 3, "n2": None}, "lab": {"name": "x", "routing": "tunnel"}}
 
 
@@ -40,8 +40,8 @@ def variant(**changes: Any) -> dict[str, Any]:
 def test_healthy_cluster_is_ok_with_counts() -> None:
     h = assess(HEALTHY)
     assert h["ok"] and h["problems"] == []
-    assert h["counts"] == {"endpoints": 4, "identities": 5, "policies": 2, "services": 3,
-                           "backends": 4}
+    assert h["counts"] == {"pods": 4, "endpoints": 4, "identities": 5, "policies": 2,
+                           "services": 3, "backends": 4}
     assert [(a["node"], a["lag"], a["policy_revision"]) for a in h["agents"]] == [
         ("n1", 0, 7), ("n2", 0, 7)]
     assert h["kube_proxy_replacement"] == "True [ClusterIP, NodePort, 3 frontends in 1 node maps]"
@@ -91,6 +91,8 @@ def test_status_screen_and_wait_on_a_live_lab(lab2: Cluster, tmp_path: Path) -> 
     assert "Cilia:                OK" in out
     assert "KubeProxyReplacement:     True [eth0 (Direct Routing), SNAT" in out
     assert "Routing:                  native" in out
+    pods = lab2.json("status")["health"]["counts"]["pods"]
+    assert f"Cluster Pods:             {pods}/{pods} managed by cilia" in out
     for node in (f"{lab2.lab}-node1", f"{lab2.lab}-node2"):
         assert any(line.startswith(node) and " OK " in line for line in out.splitlines())
     data = lab2.json("status")
