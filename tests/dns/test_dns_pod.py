@@ -35,6 +35,14 @@ metadata: {name: web, namespace: dnstest}
 spec:
   selector: {app: client}
   ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: direct, namespace: dnstest}
+spec:
+  clusterIP: None
+  selector: {app: client}
+  ports: [{port: 8080}]
 """
 
 
@@ -83,6 +91,13 @@ def test_pod_resolves_services_through_the_kube_dns_pod(lab: Cluster) -> None:
     assert lookup(lab, "external.cilia.test", "--server", server) == (0, "203.0.113.10")
     assert lookup(lab, "nothing.dnstest.svc.cluster.local", "--server", server) == (
         2, "NXDOMAIN")
+
+
+def test_headless_service_answers_its_pods(lab: Cluster) -> None:
+    client = Kubelet(lab.lab).get_pod("dnstest", "client")
+    assert client is not None
+    lab.wait("headless service in DNS",
+             lambda: lookup(lab, "direct") == (0, client["status"]["podIP"]))
 
 
 def test_dns_listens_in_the_pod_netns_only(lab: Cluster) -> None:
