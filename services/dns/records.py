@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -47,6 +48,7 @@ NDOTS = 5                       # Kubernetes' ndots: short and partial names try
 # DNS fails a lookup in seconds instead of glibc's default 5 s x 2 tries per search domain
 RESOLV_TIMEOUT_S = 1
 RESOLV_ATTEMPTS = 2
+UDP_MIN_PAYLOAD = 512          # what every client accepts over UDP without EDNS
 TTL_S = 5                       # short: ClusterIPs and backends change while tests run
 BACKEND_ACTIVE = "active"
 
@@ -110,16 +112,29 @@ def _is_service(name: str) -> bool:
     return name.endswith(f".{SERVICE_DOMAIN}")
 
 
-def respond(wire: bytes, zone: Zone) -> bytes | None:
+def respond(wire: bytes, zone: Zone, udp: bool = False) -> bytes | None:
     """Wire-format query in, wire-format response out; None for garbage (dropped, as servers
-    do with packets that are not DNS)."""
+    do with packets that are not DNS).
+
+    Over UDP an answer larger than the client accepts (512 bytes, or its EDNS payload size)
+    is sent truncated with TC set, and the client retries over TCP (RFC 1035, RFC 6891).
+    """
     try:
         query = dns.message.from_wire(wire)
     except Exception:   # dnspython raises many kinds (FormError, ShortHeader, ...)
         return None
     if query.flags & dns.flags.QR:
         return None
-    return answer(query, zone).to_wire()
+    response = answer(query, zone)
+    if not udp:
+        return response.to_wire()
+    limit = max(query.payload, UDP_MIN_PAYLOAD) if query.edns >= 0 else UDP_MIN_PAYLOAD
+    try:
+        return response.to_wire(max_size=limit)
+    except dns.exception.TooBig:
+        response.answer.clear()
+        response.flags |= dns.flags.TC
+        return response.to_wire(max_size=limit)
 
 
 __all__ = ["CLUSTER_DOMAIN", "EXTERNAL_RECORDS", "KUBE_DNS_IP", "SERVICE_DOMAIN", "answer",

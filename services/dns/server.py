@@ -84,7 +84,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        reply = self.server.handle(data)
+        reply = self.server.handle(data, udp=True)
         if reply is not None and self.transport is not None:
             self.transport.sendto(reply, addr)
 
@@ -112,8 +112,8 @@ class DnsService:
         self._tcp_server: asyncio.Server | None = None
         self._live = False
 
-    def handle(self, wire: bytes) -> bytes | None:
-        reply = respond(wire, self.zone)
+    def handle(self, wire: bytes, udp: bool = False) -> bytes | None:
+        reply = respond(wire, self.zone, udp)
         if reply is None:
             self.dropped += 1
         else:

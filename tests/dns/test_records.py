@@ -100,3 +100,23 @@ def test_resolv_conf_names_kube_dns_and_the_search_list() -> None:
     assert f"nameserver {KUBE_DNS_IP}\n" in text
     assert "search prod.svc.cluster.local svc.cluster.local cluster.local\n" in text
     assert "options ndots:5 timeout:1 attempts:2\n" in text
+
+
+def test_large_udp_answers_are_truncated_and_complete_over_tcp() -> None:
+    v = view()
+    for i in range(60):
+        v.apply("lb.backend", {"id": 100 + i, "address": f"10.244.3.{i + 1}", "port": 5432,
+                               "protocol": "TCP", "state": "active"})
+        v.apply("lb.backends", {"service": 2, "op": "delta", "added": [["", 100 + i]],
+                                "removed": []})
+    zone = zone_from_view(v)
+    query = dns.message.make_query("db.prod.svc.cluster.local.", "A")
+    udp = respond(query.to_wire(), zone, udp=True)
+    assert udp is not None and len(udp) <= 512
+    short = dns.message.from_wire(udp)
+    assert short.flags & dns.flags.TC and not short.answer
+    tcp = respond(query.to_wire(), zone)
+    assert tcp is not None and len(addresses(dns.message.from_wire(tcp))) == 62
+    big = dns.message.make_query("db.prod.svc.cluster.local.", "A", use_edns=0, payload=4096)
+    full = respond(big.to_wire(), zone, udp=True)
+    assert full is not None and len(addresses(dns.message.from_wire(full))) == 62
