@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.lab import Kubelet
+from services.lab import Kubelet, exec_in_pod
 from tests.support.cluster import Cluster, cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,10 +66,13 @@ def dns_pod_ip(c: Cluster) -> str:
     return str(pods[0]["status"]["podIP"])
 
 
-def lookup(c: Cluster, name: str, *extra: str) -> tuple[int, str]:
-    res = c.cilia("exec", "client", "-n", "dnstest", "--", PY, "-m", "services.dns", "lookup",
-                  name, "--timeout", "2", *extra)
-    return res.returncode, res.stdout.strip()
+def lookup(c: Cluster, name: str, *extra: str, pod: str = "client",
+           namespace: str = "dnstest", timeout: str = "2") -> tuple[int, str]:
+    """The lookup tool run in a pod, as `cilia exec` runs it (the pod's resolv.conf
+    bind-mounted), from this process to save a CLI start per lookup."""
+    res = exec_in_pod(pod, [PY, "-m", "services.dns", "lookup", name, "--timeout", timeout,
+                            *extra], namespace=namespace, lab=c.lab, capture=True, timeout=30)
+    return res.returncode, res.stdout.decode().strip()
 
 
 def cluster_ip(c: Cluster, ref: str) -> str:
@@ -160,9 +163,8 @@ def test_seed_egress_policy_allows_dns_over_udp_only(lab: Cluster, tmp_path: Pat
     lab.settle()
 
     def ask(*extra: str) -> tuple[int, str]:
-        res = lab.cilia("exec", "backend", "-n", "production", "--", PY, "-m", "services.dns",
-                        "lookup", "web.dnstest", "--timeout", "1", *extra)
-        return res.returncode, res.stdout.strip()
+        return lookup(lab, "web.dnstest", *extra, pod="backend", namespace="production",
+                      timeout="1")
 
     web_ip = cluster_ip(lab, "dnstest/web")
     assert ask() == (0, web_ip)                       # UDP 53 to kube-dns: allowed
