@@ -102,6 +102,17 @@ async def _lb_events_after(bus: Bus, seq: int) -> list[Delivery]:
     return got
 
 
+async def _quiet(bus: Bus, still_s: float = 0.5) -> int:
+    """Wait until the stream stops growing; its last sequence."""
+    last = -1
+    while True:
+        seq = (await bus.js.stream_info("CILIA")).state.last_seq
+        if seq == last:
+            return seq
+        last = seq
+        await asyncio.sleep(still_s)
+
+
 async def bus_bytes(services: int) -> dict[str, Any]:
     with nats() as server:
         bus = await Bus.connect(server.url, "bench")
@@ -117,15 +128,13 @@ async def bus_bytes(services: int) -> dict[str, Any]:
                         len(m) == PODS_PER_SERVICE for m in svc.view.members.values()):
                     break
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)
-            info = await bus.js.stream_info("CILIA")
-            before = info.state.last_seq
+            before = await _quiet(bus)
             await source.apply(bus, [_doc(_pod(0, PODS_PER_SERVICE))])
             for _ in range(200):
                 if len(svc.view.members[svc.view.ids["bench/svc-0"]]) == PODS_PER_SERVICE + 1:
                     break
                 await asyncio.sleep(0.02)
-            await asyncio.sleep(0.3)
+            await _quiet(bus)
             events = await _lb_events_after(bus, before)
             change = sum(len(encode(d.event.type, d.event.data)) for d in events)
             view: LbView = svc.view

@@ -61,6 +61,10 @@ class LbIds:
         self.store = store
         self.rng = rng or random.Random()
         self.conflicts = 0
+        # owner -> number for allocations this process made or confirmed: an owner keeps its
+        # number until released (which goes through this object), so reconciling a known
+        # Service costs no KV round trip.
+        self._known: dict[tuple[str, str], int] = {}
 
     def _num_key(self, pool: Pool, num: int) -> str:
         return f"{pool.kind}.n.{num}"
@@ -83,6 +87,14 @@ class LbIds:
         Raises:
             AllocationError: ``want`` belongs to another owner, or the pool is exhausted.
         """
+        known = self._known.get((pool.kind, owner))
+        if known is not None and (want is None or want == known):
+            return known
+        num = await self._allocate(pool, owner, want)
+        self._known[(pool.kind, owner)] = num
+        return num
+
+    async def _allocate(self, pool: Pool, owner: str, want: int | None) -> int:
         current = await self.number_of(pool, owner)
         if current is not None and (want is None or want == current):
             return current
@@ -140,6 +152,7 @@ class LbIds:
 
     async def release(self, pool: Pool, owner: str) -> None:
         """Give back the owner's number (a replica racing a new owner never loses its keys)."""
+        self._known.pop((pool.kind, owner), None)
         num = await self.number_of(pool, owner)
         if num is None:
             return

@@ -11,6 +11,7 @@ service's members subject. Numbers (service ids, backend ids, ClusterIPs, NodePo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import logging
@@ -50,7 +51,7 @@ from services.lb.model import (
     parse_endpointslice,
     parse_service,
 )
-from services.lb.resolve import Backend, resolve_backends
+from services.lb.resolve import Backend, resolve_backends, selects
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class LbService:
         self.ids: LbIds | None = None
         self.view = LbView()
         self.services: dict[Ref, dict[str, Any]] = {}
+        self.specs: dict[Ref, ServiceSpec] = {}           # parsed; absent when invalid
+        self.by_ns: dict[str, set[Ref]] = {}
         self.pods: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         self.slices: dict[Ref, EndpointSlice] = {}
         self.bad_slices: set[Ref] = set()
@@ -124,17 +127,22 @@ class LbService:
         deleted = d.event.type == "object.delete"
         ref = f"{ns}/{name}"
         if kind == "Service":
+            self.specs.pop(ref, None)
             if deleted:
                 self.services.pop(ref, None)
+                self.by_ns.get(ns, set()).discard(ref)
             else:
                 self.services[ref] = data["object"]
+                self.by_ns.setdefault(ns, set()).add(ref)
+                with contextlib.suppress(LbError):
+                    self.specs[ref] = parse_service(data["object"])
             self._dirty.add(ref)
         elif kind == "Pod":
-            if deleted:
-                self.pods[ns].pop(name, None)
-            else:
+            old_pod = self.pods[ns].pop(name, None)
+            if not deleted:
                 self.pods[ns][name] = data["object"]
-            self._dirty.update(r for r in self.services if r.startswith(f"{ns}/"))
+            self._dirty.update(self._selecting(ns, [old_pod, None if deleted else
+                                                    data["object"]]))
         elif kind == "EndpointSlice":
             old = self.slices.pop(ref, None)
             if old is not None:
@@ -155,6 +163,18 @@ class LbService:
             else:
                 dirty, self._dirty = self._dirty, set()
                 await self.reconcile(dirty, str(d.seq))
+
+    def _selecting(self, ns: str, pods: list[dict[str, Any] | None]) -> set[Ref]:
+        """Services of ``ns`` whose selector matches any of ``pods`` (or that cannot be
+        parsed, so that their error is reported again)."""
+        labels = [(p.get("metadata") or {}).get("labels") or {} for p in pods if p]
+        out = set()
+        for ref in self.by_ns.get(ns, ()):
+            spec = self.specs.get(ref)
+            if spec is None or (spec.selector is not None
+                                and any(selects(spec.selector, lb) for lb in labels)):
+                out.add(ref)
+        return out
 
     async def _go_live(self, cause: str) -> None:
         """First reconciliation: every known Service, and every published one that is gone."""

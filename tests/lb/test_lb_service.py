@@ -180,3 +180,36 @@ async def test_objects_deleted_while_down_are_cleaned_up_once(bus: Bus, nats_url
     with service_proc("services.lb", nats_url, log=tmp_path / "lb3.log"):
         await asyncio.sleep(1.0)
     assert await count(bus, "cilia.lb.>") == stored
+
+
+async def test_a_pod_event_dirties_only_the_services_selecting_it() -> None:
+    from datetime import datetime
+
+    from services.common.bus import Delivery
+    from services.common.codec import Event
+    from services.lb.service import LbService
+
+    svc = LbService()       # not live yet: events are only folded
+
+    async def feed(obj: dict, deleted: bool = False) -> None:  # type: ignore[type-arg]
+        meta = obj["metadata"]
+        data = {"kind": obj["kind"], "namespace": meta["namespace"], "name": meta["name"],
+                "object": obj}
+        event = Event("object.delete" if deleted else "object.upsert", data)
+        # pending > 0: the event is folded, not reconciled yet
+        await svc._on_source(Delivery("s", event, 1, datetime.now(), {}, 5))
+
+    for i in range(300):
+        await feed(service(f"s{i}", selector={"app": f"a{i}"}))
+    await feed(service("other", "prod", selector={"app": "a7"}))
+    svc._dirty.clear()
+    svc._live = True
+    await feed(echo_pod("p7", "10.244.1.7", app="a7"))
+    assert svc._dirty == {"default/s7"}
+    svc._dirty.clear()
+    relabelled = echo_pod("p7", "10.244.1.7", app="a8")      # leaves s7, joins s8
+    await feed(relabelled)
+    assert svc._dirty == {"default/s7", "default/s8"}
+    svc._dirty.clear()
+    await feed(relabelled, deleted=True)
+    assert svc._dirty == {"default/s8"}
