@@ -288,19 +288,3 @@ def test_receiver_trusts_the_vni_without_the_source_in_its_ipcache(tunnel: Clust
         assert fwd["reason_name"] == "policy allowed"
     # entries back: the full connection works again
     assert tunnel.connect("deploy/frontend", NS, ips["backend"], PORTS["backend"]) == "OK"
-
-
-# The connectivity tests whose traffic crosses the tunnel (pod to pod across nodes, services
-# with remote backends, DNS to kube-dns on either node, policy on the echo pod of the other
-# node). Same-node, pod-to-external and CIDR/world scenarios do not use the tunnel.
-TUNNEL_CONNECTIVITY = ("pod-to-pod-cross-node", "pod-to-service", "pod-to-nodeport",
-                       "external-to-nodeport", "dns-resolution", "echo-ingress",
-                       "client-egress-to-echo-deny")
-
-
-def test_connectivity_test_passes_in_tunnel_mode(tunnel: Cluster) -> None:
-    res = tunnel.cilia("connectivity", "test", "--test", "^(" + "|".join(TUNNEL_CONNECTIVITY)
-                       + ")$", timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
-    for name in TUNNEL_CONNECTIVITY:
-        assert f"✅ [{name}]" in res.stdout, res.stdout
