@@ -27,6 +27,7 @@ from services.cli.agentcli import recent_flows
 from services.cli.connectivity_checks import (
     DROP,
     EXTERNAL,
+    HTTP,
     LOOKUP,
     NAMESPACE,
     NXDOMAIN,
@@ -73,6 +74,17 @@ FLOW_WAIT_S = 2.0           # a drop's flow event reaches the agents' recent flo
 POLL_S = 0.1
 EXEC_TIMEOUT = 124          # the exit status reported for a probe that had to be killed
 MANIFEST_SOURCE = "<connectivity test>"
+# GET / in the pod (no proxy from the environment): the body is the answering pod's name
+HTTP_GET = """
+import sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(f"http://{sys.argv[1]}:{sys.argv[2]}/", timeout=float(sys.argv[3])) as r:
+        print(r.read().decode(errors="replace").strip())
+except Exception as exc:
+    print(f"error: {getattr(exc, 'reason', exc)}")
+    sys.exit(1)
+"""
 
 
 class ConnectivityError(CiliaError):
@@ -289,6 +301,12 @@ class Runner:
             return CheckResult(check, ok, out.replace("\n", ",") or f"exit {code}",
                                seconds=time.monotonic() - started)
         timeout = DROP_TIMEOUT_S if check.expect == DROP else PASS_TIMEOUT_S
+        if check.kind == HTTP:
+            code, out = self._exec(check.src, [sys.executable, "-c", HTTP_GET,
+                                               self.env.address(check.target),
+                                               str(self.env.port(check)), str(timeout)], timeout)
+            return CheckResult(check, code == 0 and out == check.want, out or f"exit {code}",
+                               seconds=time.monotonic() - started)
         argv = [CONNECT, self.env.address(check.target), str(self.env.port(check)),
                 "--timeout", str(timeout)] + (["--udp"] if check.udp else [])
         code, out = self._exec(check.src, argv, timeout)

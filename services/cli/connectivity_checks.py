@@ -31,7 +31,8 @@ MISSING_NAME = "no-such-service"
 CLIENT_LABELS = {"app": "client", "kind": "client"}
 CLIENT2_LABELS = {"app": "client2", "kind": "client"}
 PASS, DROP, NXDOMAIN = "pass", "drop", "nxdomain"
-CONNECT, LOOKUP = "connect", "lookup"
+CONNECT, LOOKUP, HTTP = "connect", "lookup", "http"
+EXTERNAL_BODY = "external"  # what the lab's external host answers over HTTP (pods: their name)
 
 # pod name -> (labels, ports, node index)
 PODS: dict[str, tuple[dict[str, str], tuple[int, ...], int]] = {
@@ -52,7 +53,10 @@ class Check:
         target: ``pod:NAME``, ``svc:NAME``, ``nodeport:NODE:NAME``, ``world:I``, ``name:HOST``
             (connect to a DNS name) or, for lookups, the name looked up.
         expect: :data:`PASS`, :data:`DROP` or (lookups) :data:`NXDOMAIN`.
-        want: lookups: the symbolic target whose address the answer must be.
+        kind: :data:`CONNECT` (TCP handshake or UDP echo), :data:`HTTP` (GET, the body names
+            the server that answered) or :data:`LOOKUP`.
+        want: lookups: the symbolic target whose address the answer must be; HTTP: the body
+            (the pod name of the backend that must answer).
     """
 
     src: str
@@ -73,8 +77,12 @@ class Check:
         """How the check is shown: ``client -> pod:echo-same:8080/TCP``."""
         if self.kind == LOOKUP:
             return f"{self.src} -> lookup {self.target}"
+        # a NodePort target's port is the Service's node port, known once deployed
+        port = "" if self.target.startswith("nodeport:") else f":{self.port}"
+        if self.kind == HTTP:
+            return f"{self.src} -> GET http://{self.target}{port}/"
         proto = "UDP" if self.udp else "TCP"
-        return f"{self.src} -> {self.target}:{self.port}/{proto}"
+        return f"{self.src} -> {self.target}{port}/{proto}"
 
 
 @dataclass(frozen=True)
@@ -178,12 +186,18 @@ SCENARIOS: tuple[Scenario, ...] = (
                                       C("client", "pod:echo-same", udp=True))),
     Scenario("pod-to-pod-cross-node", (C("client", "pod:echo-other"),
                                        C("client", "pod:echo-other", udp=True)), min_nodes=2),
-    Scenario("pod-to-service", (C("client", "svc:echo-same"), C("client", "svc:echo-other"))),
-    Scenario("pod-to-nodeport", (C("client", "nodeport:0:echo-other"),
-                                 C("client", "nodeport:1:echo-same"))),
-    Scenario("pod-to-external", (C("client", "world:0", EXTERNAL_PORT),)),
-    Scenario("external-to-nodeport", (C(EXTERNAL, "nodeport:0:echo-same"),
-                                      C(EXTERNAL, "nodeport:1:echo-other"))),
+    Scenario("pod-to-service", (C("client", "svc:echo-same", kind=HTTP, want="echo-same"),
+                                C("client", "svc:echo-other", kind=HTTP, want="echo-other"))),
+    Scenario("pod-to-nodeport", (C("client", "nodeport:0:echo-other", kind=HTTP,
+                                   want="echo-other"),
+                                 C("client", "nodeport:1:echo-same", kind=HTTP,
+                                   want="echo-same"))),
+    Scenario("pod-to-external", (C("client", "world:0", EXTERNAL_PORT, kind=HTTP,
+                                   want=EXTERNAL_BODY),)),
+    Scenario("external-to-nodeport", (C(EXTERNAL, "nodeport:0:echo-same", kind=HTTP,
+                                        want="echo-same"),
+                                      C(EXTERNAL, "nodeport:1:echo-other", kind=HTTP,
+                                        want="echo-other"))),
     Scenario("dns-resolution", DNS_CHECKS),
     Scenario("all-ingress-deny",
              (C("client", "pod:echo-same", expect=DROP), C("client", "pod:echo-other",
