@@ -24,7 +24,7 @@ from .errors import ExplainError
 from .fold import Replay
 from .maps import node_scope, policy_key
 from .record import Moment, Record
-from .timeline import Tracker
+from .timeline import Focus, Tracker
 
 ALLOWED, DENIED = "ALLOWED", "DENIED"
 
@@ -122,9 +122,13 @@ def explain(records: Sequence[Record], moment: Moment, src: str, dst: str, dport
     """
     probe = Replay()
     probe.fold(records)
-    _, s_node = _pod(probe, src, moment)
-    _, d_node = _pod(probe, dst, moment)
-    tr = Tracker(Replay(sorted({s_node, d_node})))
+    s_ip, s_node = _pod(probe, src, moment)
+    d_ip, d_node = _pod(probe, dst, moment)
+    focus: dict[str, Focus] = {}
+    for node, pod, peer_ip in ((s_node, src, d_ip), (d_node, dst, s_ip)):
+        old = focus.get(node, Focus(frozenset(), frozenset()))
+        focus[node] = Focus(old.pods | {pod}, old.prefixes | {f"{peer_ip}/32"})
+    tr = Tracker(Replay(sorted(focus)), focus)
     tr.fold(records)
     rp = tr.rp
     s, d = _endpoint(rp, src, moment), _endpoint(rp, dst, moment)

@@ -111,10 +111,14 @@ def cluster_maps(rp: Replay) -> dict[str, FlatMap]:
 
 # -- one node -------------------------------------------------------------------------------
 
-def local_endpoints(state: NodeState, node: str) -> list[LocalEndpoint]:
-    """The node's pods with an address, as the CNI would have created them."""
+def local_endpoints(state: NodeState, node: str,
+                    pods: Iterable[str] | None = None) -> list[LocalEndpoint]:
+    """The node's pods with an address, as the CNI would have created them (only those of
+    ``pods``, ``namespace/name`` keys, when given)."""
     out = []
-    for key, pod in sorted(state.pods.items()):
+    items = sorted(state.pods.items()) if pods is None else \
+        [(k, state.pods[k]) for k in sorted(pods) if k in state.pods]
+    for key, pod in items:
         spec, status = pod.get("spec") or {}, pod.get("status") or {}
         if spec.get("nodeName") == node and status.get("podIP"):
             out.append(LocalEndpoint(UNKNOWN, str(status["podIP"]), UNKNOWN, "", key))

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.nodeagent.state import LocalEndpoint, NodeState
+from services.policy.compiler import NamedPorts, SubjectPolicy, expand
+
 from .fold import Replay, Step, no_cyclic_gc
 from .maps import (
     CLUSTER_RENDER,
@@ -69,17 +72,73 @@ class Change:
                 "old": self.old, "new": self.new, "event": self.cause.to_dict()}
 
 
-class Tracker:
-    """A replay whose maps are kept current after every event, with each entry's cause."""
+@dataclass(frozen=True)
+class Focus:
+    """The entries of one node worth tracking: its pods (``namespace/name``; their endpoint
+    entries and the policy of their identities) and ipcache prefixes. Tracking everything
+    costs a full recomputation of a map per event that touches it; a focus makes the cost per
+    event independent of the cluster's size (``replay explain`` needs a handful of entries)."""
 
-    def __init__(self, rp: Replay) -> None:
+    pods: frozenset[str]
+    prefixes: frozenset[str]
+
+
+class NamedPortsCache:
+    """:meth:`NodeState.named_ports` of a node, recomputed only when it may have changed:
+    when a pod with named container ports changes, or the ipcache entry of its address."""
+
+    def __init__(self, state: NodeState) -> None:
+        self._ips: dict[str, str] = {}       # pod key -> address, for pods with named ports
+        for key, pod in state.pods.items():
+            self._track(key, pod)
+        self._value: NamedPorts | None = None
+
+    def _track(self, key: str, pod: dict[str, Any] | None) -> None:
+        self._ips.pop(key, None)
+        if pod is not None and any("name" in p for c in (pod.get("spec") or {}).get(
+                "containers") or [] for p in c.get("ports") or []):
+            self._ips[key] = str((pod.get("status") or {}).get("podIP") or "")
+
+    def update(self, state: NodeState, step: Step) -> bool:
+        """Note an event already folded into ``state``; True if named ports may differ."""
+        data = step.event.data
+        if step.pod_event:
+            key = f"{data['namespace']}/{data['name']}" if data["namespace"] else data["name"]
+            before = self._ips.get(key)
+            self._track(key, state.pods.get(key))
+            changed = before is not None or key in self._ips
+        elif step.event.type.startswith("ipcache."):
+            prefix = data["prefix"]
+            changed = any(prefix == f"{ip}/32" for ip in self._ips.values())
+        else:
+            changed = False
+        if changed:
+            self._value = None
+        return changed
+
+    def get(self, state: NodeState) -> NamedPorts:
+        if self._value is None:
+            self._value = state.named_ports()
+        return self._value
+
+
+class Tracker:
+    """A replay whose maps are kept current after every event, with each entry's cause.
+
+    Args:
+        focus: per node, only these entries are tracked (and cluster maps are not).
+    """
+
+    def __init__(self, rp: Replay, focus: dict[str, Focus] | None = None) -> None:
         self.rp = rp
+        self.focus = focus
         self.maps = all_maps(rp)
         self.cause: dict[tuple[str, str, str], Cause] = {}
         self._policy_keys: dict[str, dict[int, set[str]]] = {}
         self._local: dict[str, set[int]] = {}
+        self._named = {node: NamedPortsCache(nf.state) for node, nf in rp.nodes.items()}
         for node, nf in rp.nodes.items():
-            eps = local_endpoints(nf.state, node)
+            eps = self._endpoints(node)
             self._local[node] = local_subjects(nf.state, eps)
             self._policy_keys[node] = {
                 s: set(flat_policy(nf.state.desired_policy({s}))) for s in self._local[node]}
@@ -99,7 +158,8 @@ class Tracker:
         if step is None:
             return
         cause = Cause(rec, step.event.type)
-        self._cluster(step, cause)
+        if self.focus is None:
+            self._cluster(step, cause)
         for node in self.rp.nodes:
             self._node(node, step, cause)
 
@@ -132,29 +192,64 @@ class Tracker:
             for name in LB_MAPS:
                 self._set(CLUSTER_SCOPE, name, CLUSTER_RENDER[name](rp), cause)
 
+    def _endpoints(self, node: str) -> list[LocalEndpoint]:
+        focus = self.focus.get(node) if self.focus is not None else None
+        return local_endpoints(self.rp.nodes[node].state, node,
+                               None if focus is None else focus.pods)
+
+    def _ipcache(self, node: str, step: Step, scope: str, cause: Cause) -> None:
+        st = self.rp.nodes[node].state
+        focus = self.focus.get(node) if self.focus is not None else None
+        if focus is None:
+            self._set(scope, "ipcache", flat_ipcache(st.desired_ipcache()), cause)
+            return
+        # An ipcache event changes only its own prefix; a Node event, the node addresses.
+        prefix = step.event.data.get("prefix") if step.event.type.startswith("ipcache.") \
+            else None
+        if prefix is not None and prefix not in focus.prefixes:
+            return
+        full = st.desired_ipcache()
+        self._set(scope, "ipcache", flat_ipcache({p: full[p] for p in focus.prefixes
+                                                  if p in full}), cause, only=set(focus.prefixes))
+
     def _node(self, node: str, step: Step, cause: Cause) -> None:
         nf = self.rp.nodes[node]
         scope = node_scope(node)
         dirty = step.dirty.get(node)
         if dirty is not None and (dirty or step.pod_event):
             st = nf.state
-            eps = local_endpoints(st, node)
+            eps = self._endpoints(node)
             if dirty.ipcache:
-                self._set(scope, "ipcache", flat_ipcache(st.desired_ipcache()), cause)
+                self._ipcache(node, step, scope, cause)
             if dirty.endpoints or step.pod_event:
+                focus = self.focus.get(node) if self.focus is not None else None
+                only = None if focus is None else {
+                    ip for ip, v in self.maps[scope]["endpoints"].items()
+                    if v["pod"] in focus.pods}
                 self._set(scope, "endpoints", flat_endpoints(st.desired_endpoints(eps), eps),
-                          cause)
+                          cause, only=only)
             local = local_subjects(st, eps)
-            gone = self._local[node] - local
-            touched = local if dirty.all_subjects or step.pod_event else dirty.subjects & local
+            prev = self._local[node]
+            gone = prev - local
+            # The agent re-expands every local subject on an ipcache or Pod event because
+            # locality or named ports may have moved; a subject's entries depend only on its
+            # rules, the selector members and the named ports, so re-expand the subjects whose
+            # rules or members changed, those that became local, and all only when the named
+            # ports did change.
+            named = self._named[node]
+            touched = (dirty.subjects & local) | (local - prev)
+            if named.update(st, step):
+                touched = local
             keys = self._policy_keys[node]
+            ports = named.get(st)
             for s in touched | gone:
-                new = flat_policy(st.desired_policy({s})) if s in local else {}
+                sp = st.subjects.get(s) or SubjectPolicy(s)
+                new = flat_policy(expand(sp, st.members, ports).entries) if s in local else {}
                 self._set(scope, "policy", new, cause, only=keys.pop(s, set()))
                 if new:
                     keys[s] = set(new)
             self._local[node] = local
-        if step.lb_dirty.get(node):
+        if step.lb_dirty.get(node) and self.focus is None:
             fronts, bes = lb_maps(nf)
             self._set(scope, "lb_services", fronts, cause)
             self._set(scope, "lb_backends", bes, cause)

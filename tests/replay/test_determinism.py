@@ -83,9 +83,18 @@ def test_replayed_history_equals_the_kernel_maps(lab2: Cluster, tmp_path: Path) 
         verdicts |= set(policy.values())
         plan = nf.lb.plan()
         with LbMaps(node) as lb:
-            assert lb.service_entries() == plan.services, node
+            # Frontends name their Maglev table by where the kernel placed it: compare the
+            # slots each frontend leads to, and every other field as is.
+            kernel = {fe: (e._replace(table_int=0, table_ext=0),
+                           lb.kernel_table(e.table_int, e.size_int),
+                           lb.kernel_table(e.table_ext, e.size_ext))
+                      for fe, e in lb.service_entries().items()}
+            replayed = {fe: (e._replace(table_int=0, table_ext=0),
+                             plan.tables.get(e.table_int, []) if e.size_int else [],
+                             plan.tables.get(e.table_ext, []) if e.size_ext else [])
+                        for fe, e in plan.services.items()}
+            assert kernel == replayed, node
             assert lb.backend_entries() == plan.backends, node
-            assert lb.maglev_tables() == plan.tables, node
         assert plan.services, f"{node}: no service frontends to compare"
     # What was compared is not trivial: all three pods, the remaining policy's deny and allows.
     assert len(all_endpoints) == 3
