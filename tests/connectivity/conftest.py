@@ -10,9 +10,10 @@ import pytest
 from tests.support.cluster import Cluster, cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def lab2() -> Iterator[Cluster]:
-    """A two-node lab with the whole control plane; this process reads the lab's state too."""
+    """A two-node lab with the whole control plane, for this directory's tests (removed when
+    they are done); this process reads the lab's state too."""
     # Not under pytest's basetemp: another pytest session on this machine may prune it.
     tmp = Path(tempfile.mkdtemp(prefix="cilia-conn-"))
     try:
