@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import click
@@ -15,6 +16,7 @@ from services.common.errors import CiliaError
 from services.lab import DEFAULT_LAB, Kubelet, LabError, exec_in_pod, list_labs
 from services.lab import down as lab_down
 from services.lab import up as lab_up
+from services.lab.state import lab_dir
 from services.nodeagent.agent import LB_MODE_ENV
 
 AGENT_MODULE = "services.nodeagent"
@@ -22,10 +24,22 @@ LAB_ENV = "CILIA_LAB"
 AGENT_READY_S = 60.0
 
 
-def current_lab(explicit: str | None = None) -> str | None:
-    """The lab `apply` runs pods in: --lab, $CILIA_LAB, the default lab, or the only one up."""
+BUS_FILE = "bus.json"        # which bus a lab's agents were started against
+
+
+def lab_bus(name: str) -> str | None:
+    try:
+        url = json.loads((lab_dir(name) / BUS_FILE).read_text()).get("nats_url")
+    except (OSError, ValueError):
+        return None
+    return str(url) if url else None
+
+
+def current_lab(explicit: str | None = None, url: str | None = None) -> str | None:
+    """The lab `apply` runs pods in: --lab or $CILIA_LAB, else the default lab or the only one
+    up; with ``url``, only a lab whose agents use that bus (a lab belongs to one cluster)."""
     name = explicit or os.environ.get(LAB_ENV)
-    labs = list_labs()
+    labs = [n for n in list_labs() if url is None or lab_bus(n) == url]
     if name:
         return name if name in labs else None
     if DEFAULT_LAB in labs:
@@ -33,8 +47,9 @@ def current_lab(explicit: str | None = None) -> str | None:
     return labs[0] if len(labs) == 1 else None
 
 
-def runtime_for(explicit: str | None = None) -> Kubelet | None:
-    lab = current_lab(explicit)
+def runtime_for(ctx: CliContext, explicit: str | None = None) -> Kubelet | None:
+    """The lab kubelet for objects applied to ``ctx``'s bus, if a lab runs on that bus."""
+    lab = current_lab(explicit, ctx.url())
     return Kubelet(lab) if lab else None
 
 
@@ -51,6 +66,7 @@ def start_lab(ctx: CliContext, name: str, nodes: int, routing: str = "native") -
         state = lab_up(name, nodes, agent_module=AGENT_MODULE, routing=routing)
     except LabError as exc:
         raise CiliaError(str(exc)) from exc
+    (lab_dir(name) / BUS_FILE).write_text(json.dumps({"nats_url": url}))
     asyncio.run(controlplane.wait_ready(url, {"nodeagent": nodes}, AGENT_READY_S))
     return [f"node {n.name}: {n.node_ip}, pods {n.pod_cidr} (netns {n.netns})"
             for n in state.plan.nodes] + [f"routing: {routing}"]

@@ -114,7 +114,7 @@ def _load_or_fail(files: tuple[str, ...]) -> list[manifests.Manifest]:
 def apply(ctx: CliContext, files: tuple[str, ...]) -> None:
     """Apply Kubernetes manifests (validated whole: a bad file applies nothing)."""
     items = _load_or_fail(files)
-    runtime = runtime_for()
+    runtime = runtime_for(ctx)
     for outcome in ctx.run(lambda bus: source.apply(bus, items, runtime)):
         click.echo(str(outcome))
 
@@ -126,7 +126,7 @@ def apply(ctx: CliContext, files: tuple[str, ...]) -> None:
 def delete(ctx: CliContext, files: tuple[str, ...]) -> None:
     """Delete the objects named in manifests."""
     items = _load_or_fail(files)
-    runtime = runtime_for()
+    runtime = runtime_for(ctx)
     outcomes = ctx.run(lambda bus: source.delete(bus, items, runtime))
     for outcome in outcomes:
         click.echo(str(outcome), err=outcome.result == source.NOT_FOUND)
