@@ -17,6 +17,7 @@ from services.common.labels import Labels
 from services.common.policytypes import PROTO_BY_NAME, Direction, PolicyKey, Verdict
 from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
 from services.policy.compiler import SubjectPolicy, expand
+from services.policy.publish import fold_selector
 
 SNAPSHOT_VERSION = 1   # version of NodeState.snapshot()'s layout
 NODE_KIND = "Node"
@@ -174,15 +175,7 @@ class NodeState:
         dirty.endpoints = True      # enforcement flags follow the rules
 
     def _selector(self, data: dict[str, Any], dirty: Dirty) -> None:
-        sid, op = data["selector"], data["op"]
-        if op == "set":
-            self.members[sid] = set(data.get("members") or ())
-        elif op == "delta":
-            cur = self.members.setdefault(sid, set())
-            cur |= set(data.get("added") or ())
-            cur -= set(data.get("removed") or ())
-        else:
-            self.members.pop(sid, None)
+        sid = fold_selector(self.members, data)
         dirty.subjects |= self.subjects_of_selector.get(sid, set())
 
     def _object(self, event_type: str, data: dict[str, Any], dirty: Dirty) -> None:

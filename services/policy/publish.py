@@ -128,6 +128,24 @@ def error_message(exc: PolicyValidationError, revision: int) -> Message:
                                          "error": str(exc)})
 
 
+def fold_selector(members: dict[str, set[int]], payload: dict[str, Any]) -> str:
+    """Apply one selector message (``set``, ``delta`` or ``delete``) to ``members``.
+
+    The one definition of what a selector message means, for every consumer. Returns the
+    selector id.
+    """
+    sid, op = payload["selector"], payload["op"]
+    if op == "set":
+        members[sid] = set(payload.get("members") or ())
+    elif op == "delta":
+        cur = members.setdefault(sid, set())
+        cur |= set(payload.get("added") or ())
+        cur -= set(payload.get("removed") or ())
+    else:
+        members.pop(sid, None)
+    return str(sid)
+
+
 class SelectorMirror:
     """A consumer's view rebuilt from selector messages (what an agent keeps).
 
@@ -143,14 +161,7 @@ class SelectorMirror:
         """Apply one message."""
         p = msg.payload
         if msg.channel == CHANNEL_SELECTOR:
-            if p["op"] == "set":
-                self.members[msg.key] = set(p["members"])
-            elif p["op"] == "delta":
-                cur = self.members[msg.key]
-                cur |= set(p["added"])
-                cur -= set(p["removed"])
-            else:
-                del self.members[msg.key]
+            fold_selector(self.members, {"selector": msg.key, **p})
         elif msg.channel == CHANNEL_SUBJECT:
             if p["rules"]:
                 self.subjects[int(msg.key)] = p

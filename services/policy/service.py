@@ -30,6 +30,7 @@ from .publish import (
     CHANNEL_SELECTOR,
     CHANNEL_SUBJECT,
     Message,
+    fold_selector,
     messages,
 )
 from .repository import Repository
@@ -54,15 +55,7 @@ class BusView:
     def apply(self, event_type: str, data: dict[str, Any]) -> None:
         match event_type:
             case "policy.selector":
-                sid, op = data["selector"], data["op"]
-                if op == "set":
-                    self.members[sid] = set(data.get("members") or ())
-                elif op == "delta":
-                    cur = self.members.setdefault(sid, set())
-                    cur |= set(data.get("added") or ())
-                    cur -= set(data.get("removed") or ())
-                else:
-                    self.members.pop(sid, None)
+                fold_selector(self.members, data)
             case "policy.rules":
                 if data["rules"]:
                     self.subjects[data["identity"]] = data
