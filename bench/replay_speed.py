@@ -10,7 +10,9 @@ written as a history file, then:
 1. in process: verify + decode the file, fold it cluster-wide, fold it with one node's
    reducers too, and render the state (the events/s figure is the fold of the whole history);
 2. end to end: the real ``cilia replay state --file ... -o json`` (process start included),
-   cluster-wide and with ``--node``.
+   cluster-wide and with ``--node``;
+3. ``replay explain`` over the whole history (it folds twice: once to find the pods' nodes,
+   once tracking the entries that decide), in process and end to end.
 
 Run from the repo root: ``.venv/bin/python -m bench.replay_speed``
 (writes bench/results/replay_speed.json).
@@ -31,9 +33,19 @@ from bench.policy_compile import pod_labels, policy
 from services.common import subjects
 from services.common.codec import encode
 from services.common.identities import RESERVED, reserved_labels
+from services.common.policytypes import PROTO_TCP
 from services.policy import Repository, messages, parse_policy
 from services.policy.service import to_outgoing
-from services.replay import HistoryHeader, Record, Replay, all_maps, read_history, write_history
+from services.replay import (
+    HistoryHeader,
+    Record,
+    Replay,
+    all_maps,
+    explain,
+    parse_moment,
+    read_history,
+    write_history,
+)
 from services.replay.maps import node_maps
 
 EVENTS = 100_000
@@ -48,10 +60,12 @@ CILIA = str(Path(sys.executable).parent / "cilia")
 class Generator:
     """A synthetic but realistic history, built with the policy service's reducer."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: int = EVENTS, live_pods: int = LIVE_PODS) -> None:
+        self.events = events
+        self.live_pods = live_pods
         self.repo = Repository()
         self.records: list[Record] = []
-        self.t0 = time.time_ns() - EVENTS * STEP_NS
+        self.t0 = time.time_ns() - events * STEP_NS
         self.trace = 0
 
     def emit(self, subject: str, etype: str, data: dict[str, Any]) -> int:
@@ -82,6 +96,11 @@ class Generator:
         for j in range(POLICIES):
             self.trace += 1
             doc = policy(j)
+            named = [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+            if j % 5 == 0:      # named ports: resolved against the pods' container ports
+                doc["spec"]["ingress"][0]["toPorts"] = named
+            elif j % 5 == 1:
+                doc["spec"]["egress"][0]["toPorts"] = named
             meta = doc["metadata"]
             seq = self.emit(subjects.source("CiliumNetworkPolicy", meta["namespace"],
                                             meta["name"]), "object.upsert",
@@ -90,13 +109,13 @@ class Generator:
             self.outputs(self.repo.upsert(parse_policy(doc)), seq)
         alive: list[int] = []
         i = 0
-        while len(self.records) < EVENTS:
-            if len(alive) >= LIVE_PODS:
+        while len(self.records) < self.events:
+            if len(alive) >= self.live_pods:
                 self.delete_pod(alive.pop(0))
             self.create_pod(i)
             alive.append(i)
             i += 1
-        del self.records[EVENTS:]
+        del self.records[self.events:]
         return self.records
 
     def _pod(self, i: int) -> tuple[str, str, str, dict[str, Any]]:
@@ -108,7 +127,9 @@ class Generator:
                "metadata": {"name": name, "namespace": ns,
                             "labels": {lbl.key: lbl.value for lbl in labels
                                        if lbl.key in ("app", "tier", "version")}},
-               "spec": {"nodeName": node, "containers": [{"name": "c", "image": "echo"}]},
+               "spec": {"nodeName": node, "containers": [{"name": "c", "image": "echo", "ports": [
+                   {"containerPort": 8000 + i % 50, "name": "http"} if i % 4 == 0 else
+                   {"containerPort": 8080}]}]},
                "status": {"podIP": ip, "hostIP": f"172.31.0.{10 + i % NODES}"}}
         return ns, name, ip, obj
 
@@ -170,6 +191,19 @@ def main() -> None:
         _, render_node_s = _timed(lambda: node_maps(node, "node0"))
         cli_s = _cli(path)
         cli_node_s = _cli(path, "--node", "node0")
+        pods = sorted(cluster.cluster.pods)
+        src = next(p for p in pods if p.endswith("0"))          # on node0
+        dst = next(p for p in reversed(pods) if p.endswith("1"))  # on node1
+        moment = parse_moment(str(loaded[-1].seq))
+        doc, explain_s = _timed(lambda: explain(loaded, moment, src, dst, 8000, PROTO_TCP))
+        start = time.perf_counter()
+        res = subprocess.run([CILIA, "--nats-url", "nats://127.0.0.1:1", "replay", "explain",
+                              "--seq", str(EVENTS), "--from", src, "--to", dst, "--dport",
+                              "8000/TCP", "--file", str(path), "-o", "json"],
+                             capture_output=True, text=True, check=False)
+        cli_explain_s = time.perf_counter() - start
+        if res.returncode != 0:
+            raise SystemExit(f"cilia replay explain failed: {res.stderr}")
     rate = EVENTS / fold_s
     result = {
         "events": EVENTS, "nodes": NODES, "policies": POLICIES, "live_pods": LIVE_PODS,
@@ -182,6 +216,8 @@ def main() -> None:
         "render_node_seconds": round(render_node_s, 3),
         "cli_replay_state_seconds": round(cli_s, 3),
         "cli_replay_state_node_seconds": round(cli_node_s, 3),
+        "explain_seconds": round(explain_s, 3), "explain_verdict": doc["verdict"],
+        "cli_replay_explain_seconds": round(cli_explain_s, 3),
         "goal_events_per_second": GOAL_EVENTS_PER_S, "goal_met": rate >= GOAL_EVENTS_PER_S,
         "identities_at_end": len(cluster.cluster.identities),
         "selectors_at_end": len(cluster.repo.cache.selector_ids()),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,17 +19,21 @@ from services.replay import (
     MomentError,
     Record,
     Replay,
+    Tracker,
+    all_maps,
     cut,
     decode_history,
     encode_history,
     moment_of,
     parse_moment,
     parse_time,
+    read_history,
 )
 from services.replay.record import subject_matches
 from services.replay.spans import build, load_spans, waterfall
 
 T0 = 1_800_000_000 * 10**9
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _rec(seq: int, subject: str = "cilia.identity.300", payload: bytes | None = None) -> Record:
@@ -123,3 +129,31 @@ def test_span_tree_across_files(tmp_path: Path) -> None:
                                                       ("late", 3)]
     assert [r["offset_ms"] for r in rows] == pytest.approx([0, 1, 5, 6])
     assert rows[3]["attributes"] == {"cilia.node": "n1"}
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> list[Record]:
+    """3,000 events from the bench's generator (bench/ runs as a module from the repo root)."""
+    path = tmp_path_factory.mktemp("gen") / "h.cilia"
+    code = ("import sys; from pathlib import Path; from bench.replay_speed import Generator; "
+            "from services.replay import HistoryHeader, write_history; "
+            "write_history(Path(sys.argv[1]), HistoryHeader('CILIA', 'test'), "
+            "Generator(events=3000, live_pods=120).run())")
+    subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, check=True)
+    return read_history(path)[1]
+
+
+@pytest.mark.parametrize("cut_at", [700, 2500])
+def test_tracked_maps_equal_a_fresh_fold(generated: list[Record], cut_at: int) -> None:
+    """The tracker's incremental maps (diff/explain) equal the from-scratch rendering
+    (state) at every moment, on a generated history with pod churn, named ports and the
+    policy service's own output."""
+    nodes = ["node0", "node3"]
+    rp = Replay(nodes)
+    rp.fold(generated[:cut_at])
+    tracker = Tracker(rp)
+    tracker.fold(generated[cut_at:])
+    fresh = Replay(nodes)
+    fresh.fold(generated)
+    assert tracker.maps == all_maps(fresh)
+    assert tracker.maps["node/node0"]["policy"] and tracker.maps["cluster"]["selectors"]
