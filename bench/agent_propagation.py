@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from services.cli import manifests, source
 from services.common.bus import Bus
 from services.common.codec import decode
 from services.nodeagent.datapath import open_maps
-from tests.support.cluster import Cluster, cluster
+from tests.support.cluster import Cluster, temp_cluster
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "three-tier"
 BASE_PORT = 20000
@@ -103,17 +101,13 @@ def _writes(lab: Cluster) -> int:
 
 def measure(imports: int, env: dict[str, str] | None = None) -> dict[str, object]:
     """One propagation run on a fresh 1-node cluster (``env`` reaches every process)."""
-    tmp = Path(tempfile.mkdtemp(prefix="cilia-bench-"))
-    try:
-        with cluster(tmp, nodes=1, extra_env=env) as lab:
-            lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
-                   str(EXAMPLES / "deployments.yaml"))
-            lab.wait("endpoints", lambda: len([e for e in lab.endpoints()
-                                               if e["identity"] >= 256]) == 3)
-            lab.settle()
-            return asyncio.run(_run(lab, imports))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with temp_cluster(nodes=1, prefix="cilia-bench-", extra_env=env) as lab:
+        lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
+               str(EXAMPLES / "deployments.yaml"))
+        lab.wait("endpoints", lambda: len([e for e in lab.endpoints()
+                                           if e["identity"] >= 256]) == 3)
+        lab.settle()
+        return asyncio.run(_run(lab, imports))
 
 
 def main() -> None:

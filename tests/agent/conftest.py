@@ -1,21 +1,13 @@
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster, cluster
+from tests.support.cluster import Cluster, temp_cluster
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Cluster]:
-    # Not under pytest's basetemp: another pytest session on this machine may prune it.
-    tmp = Path(tempfile.mkdtemp(prefix="cilia-cluster-"))
-    try:
-        with cluster(tmp, nodes=1) as c:
-            yield c
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with temp_cluster(nodes=1) as c:
+        yield c

@@ -10,8 +10,10 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -134,3 +136,18 @@ def cluster(tmp: Path, nodes: int = 1,
         for proc in c.procs:
             stop_process(proc)
         server.stop()
+
+
+@contextmanager
+def temp_cluster(nodes: int = 1, prefix: str = "cilia-cluster-",
+                 **kwargs: Any) -> Iterator[Cluster]:
+    """:func:`cluster` in a temporary directory of its own, removed afterwards.
+
+    Not under pytest's basetemp: another pytest session on the machine may prune that.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        with cluster(tmp, nodes=nodes, **kwargs) as c:
+            yield c
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
