@@ -53,6 +53,11 @@ _DELIVER = {"all": api.DeliverPolicy.ALL, "new": api.DeliverPolicy.NEW,
             "last_per_subject": api.DeliverPolicy.LAST_PER_SUBJECT}
 
 
+async def _log_bus_error(exc: Exception) -> None:
+    """Connection trouble, in one line (nats-py's default prints a traceback each try)."""
+    log.warning("NATS: %s", exc)
+
+
 def nats_url(explicit: str | None = None) -> str:
     """The NATS URL to use: explicit, then ``CILIA_NATS_URL``, then the embedded default."""
     return explicit or os.environ.get(NATS_URL_ENV) or DEFAULT_NATS_URL
@@ -141,10 +146,15 @@ class Bus:
         """
         target = nats_url(url)
         try:
-            nc = await nats.connect(target, name=service, connect_timeout=timeout,
-                                    max_reconnect_attempts=-1, allow_reconnect=True)
+            # Once connected, reconnect forever (a bus restart must not end a service); the
+            # first connection, though, must answer within ``timeout`` or fail clearly.
+            nc = await asyncio.wait_for(
+                nats.connect(target, name=service, connect_timeout=timeout,
+                             max_reconnect_attempts=-1, allow_reconnect=True,
+                             error_cb=_log_bus_error), timeout)
         except Exception as exc:
-            raise BusError(f"cannot reach NATS at {target}: {exc}") from exc
+            reason = "no answer" if isinstance(exc, TimeoutError) else str(exc)
+            raise BusError(f"cannot reach NATS at {target}: {reason}") from exc
         return cls(nc, service)
 
     async def close(self) -> None:

@@ -84,3 +84,11 @@ def test_up_fails_cleanly_when_the_port_is_taken(tmp_path: Path, nats_url: str) 
     assert f"127.0.0.1:{port} is already in use" in res.stderr
     assert not (tmp_path / "up.json").exists()
     assert "Traceback" not in res.stderr
+
+
+def test_no_bus_is_a_clear_error_not_a_hang() -> None:
+    url = f"nats://127.0.0.1:{free_port()}"
+    res = cilia("--nats-url", url, "identity", "list", timeout=20)
+    assert res.returncode == 1
+    assert f"Error: cannot reach NATS at {url}" in res.stderr
+    assert "Traceback" not in res.stderr
