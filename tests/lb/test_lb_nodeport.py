@@ -12,8 +12,17 @@ from pyroute2 import NetNS
 from services.nodeagent.datapath import FlowReader
 from services.nodeagent.datapath.constants import DROP_NO_SERVICE
 from services.nodeagent.lbstate import LbNodeState
-from tests.datapath.netlab import DENIED_TIMEOUT_S
-from tests.lb.lblab import EXT_IP, LbLab, node_ip, open_conn, read_who, roundtrip, who
+from tests.datapath.netlab import DENIED_TIMEOUT_S, in_netns
+from tests.lb.lblab import (
+    EXT_IP,
+    LbLab,
+    UdpWho,
+    node_ip,
+    open_conn,
+    read_who,
+    roundtrip,
+    who,
+)
 
 pytestmark = pytest.mark.datapath
 
@@ -95,6 +104,37 @@ def test_nodeport_from_the_external_host(lab: LbLab, mode: str) -> None:
     # on node 1 the backends are local: DNAT only, the client's address is kept
     res = who(lab.ext_ns, node_ip(1), NODEPORT)
     assert res is not None and res[0] in backends(lab) and res[1] == EXT_IP
+
+
+@pytest.mark.parametrize("mode", ["snat", "dsr"])
+def test_udp_nodeport_from_the_external_host(lab: LbLab, mode: str) -> None:
+    import socket
+
+    set_mode(lab, mode)
+    remote = lab.nodes[1].pods
+    servers = [UdpWho(p.name, p.ip, 5353) for p in remote]
+    try:
+        lab.service(13, "dns", type="NodePort", cluster_ip="10.96.1.13",
+                    ports=[{"name": "", "port": 53, "protocol": "UDP", "node_port": 30053}])
+        for p in remote:
+            lab.publish(f"cilia.lb.backend.{lab.bid(p) + 7000}", "lb.backend", {
+                "id": lab.bid(p) + 7000, "address": p.ip, "port": 5353, "protocol": "UDP",
+                "node": lab.nodes[1].name, "state": "active"})
+        lab.publish("cilia.lb.members.13", "lb.backends", {
+            "service": 13, "added": [["", lab.bid(p) + 7000] for p in remote], "removed": []})
+        s = in_netns(lab.ext_ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        s.settimeout(3)
+        try:
+            s.sendto(b"who", (node_ip(0), 30053))
+            data, src = s.recvfrom(64)
+        finally:
+            s.close()
+        assert src == (node_ip(0), 30053)            # the reply comes from the frontend
+        assert data.decode() in backends(lab)
+    finally:
+        for srv in servers:
+            srv.stop()
+        lab.publish("cilia.lb.service.default.dns", "lb.service.delete", {"id": 13})
 
 
 def test_external_traffic_policy_local_uses_local_backends_only(lab: LbLab) -> None:
