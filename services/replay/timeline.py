@@ -8,6 +8,7 @@ policy entries are recomputed per subject (touched subjects, or every local one)
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,42 +84,76 @@ class Focus:
     prefixes: frozenset[str]
 
 
+def uses_named_ports(sp: SubjectPolicy) -> bool:
+    """Whether any rule of the subject names a port (only those depend on named ports)."""
+    return any(p.name for r in sp.rules for e in r.entries for p in e.ports)
+
+
 class NamedPortsCache:
-    """:meth:`NodeState.named_ports` of a node, recomputed only when it may have changed:
-    when a pod with named container ports changes, or the ipcache entry of its address."""
+    """:meth:`NodeState.named_ports` of a node, kept up to date per pod.
+
+    Each pod's contribution is derived by ``named_ports`` itself on a one-pod state (the pod
+    and the ipcache entry of its address); the node's value is the union of contributions,
+    so an event costs one pod's derivation instead of a walk over every pod.
+    """
 
     def __init__(self, state: NodeState) -> None:
-        self._ips: dict[str, str] = {}       # pod key -> address, for pods with named ports
-        for key, pod in state.pods.items():
-            self._track(key, pod)
+        self._contrib: dict[str, set[tuple[int, str, int, int]]] = {}
+        self._pods_of_prefix: dict[str, set[str]] = {}
+        self._prefix_of: dict[str, str] = {}
+        self._counts: Counter[tuple[int, str, int, int]] = Counter()
         self._value: NamedPorts | None = None
+        for key in list(state.pods):
+            self._refresh(state, key)
 
-    def _track(self, key: str, pod: dict[str, Any] | None) -> None:
-        self._ips.pop(key, None)
-        if pod is not None and any("name" in p for c in (pod.get("spec") or {}).get(
-                "containers") or [] for p in c.get("ports") or []):
-            self._ips[key] = str((pod.get("status") or {}).get("podIP") or "")
+    def _refresh(self, state: NodeState, key: str) -> bool:
+        pod = state.pods.get(key)
+        ip = str(((pod or {}).get("status") or {}).get("podIP") or "")
+        was = self._prefix_of.pop(key, None)
+        if was is not None:
+            self._pods_of_prefix[was].discard(key)
+            if not self._pods_of_prefix[was]:
+                del self._pods_of_prefix[was]
+        one = NodeState(state.node)
+        if pod is not None and ip:
+            self._prefix_of[key] = f"{ip}/32"
+            self._pods_of_prefix.setdefault(f"{ip}/32", set()).add(key)
+            one.pods = {key: pod}
+            rec = state.ipcache.get(f"{ip}/32")
+            if rec is not None:
+                one.ipcache = {f"{ip}/32": rec}
+        new = {(ident, name, proto, port) for ident, names in one.named_ports().items()
+               for name, ports in names.items() for proto, port in ports}
+        old = self._contrib.pop(key, set())
+        if new:
+            self._contrib[key] = new
+        if new == old:
+            return False
+        self._counts.subtract(old)
+        self._counts.update(new)
+        self._value = None
+        return True
 
     def update(self, state: NodeState, step: Step) -> bool:
-        """Note an event already folded into ``state``; True if named ports may differ."""
+        """Note an event already folded into ``state``; True if named ports changed."""
         data = step.event.data
         if step.pod_event:
             key = f"{data['namespace']}/{data['name']}" if data["namespace"] else data["name"]
-            before = self._ips.get(key)
-            self._track(key, state.pods.get(key))
-            changed = before is not None or key in self._ips
-        elif step.event.type.startswith("ipcache."):
-            prefix = data["prefix"]
-            changed = any(prefix == f"{ip}/32" for ip in self._ips.values())
-        else:
+            return self._refresh(state, key)
+        if step.event.type.startswith("ipcache."):
             changed = False
-        if changed:
-            self._value = None
-        return changed
+            for key in list(self._pods_of_prefix.get(data["prefix"], ())):
+                changed |= self._refresh(state, key)
+            return changed
+        return False
 
     def get(self, state: NodeState) -> NamedPorts:
         if self._value is None:
-            self._value = state.named_ports()
+            value: dict[int, dict[str, set[tuple[int, int]]]] = {}
+            for (ident, name, proto, port), n in self._counts.items():
+                if n > 0:
+                    value.setdefault(ident, {}).setdefault(name, set()).add((proto, port))
+            self._value = value
         return self._value
 
 
@@ -239,11 +274,12 @@ class Tracker:
             named = self._named[node]
             touched = (dirty.subjects & local) | (local - prev)
             if named.update(st, step):
-                touched = local
+                touched |= {s for s in local if s in st.subjects
+                            and uses_named_ports(st.subjects[s])}
             keys = self._policy_keys[node]
-            ports = named.get(st)
             for s in touched | gone:
                 sp = st.subjects.get(s) or SubjectPolicy(s)
+                ports = named.get(st) if uses_named_ports(sp) else None
                 new = flat_policy(expand(sp, st.members, ports).entries) if s in local else {}
                 self._set(scope, "policy", new, cause, only=keys.pop(s, set()))
                 if new:
