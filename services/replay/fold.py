@@ -68,6 +68,7 @@ class Step:
     rejected: str = ""
     dirty: dict[str, Dirty] = field(default_factory=dict)
     lb_dirty: dict[str, LbDirty] = field(default_factory=dict)
+    cluster_lb_dirty: LbDirty | None = None
 
     @property
     def pod_event(self) -> bool:
@@ -136,7 +137,7 @@ class Replay:
             for name, nf in self.nodes.items():
                 step.dirty[name] = nf.state.apply(rec.subject, event.type, data, rec.seq)
         if r.lb:
-            self.cluster_lb.apply(rec.subject, event.type, data)
+            step.cluster_lb_dirty = self.cluster_lb.apply(rec.subject, event.type, data)
             for name, nf in self.nodes.items():
                 step.lb_dirty[name] = nf.lb.apply(rec.subject, event.type, data)
         self.last[rec.subject] = rec

@@ -11,13 +11,14 @@ show as 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from services.common.identities import ID_INIT
 from services.common.policytypes import PROTO_NAMES, Direction, PolicyKey, Verdict
 from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
 from services.nodeagent.state import LocalEndpoint, NodeState
+from services.policy.model import PolicyRef
 
 from .fold import NodeFold, Replay
 
@@ -35,78 +36,133 @@ def node_scope(node: str) -> str:
 
 # -- control plane --------------------------------------------------------------------------
 
-def identities(rp: Replay) -> FlatMap:
-    return {str(i): labels.strings() for i, labels in sorted(rp.cluster.identities.items())}
+# Each control-plane map is a set of keys and one entry per key, so that a tracker can
+# re-render only the keys an event touched.
+
+def _identity_keys(rp: Replay) -> Iterable[str]:
+    return (str(i) for i in rp.cluster.identities)
 
 
-def policies(rp: Replay) -> FlatMap:
-    """Policies in force (status from the policy service's own status events) and rejected
-    ones that have no version in force."""
-    out: FlatMap = {}
-    for policy in rp.repo.policies():
-        ref = policy.ref
-        key = f"{ref.kind}/{ref.namespace}/{ref.name}"
-        st = rp.outputs.policies.get(key, {})
-        status = {"set": "OK", "error": "Rejected"}.get(st.get("op", ""), "Pending")
-        error = rp.rejected.get(key) or (st.get("error") if st.get("op") == "error" else "")
-        # The revision users see is the one the service published (the input's sequence).
-        out[key] = {"rules": len(policy.rules), "revision": int(st.get("revision") or 0),
-                    "status": status, "error": error or ""}
-    for key, error in rp.rejected.items():
-        out.setdefault(key, {"rules": 0, "revision": 0, "status": "Rejected", "error": error})
-    return dict(sorted(out.items()))
+def _identity(rp: Replay, key: str) -> Any:
+    labels = rp.cluster.identities.get(int(key))
+    return labels.strings() if labels is not None else None
 
 
-def selectors(rp: Replay) -> FlatMap:
+def _policy_keys(rp: Replay) -> Iterable[str]:
+    keys = {f"{p.ref.kind}/{p.ref.namespace}/{p.ref.name}" for p in rp.repo.policies()}
+    return keys | set(rp.rejected)
+
+
+def _policy(rp: Replay, key: str) -> Any:
+    """A policy in force (status from the policy service's own status events), or a rejected
+    one that has no version in force."""
+    kind, namespace, name = key.split("/", 2)
+    policy = rp.repo.policy(PolicyRef(kind, namespace, name))
+    if policy is None:
+        error = rp.rejected.get(key)
+        return None if error is None else {"rules": 0, "revision": 0, "status": "Rejected",
+                                           "error": error}
+    st = rp.outputs.policies.get(key, {})
+    status = {"set": "OK", "error": "Rejected"}.get(st.get("op", ""), "Pending")
+    error = rp.rejected.get(key) or (st.get("error") if st.get("op") == "error" else "")
+    # The revision users see is the one the service published (the input's sequence).
+    return {"rules": len(policy.rules), "revision": int(st.get("revision") or 0),
+            "status": status, "error": error or ""}
+
+
+def _selector_keys(rp: Replay) -> Iterable[str]:
+    return rp.repo.cache.selector_ids()
+
+
+def _selector(rp: Replay, key: str) -> Any:
     cache = rp.repo.cache
-    return {sid: {"selector": cache.selector(sid).canonical,
-                  "members": sorted(rp.repo.members(sid))}
-            for sid in sorted(cache.selector_ids())}
+    if not cache.refs(key):
+        return None
+    return {"selector": cache.selector(key).canonical, "members": sorted(rp.repo.members(key))}
 
 
-def subjects(rp: Replay) -> FlatMap:
-    out: FlatMap = {}
-    for ident, sp in sorted(rp.repo.subjects().items()):
-        out[str(ident)] = {"ingress_enforced": sp.enforced(Direction.INGRESS),
-                           "egress_enforced": sp.enforced(Direction.EGRESS),
-                           "rules": [str(r.origin) for r in sp.rules]}
-    return out
+def _subject_keys(rp: Replay) -> Iterable[str]:
+    return (str(i) for i in rp.repo.subjects())
 
 
-def cluster_ipcache(rp: Replay) -> FlatMap:
-    return {p: {"identity": r.identity, "host_ip": r.host_ip, "node": r.node,
-                "origin": r.origin, "pod": r.pod}
-            for p, r in sorted(rp.cluster.ipcache.items())}
+def _subject(rp: Replay, key: str) -> Any:
+    sp = rp.repo.subject_policy(int(key))
+    if not sp.rules:
+        return None
+    return {"ingress_enforced": sp.enforced(Direction.INGRESS),
+            "egress_enforced": sp.enforced(Direction.EGRESS),
+            "rules": [str(r.origin) for r in sp.rules]}
 
 
-def services(rp: Replay) -> FlatMap:
+def _ipcache_keys(rp: Replay) -> Iterable[str]:
+    return rp.cluster.ipcache
+
+
+def _ipcache(rp: Replay, key: str) -> Any:
+    r = rp.cluster.ipcache.get(key)
+    if r is None:
+        return None
+    return {"identity": r.identity, "host_ip": r.host_ip, "node": r.node, "origin": r.origin,
+            "pod": r.pod}
+
+
+def _service_keys(rp: Replay) -> Iterable[str]:
+    return (str(i) for i in rp.cluster_lb.view.services)
+
+
+def _service(rp: Replay, key: str) -> Any:
     view = rp.cluster_lb.view
+    svc = view.services.get(int(key))
+    if svc is None:
+        return None
+    members = sorted(view.members.get(int(key), ()))
+    return {"service": f"{svc.get('namespace')}/{svc.get('name')}",
+            "type": svc.get("type", ""), "cluster_ip": svc.get("cluster_ip", ""),
+            "ports": [f"{p.get('port')}/{p.get('protocol')}"
+                      + (f" nodePort {p['node_port']}" if p.get("node_port") else "")
+                      for p in svc.get("ports") or []],
+            "backends": [f"{name}:{bid}" for name, bid in members]}
+
+
+def _backend_keys(rp: Replay) -> Iterable[str]:
+    return (str(i) for i in rp.cluster_lb.view.backends)
+
+
+def _backend(rp: Replay, key: str) -> Any:
+    b = rp.cluster_lb.view.backends.get(int(key))
+    if b is None:
+        return None
+    return {"address": f"{b.get('address')}:{b.get('port')}/{b.get('protocol')}",
+            "node": b.get("node") or "", "pod": b.get("pod") or "",
+            "state": b.get("state") or "active"}
+
+
+_CLUSTER: dict[str, tuple[Callable[[Replay], Iterable[str]], Callable[[Replay, str], Any]]] = {
+    "identities": (_identity_keys, _identity), "policies": (_policy_keys, _policy),
+    "selectors": (_selector_keys, _selector), "subjects": (_subject_keys, _subject),
+    "ipcache": (_ipcache_keys, _ipcache), "services": (_service_keys, _service),
+    "backends": (_backend_keys, _backend)}
+
+
+def _sort_key(key: str) -> tuple[int, str]:
+    return (int(key), "") if key.isdigit() else (0, key)
+
+
+def cluster_map(rp: Replay, name: str, only: Iterable[str] | None = None) -> FlatMap:
+    """One control-plane map (only the entries of ``only``, when given; absent keys are
+    left out)."""
+    all_keys, entry = _CLUSTER[name]
+    keys = sorted(all_keys(rp) if only is None else only, key=_sort_key)
     out: FlatMap = {}
-    for sid, svc in sorted(view.services.items()):
-        members = sorted(view.members.get(sid, ()))
-        out[str(sid)] = {"service": f"{svc.get('namespace')}/{svc.get('name')}",
-                         "type": svc.get("type", ""), "cluster_ip": svc.get("cluster_ip", ""),
-                         "ports": [f"{p.get('port')}/{p.get('protocol')}"
-                                   + (f" nodePort {p['node_port']}" if p.get("node_port")
-                                      else "") for p in svc.get("ports") or []],
-                         "backends": [f"{name}:{bid}" for name, bid in members]}
+    for key in keys:
+        value = entry(rp, key)
+        if value is not None:
+            out[key] = value
     return out
-
-
-def backends(rp: Replay) -> FlatMap:
-    return {str(bid): {"address": f"{b.get('address')}:{b.get('port')}/{b.get('protocol')}",
-                       "node": b.get("node") or "", "pod": b.get("pod") or "",
-                       "state": b.get("state") or "active"}
-            for bid, b in sorted(rp.cluster_lb.view.backends.items())}
-
-
-CLUSTER_RENDER = {"identities": identities, "policies": policies, "selectors": selectors,
-                  "subjects": subjects, "ipcache": cluster_ipcache, "services": services,
-                  "backends": backends}
 
 
 def cluster_maps(rp: Replay) -> dict[str, FlatMap]:
-    return {name: CLUSTER_RENDER[name](rp) for name in CLUSTER_MAPS}
+    return {name: cluster_map(rp, name) for name in CLUSTER_MAPS}
 
 
 # -- one node -------------------------------------------------------------------------------

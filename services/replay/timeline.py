@@ -15,14 +15,14 @@ from typing import Any
 
 from services.nodeagent.state import LocalEndpoint, NodeState
 from services.policy.compiler import NamedPorts, SubjectPolicy, expand
+from services.policy.model import POLICY_KINDS
 
-from .fold import Replay, Step, no_cyclic_gc
+from .fold import Replay, Step, no_cyclic_gc, policy_key
 from .maps import (
-    CLUSTER_RENDER,
     CLUSTER_SCOPE,
     FlatMap,
     all_maps,
-    cluster_ipcache,
+    cluster_map,
     desired,
     flat_endpoints,
     flat_ipcache,
@@ -36,8 +36,6 @@ from .record import Record
 
 MISSING: Any = None
 ADDED, REMOVED, CHANGED = "added", "removed", "changed"
-POLICY_MAPS = ("policies", "selectors", "subjects")
-LB_MAPS = ("services", "backends")
 
 
 @dataclass(frozen=True)
@@ -172,11 +170,14 @@ class Tracker:
         self._policy_keys: dict[str, dict[int, set[str]]] = {}
         self._local: dict[str, set[int]] = {}
         self._named = {node: NamedPortsCache(nf.state) for node, nf in rp.nodes.items()}
+        # Pods of each node (the CNI's endpoints), kept up to date on Pod events.
+        self._pods = {node: {ep.pod for ep in local_endpoints(nf.state, node)}
+                      for node, nf in rp.nodes.items()}
         for node, nf in rp.nodes.items():
             eps = self._endpoints(node)
             self._local[node] = local_subjects(nf.state, eps)
             self._policy_keys[node] = {
-                s: set(flat_policy(nf.state.desired_policy({s}))) for s in self._local[node]}
+                s: set(self._expand(node, s)) for s in self._local[node]}
 
     def snapshot(self) -> dict[str, dict[str, FlatMap]]:
         """A copy of every map now (entries are replaced, never mutated, so shallow is enough)."""
@@ -215,22 +216,33 @@ class Tracker:
             self.cause[(scope, name, key)] = cause
 
     def _cluster(self, step: Step, cause: Cause) -> None:
-        rp, etype = self.rp, step.event.type
-        if step.route.policy_in or step.route.policy_out:
-            for name in POLICY_MAPS:
-                self._set(CLUSTER_SCOPE, name, CLUSTER_RENDER[name](rp), cause)
-        if etype.startswith("identity."):
-            self._set(CLUSTER_SCOPE, "identities", CLUSTER_RENDER["identities"](rp), cause)
-        if etype.startswith("ipcache."):
-            self._set(CLUSTER_SCOPE, "ipcache", cluster_ipcache(rp), cause)
-        if step.route.lb:
-            for name in LB_MAPS:
-                self._set(CLUSTER_SCOPE, name, CLUSTER_RENDER[name](rp), cause)
+        """Re-render only the control-plane entries the event touched."""
+        for name, keys in touched_keys(step).items():
+            if keys:
+                self._set(CLUSTER_SCOPE, name, cluster_map(self.rp, name, keys), cause,
+                          only=keys)
 
     def _endpoints(self, node: str) -> list[LocalEndpoint]:
         focus = self.focus.get(node) if self.focus is not None else None
         return local_endpoints(self.rp.nodes[node].state, node,
-                               None if focus is None else focus.pods)
+                               self._pods[node] if focus is None else focus.pods)
+
+    def _note_pod(self, node: str, step: Step) -> None:
+        data = step.event.data
+        key = f"{data['namespace']}/{data['name']}" if data["namespace"] else data["name"]
+        pod = self.rp.nodes[node].state.pods.get(key)
+        if pod is not None and (pod.get("spec") or {}).get("nodeName") == node:
+            self._pods[node].add(key)
+        else:
+            self._pods[node].discard(key)
+
+    def _expand(self, node: str, subject: int) -> FlatMap:
+        """The subject's policy entries (what ``NodeState.desired_policy`` computes for it,
+        with the named ports kept up to date instead of recomputed)."""
+        st = self.rp.nodes[node].state
+        sp = st.subjects.get(subject) or SubjectPolicy(subject)
+        ports = self._named[node].get(st) if uses_named_ports(sp) else None
+        return flat_policy(expand(sp, st.members, ports).entries)
 
     def _ipcache(self, node: str, step: Step, scope: str, cause: Cause) -> None:
         st = self.rp.nodes[node].state
@@ -253,6 +265,8 @@ class Tracker:
         dirty = step.dirty.get(node)
         if dirty is not None and (dirty or step.pod_event):
             st = nf.state
+            if step.pod_event:
+                self._note_pod(node, step)
             eps = self._endpoints(node)
             if dirty.ipcache:
                 self._ipcache(node, step, scope, cause)
@@ -278,9 +292,7 @@ class Tracker:
                             and uses_named_ports(st.subjects[s])}
             keys = self._policy_keys[node]
             for s in touched | gone:
-                sp = st.subjects.get(s) or SubjectPolicy(s)
-                ports = named.get(st) if uses_named_ports(sp) else None
-                new = flat_policy(expand(sp, st.members, ports).entries) if s in local else {}
+                new = self._expand(node, s) if s in local else {}
                 self._set(scope, "policy", new, cause, only=keys.pop(s, set()))
                 if new:
                     keys[s] = set(new)
@@ -289,6 +301,36 @@ class Tracker:
             fronts, bes = lb_maps(nf)
             self._set(scope, "lb_services", fronts, cause)
             self._set(scope, "lb_backends", bes, cause)
+
+
+def touched_keys(step: Step) -> dict[str, set[str]]:
+    """The control-plane entries an event may have changed, per map."""
+    data, etype = step.event.data, step.event.type
+    out: dict[str, set[str]] = {}
+    ch = step.changes
+    if step.route.policy_in:
+        out["selectors"] = set()
+        out["subjects"] = set()
+        out["policies"] = set()
+        if data.get("kind") in POLICY_KINDS:
+            out["policies"].add(policy_key(data))
+        if ch:
+            out["selectors"] |= set(ch.selectors_added) | ch.selectors_removed | \
+                set(ch.selector_deltas)
+            out["subjects"] |= {str(i) for i in ch.subjects}
+            out["policies"] |= {f"{r.kind}/{r.namespace}/{r.name}"
+                                for r in ch.policies_upserted | ch.policies_deleted}
+    if etype == "policy.status":
+        out.setdefault("policies", set()).add(policy_key(data))
+    if etype.startswith("identity."):
+        out["identities"] = {str(data["id"])}
+    if etype.startswith("ipcache."):
+        out["ipcache"] = {data["prefix"]}
+    lb = step.cluster_lb_dirty
+    if lb:
+        out["services"] = {str(i) for i in lb.services}
+        out["backends"] = {str(i) for i in lb.backends}
+    return out
 
 
 def diff(before: dict[str, dict[str, FlatMap]], tracker: Tracker) -> list[Change]:
