@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
+from typing import Any
 
 import click
 from tabulate import tabulate
 
 from services.cli import controlplane
 from services.cli._context import CliContext, pass_ctx
-from services.common.bus import NATS_URL_ENV
+from services.common import subjects
+from services.common.bus import NATS_URL_ENV, Bus, Outgoing
 from services.common.errors import CiliaError
-from services.lab import DEFAULT_LAB, Kubelet, LabError, exec_in_pod, list_labs
+from services.lab import DEFAULT_LAB, Kubelet, LabError, exec_in_pod, list_labs, load_lab
 from services.lab import down as lab_down
 from services.lab import up as lab_up
 from services.lab.state import lab_dir
@@ -103,12 +106,43 @@ def up_command(ctx: CliContext, nodes: int, name: str, lb_mode: str, routing: st
 @click.option("--name", default=DEFAULT_LAB, show_default=True)
 def down_command(name: str) -> None:
     """Remove every namespace, link, pinned map and process of the lab."""
+    url = lab_bus(name)
+    try:
+        pods = Kubelet(name).list_pods() if name in list_labs() else []
+        nodes = [n.name for n in load_lab(name).plan.nodes] if name in list_labs() else []
+    except LabError:
+        pods, nodes = [], []
     try:
         report = lab_down(name)
     except LabError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"lab {name} is down: removed {len(report.netns)} namespaces, "
                f"stopped {len(report.processes)} processes, {len(report.pins)} pin dirs")
+    if url and (pods or nodes):
+        try:
+            gone = asyncio.run(_forget(url, pods, nodes))
+        except CiliaError as exc:
+            click.echo(f"warning: the bus still lists the lab's pods and nodes: {exc}", err=True)
+        else:
+            click.echo(f"deleted {gone} pods and nodes from the bus")
+
+
+async def _forget(url: str, pods: list[dict[str, Any]], nodes: list[str]) -> int:
+    """Tell the bus the lab's pods and nodes are gone, as a kubelet's node going away would."""
+    bus = await Bus.connect(url, "cilia-lab", timeout=3.0)
+    try:
+        items = [Outgoing(subjects.source("Pod", p["metadata"]["namespace"],
+                                          p["metadata"]["name"]), "object.delete",
+                          {"kind": "Pod", "namespace": p["metadata"]["namespace"],
+                           "name": p["metadata"]["name"]}, f"lab-down/{uuid.uuid4()}")
+                 for p in pods]
+        items += [Outgoing(subjects.source("Node", "", n), "object.delete",
+                           {"kind": "Node", "namespace": "", "name": n},
+                           f"lab-down/{uuid.uuid4()}") for n in nodes]
+        await bus.publish_batch(items)
+        return len(items)
+    finally:
+        await bus.close()
 
 
 @lab_group.command("status")

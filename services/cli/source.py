@@ -13,14 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 
 from services.cli.manifests import Manifest
 from services.common import subjects
 from services.common.bus import Bus
-from services.common.codec import decode
-from services.common.errors import CodecError
 from services.common.tracing import tracer
 
 _tracer = tracer("cilia.cli")
@@ -59,16 +56,15 @@ class Outcome:
 
 async def current(bus: Bus, m: Manifest) -> dict[str, object] | None:
     """The object the bus holds for this manifest's key, or None."""
-    subject = subjects.source(m.kind, m.namespace, m.name)
-    try:
-        raw = await bus.js.get_last_msg(subjects.HISTORY_STREAM, subject)
-    except NotFoundError:
-        return None
-    try:
-        event = decode(raw.data or b"")
-    except CodecError:
-        return None
-    return event.data["object"] if event.type == "object.upsert" else None
+    return await current_object(bus, m.kind, m.namespace, m.name)
+
+
+async def current_object(bus: Bus, kind: str, namespace: str,
+                         name: str) -> dict[str, object] | None:
+    """The object the bus holds for (kind, namespace, name), or None."""
+    event = await bus.last_event(subjects.source(kind, namespace, name))
+    return event.data["object"] if event is not None and event.type == "object.upsert" \
+        else None
 
 
 def with_last_applied(obj: dict[str, Any]) -> dict[str, Any]:
@@ -97,10 +93,13 @@ async def _publish_object(bus: Bus, obj: Mapping[str, Any], event_type: str = "o
 
 
 async def _run_workload(bus: Bus, runtime: Runtime, obj: dict[str, Any]) -> None:
-    """Have the runtime run a Pod or Deployment, then publish its pods as they now run."""
+    """Have the runtime run a Pod or Deployment (creating what is missing, like a
+    controller), then publish its pods where they differ from what the bus holds."""
     result = await asyncio.to_thread(runtime.apply, obj)
     for pod in result.pods:
-        await _publish_object(bus, pod)
+        meta = pod["metadata"]
+        if await current_object(bus, "Pod", meta["namespace"], meta["name"]) != pod:
+            await _publish_object(bus, pod)
     for pod in result.deleted:
         await _publish_object(bus, pod, "object.delete")
 
@@ -119,6 +118,8 @@ async def apply(bus: Bus, manifests: list[Manifest],
             before = await current(bus, m)
             obj = with_last_applied(m.obj)
             if _last_applied(before) == _last_applied(obj):
+                if runtime is not None and m.kind in WORKLOAD_KINDS:
+                    await _run_workload(bus, runtime, obj)   # its pods may be gone
                 outcomes.append(Outcome(m, UNCHANGED))
                 continue
             with _tracer.start_as_current_span(

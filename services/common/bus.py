@@ -202,6 +202,17 @@ class Bus:
         PUBLISHED.labels(self.service, "duplicate" if ack.duplicate else "stored").inc()
         return ack
 
+    async def last_event(self, subject: str) -> Event | None:
+        """The last event stored on ``subject`` (None if none, or if it cannot be decoded)."""
+        try:
+            raw = await self.js.get_last_msg(subjects.HISTORY_STREAM, subject)
+        except NotFoundError:
+            return None
+        try:
+            return decode(raw.data or b"")
+        except CodecError:
+            return None
+
     async def publish_batch(self, items: Sequence[Outgoing]) -> list[api.PubAck]:
         """Publish several events in order without waiting for each acknowledgement.
 

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,6 @@ class NodeAgent:
         self.nodeport = await asyncio.to_thread(NodePortProgram, self.cfg.name)
         await asyncio.to_thread(self.nodeport.attach, device or DEFAULT_DEVICE, self.cfg.netns,
                                 self.cfg.node_ip)
-        self.lb_maps = LbMaps(self.cfg.name)
 
     async def _on_lb_event(self, d: Delivery) -> None:
         dirty = self.lb_state.apply(d.subject, d.event.type, d.event.data)
@@ -263,10 +263,14 @@ class NodeAgent:
         obj = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.cfg.name},
                "spec": {"podCIDR": self.cfg.pod_cidr},
                "status": {"addresses": [{"type": "InternalIP", "address": self.cfg.node_ip}]}}
+        subject = subjects.source("Node", "", self.cfg.name)
+        have = await self.bus.last_event(subject)
+        if have is not None and have.type == "object.upsert" and have.data["object"] == obj:
+            return      # registered already (an agent restart)
         await self.bus.publish(
-            subjects.source("Node", "", self.cfg.name), "object.upsert",
+            subject, "object.upsert",
             {"kind": "Node", "namespace": "", "name": self.cfg.name, "object": obj},
-            msg_id=f"node/{self.cfg.name}/{self.cfg.node_ip}/{self.cfg.pod_cidr}")
+            msg_id=f"node/{self.cfg.name}/{uuid.uuid4()}")
 
     # -- endpoints (CNI hooks) -------------------------------------------------------------
 
