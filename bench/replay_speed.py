@@ -12,7 +12,8 @@ written as a history file, then:
 2. end to end: the real ``cilia replay state --file ... -o json`` (process start included),
    cluster-wide and with ``--node``;
 3. ``replay explain`` over the whole history (it folds twice: once to find the pods' nodes,
-   once tracking the entries that decide), in process and end to end.
+   once tracking the entries that decide), in process and end to end;
+4. ``replay diff`` over the last 100 and 1,000 events (every map, one node), in process.
 
 Run from the repo root: ``.venv/bin/python -m bench.replay_speed``
 (writes bench/results/replay_speed.json).
@@ -40,7 +41,9 @@ from services.replay import (
     HistoryHeader,
     Record,
     Replay,
+    Tracker,
     all_maps,
+    diff,
     explain,
     parse_moment,
     read_history,
@@ -53,6 +56,7 @@ NODES = 10
 POLICIES = 100
 LIVE_PODS = 3000            # pods alive at once; beyond that the oldest is deleted
 GOAL_EVENTS_PER_S = 20_000
+DIFF_WINDOWS = (100, 1000)  # replay diff over the last N events (with one node)
 STEP_NS = 50_000            # 50 us between generated events
 CILIA = str(Path(sys.executable).parent / "cilia")
 
@@ -204,6 +208,18 @@ def main() -> None:
         cli_explain_s = time.perf_counter() - start
         if res.returncode != 0:
             raise SystemExit(f"cilia replay explain failed: {res.stderr}")
+        diff_s = {}
+        for window in DIFF_WINDOWS:
+            rp = Replay(["node0"])
+            rp.fold(loaded[:-window])
+
+            def run(rp: Replay = rp, window: int = window) -> int:
+                tracker = Tracker(rp)
+                before = tracker.snapshot()
+                tracker.fold(loaded[-window:])
+                return len(diff(before, tracker))
+            changes, took = _timed(run)
+            diff_s[str(window)] = {"seconds": round(took, 3), "changes": changes}
     rate = EVENTS / fold_s
     result = {
         "events": EVENTS, "nodes": NODES, "policies": POLICIES, "live_pods": LIVE_PODS,
@@ -218,6 +234,7 @@ def main() -> None:
         "cli_replay_state_node_seconds": round(cli_node_s, 3),
         "explain_seconds": round(explain_s, 3), "explain_verdict": doc["verdict"],
         "cli_replay_explain_seconds": round(cli_explain_s, 3),
+        "diff_last_events_with_node": diff_s,
         "goal_events_per_second": GOAL_EVENTS_PER_S, "goal_met": rate >= GOAL_EVENTS_PER_S,
         "identities_at_end": len(cluster.cluster.identities),
         "selectors_at_end": len(cluster.repo.cache.selector_ids()),
