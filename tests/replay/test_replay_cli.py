@@ -253,3 +253,18 @@ def test_trace_show_renders_the_fix_as_one_trace(incident: Incident) -> None:
     assert any(line.startswith("      policy: policy object.upsert") for line in lines)
     missing = cilia("trace", "show", "0" * 32, *files)
     assert missing.returncode == 1 and f"no span of trace {'0' * 32}" in missing.stderr
+
+
+def test_export_since_keeps_the_tail_and_says_so(incident: Incident) -> None:
+    path = incident.tmp / "tail.cilia"
+    res = incident.cilia("history", "export", "-o", str(path), "--since",
+                         str(incident.seq_broken))
+    assert res.returncode == 0, res.stderr
+    assert f"(seq {incident.seq_broken}..{incident.seq_fixed})" in res.stdout
+    res = incident.cilia("replay", "diff", "--from", str(incident.seq_broken), "--to",
+                         str(incident.seq_fixed), "--file", str(path), "-o", "json")
+    assert res.returncode == 0, res.stderr
+    assert f"starts at seq {incident.seq_broken}" in res.stderr
+    # The state before the file's first event is not in it: an error, not a wrong answer.
+    res = incident.cilia("replay", "state", "--seq", "3", "--file", str(path))
+    assert res.returncode == 1 and "before the first event the history holds" in res.stderr
