@@ -13,24 +13,17 @@ programs, so whichever loads first creates them. Typical agent use::
 
 from __future__ import annotations
 
-import errno
 import hashlib
 
 from bcc import BPF
-from pyroute2.netlink.exceptions import NetlinkError
 
 from services.nodeagent.datapath import constants as c
 from services.nodeagent.datapath._byteorder import ip_to_be32
 from services.nodeagent.datapath.backend import PinnedMapBackend
-from services.nodeagent.datapath.errors import AttachError, ProgramLoadError, VerifierError
+from services.nodeagent.datapath.errors import ProgramLoadError, VerifierError
 from services.nodeagent.datapath.loader import (
-    TC_FILTER_HANDLE,
-    TC_FILTER_PRIO,
-    TC_PARENT_EGRESS,
-    TC_PARENT_INGRESS,
     _capture_stderr,
-    _ifindex,
-    _route,
+    attach_fds,
     expand_includes,
 )
 from services.nodeagent.datapath.twins import LbConfig
@@ -85,22 +78,7 @@ class NodePortProgram:
         ifindex. ``node_ip`` also sets the SNAT address."""
         if node_ip:
             self.set_node_ip(node_ip)
-        hooks = ((TC_PARENT_INGRESS, PROG_FROM_NETDEV), (TC_PARENT_EGRESS, PROG_TO_NETDEV))
-        with _route(netns) as ipr:
-            idx = _ifindex(ipr, ifname, netns)
-            try:
-                ipr.tc("add", "clsact", idx)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise AttachError(f"{ifname}: adding clsact qdisc failed: {exc}") from exc
-            for parent, prog in hooks:
-                try:
-                    ipr.tc("replace-filter", "bpf", idx, TC_FILTER_HANDLE, fd=self.fds[prog],
-                           name=prog, parent=parent, classid=1, direct_action=True,
-                           prio=TC_FILTER_PRIO)
-                except NetlinkError as exc:
-                    raise AttachError(f"{ifname}: attaching {prog} failed: {exc}") from exc
-        return idx
+        return attach_fds(self.fds, ifname, netns, PROG_FROM_NETDEV, PROG_TO_NETDEV)
 
     def close(self) -> None:
         """Release our handles; attached filters keep the programs running."""

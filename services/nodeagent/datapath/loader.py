@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from bcc import BPF
@@ -172,6 +172,12 @@ def attach(programs: Programs, ifname: str, netns: str | None = None,
     Returns:
         The interface's ifindex (what the endpoint entry's ``ifindex`` should be).
     """
+    return attach_fds(programs.fds, ifname, netns, ingress, egress)
+
+
+def attach_fds(fds: Mapping[str, int], ifname: str, netns: str | None, ingress: str,
+               egress: str) -> int:
+    """Attach loaded programs (by name, from ``fds``) to the clsact hooks of ``ifname``."""
     hooks = ((TC_PARENT_INGRESS, ingress), (TC_PARENT_EGRESS, egress))
     with _route(netns) as ipr:
         idx = _ifindex(ipr, ifname, netns)
@@ -182,7 +188,7 @@ def attach(programs: Programs, ifname: str, netns: str | None = None,
                 raise AttachError(f"{ifname}: adding clsact qdisc failed: {exc}") from exc
         for parent, prog in hooks:
             try:
-                ipr.tc("replace-filter", "bpf", idx, TC_FILTER_HANDLE, fd=programs.fds[prog],
+                ipr.tc("replace-filter", "bpf", idx, TC_FILTER_HANDLE, fd=fds[prog],
                        name=prog, parent=parent, classid=1, direct_action=True,
                        prio=TC_FILTER_PRIO)
             except NetlinkError as exc:
