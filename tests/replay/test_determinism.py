@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,15 @@ def _agents(lab: Cluster) -> list[str]:
                   if s["service"] == "nodeagent")
 
 
-def test_replayed_history_equals_the_kernel_maps(lab2: Cluster, tmp_path: Path) -> None:
+@dataclass
+class Replayed:
+    nodes: list[str]
+    replay: Replay
+
+
+@pytest.fixture(scope="module")
+def replayed(lab2: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Replayed:
+    """The scripted changes, then the exported history folded into fresh reducers."""
     lab = lab2
     lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
            str(EXAMPLES / "deployments.yaml"), "-f", str(EXAMPLES / "services.yaml"))
@@ -58,13 +67,18 @@ def test_replayed_history_equals_the_kernel_maps(lab2: Cluster, tmp_path: Path) 
     nodes = _agents(lab)
     assert len(nodes) == 2
 
-    path = tmp_path / "history.cilia"
+    path = tmp_path_factory.mktemp("history") / "history.cilia"
     lab.ok("history", "export", "-o", str(path))
     _, records = read_history(path)
     kinds = {r.subject.split(".")[2] for r in records if r.subject.startswith("cilia.src.")}
     assert {"pod", "service", "ciliumnetworkpolicy", "node"} <= kinds
     rp = Replay(nodes)
     rp.fold(records)
+    return Replayed(nodes, rp)
+
+
+def test_replayed_history_equals_the_kernel_policy_maps(replayed: Replayed) -> None:
+    rp, nodes = replayed.replay, replayed.nodes
     all_endpoints: dict[str, object] = {}
     verdicts: set[Verdict] = set()
     for node in nodes:
@@ -81,6 +95,14 @@ def test_replayed_history_equals_the_kernel_maps(lab2: Cluster, tmp_path: Path) 
             assert maps.policy.blocks() == decode_policy(encode_policy(policy)), node
         all_endpoints.update(endpoints)
         verdicts |= set(policy.values())
+    # What was compared is not trivial: all three pods, the remaining policy's deny and allows.
+    assert len(all_endpoints) == 3
+    assert verdicts == {Verdict.ALLOW, Verdict.DENY}
+
+
+def test_replayed_history_equals_the_kernel_lb_maps(replayed: Replayed) -> None:
+    for node in replayed.nodes:
+        nf = replayed.replay.node(node)
         plan = nf.lb.plan()
         with LbMaps(node) as lb:
             # Frontends name their Maglev table by where the kernel placed it: compare the
@@ -89,13 +111,10 @@ def test_replayed_history_equals_the_kernel_maps(lab2: Cluster, tmp_path: Path) 
                            lb.kernel_table(e.table_int, e.size_int),
                            lb.kernel_table(e.table_ext, e.size_ext))
                       for fe, e in lb.service_entries().items()}
-            replayed = {fe: (e._replace(table_int=0, table_ext=0),
-                             plan.tables.get(e.table_int, []) if e.size_int else [],
-                             plan.tables.get(e.table_ext, []) if e.size_ext else [])
-                        for fe, e in plan.services.items()}
-            assert kernel == replayed, node
+            want = {fe: (e._replace(table_int=0, table_ext=0),
+                         plan.tables.get(e.table_int, []) if e.size_int else [],
+                         plan.tables.get(e.table_ext, []) if e.size_ext else [])
+                    for fe, e in plan.services.items()}
+            assert kernel == want, node
             assert lb.backend_entries() == plan.backends, node
         assert plan.services, f"{node}: no service frontends to compare"
-    # What was compared is not trivial: all three pods, the remaining policy's deny and allows.
-    assert len(all_endpoints) == 3
-    assert verdicts == {Verdict.ALLOW, Verdict.DENY}
