@@ -268,3 +268,15 @@ def test_export_since_keeps_the_tail_and_says_so(incident: Incident) -> None:
     # The state before the file's first event is not in it: an error, not a wrong answer.
     res = incident.cilia("replay", "state", "--seq", "3", "--file", str(path))
     assert res.returncode == 1 and "before the first event the history holds" in res.stderr
+
+
+def test_explain_between_pods_of_one_node(incident: Incident) -> None:
+    doc = incident.json("replay", "explain", "--seq", str(incident.seq_fixed), "--from", TO,
+                        "--to", f"{NS}/database", "--dport", "5432/TCP")
+    assert doc["verdict"] == "ALLOWED"
+    for side in doc["sides"]:
+        assert side["node"] == "node2"
+        assert side["reason"] == "no rule makes this direction default-deny (open)"
+        [entry] = side["entries"]
+        assert entry["key"].endswith(f"{side['direction']} any ANY/any")
+        assert entry["value"] == "ALLOW" and entry["event"]["type"] == "ipcache.upsert"
