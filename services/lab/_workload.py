@@ -28,6 +28,19 @@ def start_workload(netns: str, name: str, namespace: str, ports: Iterable[int],
             "--namespace", namespace]
     for port in sorted(set(ports)):
         argv += ["--port", str(port)]
+    return start_until_ready(netns, argv, logfile, READY_TIMEOUT,
+                             f"workload {namespace}/{name} in netns {netns}")
+
+
+def start_until_ready(netns: str | None, argv: list[str], logfile: Path, timeout: float,
+                      what: str) -> ns.ProcRef:
+    """Start ``argv`` (in ``netns``, or here for None) detached, logging to ``logfile``, and
+    wait until it writes ``ready`` to the fd passed as ``--ready-fd``.
+
+    Raises:
+        WorkloadError: it exited or did not report ready in time (it is killed); the message
+            names ``what`` and quotes the end of its log.
+    """
     logfile.parent.mkdir(parents=True, exist_ok=True)
     rfd, wfd = os.pipe()
     try:
@@ -36,7 +49,7 @@ def start_workload(netns: str, name: str, namespace: str, ports: Iterable[int],
                             stdout=out, stderr=out, pass_fds=(wfd,), detach=True)
         os.close(wfd)
         wfd = -1
-        ready, _, _ = select.select([rfd], [], [], READY_TIMEOUT)
+        ready, _, _ = select.select([rfd], [], [], timeout)
         data = os.read(rfd, READ_CHUNK) if ready else b""
     finally:
         os.close(rfd)
@@ -47,6 +60,5 @@ def start_workload(netns: str, name: str, namespace: str, ports: Iterable[int],
             proc.kill()
         proc.wait()
         tail = logfile.read_text(errors="replace")[-LOG_TAIL:]
-        raise WorkloadError(f"workload {namespace}/{name} in netns {netns} did not start:\n"
-                            f"{tail}")
+        raise WorkloadError(f"{what} did not start:\n{tail}")
     return ns.proc_ref(proc.pid)

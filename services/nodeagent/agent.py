@@ -111,6 +111,7 @@ class NodeAgent:
         try:
             self.programs = await asyncio.to_thread(Programs, self.cfg.name)
             self.maps = NodeMaps(self.cfg.name)
+            self.lb_maps = LbMaps(self.cfg.name)   # ClusterIPs work with or without a device
             # tunnel mode: the VXLAN device's programs (identity in the VNI)
             self.overlay = await asyncio.to_thread(setup_overlay, self.cfg.name,
                                                    self.cfg.netns, self.cfg.routing)
