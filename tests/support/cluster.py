@@ -7,10 +7,12 @@ when a test fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -131,11 +133,30 @@ def cluster(tmp: Path, nodes: int = 1,
             raise AssertionError(f"lab up failed: {res.stdout}{res.stderr}\n{logs}")
         yield c
     finally:
-        subprocess.run([CILIA, "lab", "down", "--name", lab], env=env, cwd=REPO,
-                       capture_output=True, timeout=120)
+        down = subprocess.run([CILIA, "lab", "down", "--name", lab], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
         for proc in c.procs:
             stop_process(proc)
         server.stop()
+        # Agents of this lab name our temporary directory in their command line: one left
+        # running (a lab brought down and up again by a test) is ours to stop.
+        strays = _processes_naming(str(tmp))
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert not strays, f"lab {lab} left processes {strays}: {down.stdout}{down.stderr}"
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 @contextmanager
