@@ -295,13 +295,16 @@ class Bus:
                 log.warning("%s: skipped message %s on %s: %s", self.service,
                             meta.sequence.stream, msg.subject, exc)
             else:
-                await self._handle(msg, event, handler, name)
+                # Pending counts what the server still holds and what waits here already:
+                # handlers batch while either is non-zero.
+                await self._handle(msg, event, handler, name, meta.num_pending + queue.qsize())
             subscription.last_seq = meta.sequence.stream
             subscription.handled += 1
             if meta.num_pending == 0:
                 subscription.caught_up.set()
 
-    async def _handle(self, msg: Msg, event: Event, handler: Handler, name: str) -> None:
+    async def _handle(self, msg: Msg, event: Event, handler: Handler, name: str,
+                      pending: int) -> None:
         meta = msg.metadata
         headers = dict(msg.headers or {})
         with _tracer.start_as_current_span(
@@ -310,7 +313,7 @@ class Bus:
                             "cilia.seq": meta.sequence.stream, "cilia.service": self.service}):
             try:
                 await handler(Delivery(msg.subject, event, meta.sequence.stream,
-                                       meta.timestamp, headers, meta.num_pending))
+                                       meta.timestamp, headers, pending))
             except Exception:
                 MESSAGES.labels(self.service, "failed").inc()
                 log.exception("%s: handler failed on %s (seq %s)", self.service, msg.subject,
