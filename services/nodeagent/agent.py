@@ -433,8 +433,11 @@ class NodeAgent:
     async def _ct_gc(self) -> None:
         while True:
             await asyncio.sleep(CT_GC_INTERVAL_S)
-            if self.maps is not None:
+            for gc in (self.maps.conntrack.gc if self.maps else None,
+                       self.lb_maps.gc if self.lb_maps else None):
+                if gc is None:
+                    continue
                 try:
-                    await asyncio.to_thread(self.maps.conntrack.gc)
+                    await asyncio.to_thread(gc)
                 except DatapathError as exc:
                     log.warning("conntrack GC failed: %s", exc)
