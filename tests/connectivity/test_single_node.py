@@ -4,26 +4,19 @@ and without the lb service: the tests that need Services fail, each saying why."
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.cluster import Cluster, cluster
+from tests.support.cluster import Cluster, temp_cluster
 from tests.support.procs import stop_process
 
 
 @pytest.fixture(scope="module")
 def lab1() -> Iterator[Cluster]:
-    tmp = Path(tempfile.mkdtemp(prefix="cilia-one-"))
-    try:
-        with cluster(tmp, nodes=1) as c:
-            yield c
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with temp_cluster(nodes=1, prefix="cilia-one-") as c:
+        yield c
 
 
 def run(c: Cluster, *patterns: str) -> tuple[int, dict[str, dict[str, Any]]]:

@@ -4,14 +4,11 @@ pod to pod, services, NodePorts, DNS and the policies on echo servers of both no
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster, cluster
+from tests.support.cluster import Cluster, temp_cluster
 
 CROSS_NODE = ("cross-node", "pod-to-service", "nodeport", "dns", "echo-ingress",
               "client-egress-to-echo-deny")
@@ -19,12 +16,8 @@ CROSS_NODE = ("cross-node", "pod-to-service", "nodeport", "dns", "echo-ingress",
 
 @pytest.fixture(scope="module")
 def tunnel_lab() -> Iterator[Cluster]:
-    tmp = Path(tempfile.mkdtemp(prefix="cilia-tun-"))
-    try:
-        with cluster(tmp, nodes=2, routing="tunnel") as c:
-            yield c
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with temp_cluster(nodes=2, routing="tunnel", prefix="cilia-tun-") as c:
+        yield c
 
 
 def test_cross_node_scenarios_pass_in_tunnel_mode(tunnel_lab: Cluster) -> None:

@@ -4,8 +4,6 @@ deletes (2-node lab, real agents, real pinned maps)."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from services.nodeagent.datapath.lbmaps import LbMaps
 from services.nodeagent.datapath.policykeys import decode_policy, encode_policy
 from services.replay import Replay, read_history
 from services.replay.maps import desired
-from tests.support.cluster import Cluster, cluster
+from tests.support.cluster import Cluster, temp_cluster
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
 NS = "production"
@@ -26,12 +24,8 @@ NS = "production"
 
 @pytest.fixture(scope="module")
 def lab2() -> Iterator[Cluster]:
-    tmp = Path(tempfile.mkdtemp(prefix="cilia-replay-"))
-    try:
-        with cluster(tmp, nodes=2) as c:
-            yield c
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with temp_cluster(nodes=2, prefix="cilia-replay-") as c:
+        yield c
 
 
 def _agents(lab: Cluster) -> list[str]:
