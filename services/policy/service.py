@@ -127,20 +127,15 @@ def resync_messages(repo: Repository, view: BusView) -> list[Message]:
 
 
 def to_outgoing(msg: Message, revision: int) -> Outgoing:
-    """Map a pure :class:`Message` onto its subject, event type and payload."""
-    payload = {**msg.payload, "revision": revision}
-    if msg.channel == CHANNEL_SELECTOR:
-        subject, event_type = subjects.policy_selector(msg.key), "policy.selector"
-    elif msg.channel == CHANNEL_SUBJECT:
-        subject, event_type = subjects.policy_rules(int(msg.key)), "policy.rules"
-    elif msg.channel == CHANNEL_PREFIX:
-        subject = subjects.ipcache(msg.key, subjects.IPCACHE_SOURCE_CIDR)
-        event_type = "ipcache.upsert" if payload.pop("op") == "set" else "ipcache.delete"
-    else:
-        p = payload
-        subject, event_type = subjects.policy_status(p["kind"], p["namespace"], p["name"]), \
-            "policy.status"
-    return Outgoing(subject, event_type, payload, f"policy/{revision}/{subject}/{event_type}")
+    """A pure :class:`Message` stamped with ``revision``, as the service publishes it.
+
+    Subject, event type and message id are the message's own (one mapping, in publish.py).
+    """
+    stamped = Message(msg.channel, msg.key, {**msg.payload, "revision": revision})
+    payload = dict(stamped.payload)
+    if msg.channel == CHANNEL_PREFIX:
+        payload.pop("op", None)     # the event type says it (ipcache.upsert / ipcache.delete)
+    return Outgoing(stamped.subject, stamped.event, payload, stamped.msg_id)
 
 
 class PolicyService:
