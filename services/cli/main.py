@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import click
 
-from services.cli import controlplane, manifests, source
+from services.cli import controlplane, source
 from services.cli._context import (
     CliContext,
     default_state_dir,
@@ -97,26 +96,15 @@ def down(ctx: CliContext, purge: bool) -> None:
         click.echo("nothing to stop")
 
 
-def _load_or_fail(files: tuple[str, ...]) -> list[manifests.Manifest]:
-    try:
-        return manifests.load(files)
-    except manifests.ManifestErrors as exc:
-        for err in exc.errors:
-            click.echo(f"error: {err}", err=True)
-        click.echo("nothing was applied", err=True)
-        sys.exit(1)
-
-
 @cli.command()
 @click.option("-f", "--filename", "files", multiple=True, required=True,
               help="manifest file or directory (repeatable)")
 @pass_ctx
 def apply(ctx: CliContext, files: tuple[str, ...]) -> None:
     """Apply Kubernetes manifests (validated whole: a bad file applies nothing)."""
-    items = _load_or_fail(files)
+    items = source.load_or_exit(files)
     runtime = runtime_for(ctx)
-    for outcome in ctx.run(lambda bus: source.apply(bus, items, runtime)):
-        click.echo(str(outcome))
+    source.echo_outcomes(ctx.run(lambda bus: source.apply(bus, items, runtime)))
 
 
 @cli.command()
@@ -125,13 +113,9 @@ def apply(ctx: CliContext, files: tuple[str, ...]) -> None:
 @pass_ctx
 def delete(ctx: CliContext, files: tuple[str, ...]) -> None:
     """Delete the objects named in manifests."""
-    items = _load_or_fail(files)
+    items = source.load_or_exit(files, verb="deleted")
     runtime = runtime_for(ctx)
-    outcomes = ctx.run(lambda bus: source.delete(bus, items, runtime))
-    for outcome in outcomes:
-        click.echo(str(outcome), err=outcome.result == source.NOT_FOUND)
-    if any(o.result == source.NOT_FOUND for o in outcomes):
-        sys.exit(1)
+    source.echo_outcomes(ctx.run(lambda bus: source.delete(bus, items, runtime)))
 
 
 cli.add_command(identity_group)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -97,15 +96,8 @@ def policy_group() -> None:
 @pass_ctx
 def policy_import(ctx: CliContext, files: tuple[str, ...]) -> None:
     """Import policies from files (validated whole: a bad file imports nothing)."""
-    try:
-        items = manifests.load(files, kinds=tuple(manifests.POLICY_KINDS))
-    except manifests.ManifestErrors as exc:
-        for err in exc.errors:
-            click.echo(f"error: {err}", err=True)
-        click.echo("nothing was imported", err=True)
-        sys.exit(1)
-    for outcome in ctx.run(lambda bus: source.apply(bus, items)):
-        click.echo(str(outcome))
+    items = source.load_or_exit(files, kinds=tuple(manifests.POLICY_KINDS), verb="imported")
+    source.echo_outcomes(ctx.run(lambda bus: source.apply(bus, items)))
 
 
 async def _policies(bus: Bus) -> list[dict[str, Any]]:
@@ -156,7 +148,7 @@ def policy_delete(ctx: CliContext, name: str | None, namespace: str, kind: str,
                   files: tuple[str, ...]) -> None:
     """Delete a policy by name, or those named in files."""
     if files:
-        items = manifests.load(files, kinds=tuple(manifests.POLICY_KINDS))
+        items = source.load_or_exit(files, kinds=tuple(manifests.POLICY_KINDS), verb="deleted")
     elif name:
         meta: dict[str, Any] = {"name": name}
         if manifests.KINDS[kind].namespaced:
@@ -166,11 +158,7 @@ def policy_delete(ctx: CliContext, name: str | None, namespace: str, kind: str,
                                     {"apiVersion": api, "kind": kind, "metadata": meta})]
     else:
         raise click.UsageError("give a policy NAME or -f FILE")
-    outcomes = ctx.run(lambda bus: source.delete(bus, items))
-    for outcome in outcomes:
-        click.echo(str(outcome), err=outcome.result == source.NOT_FOUND)
-    if any(o.result == source.NOT_FOUND for o in outcomes):
-        sys.exit(1)
+    source.echo_outcomes(ctx.run(lambda bus: source.delete(bus, items)))
 
 
 def _endpoint(labels: tuple[str, ...], namespace: str | None, identity: int | None,

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import click
 from opentelemetry.trace import SpanKind
 
-from services.cli.manifests import Manifest
+from services.cli.manifests import Manifest, ManifestErrors, load
 from services.common import subjects
 from services.common.bus import Bus
 from services.common.tracing import tracer
@@ -152,3 +154,23 @@ async def delete(bus: Bus, manifests: list[Manifest],
             await _publish_object(bus, before, "object.delete")
             outcomes.append(Outcome(m, DELETED))
     return outcomes
+
+
+def load_or_exit(files: tuple[str, ...], kinds: tuple[str, ...] | None = None,
+                 verb: str = "applied") -> list[Manifest]:
+    """The validated manifests of ``files``; on any error, print them all and exit 1."""
+    try:
+        return load(files, kinds=kinds)
+    except ManifestErrors as exc:
+        for err in exc.errors:
+            click.echo(f"error: {err}", err=True)
+        click.echo(f"nothing was {verb}", err=True)
+        sys.exit(1)
+
+
+def echo_outcomes(outcomes: list[Outcome]) -> None:
+    """Print outcomes like kubectl (not-found on stderr); exit 1 if anything was not found."""
+    for outcome in outcomes:
+        click.echo(str(outcome), err=outcome.result == NOT_FOUND)
+    if any(o.result == NOT_FOUND for o in outcomes):
+        sys.exit(1)
