@@ -204,12 +204,16 @@ def roundtrip(s: socket.socket, payload: bytes = b"again") -> bool:
 
 
 class UdpEcho:
-    """UDP echo on one port of a pod, served from a thread of this process."""
+    """UDP echo on one port of a pod, served from a thread of this process.
 
-    def __init__(self, ns: str, ip: str, port: int) -> None:
+    ``reply``: answer every datagram with these bytes instead of echoing it.
+    """
+
+    def __init__(self, ns: str, ip: str, port: int, reply: bytes | None = None) -> None:
         self.sock = in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         self.sock.bind((ip, port))
         self.sock.settimeout(0.1)
+        self.reply = reply
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -218,7 +222,7 @@ class UdpEcho:
         while not self._stop.is_set():
             try:
                 data, peer = self.sock.recvfrom(2048)
-                self.sock.sendto(data, peer)
+                self.sock.sendto(data if self.reply is None else self.reply, peer)
             except OSError:
                 continue
 

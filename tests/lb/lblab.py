@@ -30,7 +30,7 @@ from services.nodeagent.datapath import (
 from services.nodeagent.datapath.lbmaps import LbMaps
 from services.nodeagent.datapath.lbnodeport import NodePortProgram
 from services.nodeagent.lbstate import LbNodeState
-from tests.datapath.netlab import ALLOWED_TIMEOUT_S, NodeLab, Pod, in_netns
+from tests.datapath.netlab import ALLOWED_TIMEOUT_S, NodeLab, Pod, UdpEcho, in_netns
 
 UNDERLAY_PREFIX = 24
 UPLINK = "up0"
@@ -78,30 +78,12 @@ class WhoServer:
         self.sock.close()
 
 
-class UdpWho:
+class UdpWho(UdpEcho):
     """UDP: answers every datagram with the backend's own address."""
 
     def __init__(self, ns: str, ip: str, port: int) -> None:
-        self.sock = in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-        self.sock.bind((ip, port))
-        self.sock.settimeout(0.1)
+        super().__init__(ns, ip, port, reply=ip.encode())
         self.ip = ip
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                _, peer = self.sock.recvfrom(2048)
-                self.sock.sendto(self.ip.encode(), peer)
-            except OSError:
-                continue
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 def who(ns: str, dst: str, port: int, timeout: float = ALLOWED_TIMEOUT_S,
