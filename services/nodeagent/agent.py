@@ -201,25 +201,11 @@ class NodeAgent:
             plan = self.lb_state.plan(dirty)
             lb_maps = self.lb_maps
             try:
-                await asyncio.to_thread(self._span_many, "lb", lambda: lb_maps.apply(plan))
+                await asyncio.to_thread(self._patch_span, "lb", lambda: lb_maps.apply(plan))
             except DatapathError as exc:
                 self.error = f"lb map update failed: {exc}"
                 log.error("%s", self.error)
                 self._lb_dirty = None       # full retry on the next change
-
-    def _span_many(self, name: str, patch: Any) -> dict[str, ReconcileResult]:
-        with _tracer.start_as_current_span(f"map patch {name}") as span:
-            results: dict[str, ReconcileResult] = patch()
-            span.set_attribute("cilia.node", self.cfg.name)
-            for map_name, r in results.items():
-                span.set_attributes({f"cilia.{map_name}.added": r.added,
-                                     f"cilia.{map_name}.updated": r.updated,
-                                     f"cilia.{map_name}.deleted": r.deleted})
-                self.totals["writes"] += r.writes
-                for op, n in (("add", r.added), ("update", r.updated), ("delete", r.deleted)):
-                    if n:
-                        MAP_OPS.labels(self.cfg.name, map_name, op).inc(n)
-        return results
 
     @property
     def _snapshot_path(self) -> Path:
@@ -348,19 +334,26 @@ class NodeAgent:
         self._policy_subjects = local_ids
 
     def _span(self, name: str, patch: Any) -> ReconcileResult:
+        """One map patched inside a ``map patch <name>`` span."""
+        return self._patch_span(name, lambda: {name: patch()})[name]
+
+    def _patch_span(self, name: str, patch: Any) -> dict[str, ReconcileResult]:
+        """Run ``patch`` (-> map name: result) in a span with what it wrote; count it."""
         with _tracer.start_as_current_span(f"map patch {name}") as span:
-            result: ReconcileResult = patch()
-            span.set_attributes({"cilia.node": self.cfg.name, "cilia.map": name,
-                                 "cilia.added": result.added, "cilia.updated": result.updated,
-                                 "cilia.deleted": result.deleted,
-                                 "cilia.revision": self.node_state.revision})
-        for op, n in (("add", result.added), ("update", result.updated),
-                      ("delete", result.deleted)):
-            if n:
-                MAP_OPS.labels(self.cfg.name, name, op).inc(n)
-        self.totals["writes"] += result.writes
+            results: dict[str, ReconcileResult] = patch()
+            span.set_attributes({
+                "cilia.node": self.cfg.name, "cilia.map": name,
+                "cilia.revision": self.node_state.revision,
+                "cilia.added": sum(r.added for r in results.values()),
+                "cilia.updated": sum(r.updated for r in results.values()),
+                "cilia.deleted": sum(r.deleted for r in results.values())})
+        for map_name, r in results.items():
+            for op, n in (("add", r.added), ("update", r.updated), ("delete", r.deleted)):
+                if n:
+                    MAP_OPS.labels(self.cfg.name, map_name, op).inc(n)
+            self.totals["writes"] += r.writes
         self.totals["reconciles"] += 1
-        return result
+        return results
 
     async def _publish_realized(self) -> None:
         if self.bus is None or not self._live:
