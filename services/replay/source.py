@@ -47,7 +47,8 @@ async def read_stream(bus: Bus, since: Moment | None = None,
     except NotFoundError as exc:
         raise ReplayError(f"the bus has no history stream {subjects.HISTORY_STREAM}") from exc
     last = info.state.last_seq
-    if info.state.messages == 0:
+    if info.state.messages == 0 or (since is not None and since.seq is not None
+                                    and since.seq > last):
         return []
     config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
     if since is not None and since.seq is not None:
@@ -67,9 +68,9 @@ async def read_stream(bus: Bus, since: Moment | None = None,
     sub = await bus.js.subscribe(">", stream=subjects.HISTORY_STREAM, cb=on_msg,
                                  ordered_consumer=True, config=config)
     try:
-        pending = await sub.consumer_info()
-        if pending.num_pending == 0 and not records:
-            return []
+        # The stream holds at least one message at or after the start: wait for it. (The
+        # consumer's own pending count is no guide: delivered-but-not-yet-handled messages
+        # no longer count as pending.)
         await asyncio.wait_for(done.wait(), timeout)
     except TimeoutError as exc:
         raise ReplayError(f"reading the history stream took longer than {timeout:.0f}s "
