@@ -97,15 +97,21 @@ class PinnedMapBackend:
 
     def read_all(self) -> dict[bytes, bytes]:
         result: dict[bytes, bytes] = {}
-        value = ct.create_string_buffer(self.value_size)
         for key in self.keys():
-            keybuf = ct.create_string_buffer(key, self.key_size)
-            try:
-                if _bpfsys.lookup(self.fd, keybuf, value):
-                    result[key] = value.raw
-            except OSError as exc:
-                raise _map_error(self.name, "lookup", exc) from exc
+            value = self.lookup(key)
+            if value is not None:
+                result[key] = value
         return result
+
+    def lookup(self, key: bytes) -> bytes | None:
+        """The value the kernel returns for ``key`` (an LPM map: the longest match); None if
+        nothing matches."""
+        value = ct.create_string_buffer(self.value_size)
+        try:
+            found = _bpfsys.lookup(self.fd, ct.create_string_buffer(key, self.key_size), value)
+        except OSError as exc:
+            raise _map_error(self.name, "lookup", exc) from exc
+        return value.raw if found else None
 
     def lookup_percpu(self, key: bytes, ncpus: int) -> list[bytes] | None:
         """The per-CPU values of ``key`` in a per-CPU map (None if absent)."""
