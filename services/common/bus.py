@@ -239,7 +239,7 @@ class Bus:
 
     async def consume(self, filters: Sequence[str], handler: Handler, *,
                       deliver: DeliverFrom = "all", name: str = "consume",
-                      start_seq: int | None = None) -> Subscription:
+                      start_seq: int | None = None, traced: bool = True) -> Subscription:
         """Consume events of the history stream matching ``filters``, in order.
 
         Undecodable payloads are counted (``cilia_bus_messages_total{outcome="rejected"}``) and
@@ -247,6 +247,9 @@ class Bus:
 
         Args:
             start_seq: resume at this stream sequence (a consumer's durable position).
+            traced: handle each event in a consumer span of the event's trace. A service
+                reading back its own outputs (to learn its replicas' work) says False: that
+                is bookkeeping, not a step of the change, and would double its spans.
         """
         queue: asyncio.Queue[Msg] = asyncio.Queue()
 
@@ -266,7 +269,8 @@ class Bus:
         if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
             caught_up.set()
         subscription = Subscription(caught_up, sub)
-        subscription._task = asyncio.create_task(self._work(queue, handler, subscription, name))
+        subscription._task = asyncio.create_task(
+            self._work(queue, handler, subscription, name if traced else None))
         return subscription
 
     async def snapshot(self, filters: Sequence[str], timeout: float = 10.0) -> dict[str, Delivery]:
@@ -284,7 +288,7 @@ class Bus:
         return last
 
     async def _work(self, queue: asyncio.Queue[Msg], handler: Handler,
-                    subscription: Subscription, name: str) -> None:
+                    subscription: Subscription, name: str | None) -> None:
         while True:
             msg = await queue.get()
             meta = msg.metadata
@@ -297,20 +301,21 @@ class Bus:
             else:
                 # Pending counts what the server still holds and what waits here already:
                 # handlers batch while either is non-zero.
-                await self._handle(msg, event, handler, name, meta.num_pending + queue.qsize())
+                await self._handle(msg, meta, event, handler, name,
+                                   meta.num_pending + queue.qsize())
             subscription.last_seq = meta.sequence.stream
             subscription.handled += 1
             if meta.num_pending == 0:
                 subscription.caught_up.set()
 
-    async def _handle(self, msg: Msg, event: Event, handler: Handler, name: str,
-                      pending: int) -> None:
-        meta = msg.metadata
+    async def _handle(self, msg: Msg, meta: Msg.Metadata, event: Event, handler: Handler,
+                      name: str | None, pending: int) -> None:
         headers = dict(msg.headers or {})
-        with _tracer.start_as_current_span(
-                f"{name} {event.type}", context=extract_context(headers), kind=SpanKind.CONSUMER,
-                attributes={"messaging.system": "nats", "messaging.destination": msg.subject,
-                            "cilia.seq": meta.sequence.stream, "cilia.service": self.service}):
+        span = contextlib.nullcontext() if name is None else _tracer.start_as_current_span(
+            f"{name} {event.type}", context=extract_context(headers), kind=SpanKind.CONSUMER,
+            attributes={"messaging.system": "nats", "messaging.destination": msg.subject,
+                        "cilia.seq": meta.sequence.stream, "cilia.service": self.service})
+        with span:
             try:
                 await handler(Delivery(msg.subject, event, meta.sequence.stream,
                                        meta.timestamp, headers, pending))

@@ -14,8 +14,6 @@ from typing import IO, Any
 from opentelemetry import context, propagate, trace
 
 TRACE_FILE_ENV = "CILIA_TRACE_FILE"
-BSP_SCHEDULE_DELAY_MS = 200   # default export interval (the SDK's is 5 s)
-BSP_MAX_EXPORT_BATCH = 64     # default spans per export (the SDK's is 512)
 _OTLP_ENVS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 _provider: Any = None
@@ -26,10 +24,15 @@ def tracing_enabled() -> bool:
     return _provider is not None
 
 
-def setup_tracing(service_name: str) -> None:
+def setup_tracing(service_name: str, *, export_in_child: bool = False) -> None:
     """Install an SDK tracer provider if the environment asks for one; idempotent.
 
     ``OTEL_SERVICE_NAME`` wins over ``service_name`` as the standard says.
+
+    Args:
+        export_in_child: OTLP encoding and sending run in a child process
+            (:mod:`services.common.spanpipe`), off the interpreter lock of a long-running
+            service; a short-lived command exports itself.
     """
     global _provider, _trace_out
     if _provider is not None:
@@ -48,15 +51,16 @@ def setup_tracing(service_name: str) -> None:
 
     attrs = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
     provider = TracerProvider(resource=Resource.create(attrs))
-    if otlp:
+    if otlp and export_in_child:
+        from services.common.spanpipe import ChildProcessSpanProcessor
+
+        piped = ChildProcessSpanProcessor(provider.resource)
+        piped.start()
+        provider.add_span_processor(piped)
+    elif otlp:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        # Small, frequent batches: one big export holds the GIL long enough to show in the
-        # tail latency of the process it runs in. The standard variables still win.
-        delay = int(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", BSP_SCHEDULE_DELAY_MS))
-        batch = int(os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BSP_MAX_EXPORT_BATCH))
-        provider.add_span_processor(BatchSpanProcessor(
-            OTLPSpanExporter(), schedule_delay_millis=delay, max_export_batch_size=batch))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     if trace_file:
         # One span per line; appends from several processes stay whole lines.
         _trace_out = open(trace_file, "a", buffering=1)  # noqa: SIM115 - lives with the provider

@@ -100,7 +100,8 @@ class IdentityService:
             self.unused_since[num] = now
         outputs = await bus.consume(
             ["cilia.identity.>", f"cilia.ipcache.{subjects.IPCACHE_SOURCE_K8S}.>"],
-            self._on_output, deliver="last_per_subject", name="identity-outputs")
+            self._on_output, deliver="last_per_subject", name="identity-outputs",
+            traced=False)
         self._subs.append(outputs)
         await outputs.caught_up.wait()
         await self._publish_reserved()

@@ -95,7 +95,8 @@ class LbService:
     async def start(self, bus: Bus) -> None:
         self.bus = bus
         self.ids = LbIds(JetStreamStore(await bus.key_value(subjects.KV_SERVICES)))
-        outputs = await bus.consume([LB_FILTER], self._on_output, name="lb-outputs")
+        outputs = await bus.consume([LB_FILTER], self._on_output, name="lb-outputs",
+                                    traced=False)
         self._subs.append(outputs)
         await outputs.caught_up.wait()
         sources = await bus.consume([subjects.source_filter(k) for k in INPUT_KINDS],

@@ -153,7 +153,8 @@ class PolicyService:
 
     async def start(self, bus: Bus) -> None:
         self.bus = bus
-        outputs = await bus.consume(OUTPUTS, self._on_output, name="policy-outputs")
+        outputs = await bus.consume(OUTPUTS, self._on_output, name="policy-outputs",
+                                    traced=False)
         self._subs.append(outputs)
         await outputs.caught_up.wait()
         inputs = await bus.consume(INPUTS, self._on_input, name="policy")

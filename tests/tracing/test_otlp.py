@@ -4,71 +4,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-from services.common.embedded import free_port
 from tests.support.cluster import cluster
+from tests.support.otlp import Receiver
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
-
-
-class Receiver:
-    """An OTLP/HTTP trace receiver: decodes the protobuf requests exporters send."""
-
-    def __init__(self) -> None:
-        self.spans: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                req = ExportTraceServiceRequest()
-                req.ParseFromString(body)
-                receiver.add(req)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def add(self, req: ExportTraceServiceRequest) -> None:
-        with self.lock:
-            for rs in req.resource_spans:
-                service = next(a.value.string_value for a in rs.resource.attributes
-                               if a.key == "service.name")
-                for ss in rs.scope_spans:
-                    for s in ss.spans:
-                        self.spans.append({
-                            "service": service, "name": s.name, "trace": s.trace_id.hex(),
-                            "id": s.span_id.hex(), "parent": s.parent_span_id.hex(),
-                            "attrs": {a.key: (a.value.string_value or a.value.int_value)
-                                      for a in s.attributes}})
-
-    def close(self) -> None:
-        self.server.shutdown()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 def test_policy_import_is_one_trace_down_to_each_agents_map_patch(receiver: Receiver) -> None:
