@@ -39,6 +39,7 @@ from opentelemetry.trace import (
 log = logging.getLogger(__name__)
 CHILD_EXIT_TIMEOUT_S = 10.0   # how long shutdown waits for the child to send what it has
 FLUSH_INTERVAL_S = 0.1        # how often a service hands its finished spans to the child
+CHILD_NICENESS = 10           # the export child runs at a lower CPU priority than its service
 MAX_QUEUED_SPANS = 2048       # spans waiting for the next flush (the SDK batcher's default)
 MAX_UNSENT_BYTES = 8 << 20    # pickled spans the pipe has not taken yet; beyond: dropped
 PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -189,6 +190,8 @@ def main() -> None:
     # Ends when the service closes the pipe, after sending what it has; an interrupt at the
     # terminal reaches the whole process group and is the service's to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Telemetry yields the CPU to the work it describes.
+    os.nice(CHILD_NICENESS)
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s spanpipe %(levelname)s %(message)s")
     source = sys.stdin.buffer
