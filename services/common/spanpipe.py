@@ -128,9 +128,15 @@ class ChildProcessSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         with self._lock:
             if len(self._spans) >= self._max_queue:
-                self.dropped += 1
+                self._drop(1)
                 return
             self._spans.append(span)
+
+    def _drop(self, count: int) -> None:
+        if not self.dropped:
+            log.warning("span export process %s falls behind: spans are being dropped",
+                        self._proc.pid)
+        self.dropped += count
 
     def flush(self) -> None:
         """Hand what has ended to the child, as far as the pipe takes it now."""
@@ -140,7 +146,7 @@ class ChildProcessSpanProcessor(SpanProcessor):
                 return
             if batch:
                 if len(self._out) > MAX_UNSENT_BYTES:    # the child is not keeping up
-                    self.dropped += len(batch)
+                    self._drop(len(batch))
                 else:
                     self._out += pickle.dumps([to_tuple(s) for s in batch], PICKLE_PROTOCOL)
             try:

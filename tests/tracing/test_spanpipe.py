@@ -93,3 +93,19 @@ def test_a_dead_export_process_drops_spans_and_the_service_goes_on(
     assert piped.force_flush() is False
     provider.shutdown()
     assert receiver.spans == []
+
+
+def test_spans_beyond_the_queue_are_dropped_and_counted(
+        receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.port}")
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: "piped"}))
+    piped = ChildProcessSpanProcessor(provider.resource, max_queue=5)
+    provider.add_span_processor(piped)
+    tracer = provider.get_tracer("cilia.test")
+    for i in range(8):      # never flushed in between: nothing started the flushing
+        with tracer.start_as_current_span(f"s{i}"):
+            pass
+    assert piped.dropped == 3
+    provider.shutdown()
+    with receiver.lock:
+        assert sorted(s["name"] for s in receiver.spans) == [f"s{i}" for i in range(5)]
