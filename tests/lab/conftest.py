@@ -13,6 +13,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,16 @@ def cni_env(command: str, container_id: str = "", netns: str = "", ifname: str =
         if value:
             env[key] = value
     return env
+
+
+@contextmanager
+def sandbox_netns(*names: str) -> Iterator[list[str]]:
+    """Named netns standing in for pod sandboxes (their paths); removed afterwards, also when
+    the test fails."""
+    try:
+        for name in names:
+            ns.create_netns(name)
+        yield [ns.netns_path(name) for name in names]
+    finally:
+        for name in names:
+            ns.remove_netns(name)

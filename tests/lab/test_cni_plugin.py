@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 
 from services.lab import LabState
-from services.lab import netns as ns
 from services.lab.state import cni_conf_path, node_state_dir
 from services.nodeagent.endpoints import host_ifname, open_iproute
-from tests.lab.conftest import CNI_PLUGIN, cni_env
+from tests.lab.conftest import CNI_PLUGIN, cni_env, sandbox_netns
 
 CID = "0123456789abcdef0123456789abcdef"
 ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=cnitest"
@@ -77,12 +76,8 @@ def node1(lab2: LabState) -> dict[str, Any]:
 
 @pytest.fixture
 def sandbox(lab2: LabState) -> Iterator[str]:
-    name = f"{lab2.plan.prefix}default_cnitest"
-    ns.create_netns(name)
-    try:
-        yield ns.netns_path(name)
-    finally:
-        ns.remove_netns(name)
+    with sandbox_netns(f"{lab2.plan.prefix}default_cnitest") as [path]:
+        yield path
 
 
 def test_add_check_del_through_the_executable(node1: dict[str, Any], sandbox: str) -> None:
@@ -144,14 +139,8 @@ def test_add_into_missing_netns_is_container_unknown(node1: dict[str, Any]) -> N
 
 @pytest.fixture
 def sandboxes(lab2: LabState) -> Iterator[list[str]]:
-    names = [f"{lab2.plan.prefix}default_reuse{i}" for i in range(3)]
-    try:
-        for name in names:
-            ns.create_netns(name)
-        yield [ns.netns_path(n) for n in names]
-    finally:
-        for name in names:
-            ns.remove_netns(name)
+    with sandbox_netns(*(f"{lab2.plan.prefix}default_reuse{i}" for i in range(3))) as paths:
+        yield paths
 
 
 def test_released_address_is_reused(node1: dict[str, Any], sandboxes: list[str]) -> None:

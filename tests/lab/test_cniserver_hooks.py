@@ -11,12 +11,11 @@ import pytest
 import pytest_asyncio
 
 from services.lab import EXTERNAL_IP, Kubelet, LabState, down, exec_in_pod, up
-from services.lab import netns as ns
 from services.lab.topology import cni_netconf, node_config
 from services.nodeagent.cniserver import CniServer
 from services.nodeagent.datapath import EndpointEntry, NodeMaps, Programs, attach
 from services.nodeagent.endpoints import Endpoint, open_iproute
-from tests.lab.conftest import CNI_PLUGIN, CONNECT, cni_env, unique_lab
+from tests.lab.conftest import CNI_PLUGIN, CONNECT, cni_env, sandbox_netns, unique_lab
 
 ARGS = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart"
 
@@ -73,12 +72,8 @@ def link_names(netns: str) -> dict[str, int]:
 
 @pytest.fixture
 def sandbox(bare_lab: LabState) -> Iterator[str]:
-    name = f"{bare_lab.plan.prefix}shop_cart"
-    ns.create_netns(name)
-    try:
-        yield ns.netns_path(name)
-    finally:
-        ns.remove_netns(name)
+    with sandbox_netns(f"{bare_lab.plan.prefix}shop_cart") as [path]:
+        yield path
 
 
 async def test_hooks_see_the_endpoint_and_failure_rolls_back(
