@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import BusError
+from services.common.processes import end_process
 
 READY_TIMEOUT_S = 15.0
 
@@ -60,13 +61,7 @@ class NatsServer:
         return self.proc.pid
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end_process(self.proc, timeout)
 
 
 def _wait_ready(host: str, port: int, proc: subprocess.Popen[bytes], log: Path | None) -> None:

@@ -36,6 +36,8 @@ from opentelemetry.trace import (
     TraceState,
 )
 
+from services.common.processes import end_process
+
 log = logging.getLogger(__name__)
 CHILD_EXIT_TIMEOUT_S = 10.0   # how long shutdown waits for the child to send what it has
 FLUSH_INTERVAL_S = 0.1        # how often a service hands its finished spans to the child
@@ -180,11 +182,7 @@ class ChildProcessSpanProcessor(SpanProcessor):
             self._broken = True
             with contextlib.suppress(OSError):
                 self._pipe.close()
-        try:
-            self._proc.wait(CHILD_EXIT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        end_process(self._proc, CHILD_EXIT_TIMEOUT_S, terminate=False)
 
 
 def main() -> None:

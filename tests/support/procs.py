@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from services.common.processes import end_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,14 +30,7 @@ def start_service(module: str, nats_url: str, *args: str,
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
     """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+    return end_process(proc, timeout)
 
 
 @contextmanager
