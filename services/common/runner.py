@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from prometheus_client import start_http_server
 
 from services.common import subjects
-from services.common.bus import Bus
+from services.common.bus import Bus, Subscription
 from services.common.codec import decode, encode
 from services.common.errors import CodecError
 from services.common.tracing import setup_tracing, shutdown_tracing
@@ -48,6 +48,22 @@ class Service(Protocol):
     def state(self) -> str: ...
 
     def stats(self) -> dict[str, Any]: ...
+
+
+class BusConsumer:
+    """What the control-plane services share: the subscriptions they stop, and being live
+    (caught up with the bus) or still starting."""
+
+    def __init__(self) -> None:
+        self._subs: list[Subscription] = []
+        self._live = False
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.stop()
+
+    def state(self) -> str:
+        return STATE_OK if self._live else STATE_STARTING
 
 
 def default_replica() -> str:

@@ -18,10 +18,10 @@ from typing import Any
 from prometheus_client import Counter
 
 from services.common import subjects
-from services.common.bus import Bus, Delivery, Outgoing, Subscription
+from services.common.bus import Bus, Delivery, Outgoing
 from services.common.identities import RESERVED, reserved_labels
 from services.common.labels import Labels
-from services.common.runner import STATE_OK, STATE_STARTING, collect_status, default_replica
+from services.common.runner import BusConsumer, collect_status, default_replica
 from services.common.tracing import tracer
 from services.identity.allocator import Allocator, JetStreamStore
 from services.identity.derive import LabelFilter, pod_identity_labels
@@ -57,11 +57,12 @@ class IpcacheEntry:
     pod: str
 
 
-class IdentityService:
+class IdentityService(BusConsumer):
     name = "identity"
 
     def __init__(self, grace_s: float | None = None,
                  label_filter: LabelFilter | None = None, replica: str | None = None) -> None:
+        super().__init__()
         self.replica = replica or default_replica()
         # Replicas split allocation work by label-set digest (each allocates its share and
         # learns the others from the bus); the compare-and-set keeps it right regardless.
@@ -83,8 +84,6 @@ class IdentityService:
         self.published_ip: dict[str, IpcacheEntry] = {}
         self._dirty: set[PodKey] = set()
         self._outbox: list[Outgoing] = []
-        self._live = False
-        self._subs: list[Subscription] = []
         self._gc_task: asyncio.Task[None] | None = None
         self._members_task: asyncio.Task[None] | None = None
         self.released = 0
@@ -119,11 +118,7 @@ class IdentityService:
             if task:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        for sub in self._subs:
-            await sub.stop()
-
-    def state(self) -> str:
-        return STATE_OK if self._live else STATE_STARTING
+        await super().stop()
 
     def stats(self) -> dict[str, Any]:
         return {"identities": len(self.published_ids), "pods": len(self.pods),

@@ -22,8 +22,8 @@ import msgpack
 from prometheus_client import Counter
 
 from services.common import subjects
-from services.common.bus import Bus, Delivery, Outgoing, Subscription
-from services.common.runner import STATE_OK, STATE_STARTING
+from services.common.bus import Bus, Delivery, Outgoing
+from services.common.runner import BusConsumer
 from services.identity.allocator import JetStreamStore
 from services.lb.errors import AllocationError, LbError
 from services.lb.events import (
@@ -67,12 +67,13 @@ def _digest(data: dict[str, Any]) -> str:
     return hashlib.sha1(msgpack.packb(data, use_bin_type=True)).hexdigest()[:12]
 
 
-class LbService:
+class LbService(BusConsumer):
     """The ``lb`` control-plane service."""
 
     name = "lb"
 
     def __init__(self) -> None:
+        super().__init__()
         self.bus: Bus | None = None
         self.ids: LbIds | None = None
         self.view = LbView()
@@ -85,8 +86,6 @@ class LbService:
         self.node_port_owners: dict[Ref, set[str]] = {}
         self._dirty: set[Ref] = set()
         self._outbox: list[Outgoing] = []
-        self._subs: list[Subscription] = []
-        self._live = False
         self.published = 0
         self.errors = 0
 
@@ -104,13 +103,6 @@ class LbService:
         self._subs.append(sources)
         if sources.caught_up.is_set():
             await self._go_live("start")
-
-    async def stop(self) -> None:
-        for sub in self._subs:
-            await sub.stop()
-
-    def state(self) -> str:
-        return STATE_OK if self._live else STATE_STARTING
 
     def stats(self) -> dict[str, Any]:
         return {"services": len(self.view.services), "backends": len(self.view.backends),

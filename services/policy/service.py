@@ -18,9 +18,9 @@ from typing import Any
 from prometheus_client import Counter
 
 from services.common import subjects
-from services.common.bus import Bus, Delivery, Outgoing, Subscription
+from services.common.bus import Bus, Delivery, Outgoing
 from services.common.labels import Labels
-from services.common.runner import STATE_OK, STATE_STARTING
+from services.common.runner import BusConsumer
 
 from .errors import PolicyError
 from .model import POLICY_KINDS, PolicyRef
@@ -138,15 +138,14 @@ def to_outgoing(msg: Message, revision: int) -> Outgoing:
     return Outgoing(stamped.subject, stamped.event, payload, stamped.msg_id)
 
 
-class PolicyService:
+class PolicyService(BusConsumer):
     name = "policy"
 
     def __init__(self) -> None:
+        super().__init__()
         self.repo = Repository()
         self.view = BusView()
         self.bus: Bus | None = None
-        self._subs: list[Subscription] = []
-        self._live = False
         self.rejected = 0
         self.last_revision = 0
         self.last_seq = 0
@@ -161,13 +160,6 @@ class PolicyService:
         self._subs.append(inputs)
         if inputs.caught_up.is_set():
             await self._resync(0)
-
-    async def stop(self) -> None:
-        for sub in self._subs:
-            await sub.stop()
-
-    def state(self) -> str:
-        return STATE_OK if self._live else STATE_STARTING
 
     def stats(self) -> dict[str, Any]:
         return {"policies": sum(1 for _ in self.repo.policies()),
