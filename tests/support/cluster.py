@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from services.cli.controlplane import SERVICES
 from services.common.bus import Bus
 from services.common.embedded import NatsServer, start_nats
 from tests.support.procs import REPO, start_service, stop_process
+from tests.support.wait import wait_until
 
 CILIA = str(Path(sys.executable).parent / "cilia")
 CONNECT = str(Path(sys.executable).parent / "cilia-connect")
@@ -62,11 +62,7 @@ class Cluster:
         return self.cilia(*args, timeout=timeout + 30).stdout.strip()
 
     def wait(self, what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.1)
+        wait_until(what, check, timeout)
 
     def endpoints(self) -> list[dict[str, Any]]:
         return list(self.json("endpoint", "list"))

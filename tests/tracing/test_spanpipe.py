@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import pytest
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -14,6 +13,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from services.common.spanpipe import ChildProcessSpanProcessor
 from tests.support.otlp import Receiver
+from tests.support.wait import wait_until
 
 
 def _provider(receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
@@ -27,14 +27,11 @@ def _provider(receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
     return provider, piped
 
 
-def _wait(receiver: Receiver, count: int, timeout: float = 15.0) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with receiver.lock:
-            if len(receiver.spans) >= count:
-                return list(receiver.spans)
-        time.sleep(0.05)
-    raise AssertionError(f"{len(receiver.spans)} of {count} spans arrived")
+def _wait(receiver: Receiver, count: int) -> list[dict[str, object]]:
+    wait_until(f"{count} spans", lambda: len(receiver.spans) >= count, timeout=15,
+               interval=0.05)
+    with receiver.lock:
+        return list(receiver.spans)
 
 
 async def test_spans_keep_every_field_and_arrive_while_the_service_runs(
