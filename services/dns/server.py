@@ -13,12 +13,10 @@ lb event; the server answers once it has caught up with the history.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 import struct
-import threading
 from typing import Any, cast
 
 from services.common.bus import Bus, Delivery, Subscription
@@ -26,7 +24,7 @@ from services.common.runner import STATE_OK, STATE_STARTING
 from services.dns.errors import DnsStartError
 from services.dns.records import Zone, respond, zone_from_view
 from services.lb.events import LB_FILTER, LbView
-from services.nodeagent.endpoints import entered_netns
+from services.nodeagent.endpoints import run_in_netns
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +44,24 @@ def bind_in_netns(netns: str | None, port: int = DNS_PORT,
         DnsStartError: the netns does not exist or the port is taken.
     """
     out: list[socket.socket] = []
-    errors: list[BaseException] = []
 
     def work() -> None:
-        try:
-            with entered_netns(netns) if netns else contextlib.nullcontext():
-                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                out.append(udp)
-                udp.bind((address, port))
-                tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                out.append(tcp)
-                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                tcp.bind((address, port))
-                tcp.listen(TCP_BACKLOG)
-        except BaseException as exc:
-            errors.append(exc)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        out.append(udp)
+        udp.bind((address, port))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        out.append(tcp)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tcp.bind((address, port))
+        tcp.listen(TCP_BACKLOG)
 
-    thread = threading.Thread(target=work, name=f"dns-bind-{netns}")
-    thread.start()
-    thread.join()
-    if errors:
+    try:
+        run_in_netns(netns, work) if netns else work()
+    except OSError as exc:
         for sock in out:
             sock.close()
         raise DnsStartError(f"dns: cannot listen on {address}:{port} in netns {netns}: "
-                            f"{errors[0]}")
+                            f"{exc}") from exc
     for sock in out:
         sock.setblocking(False)
     return out[0], out[1]

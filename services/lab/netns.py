@@ -19,7 +19,6 @@ import errno
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,10 +28,9 @@ from typing import IO, Any
 from pyroute2 import netns as pr_netns
 
 from services.lab.errors import TopologyError
-from services.nodeagent.endpoints import entered_netns
+from services.nodeagent.endpoints import run_in_netns, setns_net
 
 NETNS_RUN_DIR = Path("/run/netns")
-CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000    # a private mount namespace (the pod's resolv.conf)
 MS_BIND = 0x1000
 MS_REC = 0x4000
@@ -94,33 +92,16 @@ def remove_netns(name: str) -> bool:
     return True
 
 
-def _enter(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
 def write_sysctl(netns: str, key: str, value: str) -> None:
     """Write ``/proc/sys/<key with dots as slashes>`` inside a netns.
 
     Raises:
         TopologyError: the netns or the sysctl does not exist.
     """
-    errors: list[BaseException] = []
-
-    # a thread of its own: the caller's thread never changes netns
-    def work() -> None:
-        try:
-            with entered_netns(netns):
-                Path("/proc/sys", *key.split(".")).write_text(value)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=work, name=f"sysctl-{netns}")
-    thread.start()
-    thread.join()
-    if errors:
-        raise TopologyError(f"netns {netns}: sysctl {key}={value}: {errors[0]}")
+    try:
+        run_in_netns(netns, lambda: Path("/proc/sys", *key.split(".")).write_text(value))
+    except OSError as exc:
+        raise TopologyError(f"netns {netns}: sysctl {key}={value}: {exc}") from exc
 
 
 def _bind_resolv_conf(path: bytes) -> None:
@@ -159,7 +140,7 @@ def spawn(netns: str | None, argv: Sequence[str], *, env: Mapping[str, str] | No
 
     def enter() -> None:
         if fd >= 0:
-            _enter(fd)
+            setns_net(fd)
         if resolv is not None:
             _bind_resolv_conf(resolv)
 

@@ -226,7 +226,8 @@ class EndpointRequest:
     pod_name: str
 
 
-def _setns(fd: int) -> None:
+def setns_net(fd: int) -> None:
+    """Move the calling thread into the network namespace open at ``fd``."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
@@ -247,15 +248,25 @@ def entered_netns(netns: str) -> Iterator[None]:
     try:
         target = os.open(path, os.O_RDONLY)
         try:
-            _setns(target)
+            setns_net(target)
         finally:
             os.close(target)
         try:
             yield
         finally:
-            _setns(own)
+            setns_net(own)
     finally:
         os.close(own)
+
+
+def run_in_netns(netns: str, fn: Callable[[], T]) -> T:
+    """``fn()`` inside a netns, on a thread of its own: the caller's thread never moves."""
+    def inside() -> T:
+        with entered_netns(netns):
+            return fn()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(inside).result()
 
 
 def open_iproute(netns: str | None) -> IPRoute:

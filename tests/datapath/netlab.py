@@ -8,44 +8,24 @@ neighbours, no ARP) to the node namespace, which forwards between host-side veth
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import socket
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pyroute2 import NetNS, netns
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
+from services.nodeagent.endpoints import run_in_netns
+
 GATEWAY = "169.254.1.1"
 T = TypeVar("T")
 
 
 def in_netns(name: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` in a thread switched into netns ``name``; sockets made there stay there."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns failed")
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    return run_in_netns(name, fn)
 
 
 @dataclass
