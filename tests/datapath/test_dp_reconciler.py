@@ -1,8 +1,11 @@
-"""The reconciler against the in-memory backend: diffs, counts, partitions, retries, full."""
+"""The reconciler: diffs, counts, partitions, retries, full maps. Typed maps run on the
+kernel's pinned maps; the in-memory backend stays only where the kernel cannot be made to fail
+on demand (busy, I/O errors) or a map of four entries is wanted."""
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
 
 import pytest
 
@@ -15,6 +18,7 @@ from services.nodeagent.datapath import (
     MapFullError,
     MemoryMapBackend,
     NodeMaps,
+    Programs,
     Reconciler,
 )
 from services.nodeagent.datapath.metrics import possible_cpus
@@ -93,14 +97,18 @@ def test_full_map_gets_deletes_first_then_reports_full() -> None:
         r.reconcile(dict(kv(i) for i in range(20, 25)))
 
 
-def test_bad_input_writes_nothing() -> None:
-    made: dict[str, MemoryMapBackend] = {}
+@pytest.fixture
+def maps(node_name: str) -> Iterator[NodeMaps]:
+    """A node's real maps, pinned by its loaded programs (unpinned by ``node_name``)."""
+    progs = Programs(node_name)
+    try:
+        with NodeMaps(node_name) as opened:
+            yield opened
+    finally:
+        progs.close()
 
-    def factory(name: str, ks: int, vs: int) -> MemoryMapBackend:
-        made[name] = MemoryMapBackend(name, ks, vs, 100)
-        return made[name]
 
-    maps = NodeMaps("unit", factory=factory)
+def test_bad_input_writes_nothing(maps: NodeMaps) -> None:
     with pytest.raises(EncodeError, match="field prefix"):
         maps.ipcache.reconcile({"10.0.0.1/32": IpcacheEntry(300), "10.0.0.1/33": IpcacheEntry(1)})
     with pytest.raises(EncodeError, match=r"endpoint 10\.0\.0\.9: field identity"):
@@ -108,11 +116,14 @@ def test_bad_input_writes_nothing() -> None:
     with pytest.raises(EncodeError, match="field end_port"):
         maps.policy.reconcile({PolicyKey(300, 0, 0, 6, 80, 80): Verdict.ALLOW,
                                PolicyKey(300, 0, 0, 6, 90, 10): Verdict.ALLOW})
-    assert all(be.calls == 0 and not be.data for be in made.values())
+    # Rejected before the kernel was even read, and the maps are empty.
+    assert all((s["reads"], s["added"], s["updated"], s["deleted"]) == (0, 0, 0, 0)
+               for s in maps.stats().values())
+    assert maps.ipcache.entries() == {} and maps.endpoints.entries() == {}
+    assert maps.policy.entries() == []
 
 
-def test_typed_maps_roundtrip_through_bytes() -> None:
-    maps = NodeMaps("unit", factory=lambda n, k, v: MemoryMapBackend(n, k, v, 100))
+def test_typed_maps_roundtrip_through_bytes(maps: NodeMaps) -> None:
     ipc = {"10.0.0.0/8": IpcacheEntry(2), "192.168.1.7/32": IpcacheEntry(6, "192.168.1.7")}
     eps = {"10.1.0.5": EndpointEntry(3, 300, 12, True, False)}
     assert maps.ipcache.reconcile(ipc).added == 2
@@ -144,8 +155,7 @@ def test_key_scope_patches_only_the_listed_keys() -> None:
         r.reconcile({}, partitions=[None], keys=[k7])
 
 
-def test_ipcache_and_endpoints_incremental_patches() -> None:
-    maps = NodeMaps("unit", factory=lambda n, k, v: MemoryMapBackend(n, k, v, 100))
+def test_ipcache_and_endpoints_incremental_patches(maps: NodeMaps) -> None:
     maps.ipcache.reconcile({"10.0.0.1/32": IpcacheEntry(300), "10.0.0.2/32": IpcacheEntry(301)})
     res = maps.ipcache.reconcile({"10.0.0.3/32": IpcacheEntry(302)},
                                  prefixes=["10.0.0.1/32", "10.0.0.3/32"])

@@ -1,13 +1,15 @@
-"""The node reducer (pure) and the lb map reconcile over the in-memory map backend."""
+"""The node reducer (pure) and the lb map reconcile on a node's real, pinned kernel maps."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from services.lb.events import backend_subject, members_subject, service_subject
-from services.nodeagent.datapath import MemoryMapBackend
+from services.nodeagent.datapath import Programs, unpin
 from services.nodeagent.datapath.lbmaps import LbFrontend, LbMaps
 from services.nodeagent.lbstate import LbNodeState, frontend_id, table_id
 
@@ -74,8 +76,26 @@ def test_dsr_mode_marks_external_frontends() -> None:
         LbNodeState("n1", lb_mode="tunnel")
 
 
-def test_incremental_plans_touch_only_the_changed_service() -> None:
-    maps = LbMaps("n1", factory=lambda name, k, v: MemoryMapBackend(name, k, v, 1 << 16))
+@pytest.fixture
+def lb_maps() -> Iterator[LbMaps]:
+    """The lb maps of a node whose programs are loaded (pins removed afterwards)."""
+    node = f"test-{uuid.uuid4().hex[:8]}"
+    try:
+        progs = Programs(node)
+        try:
+            maps = LbMaps(node)
+            try:
+                yield maps
+            finally:
+                maps.close()
+        finally:
+            progs.close()
+    finally:
+        unpin(node)
+
+
+def test_incremental_plans_touch_only_the_changed_service(lb_maps: LbMaps) -> None:
+    maps = lb_maps
     st = LbNodeState("n1", maglev_size=M)
     feed(st, 5, svc(name="a", cluster_ip="10.96.0.5", external_ips=[]),
          [(1, "10.244.1.2", "n1", "active"), (2, "10.244.1.3", "n1", "active")])
