@@ -9,11 +9,13 @@ Who touches what (one owner):
 
 - The event loop alone folds: bus events into ``node_state`` and ``lb_state``, CNI hooks into
   ``local``. Nothing else reads them.
-- ``_lock`` serialises the datapath: whoever holds it plans and writes the maps; the maps,
+- ``_lock`` serialises the datapath: whoever holds it plans and writes the maps the agent
+  writes (ipcache, endpoints, policy, lb services, backends and Maglev slots); those maps,
   their reconcilers and mirrors are touched by no one else. A plan
   (:func:`~services.nodeagent.patchplan.plan_node`, ``lb_state.plan``) is computed on the loop
   under the lock, as of one revision, and holds fresh read-only copies; the worker thread gets
-  the plan and the maps, never the state.
+  the plan and the maps, never the state. (The conntrack collectors only delete entries the
+  kernel wrote, in maps nobody mirrors, on a thread of their own.)
 - ``realized`` is the revision of the last plan whose every part was written: the maps hold
   exactly that state, never one folded later.
 
