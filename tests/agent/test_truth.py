@@ -26,7 +26,9 @@ import pytest
 from pyroute2 import NetNS
 
 from services.common import subjects
-from services.common.bus import Bus
+from services.common.bus import Bus, Outgoing
+from services.common.labels import Labels
+from services.common.policytypes import PROTO_TCP, Direction, PolicyKey, Verdict
 from services.common.runner import Heartbeat
 from services.lb.events import backend_subject, members_subject, service_subject
 from services.nodeagent.agent import DEVICES_ENV, DRIFT_INTERVAL_ENV, NodeAgent
@@ -35,6 +37,8 @@ from services.nodeagent.datapath import constants as c
 from services.nodeagent.datapath.lbmaps import LbBackendEntry, LbFrontend, LbMaps
 from services.nodeagent.datapath.twins import LbBackendKey, LbBackendValue
 from services.nodeagent.endpoints import Endpoint, NodeConfig
+from services.policy import Repository, messages, parse_policy
+from services.policy.service import to_outgoing
 from tests.datapath.netlab import NodeLab
 from tests.support.cluster import CILIA
 from tests.support.procs import REPO
@@ -226,6 +230,35 @@ async def publish_service(bus: Bus, node: str, backend_ip: str) -> None:
         await bus.publish(subject, event_type, data, msg_id=f"test/{uuid.uuid4()}")
 
 
+WEB_ID, CLIENT_ID = 70001, 70002
+WEB_POLICY = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+              "metadata": {"name": "web", "namespace": "t"},
+              "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},
+                       "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                                    "toPorts": [{"ports": [{"port": "8080",
+                                                            "protocol": "TCP"}]}]}]}}
+
+
+async def publish_policy(bus: Bus, node: str, pod_ip: str) -> int:
+    """The local pod's identity and ipcache entry, and the policy service's messages for a
+    policy letting clients reach it on 8080 (compiled by the service's own code)."""
+    repo = Repository()
+    out = []
+    for num, app in ((WEB_ID, "web"), (CLIENT_ID, "client")):
+        labels = Labels.parse([f"k8s:app={app}", "k8s:io.kubernetes.pod.namespace=t"])
+        repo.add_identity(num, labels)
+        out.append(Outgoing(f"cilia.identity.{num}", "identity.upsert",
+                            {"id": num, "labels": labels.strings()}, f"test/{uuid.uuid4()}"))
+    out.append(Outgoing(subjects.ipcache(f"{pod_ip}/32"), "ipcache.upsert",
+                        {"prefix": f"{pod_ip}/32", "identity": WEB_ID, "host_ip": NODE_IP,
+                         "node": node, "pod": "t/p1"}, f"test/{uuid.uuid4()}"))
+    out += [to_outgoing(msg, 1) for msg in messages(repo, repo.upsert(parse_policy(WEB_POLICY)))]
+    acks = await bus.publish_batch(out)
+    # The last of them the agent consumes (policy.status is for the CLI).
+    return max(int(a.seq) for a, o in zip(acks, out, strict=True)
+               if not o.subject.startswith("cilia.policy.status."))
+
+
 def status_row(url: str, node: str) -> str:
     res = subprocess.run([CILIA, "status"], cwd=REPO, capture_output=True, text=True,
                          timeout=60, env={**os.environ, "CILIA_NATS_URL": url,
@@ -251,10 +284,14 @@ async def test_each_error_is_its_own_retried_without_events_until_the_kernel_tak
         assert "lb_backends" in errors["lb"] and "full" in errors["lb"]
         assert "eth0" in errors["nodeport"]
         assert agent.state() == "degraded"
-        # The node maps patch fine meanwhile; their success clears no other part's error.
-        seq = await publish_remote_pod(bus, "10.99.0.2/32")
-        await until("node maps realized", lambda: agent.realized == seq)
-        assert "10.99.0.2/32" in node.maps.ipcache.entries()
+        # A pod starts and its policy arrives: the node maps, policy included, patch fine
+        # meanwhile; their success clears no other part's error.
+        await agent.on_endpoint_created(endpoint(lab, node_name))
+        seq = await publish_policy(bus, node_name, lab.pods[0].ip)
+        await until("policy realized", lambda: agent.realized == seq)
+        assert (PolicyKey(WEB_ID, CLIENT_ID, Direction.INGRESS, PROTO_TCP, 8080, 8080),
+                Verdict.ALLOW) in node.maps.policy.entries(WEB_ID)
+        assert node.maps.endpoints.entries()[lab.pods[0].ip].enforce_ingress
         assert set(agent.stats()["errors"]) == {"lb", "nodeport"}
         # Both are retried with backoff, with no new event.
         await until("retries", lambda: min(agent.stats()["retries"].get(p, 0)
@@ -270,6 +307,8 @@ async def test_each_error_is_its_own_retried_without_events_until_the_kernel_tak
         await asyncio.to_thread(_drop_junk, node_name)
         await until("lb written", lambda: not agent.stats()["errors"], timeout=WAIT_S)
         assert agent.state() == "ok" and agent.realized == seq
+        assert (PolicyKey(WEB_ID, CLIENT_ID, Direction.INGRESS, PROTO_TCP, 8080, 8080),
+                Verdict.ALLOW) in node.maps.policy.entries(WEB_ID)
         with LbMaps(node_name) as lb:
             assert lb.backend_entries() == {1: LbBackendEntry(lab.pods[0].ip, 8080, "TCP",
                                                               local=True)}
