@@ -311,9 +311,12 @@ class NodeAgent:
 
     def _retry_later(self, slot: str, delay: float, again: Callable[[], Awaitable[Any]]) -> None:
         """Run ``again`` in ``delay`` seconds (one pending retry per slot of RETRY_PARTS)."""
-        task = self._retries.get(slot)
-        if task is None or task.done():
+        if not self._retry_pending(slot):
             self._retries[slot] = asyncio.create_task(self._retry(slot, delay, again))
+
+    def _retry_pending(self, slot: str) -> bool:
+        task = self._retries.get(slot)
+        return task is not None and not task.done()
 
     async def _retry(self, slot: str, delay: float, again: Callable[[], Awaitable[Any]]) -> None:
         await asyncio.sleep(delay)
@@ -390,6 +393,8 @@ class NodeAgent:
         async with self._lock:
             if self.lb_maps is None:
                 return False
+            if PART_LB in self.health.errors and self._retry_pending(PART_LB):
+                return False    # its retry rewrites the lb maps whole, after the backoff
             dirty, self._lb_dirty = self._lb_dirty, LbDirty()
             if dirty is not None and not dirty:
                 return True
@@ -508,8 +513,11 @@ class NodeAgent:
             if self.maps is None:
                 return False        # nothing written, nothing realized: the datapath says why
             dirty, self._dirty = self._dirty, Dirty()
+            # A failing part waits for its retry (backoff), not for the next event.
+            waiting = self.health.failing(NODE_PARTS) if self._retry_pending(RETRY_NODE) \
+                else set()
             plan = plan_node(self.node_state, dirty, self.local.values(),
-                             self._policy_subjects, self._full)
+                             self._policy_subjects, self._full, skip=waiting)
             if plan:
                 maps = self.maps
                 outcome = await asyncio.to_thread(self._write_node, maps, plan)
@@ -522,8 +530,8 @@ class NodeAgent:
                     self._full.discard(part)
                     if part == PART_POLICY:
                         self._policy_subjects = plan.local_subjects
-                if self.health.failing(plan.parts):
-                    return False
+            if self.health.failing(NODE_PARTS):
+                return False
             self._realized_seq = plan.revision
             self._realized_policy = dict(plan.policy_revisions)
             await self._save_position()

@@ -52,7 +52,8 @@ class NodePlan:
 
 
 def plan_node(state: NodeState, dirty: Dirty, endpoints: Iterable[LocalEndpoint],
-              written: frozenset[int] | None, full: Iterable[str] = ()) -> NodePlan:
+              written: frozenset[int] | None, full: Iterable[str] = (),
+              skip: Iterable[str] = ()) -> NodePlan:
     """The patch that brings the node maps to ``state`` (as of ``state.revision``).
 
     Args:
@@ -62,20 +63,25 @@ def plan_node(state: NodeState, dirty: Dirty, endpoints: Iterable[LocalEndpoint]
         written: the subjects whose policy entries the map holds (None: unknown, e.g. after
             a start, so the policy map is rewritten whole).
         full: parts to rewrite whole, whatever ``dirty`` says.
+        skip: parts left out of this plan (failing ones waiting for their retry, which
+            rewrites them whole: what changed meanwhile is not lost).
     """
     full = set(full)
+    skip = set(skip)
     eps = list(endpoints)
     local = frozenset(state.local_identities(eps) - {ID_INIT})
     parts: list[str] = []
     ipcache = endpoint_entries = None
-    if dirty.ipcache or PART_IPCACHE in full:
+    if (dirty.ipcache or PART_IPCACHE in full) and PART_IPCACHE not in skip:
         ipcache = MappingProxyType(state.desired_ipcache())
         parts.append(PART_IPCACHE)
-    if dirty.endpoints or PART_ENDPOINTS in full:
+    if (dirty.endpoints or PART_ENDPOINTS in full) and PART_ENDPOINTS not in skip:
         endpoint_entries = MappingProxyType(state.desired_endpoints(eps))
         parts.append(PART_ENDPOINTS)
     policy = None
-    if written is None or PART_POLICY in full:
+    if PART_POLICY in skip:
+        pass
+    elif written is None or PART_POLICY in full:
         policy = PolicyPatch(MappingProxyType(state.desired_policy(sorted(local))), None)
     else:
         touched = local if dirty.all_subjects else dirty.subjects & local

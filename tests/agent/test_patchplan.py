@@ -92,6 +92,10 @@ def test_policy_is_patched_per_subject_and_whole_after_a_failure() -> None:
     again = plan_node(state, Dirty(), EPS, frozenset({DB, API}), full={PART_POLICY, "ipcache"})
     assert set(again.parts) == {"ipcache", "policy"}
     assert again.policy is not None and again.policy.subjects is None
+    # While its retry waits, a failing part stays out of event-driven plans.
+    waiting = plan_node(state, Dirty(ipcache=True, subjects={DB}), EPS, frozenset({DB, API}),
+                        full={PART_POLICY}, skip={PART_POLICY})
+    assert waiting.parts == ("ipcache",) and waiting.policy is None
 
 
 def test_each_part_has_its_own_error() -> None:
