@@ -27,9 +27,10 @@ with what the agent wrote (the reconciler's mirror); what differs is put back an
 
 Where to hook in:
 
-- ``_on_realized(plan)``: after a successful patch of revision ``plan.revision`` (the maps
-  hold that revision's identities, endpoints and policy; ``plan.local_subjects`` and
-  ``plan.policy_revisions`` say which), on the loop, outside the lock.
+- ``_on_realized(plan)``: after a successful patch of revision ``plan.revision``, on the loop,
+  outside the lock. The maps then hold that revision's state: each local endpoint's identity
+  (``plan.endpoint_identities``, ``ID_INIT`` while it has none) and the policy of each local
+  subject (``plan.policy_revisions``).
 - ``on_endpoint_created`` / ``on_endpoint_deleted``: the CNI's endpoint hooks; they change
   ``local`` and wait for the patch that writes the change.
 - ``_open_datapath``: programs, maps, overlay and NodePort programs come up here, at start and

@@ -42,6 +42,7 @@ class NodePlan:
     revision: int
     local_subjects: frozenset[int]
     policy_revisions: Mapping[int, int]       # local subject -> its policy revision
+    endpoint_identities: Mapping[str, int]    # local endpoint IP -> identity (ID_INIT: none)
     ipcache: Mapping[str, IpcacheEntry] | None = None
     endpoints: Mapping[str, EndpointEntry] | None = None
     policy: PolicyPatch | None = None
@@ -69,7 +70,8 @@ def plan_node(state: NodeState, dirty: Dirty, endpoints: Iterable[LocalEndpoint]
     full = set(full)
     skip = set(skip)
     eps = list(endpoints)
-    local = frozenset(state.local_identities(eps) - {ID_INIT})
+    identities = {ep.ip: state.identity_of(ep.ip) or ID_INIT for ep in eps}
+    local = frozenset(set(identities.values()) - {ID_INIT})
     parts: list[str] = []
     ipcache = endpoint_entries = None
     if (dirty.ipcache or PART_IPCACHE in full) and PART_IPCACHE not in skip:
@@ -92,5 +94,6 @@ def plan_node(state: NodeState, dirty: Dirty, endpoints: Iterable[LocalEndpoint]
     if policy is not None:
         parts.append(PART_POLICY)
     return NodePlan(state.revision, local, MappingProxyType(state.realized(sorted(local))),
-                    ipcache, endpoint_entries, policy, tuple(parts))
+                    MappingProxyType(identities), ipcache, endpoint_entries, policy,
+                    tuple(parts))
 

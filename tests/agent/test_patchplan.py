@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.common.identities import ID_INIT
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_TCP, Direction, PolicyKey, Verdict
 from services.nodeagent.health import (
@@ -67,6 +68,7 @@ def test_a_plan_is_the_state_of_its_revision_and_nothing_folded_later() -> None:
     assert plan.policy is not None and plan.policy.subjects is None   # start: whole map
     assert plan.policy.desired[ALLOW_5432] == Verdict.ALLOW
     assert plan.local_subjects == {DB, API} and plan.policy_revisions == {DB: 10, API: 0}
+    assert plan.endpoint_identities == {DB_IP: DB, API_IP: API}
     # The state goes on folding (a new pod, and the db pod gone): the plan does not move.
     state.apply("cilia.ipcache.k8s.y", "ipcache.upsert",
                 {"prefix": "10.244.1.9/32", "identity": API, "host_ip": "", "node": "n1",
@@ -74,6 +76,9 @@ def test_a_plan_is_the_state_of_its_revision_and_nothing_folded_later() -> None:
     state.apply("cilia.ipcache.k8s.x", "ipcache.delete", {"prefix": f"{DB_IP}/32"}, rev + 2)
     assert plan.revision == rev and "10.244.1.9/32" not in plan.ipcache  # type: ignore[operator]
     assert f"{DB_IP}/32" in plan.ipcache  # type: ignore[operator]
+    later = plan_node(state, Dirty(), EPS, plan.local_subjects)
+    assert later.endpoint_identities == {DB_IP: ID_INIT, API_IP: API}
+    assert later.local_subjects == {API}
     with pytest.raises(TypeError):
         plan.ipcache["10.0.0.1/32"] = plan.ipcache[f"{DB_IP}/32"]  # type: ignore[index]
 
