@@ -146,13 +146,15 @@ def assess(data: dict[str, Any]) -> dict[str, Any]:
         realized = int(st.get("realized", 0))
         revs = [int(v) for v in (st.get("policy_revisions") or {}).values()]
         lag = max(0, bus_seq - realized)
+        errors = dict(st.get("errors") or {})
         health = OK if r["state"] == STATE_OK and not st.get("error") and lag == 0 else (
             ERROR if st.get("error") or r["state"] != STATE_OK else WARNING)
         agents.append({"node": node, "health": health, "state": r["state"],
                        "endpoints": st.get("endpoints", 0), "realized": realized,
                        "bus": bus_seq, "lag": lag,
                        "policy_revision": max(revs) if revs else 0,
-                       "error": st.get("error") or ""})
+                       "error": st.get("error") or "", "errors": errors,
+                       "drift": dict(st.get("drift") or {})})
         if health != OK:
             problems.append(f"agent {node}: " + (st.get("error") or (
                 f"state {r['state']}" if r["state"] != STATE_OK else f"{lag} events behind")))
@@ -161,7 +163,8 @@ def assess(data: dict[str, Any]) -> dict[str, Any]:
             problems.append(f"agent {node}: no heartbeat")
             agents.append({"node": node, "health": ERROR, "state": "missing", "endpoints": 0,
                            "realized": 0, "bus": bus_seq, "lag": bus_seq,
-                           "policy_revision": 0, "error": "no heartbeat"})
+                           "policy_revision": 0, "error": "no heartbeat", "errors": {},
+                           "drift": {}})
     lb = services.get("lb", {})
     frontends = {n: c for n, c in data["lb_frontends"].items() if c is not None}
     nodes_kpr = data.get("kpr") or {}
@@ -192,6 +195,18 @@ def assess(data: dict[str, Any]) -> dict[str, Any]:
 
 def _age(seconds: float) -> str:
     return "forever" if not seconds else f"{seconds:.0f}s"
+
+
+def _per_map(counts: dict[str, int]) -> str:
+    """``ipcache=2 policy=1`` (entries put back per map), ``0`` when none."""
+    return " ".join(f"{name}={n}" for name, n in sorted(counts.items()) if n) or "0"
+
+
+def _errors(agent: dict[str, Any]) -> str:
+    """Each failing part's error, ``part: message``; the agent's own error without parts."""
+    if agent["errors"]:
+        return "; ".join(f"{part}: {msg}" for part, msg in sorted(agent["errors"].items()))
+    return str(agent["error"])
 
 
 def render(data: dict[str, Any], health: dict[str, Any]) -> str:
@@ -234,10 +249,11 @@ def render(data: dict[str, Any], health: dict[str, Any]) -> str:
                         headers=["SERVICE", "HEALTH", "READY", "DESIRED"], tablefmt="plain"))
     out.append("")
     out.append(tabulate([[a["node"], a["health"], a["endpoints"], a["realized"], a["bus"],
-                          a["lag"], a["policy_revision"], a["error"]]
+                          a["lag"], a["policy_revision"], _per_map(a["drift"]),
+                          _errors(a)]
                          for a in health["agents"]],
                         headers=["NODE", "AGENT", "ENDPOINTS", "REALIZED", "BUS", "LAG",
-                                 "POLICY REV", "ERROR"], tablefmt="plain"))
+                                 "POLICY REV", "DRIFT REPAIRED", "ERRORS"], tablefmt="plain"))
     if health["problems"]:
         out += ["", "Problems:"] + [f"  - {p}" for p in health["problems"]]
     return "\n".join(out)

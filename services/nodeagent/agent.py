@@ -4,6 +4,37 @@ One per node. It folds the bus into :class:`~services.nodeagent.state.NodeState`
 each batch computes what its maps should hold and lets each map's reconciler write only the
 difference. Maps and programs stay pinned and attached while the agent is down; on start it
 replays the bus, reads what the maps hold and patches the difference (never flushes).
+
+Who touches what (one owner):
+
+- The event loop alone folds: bus events into ``node_state`` and ``lb_state``, CNI hooks into
+  ``local``. Nothing else reads them.
+- ``_lock`` serialises the datapath: whoever holds it plans and writes the maps the agent
+  writes (ipcache, endpoints, policy, lb services, backends and Maglev slots); those maps,
+  their reconcilers and mirrors are touched by no one else. A plan
+  (:func:`~services.nodeagent.patchplan.plan_node`, ``lb_state.plan``) is computed on the loop
+  under the lock, as of one revision, and holds fresh read-only copies; the worker thread gets
+  the plan and the maps, never the state. (The conntrack collectors only delete entries the
+  kernel wrote, in maps nobody mirrors, on a thread of their own.)
+- ``realized`` is the revision of the last plan whose every part was written: the maps hold
+  exactly that state, never one folded later.
+
+Each part of the datapath (:mod:`services.nodeagent.health`: ipcache, endpoints, policy, lb,
+conntrack collectors, NodePort programs, the datapath itself) has its own error; a success
+clears only its own. A failed part is retried with backoff without waiting for an event, and
+rewritten whole. Every ``DRIFT_INTERVAL_S`` each map the agent writes is read back and compared
+with what the agent wrote (the reconciler's mirror); what differs is put back and counted.
+
+Where to hook in:
+
+- ``_on_realized(plan)``: after a successful patch of revision ``plan.revision``, on the loop,
+  outside the lock. The maps then hold that revision's state: each local endpoint's identity
+  (``plan.endpoint_identities``, ``ID_INIT`` while it has none) and the policy of each local
+  subject (``plan.policy_revisions``).
+- ``on_endpoint_created`` / ``on_endpoint_deleted``: the CNI's endpoint hooks; they change
+  ``local`` and wait for the patch that writes the change.
+- ``_open_datapath``: programs, maps, overlay and NodePort programs come up here, at start and
+  again on each retry until they do.
 """
 
 from __future__ import annotations
@@ -16,6 +47,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +58,6 @@ from prometheus_client import Counter, Gauge
 from services.common import subjects
 from services.common.bus import Bus, Delivery, Outgoing, Subscription
 from services.common.codec import encode
-from services.common.identities import ID_INIT
 from services.common.runner import STATE_DEGRADED, STATE_OK, STATE_STARTING
 from services.common.tracing import tracer
 from services.nodeagent.cniserver import CniServer
@@ -40,11 +71,25 @@ from services.nodeagent.datapath import (
     attach,
     detach,
 )
-from services.nodeagent.datapath.lbmaps import LbMaps
+from services.nodeagent.datapath.lbmaps import LbMaps, check_lb_pins
 from services.nodeagent.datapath.lbnodeport import NodePortProgram
+from services.nodeagent.datapath.maps import check_pins
 from services.nodeagent.datapath.overlay import setup_overlay
 from services.nodeagent.endpoints import Endpoint, NodeConfig
+from services.nodeagent.health import (
+    NODE_PARTS,
+    PART_CONNTRACK,
+    PART_DATAPATH,
+    PART_ENDPOINTS,
+    PART_IPCACHE,
+    PART_LB,
+    PART_LB_CT,
+    PART_NODEPORT,
+    PART_POLICY,
+    DatapathHealth,
+)
 from services.nodeagent.lbstate import LbDirty, LbNodeState
+from services.nodeagent.patchplan import NodePlan, plan_node
 from services.nodeagent.state import Dirty, LocalEndpoint, NodeState
 
 log = logging.getLogger(__name__)
@@ -57,18 +102,45 @@ FLOW_BATCH_S = 0.1          # flows are published in batches this often
 FLOW_RATE_LIMIT = 2000      # flows per second published at most; the rest are counted
 FLOW_BUFFER = 4096          # recent flows kept for `cilia observe` without --follow
 CT_GC_INTERVAL_S = 10.0     # expired conntrack entries are collected this often
+DRIFT_INTERVAL_S = 60.0     # each written map is compared with the agent's mirror this often
+DRIFT_INTERVAL_ENV = "CILIA_AGENT_DRIFT_INTERVAL_S"   # overrides DRIFT_INTERVAL_S (tests)
 LB_INPUTS = ["cilia.lb.>", subjects.source_filter("Node")]
 LB_MODE_ENV = "CILIA_LB_MODE"        # snat (default) or dsr, like Cilium's loadBalancer.mode
 DEVICES_ENV = "CILIA_DEVICES"        # the node's external interface, like Cilium's --devices
 DEFAULT_DEVICE = "eth0"              # the lab node's underlay interface
 SNAPSHOT_FILE = "agent-state.msgpack"   # the durable position: folded state + its sequence
 SNAPSHOT_EVERY_S = 1.0      # the position is saved at most this often
+RETRY_NODE = "node maps"    # retry slots: the node maps (one plan), the lb maps, ...
+RETRY_PARTS = {RETRY_NODE: NODE_PARTS, PART_LB: (PART_LB,), PART_NODEPORT: (PART_NODEPORT,),
+               PART_DATAPATH: (PART_DATAPATH,)}
 
 MAP_OPS = Counter("cilia_agent_map_ops_total", "Map entries written", ["node", "map", "op"])
+DRIFT = Counter("cilia_agent_drift_repaired_total",
+                "Map entries found different from what the agent wrote, and put back",
+                ["node", "map"])
 FLOWS_DROPPED = Counter("cilia_agent_flows_ratelimited_total", "Flows not published",
                         ["node"])
 REALIZED = Gauge("cilia_agent_realized_revision", "Last realized bus sequence", ["node"])
 _tracer = tracer("cilia.nodeagent")
+WriteOutcome = ReconcileResult | DatapathError    # what writing one part of a plan did
+
+
+def drift_interval() -> float:
+    """Seconds between drift checks: ``$CILIA_AGENT_DRIFT_INTERVAL_S`` or the default.
+
+    Raises:
+        ValueError: the variable is not a positive number.
+    """
+    raw = os.environ.get(DRIFT_INTERVAL_ENV)
+    if raw is None:
+        return DRIFT_INTERVAL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"{DRIFT_INTERVAL_ENV}={raw!r} is not a positive number of seconds")
+    return value
 
 
 class NodeAgent:
@@ -86,15 +158,20 @@ class NodeAgent:
         self.bus: Bus | None = None
         self.programs: Programs | None = None
         self.maps: NodeMaps | None = None
-        self.error: str | None = None
+        self.overlay: Programs | None = None
+        self.health = DatapathHealth()
         self.local: dict[str, LocalEndpoint] = {}
         self._dirty = Dirty(ipcache=True, endpoints=True, all_subjects=True)
-        self._policy_subjects: set[int] = set()
+        self._full: set[str] = set()                   # node parts to rewrite whole
+        self._policy_subjects: frozenset[int] | None = None   # None: unknown, rewrite whole
+        self._realized_policy: dict[int, int] = {}
         self._lock = asyncio.Lock()
         self._live = False
         self._subs: list[Subscription] = []
         self._core_subs: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._retries: dict[str, asyncio.Task[None]] = {}
+        self._drift_s = drift_interval()
         self._stop_flows = threading.Event()
         self._realized_published = -1
         self._realized_seq = 0
@@ -104,22 +181,16 @@ class NodeAgent:
         self.recent: deque[dict[str, Any]] = deque(maxlen=FLOW_BUFFER)
         self.totals: dict[str, int] = {"writes": 0, "reconciles": 0, "flows": 0}
 
+    @property
+    def realized(self) -> int:
+        """The bus revision whose state the node maps hold."""
+        return self._realized_seq
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self, bus: Bus) -> None:
         self.bus = bus
-        try:
-            self.programs = await asyncio.to_thread(Programs, self.cfg.name)
-            self.maps = NodeMaps(self.cfg.name)
-            self.lb_maps = LbMaps(self.cfg.name)   # ClusterIPs work with or without a device
-            # tunnel mode: the VXLAN device's programs (identity in the VNI)
-            self.overlay = await asyncio.to_thread(setup_overlay, self.cfg.name,
-                                                   self.cfg.netns, self.cfg.routing)
-            await self._attach_nodeport()
-        except DatapathError as exc:
-            # Stay up and say why: the verifier log is in the message.
-            self.error = f"datapath unavailable: {exc}"
-            log.error("%s", self.error)
+        await self._open_datapath()
         for ep in self.cni.endpoints():
             await self._attach(ep)
         await self.cni.start()
@@ -137,17 +208,15 @@ class NodeAgent:
             await self.reconcile()
         self._core_subs.append(await bus.nc.subscribe(subjects.FLOWS_REQUEST,
                                                       cb=self._on_flows_req))
-        if self.maps is not None:
-            self._tasks.append(asyncio.create_task(self._flows()))
-            self._tasks.append(asyncio.create_task(self._ct_gc()))
+        self._tasks.append(asyncio.create_task(self._drift_loop()))
 
     async def stop(self) -> None:
         self._stop_flows.set()
         for sub in self._subs:
             await sub.stop()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._retries.values()]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._retries.values(), return_exceptions=True)
         for core in self._core_subs:
             with contextlib.suppress(Exception):
                 await core.unsubscribe()
@@ -156,13 +225,13 @@ class NodeAgent:
             if closable is not None:
                 closable.close()
         if self.maps is not None:
-            if self._live and not self.error:
+            if self._live and not self.health.degraded:
                 self._saved_at = 0.0
-                await asyncio.to_thread(self._save_position)
+                await self._save_position()
             self.maps.close()
 
     def state(self) -> str:
-        if self.error:
+        if self.health.degraded:
             return STATE_DEGRADED
         return STATE_OK if self._live else STATE_STARTING
 
@@ -170,9 +239,54 @@ class NodeAgent:
         return {"node": self.cfg.name, "endpoints": len(self.local),
                 "revision": self.node_state.revision,
                 "realized": self._realized_seq, "resumed_from": self.resumed_from,
-                "policy_revisions": {str(k): v for k, v in
-                                     self.node_state.realized(self._policy_subjects).items()},
-                "error": self.error or "", **self.totals}
+                "policy_revisions": {str(k): v for k, v in self._realized_policy.items()},
+                **self.health.stats(), **self.totals}
+
+    async def _open_datapath(self) -> bool:
+        """Load the programs and open the pinned maps; on failure the agent stays up, says
+        why (the verifier log is in the message) and tries again later. True when up."""
+        node = self.cfg.name
+        programs: Programs | None = None
+        maps: NodeMaps | None = None
+        lb_maps: LbMaps | None = None
+        try:
+            # A stale pin from an incompatible build fails here, before anything compiles.
+            await asyncio.to_thread(check_pins, node)
+            await asyncio.to_thread(check_lb_pins, node)
+            programs = await asyncio.to_thread(Programs, node)
+            maps = NodeMaps(node)
+            lb_maps = LbMaps(node)   # ClusterIPs work with or without a device
+            # tunnel mode: the VXLAN device's programs (identity in the VNI)
+            self.overlay = await asyncio.to_thread(setup_overlay, node, self.cfg.netns,
+                                                   self.cfg.routing)
+        except DatapathError as exc:
+            for opened in (lb_maps, maps, programs):
+                if opened is not None:
+                    opened.close()
+            message = f"datapath unavailable: {exc}"
+            log.error("%s", message)
+            self._retry_later(PART_DATAPATH, self.health.failed(PART_DATAPATH, message),
+                              self._retry_datapath)
+            return False
+        self.programs, self.maps, self.lb_maps = programs, maps, lb_maps
+        self.health.succeeded([PART_DATAPATH])
+        await self._attach_nodeport()
+        self._tasks.append(asyncio.create_task(self._flows()))
+        self._tasks.append(asyncio.create_task(self._ct_gc()))
+        return True
+
+    async def _retry_datapath(self) -> None:
+        if not await self._open_datapath():
+            return
+        for ep in self.cni.endpoints():     # their veths got no programs at start
+            await self._attach(ep)
+        async with self._lock:
+            self._full.update(NODE_PARTS)
+            self._policy_subjects = None
+            self._lb_dirty = None
+        await self.reconcile_lb()
+        if self._live:       # else the catch-up with the bus patches, once, at its end
+            await self.reconcile()
 
     async def _attach_nodeport(self) -> None:
         """NodePort/LoadBalancer from outside: programs on the node's external device."""
@@ -181,9 +295,90 @@ class NodeAgent:
             # Never touch the root namespace's interfaces unless told which one.
             log.info("no %s and no node netns: NodePort programs not attached", DEVICES_ENV)
             return
-        self.nodeport = await asyncio.to_thread(NodePortProgram, self.cfg.name)
-        await asyncio.to_thread(self.nodeport.attach, device or DEFAULT_DEVICE, self.cfg.netns,
-                                self.cfg.node_ip)
+        try:
+            if self.nodeport is None:
+                self.nodeport = await asyncio.to_thread(NodePortProgram, self.cfg.name)
+            await asyncio.to_thread(self.nodeport.attach, device or DEFAULT_DEVICE,
+                                    self.cfg.netns, self.cfg.node_ip)
+        except DatapathError as exc:
+            message = f"NodePort programs not attached: {exc}"
+            log.error("%s", message)
+            self._retry_later(PART_NODEPORT, self.health.failed(PART_NODEPORT, message),
+                              self._attach_nodeport)
+            return
+        self.health.succeeded([PART_NODEPORT])
+
+    # -- retries and drift -----------------------------------------------------------------
+
+    def _retry_later(self, slot: str, delay: float, again: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``again`` in ``delay`` seconds (one pending retry per slot of RETRY_PARTS)."""
+        if not self._retry_pending(slot):
+            self._retries[slot] = asyncio.create_task(self._retry(slot, delay, again))
+
+    def _retry_pending(self, slot: str) -> bool:
+        task = self._retries.get(slot)
+        return task is not None and not task.done()
+
+    async def _retry(self, slot: str, delay: float, again: Callable[[], Awaitable[Any]]) -> None:
+        await asyncio.sleep(delay)
+        del self._retries[slot]            # a failing retry schedules the next one
+        for part in self.health.failing(RETRY_PARTS[slot]):
+            self.health.retrying(part)
+        log.info("retrying %s", slot)
+        try:
+            await again()
+        except Exception:
+            log.exception("retry of %s failed", slot)
+
+    async def _drift_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._drift_s)
+            await self.check_drift()
+
+    async def check_drift(self) -> dict[str, int]:
+        """Read back every map the agent writes and put back what differs from what it wrote.
+
+        Maps whose part is failing are left to their retry, which rewrites them whole.
+        Returns the entries put back per map.
+        """
+        checks: list[tuple[str, str, Callable[[], int]]] = []
+        if self.maps is not None:
+            checks += [(name, name, r.repair) for name, r in self.maps.reconcilers().items()]
+        if self.lb_maps is not None:
+            checks += [(PART_LB, name, fn) for name, fn in self.lb_maps.repairers().items()]
+        repaired: dict[str, int] = {}
+        for part, name, repair in checks:
+            async with self._lock:      # one map at a time: patches go on in between
+                pending = part in self._full or (part == PART_LB and self._lb_dirty is None)
+                if part in self.health.errors or pending:
+                    continue
+                try:
+                    repaired[name] = await asyncio.to_thread(repair)
+                except DatapathError as exc:
+                    self._part_failed(part, f"map {name} drift check failed: {exc}")
+                    continue
+            if repaired[name]:
+                log.warning("map %s had drifted: %d entries put back", name, repaired[name])
+                DRIFT.labels(self.cfg.name, name).inc(repaired[name])
+        self.health.repaired(repaired)
+        return repaired
+
+    def _part_failed(self, part: str, message: str) -> None:
+        """A map part failed: rewrite it whole, after a backoff (called under the lock)."""
+        log.error("%s", message)
+        delay = self.health.failed(part, message)
+        if part == PART_LB:
+            if self.lb_maps is not None:
+                self.lb_maps.invalidate()
+            self._lb_dirty = None
+            self._retry_later(PART_LB, delay, self.reconcile_lb)
+            return
+        if self.maps is not None:
+            self.maps.reconcilers()[part].invalidate()   # a partial write: read it again
+        self._full.add(part)
+        self._retry_later(RETRY_NODE, delay, self.reconcile)
+
+    # -- load balancing --------------------------------------------------------------------
 
     async def _on_lb_event(self, d: Delivery) -> None:
         dirty = self.lb_state.apply(d.subject, d.event.type, d.event.data)
@@ -192,20 +387,31 @@ class NodeAgent:
         if d.pending == 0:
             await self.reconcile_lb()
 
-    async def reconcile_lb(self) -> None:
-        """Make the lb maps hold what the lb state says (services, backends, Maglev)."""
+    async def reconcile_lb(self) -> bool:
+        """Make the lb maps hold what the lb state says (services, backends, Maglev).
+
+        Returns True when they do."""
         async with self._lock:
+            if self.lb_maps is None:
+                return False
+            if PART_LB in self.health.errors and self._retry_pending(PART_LB):
+                return False    # its retry rewrites the lb maps whole, after the backoff
             dirty, self._lb_dirty = self._lb_dirty, LbDirty()
-            if self.lb_maps is None or (dirty is not None and not dirty):
-                return
+            if dirty is not None and not dirty:
+                return True
             plan = self.lb_state.plan(dirty)
             lb_maps = self.lb_maps
             try:
-                await asyncio.to_thread(self._patch_span, "lb", lambda: lb_maps.apply(plan))
+                results = await asyncio.to_thread(self._traced, PART_LB, None,
+                                                  lambda: lb_maps.apply(plan))
             except DatapathError as exc:
-                self.error = f"lb map update failed: {exc}"
-                log.error("%s", self.error)
-                self._lb_dirty = None       # full retry on the next change
+                self._part_failed(PART_LB, f"lb map update failed: {exc}")
+                return False
+            self._count(results)
+            self.health.succeeded([PART_LB])
+            return True
+
+    # -- durable position ------------------------------------------------------------------
 
     @property
     def _snapshot_path(self) -> Path:
@@ -232,16 +438,20 @@ class NodeAgent:
         log.info("resuming at stream sequence %s", state.revision + 1)
         return state.revision + 1
 
-    def _save_position(self) -> None:
+    async def _save_position(self) -> None:
         """Write the folded state and its sequence, atomically (called after a patch)."""
         now = time.monotonic()
         if now - self._saved_at < SNAPSHOT_EVERY_S:
             return
         self._saved_at = now
+        snapshot = self.node_state.snapshot()     # taken on the loop: the loop folds
+        await asyncio.to_thread(self._write_snapshot, snapshot)
+
+    def _write_snapshot(self, snapshot: dict[str, Any]) -> None:
         path = self._snapshot_path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgpack.packb(self.node_state.snapshot()))
+        tmp.write_bytes(msgpack.packb(snapshot))
         os.replace(tmp, path)
 
     async def _register_node(self) -> None:
@@ -294,78 +504,103 @@ class NodeAgent:
             self._live = self._live or d.pending == 0
             await self.reconcile()
 
-    async def reconcile(self) -> None:
-        """Make the maps hold what the state says, writing only the difference."""
+    async def reconcile(self) -> bool:
+        """Make the node maps hold what the state says, writing only the difference.
+
+        Returns True when they hold the folded state (``realized`` is its revision); False
+        when a part failed (it is retried) or the datapath is unavailable.
+        """
         async with self._lock:
+            if self.maps is None:
+                return False        # nothing written, nothing realized: the datapath says why
             dirty, self._dirty = self._dirty, Dirty()
-            if self.maps is None or not dirty:
-                # Nothing for this node: it has realized this revision all the same.
-                self._realized_seq = self.node_state.revision
-                return
-            try:
-                await asyncio.to_thread(self._patch, dirty)
-            except DatapathError as exc:
-                self.error = f"map update failed: {exc}"
-                log.error("%s", self.error)
-                self._dirty.merge(dirty)    # retried on the next change
-                return
-            self.error = None
-            self._realized_seq = self.node_state.revision
-            await asyncio.to_thread(self._save_position)
+            # A failing part waits for its retry (backoff), not for the next event.
+            waiting = self.health.failing(NODE_PARTS) if self._retry_pending(RETRY_NODE) \
+                else set()
+            plan = plan_node(self.node_state, dirty, self.local.values(),
+                             self._policy_subjects, self._full, skip=waiting)
+            if plan:
+                maps = self.maps
+                outcome = await asyncio.to_thread(self._write_node, maps, plan)
+                for part, result in outcome.items():
+                    if isinstance(result, DatapathError):
+                        self._part_failed(part, f"map update failed: {result}")
+                        continue
+                    self._count({part: result})
+                    self.health.succeeded([part])
+                    self._full.discard(part)
+                    if part == PART_POLICY:
+                        self._policy_subjects = plan.local_subjects
+            if self.health.failing(NODE_PARTS):
+                return False
+            self._realized_seq = plan.revision
+            self._realized_policy = dict(plan.policy_revisions)
+            await self._save_position()
         await self._publish_realized()
+        self._on_realized(plan)
+        return True
 
-    def _patch(self, dirty: Dirty) -> None:
-        assert self.maps is not None
-        maps = self.maps
-        eps = list(self.local.values())
-        local_ids = self.node_state.local_identities(eps) - {ID_INIT}
-        if dirty.ipcache:
-            self._span("ipcache", lambda: maps.ipcache.reconcile(self.node_state.desired_ipcache()))
-        if dirty.endpoints:
-            self._span("endpoints",
-                       lambda: maps.endpoints.reconcile(self.node_state.desired_endpoints(eps)))
-        gone = self._policy_subjects - local_ids
-        touched = local_ids if dirty.all_subjects else dirty.subjects & local_ids
-        if touched or gone:
-            subjects_now = touched | gone
-            desired = self.node_state.desired_policy(touched)
-            self._span("policy", lambda: maps.policy.reconcile(desired,
-                                                                subjects=sorted(subjects_now)))
-        self._policy_subjects = local_ids
+    def _on_realized(self, plan: NodePlan) -> None:
+        """After a successful patch: the node maps hold revision ``plan.revision``."""
+        REALIZED.labels(self.cfg.name).set(plan.revision)
 
-    def _span(self, name: str, patch: Any) -> ReconcileResult:
-        """One map patched inside a ``map patch <name>`` span."""
-        return self._patch_span(name, lambda: {name: patch()})[name]
+    def _write_node(self, maps: NodeMaps, plan: NodePlan) -> dict[str, WriteOutcome]:
+        """Write each part of ``plan`` (worker thread: it sees only the plan and the maps).
+        A part's failure is returned, not raised: the other parts are written all the same."""
+        writes: dict[str, Callable[[], dict[str, ReconcileResult]]] = {}
+        if plan.ipcache is not None:
+            ipcache = plan.ipcache
+            writes[PART_IPCACHE] = lambda: {PART_IPCACHE: maps.ipcache.reconcile(ipcache)}
+        if plan.endpoints is not None:
+            endpoints = plan.endpoints
+            writes[PART_ENDPOINTS] = lambda: {
+                PART_ENDPOINTS: maps.endpoints.reconcile(endpoints)}
+        if plan.policy is not None:
+            policy = plan.policy
+            scope = None if policy.subjects is None else sorted(policy.subjects)
+            writes[PART_POLICY] = lambda: {
+                PART_POLICY: maps.policy.reconcile(policy.desired, subjects=scope)}
+        out: dict[str, WriteOutcome] = {}
+        for part, write in writes.items():
+            try:
+                out[part] = self._traced(part, plan.revision, write)[part]
+            except DatapathError as exc:
+                out[part] = exc
+        return out
 
-    def _patch_span(self, name: str, patch: Any) -> dict[str, ReconcileResult]:
-        """Run ``patch`` (-> map name: result) in a span with what it wrote; count it."""
+    def _traced(self, name: str, revision: int | None,
+                patch: Callable[[], dict[str, ReconcileResult]]) -> dict[str, ReconcileResult]:
+        """Run ``patch`` (-> map name: result) in a ``map patch <name>`` span with what it
+        wrote (worker thread: counting happens on the loop, in :meth:`_count`)."""
         with _tracer.start_as_current_span(f"map patch {name}") as span:
-            results: dict[str, ReconcileResult] = patch()
-            span.set_attributes({
+            results = patch()
+            attrs: dict[str, Any] = {
                 "cilia.node": self.cfg.name, "cilia.map": name,
-                "cilia.revision": self.node_state.revision,
                 "cilia.added": sum(r.added for r in results.values()),
                 "cilia.updated": sum(r.updated for r in results.values()),
-                "cilia.deleted": sum(r.deleted for r in results.values())})
+                "cilia.deleted": sum(r.deleted for r in results.values())}
+            if revision is not None:
+                attrs["cilia.revision"] = revision
+            span.set_attributes(attrs)
+        return results
+
+    def _count(self, results: dict[str, ReconcileResult]) -> None:
         for map_name, r in results.items():
             for op, n in (("add", r.added), ("update", r.updated), ("delete", r.deleted)):
                 if n:
                     MAP_OPS.labels(self.cfg.name, map_name, op).inc(n)
             self.totals["writes"] += r.writes
         self.totals["reconciles"] += 1
-        return results
 
     async def _publish_realized(self) -> None:
         if self.bus is None or not self._live:
             return
-        rev = self.node_state.revision
+        rev = self._realized_seq
         if rev == self._realized_published:
             return
         self._realized_published = rev
-        REALIZED.labels(self.cfg.name).set(rev)
         data = {"node": self.cfg.name, "revision": rev,
-                "identities": {str(k): v for k, v in
-                               self.node_state.realized(self._policy_subjects).items()}}
+                "identities": {str(k): v for k, v in self._realized_policy.items()}}
         subject = subjects.agent_realized(self.cfg.name)
         await self.bus.publish_batch([Outgoing(subject, "agent.realized", data,
                                                f"agent/{self.cfg.name}/{rev}")])
@@ -426,11 +661,15 @@ class NodeAgent:
     async def _ct_gc(self) -> None:
         while True:
             await asyncio.sleep(CT_GC_INTERVAL_S)
-            for gc in (self.maps.conntrack.gc if self.maps else None,
-                       self.lb_maps.gc if self.lb_maps else None):
+            for part, gc in ((PART_CONNTRACK, self.maps.conntrack.gc if self.maps else None),
+                             (PART_LB_CT, self.lb_maps.gc if self.lb_maps else None)):
                 if gc is None:
                     continue
                 try:
                     await asyncio.to_thread(gc)
                 except DatapathError as exc:
-                    log.warning("conntrack GC failed: %s", exc)
+                    # The collector's own period is its retry.
+                    self.health.failed(part, f"conntrack GC failed: {exc}")
+                    log.warning("%s conntrack GC failed: %s", part, exc)
+                else:
+                    self.health.succeeded([part])

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.cli.status import assess
+from services.cli.status import assess, render
 from tests.support.cluster import CILIA, Cluster
 from tests.support.procs import REPO
 
@@ -125,3 +125,25 @@ def test_status_without_a_bus_fails_clearly(lab2: Cluster) -> None:
     res = subprocess.run([CILIA, "status"], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=60)
     assert res.returncode != 0 and "Error" in res.stderr
+
+
+def test_agent_errors_per_part_and_drift_repairs_per_map() -> None:
+    broken = agent("n2", 40, "lb: lb map update failed: map 'lb_backends': full")
+    broken["stats"].update(errors={"lb": "lb map update failed: map 'lb_backends': full"},
+                           drift={"policy": 2, "ipcache": 1, "endpoints": 0})
+    data = variant(services=[*HEALTHY["services"][:4], broken],
+                   nats={"url": "nats://x", "server": "2.10.0", "streams": 1, "consumers": 2},
+                   streams=[])
+    health = assess(data)
+    assert health["problems"] == ["agent n2: lb: lb map update failed: map 'lb_backends': full"]
+    n1, n2 = health["agents"]
+    assert (n1["errors"], n1["drift"]) == ({}, {})
+    assert n2["health"] == "error" and n2["drift"] == {"policy": 2, "ipcache": 1, "endpoints": 0}
+    lines = render(data, health).splitlines()
+    head = next(line for line in lines if line.startswith("NODE"))
+    assert "DRIFT REPAIRED" in head and "ERRORS" in head
+    row1 = next(line for line in lines if line.startswith("n1 "))
+    row2 = next(line for line in lines if line.startswith("n2 "))
+    assert row1.split()[-1] == "0"      # nothing repaired, no error
+    assert "ipcache=1 policy=2" in row2 and "endpoints" not in row2
+    assert row2.endswith("lb: lb map update failed: map 'lb_backends': full")

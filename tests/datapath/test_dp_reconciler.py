@@ -18,9 +18,11 @@ from services.nodeagent.datapath import (
     MapFullError,
     MemoryMapBackend,
     NodeMaps,
+    PinnedMapBackend,
     Programs,
     Reconciler,
 )
+from services.nodeagent.datapath.encode import encode_ipcache, ipcache_keys
 from services.nodeagent.datapath.metrics import possible_cpus
 
 
@@ -172,3 +174,40 @@ def test_possible_cpus_parsing() -> None:
     assert possible_cpus("0-1\n") == 2
     assert possible_cpus("0") == 1
     assert possible_cpus("0-3,6") == 7
+
+
+def test_repair_puts_back_what_drifted_in_the_kernel_map(maps: NodeMaps) -> None:
+    ipc = {"10.0.0.1/32": IpcacheEntry(300), "10.0.0.2/32": IpcacheEntry(301),
+           "10.0.0.3/32": IpcacheEntry(302)}
+    maps.ipcache.reconcile(ipc)
+    assert maps.ipcache.reconciler.repair() == 0          # nothing drifted
+    # Someone else writes through the pin: one entry deleted, one changed, one added.
+    with PinnedMapBackend(maps.pin_dir / "ipcache", *_sizes(maps, "ipcache")) as pin:
+        pin.delete(ipcache_keys(["10.0.0.1/32"]))
+        pin.update(list(encode_ipcache({"10.0.0.2/32": IpcacheEntry(2),
+                                        "10.9.0.0/16": IpcacheEntry(2)}).items()))
+    assert maps.ipcache.entries() != ipc
+    assert maps.ipcache.reconciler.repair() == 3          # exactly the three entries
+    assert maps.ipcache.entries() == ipc
+    assert maps.ipcache.reconciler.repair() == 0
+    assert maps.stats()["ipcache"]["repaired"] == 3
+    # A reconciler that never read its map has nothing to compare: it reads, repairs nothing.
+    fresh = Reconciler(maps.policy.reconciler.backend)
+    assert fresh.repair() == 0 and fresh.stats.reads == 1
+
+
+def test_repair_of_a_map_that_fails_forgets_the_mirror() -> None:
+    be = backend()
+    r = Reconciler(be)
+    r.reconcile(dict(kv(i) for i in range(3)))
+    be.data.pop(kv(0)[0])
+    be.fail_next = [OSError(errno.EIO, "io")]
+    with pytest.raises(MapError, match="iterate"):
+        r.repair()
+    assert r.stats.failures == 1
+    assert r.repair() == 0       # re-read: what the kernel holds is what it now believes
+
+
+def _sizes(maps: NodeMaps, name: str) -> tuple[int, int]:
+    rec = maps.reconcilers()[name].backend
+    return rec.key_size, rec.value_size

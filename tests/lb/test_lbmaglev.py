@@ -55,3 +55,20 @@ def test_placement_reuses_released_runs_and_reports_a_full_array(maps: LbMaps) -
     assert slots.value_of(14) == 9 and slots.tables([14]) == {14: [9]}
     with pytest.raises(MapFullError, match="no room"):
         slots.put(16, [1, 2] * (c.LB_MAGLEV_MAX // 2 + 1), res)
+
+
+def test_repair_puts_back_slots_that_drifted(maps: LbMaps) -> None:
+    arr = maps._backends[c.MAP_LB_MAGLEV]
+    slots = MaglevSlots(arr)
+    res = ReconcileResult()
+    slots.put(20, [1, 2, 3, 4] * 4, res)
+    slots.put(22, [7], res)                         # one backend: no slots to drift
+    assert slots.repair() == 0
+    base = slots.value_of(20)
+    write_slots(arr, [(base + 1, 99), (base + 6, 98)])   # written behind the agent's back
+    assert slots.repair() == 2
+    assert read_slots(arr, base, 16) == [1, 2, 3, 4] * 4
+    assert slots.repair() == 0
+    slots.invalidate()            # forgotten: read again, and nothing to compare with
+    write_slots(arr, [(base, 55)])
+    assert slots.repair() == 0

@@ -41,6 +41,7 @@ from tests.tunnel.capture import (
 )
 from tests.tunnel.threetier import (
     EXPECTED,
+    NO_DRIFT_CHECK,
     NS,
     PORTS,
     Placement,
@@ -223,7 +224,7 @@ def test_policy_verdicts_are_identical_in_native_and_tunnel_mode(tunnel: Cluster
 
     tmp = Path(tempfile.mkdtemp(prefix="cilia-native-"))
     try:
-        with cluster(tmp, nodes=2, routing="native") as native:
+        with cluster(tmp, nodes=2, routing="native", extra_env=NO_DRIFT_CHECK) as native:
             native_where = deploy(native)
             assert native_where.nodes == {a: n.replace(tunnel.lab, native.lab)
                                           for a, n in where.nodes.items()}

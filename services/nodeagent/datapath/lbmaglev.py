@@ -121,6 +121,28 @@ class MaglevSlots:
         self._contents[base] = out
         return out
 
+    def invalidate(self) -> None:
+        """Forget what the slots hold (after a failed write); they are read again on use."""
+        self._contents.clear()
+
+    def repair(self) -> int:
+        """Put back the slots of placed tables that differ in the kernel from what was
+        written (drift); returns how many. Tables not read or written yet are skipped."""
+        repaired = 0
+        for base, size in sorted(self.runs.values()):
+            written = self._contents.get(base)
+            if written is None or len(written) != size:
+                continue
+            try:
+                kernel = read_slots(self.backend, base, size)
+            except OSError as exc:
+                raise MapError(self.backend.name, "lookup", f"{exc.strerror}") from exc
+            writes = [(base + i, bid) for i, bid in enumerate(written) if kernel[i] != bid]
+            if writes:
+                write_slots(self.backend, writes)
+                repaired += len(writes)
+        return repaired
+
     def tables(self, logical: Iterable[int] | None = None) -> dict[int, list[int]]:
         """Logical table id -> backend id per slot."""
         wanted = self.known() if logical is None else set(logical) & self.known()

@@ -27,6 +27,7 @@ from services.nodeagent.datapath._byteorder import (
 from services.nodeagent.datapath.backend import MapBackend, PinnedMapBackend
 from services.nodeagent.datapath.encode import EncodeError
 from services.nodeagent.datapath.lbmaglev import MaglevSlots, read_slots, table_id
+from services.nodeagent.datapath.maps import check_pins
 from services.nodeagent.datapath.reconciler import Reconciler, ReconcileResult
 from services.nodeagent.datapath.twins import (
     LbAffinityKey,
@@ -196,6 +197,11 @@ _LB_TWINS: dict[str, tuple[type[Twin], type[Twin]]] = {
 }
 
 
+def check_lb_pins(node: str) -> None:
+    """:func:`~services.nodeagent.datapath.maps.check_pins` for the lb maps."""
+    check_pins(node, _LB_TWINS)
+
+
 class LbMaps:
     """The node's lb maps, opened from their pins (created by loading either program)."""
 
@@ -256,6 +262,18 @@ class LbMaps:
         # second pass: drop backends no longer wanted (after the frontends stopped using them)
         out["backends"] = self.backends.reconcile(bes)
         return out
+
+    def invalidate(self) -> None:
+        """Forget what the maps hold (after a failed apply): the next apply reads them."""
+        self.services.invalidate()
+        self.backends.invalidate()
+        self.maglev.invalidate()
+
+    def repairers(self) -> dict[str, Callable[[], int]]:
+        """Drift repair of each map the agent writes, by map name: each call puts back what
+        differs from what was written and returns how many entries or slots it wrote."""
+        return {c.MAP_LB_SERVICES: self.services.repair, c.MAP_LB_BACKENDS: self.backends.repair,
+                c.MAP_LB_MAGLEV: self.maglev.repair}
 
     def service_entries(self) -> dict[LbFrontend, LbServiceEntry]:
         return decode_services(self._backends[c.MAP_LB_SERVICES].read_all())

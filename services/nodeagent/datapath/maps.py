@@ -177,6 +177,21 @@ _MAP_TWINS: dict[str, tuple[type[Twin], type[Twin]]] = {
 }
 
 BackendFactory = Callable[[str, int, int], MapBackend]
+Twins = Mapping[str, tuple[type[Twin], type[Twin]]]
+
+
+def check_pins(node: str, twins: Twins | None = None) -> None:
+    """Check that the node's existing pins of ``twins`` (default: the node maps) have the
+    key and value sizes this build expects; absent pins are fine (loading creates them).
+    Cheap: nothing is compiled.
+
+    Raises:
+        MapError: a pin exists with other sizes (it names the map), or cannot be opened.
+    """
+    pins = c.pin_dir(node)
+    for name, (key, value) in (_MAP_TWINS if twins is None else twins).items():
+        if (pins / name).exists():
+            PinnedMapBackend(pins / name, ct.sizeof(key), ct.sizeof(value)).close()
 
 
 class NodeMaps:

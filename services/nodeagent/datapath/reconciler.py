@@ -7,6 +7,10 @@ map type allows), upserts before deletes so that a replaced entry never leaves a
 that reports full gets the deletes first on the next attempt. Transient errors are retried
 with exponential backoff after re-reading the map. Every operation is counted.
 
+The mirror is also what :meth:`Reconciler.repair` checks the kernel against: entries that
+someone else wrote, changed or deleted in the map since (drift) are put back as the mirror
+says, writing only those.
+
 Entries may be grouped into partitions (the policy map uses the subject identity) so that a
 change to one subject diffs only that subject's entries.
 """
@@ -55,6 +59,7 @@ class ReconcileStats:
     retries: int = 0
     failures: int = 0
     reads: int = 0
+    repaired: int = 0      # drifted entries put back by repair()
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -116,6 +121,37 @@ class Reconciler:
     def actual(self) -> dict[bytes, bytes]:
         """What the map holds, per the mirror (read from the map on first use)."""
         return {k: v for part in self._load(ReconcileResult()).values() for k, v in part.items()}
+
+    def repair(self) -> int:
+        """Make the kernel map hold what the mirror says it holds (drift repair).
+
+        Reads the whole map, writes back entries that are missing or changed, and deletes
+        entries the mirror does not know. Without a mirror yet, the map is read and nothing
+        can have drifted.
+
+        Returns:
+            How many entries were written or deleted.
+
+        Raises:
+            MapError: reading or writing the map failed (the mirror is then forgotten).
+        """
+        if self._mirror is None:
+            self._load(ReconcileResult())
+            return 0
+        belief = {k: v for part in self._mirror.values() for k, v in part.items()}
+        try:
+            d = diff_entries(self.backend.read_all(), belief)
+            for i in range(0, len(d.upserts), self.chunk):
+                self.backend.update(d.upserts[i:i + self.chunk])
+            for i in range(0, len(d.deletes), self.chunk):
+                self.backend.delete(d.deletes[i:i + self.chunk])
+        except MapError:
+            self.invalidate()
+            self.stats.failures += 1
+            raise
+        n = len(d.upserts) + len(d.deletes)
+        self.stats.repaired += n
+        return n
 
     def _load(self, result: ReconcileResult) -> dict[Partition, dict[bytes, bytes]]:
         if self._mirror is None:

@@ -1,0 +1,99 @@
+"""One patch of a node's maps, computed from the folded state as of one revision. Pure.
+
+The agent computes a :class:`NodePlan` on its event loop, where it folds the bus, so the plan
+is exactly the state of revision ``plan.revision``; the plan holds fresh, read-only copies and
+nothing else, and it is all the writer thread sees. When every part of the plan is written,
+the maps hold that revision: that, and nothing folded later, is what the agent reports
+realized.
+
+What a plan patches follows what changed (:class:`~services.nodeagent.state.Dirty`):
+the ipcache and endpoints maps are given their complete contents (the reconciler diffs them);
+the policy map is patched per subject identity (the local subjects whose rules, members or
+named ports may have moved, and the subjects no longer local, whose entries go). A part named
+in ``full`` (one that failed, or the first patch after start) is rewritten whole: the policy
+map then holds exactly the local subjects' entries, and anything else in it is deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from services.common.identities import ID_INIT
+from services.common.policytypes import PolicyKey, Verdict
+from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
+from services.nodeagent.health import PART_ENDPOINTS, PART_IPCACHE, PART_POLICY
+from services.nodeagent.state import Dirty, LocalEndpoint, NodeState
+
+
+@dataclass(frozen=True)
+class PolicyPatch:
+    """Policy entries of some subjects; ``subjects`` None: the whole map."""
+
+    desired: Mapping[PolicyKey, Verdict]
+    subjects: frozenset[int] | None
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """What the node maps must hold for ``revision``; a part left None is not patched."""
+
+    revision: int
+    local_subjects: frozenset[int]
+    policy_revisions: Mapping[int, int]       # local subject -> its policy revision
+    endpoint_identities: Mapping[str, int]    # local endpoint IP -> identity (ID_INIT: none)
+    ipcache: Mapping[str, IpcacheEntry] | None = None
+    endpoints: Mapping[str, EndpointEntry] | None = None
+    policy: PolicyPatch | None = None
+    parts: tuple[str, ...] = field(default=())
+
+    def __bool__(self) -> bool:
+        return bool(self.parts)
+
+
+def plan_node(state: NodeState, dirty: Dirty, endpoints: Iterable[LocalEndpoint],
+              written: frozenset[int] | None, full: Iterable[str] = (),
+              skip: Iterable[str] = ()) -> NodePlan:
+    """The patch that brings the node maps to ``state`` (as of ``state.revision``).
+
+    Args:
+        state: the folded state.
+        dirty: what changed since the last successful patch.
+        endpoints: this node's endpoints.
+        written: the subjects whose policy entries the map holds (None: unknown, e.g. after
+            a start, so the policy map is rewritten whole).
+        full: parts to rewrite whole, whatever ``dirty`` says.
+        skip: parts left out of this plan (failing ones waiting for their retry, which
+            rewrites them whole: what changed meanwhile is not lost).
+    """
+    full = set(full)
+    skip = set(skip)
+    eps = list(endpoints)
+    identities = {ep.ip: state.identity_of(ep.ip) or ID_INIT for ep in eps}
+    local = frozenset(set(identities.values()) - {ID_INIT})
+    parts: list[str] = []
+    ipcache = endpoint_entries = None
+    if (dirty.ipcache or PART_IPCACHE in full) and PART_IPCACHE not in skip:
+        ipcache = MappingProxyType(state.desired_ipcache())
+        parts.append(PART_IPCACHE)
+    if (dirty.endpoints or PART_ENDPOINTS in full) and PART_ENDPOINTS not in skip:
+        endpoint_entries = MappingProxyType(state.desired_endpoints(eps))
+        parts.append(PART_ENDPOINTS)
+    policy = None
+    if PART_POLICY in skip:
+        pass
+    elif written is None or PART_POLICY in full:
+        policy = PolicyPatch(MappingProxyType(state.desired_policy(sorted(local))), None)
+    else:
+        touched = local if dirty.all_subjects else dirty.subjects & local
+        scope = touched | (written - local)
+        if scope:
+            policy = PolicyPatch(MappingProxyType(state.desired_policy(sorted(touched))),
+                                 frozenset(scope))
+    if policy is not None:
+        parts.append(PART_POLICY)
+    return NodePlan(state.revision, local, MappingProxyType(state.realized(sorted(local))),
+                    MappingProxyType(identities), ipcache, endpoint_entries, policy,
+                    tuple(parts))
+
