@@ -209,6 +209,9 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct flow_tuple
 	ip = parse_header(skb, ETH_HLEN, CILIA_IP_MIN_HLEN);
 	if (!ip)
 		return -DROP_INVALID;
+	t->saddr = ip->saddr; /* even for an invalid header: the drop event names them */
+	t->daddr = ip->daddr;
+	t->proto = ip->protocol;
 	ihl = (ip->ihl & 0xf) * 4;
 	tot_len = bpf_ntohs(ip->tot_len);
 	if (!tot_len && skb->gso_size)
@@ -216,9 +219,6 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct flow_tuple
 	if (ip->version != 4 || ihl < CILIA_IP_MIN_HLEN || tot_len < ihl ||
 	    ETH_HLEN + tot_len > skb->len)
 		return -DROP_INVALID;
-	t->saddr = ip->saddr;
-	t->daddr = ip->daddr;
-	t->proto = ip->protocol;
 	pi->ip_id = ip->id;
 	frag = bpf_ntohs(ip->frag_off);
 	if (frag & CILIA_IP_OFFSET_MASK) {
