@@ -40,6 +40,7 @@ from tests.datapath.netlab import (
     DENIED_TIMEOUT_S,
     UdpEcho,
     in_netns,
+    tcp_ok,
     tcp_open,
 )
 from tests.datapath.test_dp_policy_traffic import configure, tcp_rule
@@ -348,6 +349,7 @@ def test_metrics_list_shows_the_counters(env: Env) -> None:
     p1, p2, _ = env.pods
     configure(env, enforce={1: (True, False)},
               policy={tcp_rule(ID_POD2, ID_POD1, IN, 80): Verdict.ALLOW})
+    assert tcp_ok(p1, p2.ip, 80)
     host, pod = _macs(env)
     send(p1.name, "eth0", eth(host, pod, ETH_P_IPV6, ipv6_udp(bytes(16), bytes(16), b"x")))
     expected = {(r.code, r.direction): r for r in _by_reason(env)}
