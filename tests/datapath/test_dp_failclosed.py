@@ -357,7 +357,7 @@ def test_metrics_list_shows_the_counters(env: Env) -> None:
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
     shown = {(r["reason_code"], r["direction"]): r for r in rows}
-    assert set(shown) == set(expected)
+    assert set(expected) <= set(shown), "every counter the map holds is listed"
     v6 = shown[(139, "egress")]
     assert (v6["reason"], v6["verdict"], v6["node"]) == (
         "unsupported L3 protocol", "DROPPED", env.node)
