@@ -48,12 +48,16 @@ def eth(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
 
 
 def ipv4(src: str, dst: str, proto: int, payload: bytes, ident: int = 0x4242,
-         frag: int = 0, ihl: int = 5, tot_len: int | None = None, ttl: int = 64) -> bytes:
-    """An IPv4 header (``ihl``/``tot_len`` may lie, for invalid packets) and its payload;
-    ``frag`` is the flags + offset field (offset in 8-byte units)."""
-    length = 20 + len(payload) if tot_len is None else tot_len
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, length, ident, frag, ttl, proto, 0,
-                      socket.inet_aton(src), socket.inet_aton(dst))
+         frag: int = 0, ihl: int | None = None, tot_len: int | None = None, ttl: int = 64,
+         options: bytes = b"") -> bytes:
+    """An IPv4 header (``ihl``/``tot_len`` may lie, for invalid packets) with ``options``
+    (a multiple of 4 bytes) and its payload; ``frag`` is the flags + offset field (offset in
+    8-byte units)."""
+    hlen = 20 + len(options)
+    length = hlen + len(payload) if tot_len is None else tot_len
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | (hlen // 4 if ihl is None else ihl), 0, length,
+                      ident, frag, ttl, proto, 0, socket.inet_aton(src),
+                      socket.inet_aton(dst)) + options
     hdr = hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
     return hdr + payload
 
