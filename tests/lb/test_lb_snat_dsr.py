@@ -173,3 +173,28 @@ def test_a_forged_dsr_option_from_outside_writes_nothing(lab: LbLab, mode: str) 
         s.close()
         assert [e for e in node.lbmaps.ct_entries()
                 if e.kind == "revnat" and e.dport == CLIENT_PORT + 2]
+
+
+def test_purge_forgets_every_flow_of_an_address(lab: LbLab) -> None:
+    lab.set_mode("snat")
+    conns = [connect_from(lab, client_ip(i), CLIENT_PORT + 3) for i in range(CLIENTS)]
+    try:
+        assert all(s is not None and read_who(s) for s in conns)
+        maps = lab.nodes[0].lbmaps
+        gone = lab.nodes[1].pods[0].ip
+        kept = lab.nodes[1].pods[1].ip
+        entries = maps.ct_entries()
+
+        chose = {e.backend_id for e in entries if e.kind == "snat" and e.src == gone}
+        assert chose and [e for e in entries if e.kind == "snat" and e.src == kept]
+        deleted = maps.purge([gone])
+        after = maps.ct_entries()
+        assert deleted > 0
+        assert not [e for e in after if gone in (e.src, e.dst) or e.nat.startswith(f"{gone}:")]
+        assert not [e for e in after if e.kind in ("service", "snat", "snat-fwd")
+                    and e.backend_id in chose], "flows that chose it are forgotten too"
+        assert [e for e in after if e.kind == "snat" and e.src == kept], "others stay"
+    finally:
+        for s in conns:
+            if s is not None:
+                s.close()
