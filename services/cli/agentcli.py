@@ -1,4 +1,5 @@
-"""Node-level commands: ``endpoint list``, ``bpf ipcache|policy list/get``, ``observe``.
+"""Node-level commands: ``endpoint list``, ``bpf ipcache|policy|metrics list/get``,
+``observe``.
 
 Map contents are read from the kernel (the pinned maps under /sys/fs/bpf/cilia/<node>), so
 they show what the datapath holds even while an agent is down. Names and labels come from the
@@ -25,7 +26,7 @@ from services.common.errors import CiliaError, CodecError
 from services.common.identities import RESERVED
 from services.common.policytypes import ANY_PEER, PROTO_NAMES, Direction
 from services.nodeagent.datapath import DatapathError, open_maps
-from services.nodeagent.datapath.constants import PIN_ROOT
+from services.nodeagent.datapath.constants import FORWARD_REASON_LIMIT, PIN_ROOT
 
 OBSERVE_COLLECT_S = 0.5
 
@@ -136,6 +137,42 @@ def bpf_ipcache_list(ctx: CliContext, node: str | None, output: str) -> None:
     click.echo(tabulate([[r["prefix"], f"identity={r['identity']} encryptkey=0 "
                           f"tunnelendpoint={r['tunnel_endpoint']}", r["node"]] for r in rows],
                         headers=["IP PREFIX/ADDRESS", "IDENTITY", "NODE"], tablefmt="plain"))
+
+
+@bpf_group.group("metrics")
+def bpf_metrics() -> None:
+    """The datapath's verdict counters."""
+
+
+@bpf_metrics.command("list")
+@click.option("--node", default=None)
+@output_option
+@pass_ctx
+def bpf_metrics_list(ctx: CliContext, node: str | None, output: str) -> None:
+    """Packets and bytes by verdict reason and direction, from the kernel (like
+    `cilium-dbg bpf metrics list`): every drop, and the new flows forwarded."""
+    rows = []
+    for name in nodes_with_maps(ctx, node):
+        with _open(name) as maps:
+            try:
+                metrics = maps.metrics()
+            except DatapathError as exc:
+                raise click.ClickException(f"node {name}: {exc}") from exc
+            try:
+                counts = metrics.by_reason()
+            finally:
+                metrics.close()
+        rows += [{"node": name, "reason": r.reason, "reason_code": r.code,
+                  "verdict": "FORWARDED" if r.code < FORWARD_REASON_LIMIT else "DROPPED",
+                  "direction": r.direction, "packets": r.packets, "bytes": r.bytes}
+                 for r in counts]
+    if output == "json":
+        print_json(rows)
+        return
+    click.echo(tabulate([[r["reason"], r["direction"].upper(), r["packets"], r["bytes"],
+                          r["node"]] for r in rows],
+                        headers=["REASON", "DIRECTION", "PACKETS", "BYTES", "NODE"],
+                        tablefmt="plain"))
 
 
 @bpf_group.group("policy")

@@ -72,7 +72,7 @@ from services.nodeagent.datapath import (
     detach,
 )
 from services.nodeagent.datapath.lbmaps import LbMaps, check_lb_pins
-from services.nodeagent.datapath.lbnodeport import NodePortProgram
+from services.nodeagent.datapath.lbnodeport import NodePortProgram, device_mac
 from services.nodeagent.datapath.maps import check_pins
 from services.nodeagent.datapath.overlay import setup_overlay
 from services.nodeagent.endpoints import Endpoint, NodeConfig
@@ -88,7 +88,7 @@ from services.nodeagent.health import (
     PART_POLICY,
     DatapathHealth,
 )
-from services.nodeagent.lbstate import LbDirty, LbNodeState
+from services.nodeagent.lbstate import NODE_MAC_ANNOTATION, LbDirty, LbNodeState
 from services.nodeagent.patchplan import NodePlan, plan_node
 from services.nodeagent.state import Dirty, LocalEndpoint, NodeState
 
@@ -153,6 +153,7 @@ class NodeAgent:
                                     lb_mode=os.environ.get(LB_MODE_ENV, "snat"))
         self.lb_maps: LbMaps | None = None
         self.nodeport: NodePortProgram | None = None
+        self.underlay_mac = ""      # of the NodePort device: other nodes trust its DSR options
         self._lb_dirty: LbDirty | None = None      # None: everything (the first reconcile)
         self.cni = CniServer(node, hooks=self)
         self.bus: Bus | None = None
@@ -299,7 +300,10 @@ class NodeAgent:
             if self.nodeport is None:
                 self.nodeport = await asyncio.to_thread(NodePortProgram, self.cfg.name)
             await asyncio.to_thread(self.nodeport.attach, device or DEFAULT_DEVICE,
-                                    self.cfg.netns, self.cfg.node_ip)
+                                    self.cfg.netns, self.cfg.node_ip,
+                                    self.lb_state.lb_mode == "dsr")
+            self.underlay_mac = await asyncio.to_thread(device_mac, device or DEFAULT_DEVICE,
+                                                        self.cfg.netns)
         except DatapathError as exc:
             message = f"NodePort programs not attached: {exc}"
             log.error("%s", message)
@@ -457,7 +461,10 @@ class NodeAgent:
     async def _register_node(self) -> None:
         """Publish this node's Node object, as a kubelet registers its node."""
         assert self.bus is not None
-        obj = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.cfg.name},
+        meta: dict[str, Any] = {"name": self.cfg.name}
+        if self.underlay_mac:
+            meta["annotations"] = {NODE_MAC_ANNOTATION: self.underlay_mac}
+        obj = {"apiVersion": "v1", "kind": "Node", "metadata": meta,
                "spec": {"podCIDR": self.cfg.pod_cidr},
                "status": {"addresses": [{"type": "InternalIP", "address": self.cfg.node_ip}]}}
         subject = subjects.source("Node", "", self.cfg.name)
@@ -477,7 +484,29 @@ class NodeAgent:
         self.local[ep.ipv4] = LocalEndpoint(ep.id, ep.ipv4, ep.host_ifindex, ep.host_ifname,
                                             f"{ep.pod_namespace}/{ep.pod_name}")
 
+    def _purge_flows(self, ip: str) -> dict[str, str]:
+        """Forget the conntrack and LB flows of an address: a deleted endpoint's flows go with
+        it, and a new endpoint on a reused address inherits none. Runs in a worker thread;
+        returns the failures by part for the loop to record."""
+        failed: dict[str, str] = {}
+        for part, purge in ((PART_CONNTRACK, self.maps.purge_flows if self.maps else None),
+                            (PART_LB_CT, self.lb_maps.purge if self.lb_maps else None)):
+            if purge is not None:
+                try:
+                    purge([ip])
+                except DatapathError as exc:
+                    failed[part] = f"purging the flows of {ip} failed: {exc}"
+        return failed
+
+    async def _purge(self, ip: str) -> None:
+        """:meth:`_purge_flows` off the loop; a failure is its part's error until the next
+        successful collection of that map."""
+        for part, message in (await asyncio.to_thread(self._purge_flows, ip)).items():
+            log.warning("%s", message)
+            self.health.failed(part, message)
+
     async def on_endpoint_created(self, ep: Endpoint) -> None:
+        await self._purge(ep.ipv4)
         await self._attach(ep)
         self._dirty.endpoints = True
         self._dirty.all_subjects = True
@@ -487,6 +516,7 @@ class NodeAgent:
         self.local.pop(ep.ipv4, None)
         if self.programs is not None:
             await asyncio.to_thread(detach, ep.host_ifname, ep.node_netns)
+        await self._purge(ep.ipv4)
         self._dirty.endpoints = True
         self._dirty.all_subjects = True
         await self.reconcile()

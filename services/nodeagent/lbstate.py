@@ -29,12 +29,14 @@ from typing import Any
 from services.lb.events import LbView, Touched
 from services.lb.maglev import DEFAULT_TABLE_SIZE, build_table
 from services.lb.resolve import STATE_ACTIVE, STATE_TERMINATING
+from services.nodeagent.datapath.encode import EncodeError
 from services.nodeagent.datapath.lbmaglev import table_id
 from services.nodeagent.datapath.lbmaps import (
     LbBackendEntry,
     LbFrontend,
     LbPlan,
     LbServiceEntry,
+    mac_bytes,
 )
 
 LB_MODES = ("snat", "dsr")
@@ -42,6 +44,9 @@ PORT_INDEX_BITS = 8              # service ports per service in a frontend id
 MAX_PORTS = 1 << PORT_INDEX_BITS
 NODE_KIND = "Node"
 NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
+# The Node annotation in which each agent publishes its underlay interface's MAC address: the
+# Ethernet source its frames carry, by which other nodes recognise its DSR options.
+NODE_MAC_ANNOTATION = "cilia.io/underlay-mac"
 
 
 def frontend_id(service_id: int, port_index: int) -> int:
@@ -77,6 +82,7 @@ class LbNodeState:
         self.maglev_size = maglev_size
         self.view = LbView()
         self.node_addrs: dict[str, list[str]] = {node: list(node_ips or [])}
+        self.node_macs: dict[str, str] = {}        # node name -> underlay MAC (annotation)
         self._tables_of: dict[int, set[int]] = {}     # service id -> its table ids (last plan)
         # Tables built during one plan() (the int and ext tables of a frontend are often the
         # same set); dropped afterwards: a table is 4 * maglev_size bytes in the kernel and
@@ -100,13 +106,38 @@ class LbNodeState:
                          if a.get("type") in NODE_ADDRESS_TYPES and "." in a["address"]]
             if name == self.node:
                 addrs = sorted(set(addrs) | set(self.node_addrs.get(name, [])))
+            macs_changed = self._fold_mac(name, data if event_type == "object.upsert" else {})
             if self.node_addrs.get(name) != addrs:
                 if addrs or name == self.node:
                     self.node_addrs[name] = addrs
                 else:
                     self.node_addrs.pop(name, None)
                 return LbDirty(nodes=True)
+            if macs_changed:
+                return LbDirty(nodes=True)
         return LbDirty()
+
+    def _fold_mac(self, name: str, data: dict[str, Any]) -> bool:
+        """Record a Node's underlay MAC (a malformed one is ignored: it could never match a
+        frame); True if it changed."""
+        meta = (data.get("object") or {}).get("metadata") or {}
+        mac = str((meta.get("annotations") or {}).get(NODE_MAC_ANNOTATION) or "").lower()
+        try:
+            mac_bytes(f"node {name}", mac)
+        except EncodeError:
+            mac = ""
+        if self.node_macs.get(name, "") == mac:
+            return False
+        if mac:
+            self.node_macs[name] = mac
+        else:
+            self.node_macs.pop(name, None)
+        return True
+
+    def desired_node_macs(self) -> dict[str, str]:
+        """Underlay MAC -> node IP of every node that published one (the DSR senders)."""
+        return {mac: (self.node_addrs.get(name) or ["0.0.0.0"])[0]
+                for name, mac in sorted(self.node_macs.items())}
 
     # -- desired state -------------------------------------------------------------------------
 
@@ -208,4 +239,5 @@ class LbNodeState:
         for sid in sorted(self._plans):
             services.update(self._plans[sid])
         self._cache.clear()
-        return LbPlan(services, self.backends(), tables, None if full else scope)
+        return LbPlan(services, self.backends(), tables, None if full else scope,
+                      self.desired_node_macs())

@@ -183,6 +183,9 @@ def roundtrip(s: socket.socket, payload: bytes = b"again") -> bool:
         return False
 
 
+UDP_MAX = 65535   # bytes: the largest datagram (a fragmented one is echoed whole)
+
+
 class UdpEcho:
     """UDP echo on one port of a pod, served from a thread of this process.
 
@@ -201,7 +204,7 @@ class UdpEcho:
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
-                data, peer = self.sock.recvfrom(2048)
+                data, peer = self.sock.recvfrom(UDP_MAX)
                 self.sock.sendto(data if self.reply is None else self.reply, peer)
             except OSError:
                 continue

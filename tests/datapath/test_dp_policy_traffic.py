@@ -35,6 +35,7 @@ from services.nodeagent.datapath.constants import CT_LIFETIME_TCP
 from services.nodeagent.datapath.loader import TC_PARENT_EGRESS, TC_PARENT_INGRESS
 from tests.datapath.conftest import ID_POD1, ID_POD2, ID_POD3, Env
 from tests.datapath.netlab import (
+    ALLOWED_TIMEOUT_S,
     DENIED_TIMEOUT_S,
     UdpEcho,
     ping_ok,
@@ -102,12 +103,17 @@ def test_replies_pass_but_reverse_direction_is_denied(env: Env) -> None:
     conn = tcp_open(p1, p2.ip, 80)
     try:
         assert roundtrip(conn)
+        assert roundtrip(conn), "replies pass on conntrack, forward packets on the policy"
         env.maps.policy.reconcile({})
-        assert roundtrip(conn), "an established flow outlives the policy that allowed it"
         assert tcp_blocked(p1, p2.ip, 80), "a new connection needs the policy"
-        env.maps.conntrack.expire_all()
         conn.settimeout(DENIED_TIMEOUT_S)
-        assert not roundtrip(conn), "once its entries expire, the flow is checked again"
+        assert not roundtrip(conn, b"denied"), \
+            "the established flow's forward packets are checked against the current policy"
+        assert [e for e in env.maps.conntrack.entries() if e.dport == 80 and e.src == p1.ip], \
+            "the flow is still tracked: the policy, not an expiry, stopped it"
+        env.maps.policy.reconcile(allow)
+        conn.settimeout(ALLOWED_TIMEOUT_S * 3)
+        assert conn.recv(64) == b"denied", "allowed again, the retransmission gets through"
     finally:
         conn.close()
 

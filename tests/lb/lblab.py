@@ -17,6 +17,7 @@ from typing import Any
 
 from pyroute2 import NetNS, netns
 
+from services.common import subjects
 from services.common.policytypes import Direction, PolicyKey, Verdict
 from services.lb.events import backend_subject, members_subject, service_subject
 from services.nodeagent.datapath import (
@@ -28,8 +29,8 @@ from services.nodeagent.datapath import (
     unpin,
 )
 from services.nodeagent.datapath.lbmaps import LbMaps
-from services.nodeagent.datapath.lbnodeport import NodePortProgram
-from services.nodeagent.lbstate import LbNodeState
+from services.nodeagent.datapath.lbnodeport import NodePortProgram, device_mac
+from services.nodeagent.lbstate import NODE_MAC_ANNOTATION, LbNodeState
 from tests.datapath.netlab import ALLOWED_TIMEOUT_S, NodeLab, Pod, UdpEcho, in_netns
 
 UNDERLAY_PREFIX = 24
@@ -200,7 +201,8 @@ class LbLab:
             for pod in nl.pods:
                 attach(programs, pod.host_if, netns=nl.node_ns)
             nodeport = NodePortProgram(name)
-            nodeport.attach(UPLINK, netns=nl.node_ns, node_ip=node_ip(i))
+            nodeport.attach(UPLINK, netns=nl.node_ns, node_ip=node_ip(i),
+                            dsr=lb_mode == "dsr")
             node = LbNode(name, node_ip(i), nl, programs, nodeport, NodeMaps(name),
                           LbMaps(name), LbNodeState(name, node_ips=[node_ip(i)],
                                                     lb_mode=lb_mode, maglev_size=251))
@@ -208,6 +210,30 @@ class LbLab:
             for pod in nl.pods:
                 identity += 1
                 self.servers.append(WhoServer(pod.name, pod.ip))
+        for node in self.nodes:
+            self.register(node)
+        self.configure()
+
+    def register(self, node: LbNode) -> None:
+        """Publish a node's Node object with its underlay MAC, as its agent does."""
+        obj = {"apiVersion": "v1", "kind": "Node",
+               "metadata": {"name": node.name, "annotations": {
+                   NODE_MAC_ANNOTATION: device_mac(UPLINK, node.lab.node_ns)}},
+               "status": {"addresses": [{"type": "InternalIP", "address": node.ip}]}}
+        self.publish(subjects.source("Node", "", node.name), "object.upsert",
+                     {"kind": "Node", "namespace": "", "name": node.name, "object": obj})
+
+    def set_mode(self, mode: str) -> None:
+        """Re-plan every node in ``mode`` from the same folded events, and write the mode into
+        its lb_config (an agent restart with CILIA_LB_MODE)."""
+        for node in self.nodes:
+            fresh = LbNodeState(node.name, node_ips=[node.ip], lb_mode=mode, maglev_size=251)
+            fresh.view = node.state.view
+            fresh.node_addrs = node.state.node_addrs
+            fresh.node_macs = node.state.node_macs
+            node.state = fresh
+            node.lbmaps.apply(fresh.plan())
+            node.nodeport.set_config(node.ip, dsr=mode == "dsr")
         self.configure()
 
     def _uplink(self, ns: str, ifname: str, port_tag: str, address: str) -> None:

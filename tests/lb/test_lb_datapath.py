@@ -223,6 +223,7 @@ def test_agent_restart_rewrites_nothing(svc: LbLab) -> None:
     node = svc.nodes[0]
     fresh = LbNodeState(node.name, node_ips=[node.ip], maglev_size=251)
     fresh.view = node.state.view          # the same events folded again
+    fresh.node_addrs, fresh.node_macs = node.state.node_addrs, node.state.node_macs
     with LbMaps(node.name) as maps:       # opened from the pins, like a restarted agent
         results = maps.apply(fresh.plan())
     assert all(r.writes == 0 for r in results.values()), results

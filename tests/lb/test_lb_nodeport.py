@@ -11,7 +11,6 @@ from pyroute2 import NetNS
 
 from services.nodeagent.datapath import FlowReader
 from services.nodeagent.datapath.constants import DROP_NO_SERVICE
-from services.nodeagent.lbstate import LbNodeState
 from tests.datapath.netlab import DENIED_TIMEOUT_S, in_netns
 from tests.lb.lblab import (
     EXT_IP,
@@ -58,14 +57,7 @@ def lab() -> Iterator[LbLab]:
 
 
 def set_mode(lab: LbLab, mode: str) -> None:
-    """Re-plan every node in ``mode`` from the same folded events (an agent restart with
-    ``--lb-mode``)."""
-    for node in lab.nodes:
-        fresh = LbNodeState(node.name, node_ips=[node.ip], lb_mode=mode, maglev_size=251)
-        fresh.view = node.state.view
-        node.state = fresh
-        node.lbmaps.apply(fresh.plan())
-    lab.configure()
+    lab.set_mode(mode)
 
 
 def backends(lab: LbLab) -> set[str]:

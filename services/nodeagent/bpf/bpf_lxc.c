@@ -2,7 +2,8 @@
  *
  * cil_from_pod runs on tc ingress of the host-side veth (packets leaving the pod: the pod's
  * egress policy); cil_to_pod runs on tc egress (packets entering the pod: its ingress policy).
- * Forwarding itself is left to the node's kernel routes.
+ * Forwarding itself is left to the node's kernel routes. Both fail closed: a frame they cannot
+ * classify is dropped with its reason (lib/parse.h), ARP excepted.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -11,6 +12,7 @@
 
 #include "lib/types.h"
 #include "lib/parse.h"
+#include "lib/frag.h"
 #include "lib/ipcache.h"
 #include "lib/endpoints.h"
 #include "lib/policy.h"
@@ -19,15 +21,43 @@
 #include "lib/lb_hook.h"
 #include "lib/overlay.h"
 
-/* Connection tracking, then (new flows only) identities, policy and a verdict event. */
+#define LXC_CONTINUE -1 /* lxc_parse(): go on with the parsed packet */
+
+/* Parse a frame and give later fragments their ports. LXC_CONTINUE for an IPv4 packet to
+ * enforce, else the verdict (ARP passes; the rest is dropped with its reason). */
+static __always_inline int lxc_parse(struct __sk_buff *skb, struct flow_tuple *t,
+				     struct pkt_info *pi, u8 dir)
+{
+	int ret = parse_packet(skb, t, pi);
+
+	if (ret == PARSE_PASS)
+		return TC_ACT_OK;
+	if (ret == PARSE_OK && pi->frag == PKT_FRAG_FIRST)
+		frag_record(t, pi->ip_id);
+	if (ret == PARSE_OK && pi->frag == PKT_FRAG_LATER && frag_ports(t, pi->ip_id) < 0)
+		ret = -DROP_FRAG_NOT_FOUND;
+	if (ret == PARSE_OK)
+		return LXC_CONTINUE;
+	emit_flow(skb, t, dir, FLOW_VERDICT_DROPPED, -ret, CILIA_ID_UNKNOWN, CILIA_ID_UNKNOWN, 0);
+	return TC_ACT_SHOT;
+}
+
+/* Conntrack and policy. Replies and ICMP errors related to a tracked flow pass; every other
+ * packet, established flows' included, gets the current policy's verdict, and a new flow
+ * that passes gets a conntrack entry and a verdict event. */
 static __always_inline int enforce(struct __sk_buff *skb, const struct flow_tuple *t,
-				   const struct endpoint_value *ep, u8 dir)
+				   const struct pkt_info *pi, const struct endpoint_value *ep,
+				   u8 dir)
 {
 	u64 now = bpf_ktime_get_ns();
 	u32 peer, src_id, dst_id;
 	u8 verdict, reason;
+	int ct;
 
-	if (ct_lookup(t, dir, now) != CT_NEW)
+	if (pi->icmp_error && ct_related(&pi->inner, dir, now) == CT_RELATED)
+		return TC_ACT_OK;
+	ct = ct_lookup(t, dir, now);
+	if (ct == CT_REPLY)
 		return TC_ACT_OK;
 
 	/* A source that came through the tunnel carries its identity (lib/overlay.h). */
@@ -46,6 +76,8 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct flow_tupl
 			  ep->endpoint_id);
 		return TC_ACT_SHOT;
 	}
+	if (ct == CT_ESTABLISHED)
+		return TC_ACT_OK;
 	reason = verdict == POLICY_VERDICT_ALLOW ? FLOW_REASON_POLICY_ALLOWED
 						 : FLOW_REASON_NOT_ENFORCED;
 	ct_create(t, dir, now);
@@ -56,11 +88,14 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct flow_tupl
 int cil_from_pod(struct __sk_buff *skb)
 {
 	struct flow_tuple t = {};
+	struct pkt_info pi = {};
 	struct endpoint_value *ep;
+	int ret;
 
-	if (parse_ipv4(skb, &t) < 0)
-		return TC_ACT_OK;
-	if (svc_translate(skb, &t) < 0)
+	ret = lxc_parse(skb, &t, &pi, CILIA_DIR_EGRESS);
+	if (ret != LXC_CONTINUE)
+		return ret;
+	if (pi.frag != PKT_FRAG_LATER && svc_translate(skb, &t) < 0)
 		return TC_ACT_SHOT;
 	ep = endpoint_lookup(t.saddr);
 	if (!ep || (ep->ifindex && ep->ifindex != skb->ifindex)) {
@@ -68,20 +103,23 @@ int cil_from_pod(struct __sk_buff *skb)
 			  CILIA_ID_UNKNOWN, ipcache_identity(t.daddr), 0);
 		return TC_ACT_SHOT;
 	}
-	return enforce(skb, &t, ep, CILIA_DIR_EGRESS);
+	return enforce(skb, &t, &pi, ep, CILIA_DIR_EGRESS);
 }
 
 int cil_to_pod(struct __sk_buff *skb)
 {
 	struct flow_tuple t = {};
+	struct pkt_info pi = {};
 	struct endpoint_value *ep;
+	int ret;
 
-	if (parse_ipv4(skb, &t) < 0)
-		return TC_ACT_OK;
-	if (svc_reverse_nat(skb, &t) < 0)
+	ret = lxc_parse(skb, &t, &pi, CILIA_DIR_INGRESS);
+	if (ret != LXC_CONTINUE)
+		return ret;
+	if (pi.frag != PKT_FRAG_LATER && svc_reverse_nat(skb, &t) < 0)
 		return TC_ACT_SHOT;
 	ep = endpoint_lookup(t.daddr);
 	if (!ep)
 		return TC_ACT_OK;
-	return enforce(skb, &t, ep, CILIA_DIR_INGRESS);
+	return enforce(skb, &t, &pi, ep, CILIA_DIR_INGRESS);
 }

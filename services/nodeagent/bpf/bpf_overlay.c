@@ -5,7 +5,9 @@
  * else the gateway of the kernel's route, which is the remote node's address) and puts the
  * source's security identity in the VNI.
  * cil_from_overlay runs on tc ingress, after decapsulation: it reads the VNI and hands the
- * identity to the destination pod's cil_to_pod in skb->mark (lib/overlay.h).
+ * identity to the destination pod's cil_to_pod in skb->mark (lib/overlay.h). It passes every
+ * decapsulated frame it cannot parse: it only labels packets, and the destination pod's
+ * cil_to_pod drops what it cannot classify (the node's own traffic keeps working).
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -54,10 +56,18 @@ int cil_to_overlay(struct __sk_buff *skb)
 	struct ipcache_key ck = { .prefixlen = 32 };
 	struct ipcache_value *dst;
 	struct flow_tuple t = {};
+	struct pkt_info pi = {};
 	u32 src_id, remote;
+	int ret;
 
-	if (parse_ipv4(skb, &t) < 0)
-		return TC_ACT_SHOT; /* nothing but IPv4 is routed into the tunnel */
+	/* Nothing but IPv4 is routed into the tunnel: anything else is dropped, counted. Later
+	 * fragments need no ports here (only addresses), so they go through as they are. */
+	ret = parse_packet(skb, &t, &pi);
+	if (ret != PARSE_OK) {
+		emit_flow(skb, &t, CILIA_DIR_EGRESS, FLOW_VERDICT_DROPPED,
+			  ret < 0 ? -ret : DROP_UNKNOWN_L3, CILIA_ID_UNKNOWN, CILIA_ID_UNKNOWN, 0);
+		return TC_ACT_SHOT;
+	}
 	src_id = local_source_identity(t.saddr);
 	ck.addr = t.daddr;
 	dst = cilia_ipcache.lookup(&ck);

@@ -25,6 +25,7 @@ MAP_POLICY = "policy"
 MAP_CONNTRACK = "conntrack"
 MAP_EVENTS = "events"
 MAP_METRICS = "metrics"
+MAP_FRAGMENTS = "fragments"     # first fragments' ports (lib/frag.h)
 # Service load balancing (lib/lb.h; services/nodeagent/datapath/lbmaps.py).
 MAP_LB_SERVICES = "lb_services"
 MAP_LB_BACKENDS = "lb_backends"
@@ -32,22 +33,30 @@ MAP_LB_MAGLEV = "lb_maglev_slots"
 MAP_LB_CT = "lb_ct"
 MAP_LB_AFFINITY = "lb_affinity"
 MAP_LB_CONFIG = "lb_config"
+MAP_LB_NODE_MACS = "lb_node_macs"   # underlay MACs of cluster nodes (DSR senders)
 LB_MAPS = (MAP_LB_SERVICES, MAP_LB_BACKENDS, MAP_LB_MAGLEV, MAP_LB_CT, MAP_LB_AFFINITY,
-           MAP_LB_CONFIG)
+           MAP_LB_CONFIG, MAP_LB_NODE_MACS)
 ALL_MAPS = (MAP_IPCACHE, MAP_ENDPOINTS, MAP_POLICY, MAP_CONNTRACK, MAP_EVENTS, MAP_METRICS,
-            *LB_MAPS)
+            MAP_FRAGMENTS, *LB_MAPS)
 
 # Map capacities (entries) and the ring buffer size (bytes, a power of two pages).
 IPCACHE_MAX = 65536
 ENDPOINTS_MAX = 4096
 POLICY_MAX = 65536
 CT_MAX = 131072
+FRAG_MAX = 8192                # datagrams in fragments tracked at once (LRU)
 EVENTS_BYTES = 1 << 22
 LB_SERVICES_MAX = 65536        # frontends (VIP, port, protocol)
 LB_BACKENDS_MAX = 65536
 LB_MAGLEV_MAX = 1 << 22        # Maglev slots of all tables together (an array: 16 MiB)
 LB_CT_MAX = 131072             # LB conntrack (LRU): chosen backends and reverse NAT
 LB_AFFINITY_MAX = 65536        # sessionAffinity ClientIP entries (LRU)
+LB_NODES_MAX = 4096            # cluster nodes whose underlay MAC may send DSR options
+# NodePort SNAT source ports (lb_config). Above Linux's default ephemeral range (32768-60999)
+# so that a port the node's own connections use is never taken for a translated flow.
+SNAT_PORT_MIN = 61000
+SNAT_PORT_MAX = 65535
+LB_CFG_F_DSR = 0x1             # lb_config.flags: honour DSR options from cluster nodes
 
 # Per-CPU verdict counters (lib/metrics.h): slot = reason * 2 + direction; slot 0 counts
 # events the ring buffer could not take.
@@ -86,7 +95,21 @@ DROP_POLICY = 133
 DROP_POLICY_DENY = 181
 DROP_NO_SERVICE = 158          # a service frontend without backends (lib/lb.h)
 DROP_NO_TUNNEL_ENDPOINT = 160  # tunnel mode: no node for the destination (lib/overlay.h)
+DROP_INVALID = 134             # truncated or invalid IPv4 header (lib/parse.h)
+DROP_UNKNOWN_L3 = 139          # an ethertype other than IPv4/ARP, IPv6 included
+DROP_UNSUPPORTED_L2 = 166      # not an Ethernet II frame
+DROP_NAT_NO_MAPPING = 167      # NodePort SNAT: no free source port (bpf_nodeport.c)
+DROP_UNKNOWN_SENDER = 172      # DSR option from a host that is no cluster node
+DROP_FRAG_NOT_FOUND = 175      # later IPv4 fragment without its first (lib/frag.h)
+DROP_VLAN_FILTERED = 182       # VLAN-tagged frame on a pod veth
 REASON_NAMES = {
+    DROP_INVALID: "invalid packet",
+    DROP_UNKNOWN_L3: "unsupported L3 protocol",
+    DROP_UNSUPPORTED_L2: "unsupported L2 protocol",
+    DROP_NAT_NO_MAPPING: "no mapping for NAT masquerade",
+    DROP_UNKNOWN_SENDER: "unknown sender",
+    DROP_FRAG_NOT_FOUND: "first logical datagram fragment not found",
+    DROP_VLAN_FILTERED: "VLAN traffic disallowed by VLAN filter",
     DROP_NO_SERVICE: "no service backend",
     DROP_NO_TUNNEL_ENDPOINT: "no tunnel endpoint",
     REASON_POLICY_ALLOWED: "policy allowed",
@@ -115,6 +138,7 @@ def build_cflags(node_pin_dir: Path) -> list[str]:
         "CILIA_ENDPOINTS_MAX": ENDPOINTS_MAX,
         "CILIA_POLICY_MAX": POLICY_MAX,
         "CILIA_CT_MAX": CT_MAX,
+        "CILIA_FRAG_MAX": FRAG_MAX,
         "CILIA_EVENTS_BYTES": EVENTS_BYTES,
         "CILIA_CT_LIFETIME_TCP": CT_LIFETIME_TCP,
         "CILIA_CT_LIFETIME_SYN": CT_LIFETIME_SYN,
@@ -126,5 +150,6 @@ def build_cflags(node_pin_dir: Path) -> list[str]:
         "CILIA_LB_MAGLEV_MAX": LB_MAGLEV_MAX,
         "CILIA_LB_CT_MAX": LB_CT_MAX,
         "CILIA_LB_AFFINITY_MAX": LB_AFFINITY_MAX,
+        "CILIA_LB_NODES_MAX": LB_NODES_MAX,
     }
     return [f"-D{name}={value}" for name, value in defines.items()]

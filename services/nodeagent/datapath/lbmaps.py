@@ -37,6 +37,8 @@ from services.nodeagent.datapath.twins import (
     LbCtKey,
     LbCtValue,
     LbMaglevValue,
+    LbNodeMacKey,
+    LbNodeMacValue,
     LbSvcKey,
     LbSvcValue,
     Twin,
@@ -48,8 +50,10 @@ LB_SVC_F_EXTERNAL = 0x2
 LB_SVC_F_DSR = 0x4
 LB_BE_F_LOCAL = 0x1
 LB_BE_F_TERMINATING = 0x2
-LB_CT_SERVICE, LB_CT_REVNAT, LB_CT_SNAT = 1, 2, 3
-LB_CT_KINDS = {LB_CT_SERVICE: "service", LB_CT_REVNAT: "revnat", LB_CT_SNAT: "snat"}
+LB_CT_SERVICE, LB_CT_REVNAT, LB_CT_SNAT, LB_CT_SNAT_FWD = 1, 2, 3, 4
+LB_CT_KINDS = {LB_CT_SERVICE: "service", LB_CT_REVNAT: "revnat", LB_CT_SNAT: "snat",
+               LB_CT_SNAT_FWD: "snat-fwd"}
+MAC_BYTES = 6
 PROTO_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 PROTO_NAMES = {v: k for k, v in PROTO_NUMBERS.items()}
 U32_MAX = (1 << 32) - 1
@@ -93,8 +97,8 @@ class LbCtEntry(NamedTuple):
     proto: int
     backend_id: int
     svc_id: int
-    nat: str          # REVNAT: frontend ip:port; SNAT: client ip:port -> frontend ip:port
-    last_ns: int
+    nat: str          # REVNAT: frontend ip:port; SNAT: client ip:port -> frontend ip:port;
+    last_ns: int      # SNAT_FWD: node ip:allocated port
 
 
 def _check(what: str, fld: str, value: int, hi: int) -> None:
@@ -159,6 +163,37 @@ def encode_backends(desired: Mapping[int, LbBackendEntry]) -> dict[bytes, bytes]
     return out
 
 
+def mac_bytes(what: str, mac: str) -> bytes:
+    """``aa:bb:cc:dd:ee:ff`` as 6 bytes.
+
+    Raises:
+        EncodeError: not a MAC address (the message names ``what``).
+    """
+    try:
+        raw = bytes.fromhex(mac.replace(":", ""))
+    except (ValueError, AttributeError):
+        raw = b""
+    if len(raw) != MAC_BYTES or mac.count(":") != MAC_BYTES - 1:
+        raise EncodeError(f"{what}: field mac={mac!r} is not a MAC address")
+    return raw
+
+
+def encode_node_macs(desired: Mapping[str, str]) -> dict[bytes, bytes]:
+    """Underlay MAC -> node IP of the cluster's nodes (the DSR senders it trusts)."""
+    out: dict[bytes, bytes] = {}
+    for mac, ip in desired.items():
+        what = f"node mac {mac}"
+        key = LbNodeMacKey()
+        key.mac[:] = list(mac_bytes(what, mac))
+        out[key.to_bytes()] = LbNodeMacValue(node_ip=_addr(what, ip)).to_bytes()
+    return out
+
+
+def decode_node_macs(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {":".join(f"{b:02x}" for b in LbNodeMacKey.from_buffer_copy(kb).mac):
+            be32_to_ip(LbNodeMacValue.from_buffer_copy(vb).node_ip) for kb, vb in raw.items()}
+
+
 def decode_backends(raw: Mapping[bytes, bytes]) -> dict[int, LbBackendEntry]:
     out = {}
     for kb, vb in raw.items():
@@ -178,6 +213,7 @@ class LbPlan:
     backends: dict[int, LbBackendEntry] = field(default_factory=dict)
     tables: dict[int, list[int]] = field(default_factory=dict)
     table_scope: set[int] | None = None
+    node_macs: dict[str, str] | None = None     # underlay MAC -> node IP; None: unchanged
 
 
 BackendFactory = Callable[[str, int, int], MapBackend]
@@ -194,6 +230,7 @@ _LB_TWINS: dict[str, tuple[type[Twin], type[Twin]]] = {
     c.MAP_LB_MAGLEV: (_SlotKey, LbMaglevValue),
     c.MAP_LB_CT: (LbCtKey, LbCtValue),
     c.MAP_LB_AFFINITY: (LbAffinityKey, LbAffinityValue),
+    c.MAP_LB_NODE_MACS: (LbNodeMacKey, LbNodeMacValue),
 }
 
 
@@ -214,6 +251,7 @@ class LbMaps:
         self.services = Reconciler(self._backends[c.MAP_LB_SERVICES])
         self.backends = Reconciler(self._backends[c.MAP_LB_BACKENDS])
         self.maglev = MaglevSlots(self._backends[c.MAP_LB_MAGLEV])
+        self.node_macs = Reconciler(self._backends[c.MAP_LB_NODE_MACS])
         for entry in self.service_entries().values():     # a restarted agent's placement
             self.maglev.adopt(table_id(entry.svc_id, False), entry.table_int, entry.size_int)
             shared = (entry.table_ext, entry.size_ext) == (entry.table_int, entry.size_int)
@@ -247,6 +285,7 @@ class LbMaps:
         """
         bes = encode_backends(plan.backends)
         encode_services(plan.services)        # validate before any write
+        macs = None if plan.node_macs is None else encode_node_macs(plan.node_macs)
         out = {"backends": self.backends.reconcile({**self.backends.actual(), **bes})}
         mag = ReconcileResult()
         for logical, slots in sorted(plan.tables.items()):
@@ -261,6 +300,8 @@ class LbMaps:
         mag.deleted = len(gone)
         # second pass: drop backends no longer wanted (after the frontends stopped using them)
         out["backends"] = self.backends.reconcile(bes)
+        if macs is not None:
+            out["node_macs"] = self.node_macs.reconcile(macs)
         return out
 
     def invalidate(self) -> None:
@@ -268,12 +309,17 @@ class LbMaps:
         self.services.invalidate()
         self.backends.invalidate()
         self.maglev.invalidate()
+        self.node_macs.invalidate()
 
     def repairers(self) -> dict[str, Callable[[], int]]:
         """Drift repair of each map the agent writes, by map name: each call puts back what
         differs from what was written and returns how many entries or slots it wrote."""
         return {c.MAP_LB_SERVICES: self.services.repair, c.MAP_LB_BACKENDS: self.backends.repair,
-                c.MAP_LB_MAGLEV: self.maglev.repair}
+                c.MAP_LB_MAGLEV: self.maglev.repair, c.MAP_LB_NODE_MACS: self.node_macs.repair}
+
+    def node_mac_entries(self) -> dict[str, str]:
+        """Underlay MAC -> node IP, as the kernel holds them."""
+        return decode_node_macs(self._backends[c.MAP_LB_NODE_MACS].read_all())
 
     def service_entries(self) -> dict[LbFrontend, LbServiceEntry]:
         return decode_services(self._backends[c.MAP_LB_SERVICES].read_all())
@@ -297,7 +343,7 @@ class LbMaps:
         for kb, vb in self._backends[c.MAP_LB_CT].read_all().items():
             k = LbCtKey.from_buffer_copy(kb)
             v = LbCtValue.from_buffer_copy(vb)
-            nat = f"{be32_to_ip(v.addr)}:{be16_to_port(v.port)}" if v.addr else ""
+            nat = f"{be32_to_ip(v.addr)}:{be16_to_port(v.port)}" if v.addr or v.port else ""
             if v.addr2:
                 nat += f" -> {be32_to_ip(v.addr2)}:{be16_to_port(v.port2)}"
             out.append(LbCtEntry(LB_CT_KINDS.get(k.kind, str(k.kind)), be32_to_ip(k.saddr),
@@ -327,6 +373,35 @@ class LbMaps:
         if dead:
             backend.delete(dead)
         return len(dead)
+
+    def purge(self, addresses: Iterable[str]) -> int:
+        """Forget every LB conntrack and affinity entry that names one of ``addresses`` (an
+        endpoint that went away, or a new one on a reused address): as either end of the
+        key, in the translation it records, or as the address of the backend it chose.
+        Returns how many entries were deleted."""
+        addrs = {ip_to_be32(a) for a in addresses}
+        if not addrs:
+            return 0
+        bids = {LbBackendKey.from_buffer_copy(kb).id
+                for kb, vb in self._backends[c.MAP_LB_BACKENDS].read_all().items()
+                if LbBackendValue.from_buffer_copy(vb).addr in addrs}
+        ct_b = self._backends[c.MAP_LB_CT]
+        dead = []
+        for kb, vb in ct_b.read_all().items():
+            k = LbCtKey.from_buffer_copy(kb)
+            v = LbCtValue.from_buffer_copy(vb)
+            if ({k.saddr, k.daddr, v.addr, v.addr2} & addrs
+                    or (k.kind in (LB_CT_SERVICE, LB_CT_SNAT, LB_CT_SNAT_FWD)
+                        and v.backend_id in bids)):
+                dead.append(kb)
+        aff_b = self._backends[c.MAP_LB_AFFINITY]
+        gone = [kb for kb, vb in aff_b.read_all().items()
+                if LbAffinityKey.from_buffer_copy(kb).client in addrs
+                or LbAffinityValue.from_buffer_copy(vb).backend_id in bids]
+        for backend, keys in ((ct_b, dead), (aff_b, gone)):
+            if keys:
+                backend.delete(keys)
+        return len(dead) + len(gone)
 
     def flush_flows(self) -> None:
         """Forget LB conntrack and affinity (tests; a real agent never does this)."""

@@ -5,7 +5,8 @@ underlay-facing interface (``bpf_nodeport.c``). It shares the node's pinned maps
 programs, so whichever loads first creates them. Typical agent use::
 
     np = NodePortProgram(node)                  # compile + load
-    np.attach("eth0", netns="cilia-node1", node_ip="172.31.0.11")
+    np.attach("eth0", netns="cilia-node1", node_ip="172.31.0.11", dsr=False)
+    mac = device_mac("eth0", netns="cilia-node1")   # for the Node object's annotation
     ...
     detach_nodeport("eth0", netns="cilia-node1")
     np.close()
@@ -20,13 +21,14 @@ from bcc import BPF
 from services.nodeagent.datapath import constants as c
 from services.nodeagent.datapath._byteorder import ip_to_be32
 from services.nodeagent.datapath.backend import PinnedMapBackend
-from services.nodeagent.datapath.errors import ProgramLoadError, VerifierError
+from services.nodeagent.datapath.errors import AttachError, ProgramLoadError, VerifierError
 from services.nodeagent.datapath.loader import (
     _capture_stderr,
     attach_fds,
     expand_includes,
 )
 from services.nodeagent.datapath.twins import LbConfig
+from services.nodeagent.endpoints import open_iproute
 
 NODEPORT_SOURCE = "bpf_nodeport.c"
 PROG_FROM_NETDEV = "cil_from_netdev"   # tc ingress of the underlay interface
@@ -68,21 +70,52 @@ class NodePortProgram:
             self.bpf.close()
             raise
 
-    def set_node_ip(self, node_ip: str) -> None:
-        """The address SNAT'd traffic to remote backends leaves with (this node's)."""
-        with PinnedMapBackend(self.pin_dir / c.MAP_LB_CONFIG, 4, len(bytes(LbConfig()))) as m:
-            m.update([(_CONFIG_KEY, LbConfig(node_ip=ip_to_be32(node_ip)).to_bytes())])
+    def set_config(self, node_ip: str, dsr: bool = False, snat_ports: tuple[int, int] = (
+            c.SNAT_PORT_MIN, c.SNAT_PORT_MAX)) -> None:
+        """Write ``lb_config``: the address SNAT'd traffic to remote backends leaves with (this
+        node's), the SNAT source port range, and whether DSR options from cluster nodes are
+        honoured (``CILIA_LB_MODE=dsr``).
 
-    def attach(self, ifname: str, netns: str | None = None, node_ip: str | None = None) -> int:
+        Raises:
+            ValueError: the port range is empty or outside 1-65535.
+        """
+        low, high = snat_ports
+        if not 0 < low <= high <= c.MAX_PORT:
+            raise ValueError(f"lb_config: field snat_ports={snat_ports!r} is not a range "
+                             f"within 1-{c.MAX_PORT}")
+        cfg = LbConfig(node_ip=ip_to_be32(node_ip), flags=c.LB_CFG_F_DSR if dsr else 0,
+                       snat_port_min=low, snat_port_max=high)
+        with PinnedMapBackend(self.pin_dir / c.MAP_LB_CONFIG, 4, len(bytes(LbConfig()))) as m:
+            m.update([(_CONFIG_KEY, cfg.to_bytes())])
+
+    def attach(self, ifname: str, netns: str | None = None, node_ip: str | None = None,
+               dsr: bool = False) -> int:
         """Attach both programs to the underlay interface (replacing ours); returns its
-        ifindex. ``node_ip`` also sets the SNAT address."""
+        ifindex. ``node_ip`` also writes the configuration (SNAT address, ``dsr`` mode)."""
         if node_ip:
-            self.set_node_ip(node_ip)
+            self.set_config(node_ip, dsr)
         return attach_fds(self.fds, ifname, netns, PROG_FROM_NETDEV, PROG_TO_NETDEV)
 
     def close(self) -> None:
         """Release our handles; attached filters keep the programs running."""
         self.bpf.close()
+
+
+def device_mac(ifname: str, netns: str | None = None) -> str:
+    """The MAC address of ``ifname`` (``aa:bb:cc:dd:ee:ff``): what other nodes see as the
+    Ethernet source of this node's frames on the underlay.
+
+    Raises:
+        AttachError: the interface does not exist.
+    """
+    ipr = open_iproute(netns)
+    try:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise AttachError(f"interface {ifname!r} not found in netns {netns!r}")
+        return str(ipr.get_links(found[0])[0].get_attr("IFLA_ADDRESS"))
+    finally:
+        ipr.close()
 
 
 def detach_nodeport(ifname: str, netns: str | None = None) -> None:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from services.common.policytypes import PolicyKey, Verdict
 from services.nodeagent.datapath import constants as c
-from services.nodeagent.datapath._byteorder import be16_to_port, be32_to_ip
+from services.nodeagent.datapath._byteorder import be16_to_port, be32_to_ip, ip_to_be32
 from services.nodeagent.datapath.backend import MapBackend, PinnedMapBackend
 from services.nodeagent.datapath.encode import (
     EndpointEntry,
@@ -156,6 +156,19 @@ class ConntrackMap:
             self.backend.delete(expired)
         return len(expired)
 
+    def purge(self, addresses: Iterable[str]) -> int:
+        """Delete every entry with one of ``addresses`` at either end: the flows of an
+        endpoint that went away, so that a new endpoint on a reused address starts clean.
+        Returns how many."""
+        addrs = {ip_to_be32(a) for a in addresses}
+        if not addrs:
+            return 0
+        dead = [kb for kb in self.backend.read_all()
+                if {CtKey.from_buffer_copy(kb).saddr, CtKey.from_buffer_copy(kb).daddr} & addrs]
+        if dead:
+            self.backend.delete(dead)
+        return len(dead)
+
     def expire_all(self) -> int:
         """Set every entry's deadline to the past (they stop matching at once)."""
         items = []
@@ -211,6 +224,10 @@ class NodeMaps:
 
     def _pinned(self, name: str, key_size: int, value_size: int) -> MapBackend:
         return PinnedMapBackend(self.pin_dir / name, key_size, value_size)
+
+    def purge_flows(self, addresses: Iterable[str]) -> int:
+        """Forget the conntrack entries of ``addresses`` (see :meth:`ConntrackMap.purge`)."""
+        return self.conntrack.purge(addresses)
 
     def metrics(self) -> MetricsMap:
         """The per-CPU verdict counters (pinned maps only); close it when done."""

@@ -34,6 +34,14 @@ class Counter(NamedTuple):
     bytes: int
 
 
+class ReasonCount(NamedTuple):
+    code: int           # reason number (drops: Cilium's)
+    reason: str
+    direction: str      # "ingress" | "egress"
+    packets: int
+    bytes: int
+
+
 class MetricsMap:
     """Reads the pinned ``metrics`` per-CPU array."""
 
@@ -59,6 +67,17 @@ class MetricsMap:
                                else c.VERDICT_NAMES[c.FLOW_VERDICT_DROPPED])
                     out[VerdictCount(verdict, c.REASON_NAMES[reason],
                                      direction.name.lower())] = count
+        return out
+
+    def by_reason(self) -> list[ReasonCount]:
+        """Non-zero counters by reason code and direction, sorted (``bpf metrics list``)."""
+        out = []
+        for reason in sorted(c.REASON_NAMES):
+            for direction in Direction:
+                count = self._slot(reason << 1 | int(direction))
+                if count.packets:
+                    out.append(ReasonCount(reason, c.REASON_NAMES[reason],
+                                           direction.name.lower(), *count))
         return out
 
     def events_lost(self) -> int:

@@ -82,11 +82,30 @@ class CtValue(Twin):
     _fields_ = (("expires_ns", u64), ("created_ns", u64), ("flags", u8), ("pad", u8 * 7))
 
 
+# struct frag_key (lib/frag.h)
+class FragKey(Twin):
+    C_STRUCT, C_HEADER = "frag_key", "frag.h"
+    _fields_ = (("saddr", u32), ("daddr", u32), ("id", u16), ("proto", u8),
+                ("pad", u8))  # addresses, id: network byte order
+
+
+# struct frag_value (lib/frag.h)
+class FragValue(Twin):
+    C_STRUCT, C_HEADER = "frag_value", "frag.h"
+    _fields_ = (("sport", u16), ("dport", u16))  # network byte order
+
+
 # struct flow_tuple (lib/parse.h) -- lives on the BPF stack; twinned for the layout test.
 class FlowTuple(Twin):
     C_STRUCT, C_HEADER = "flow_tuple", "parse.h"
     _fields_ = (("saddr", u32), ("daddr", u32), ("sport", u16), ("dport", u16), ("proto", u8),
                 ("tcp_flags", u8), ("pad", u16))
+
+
+# struct pkt_info (lib/parse.h) -- on the BPF stack; twinned for the layout test.
+class PktInfo(Twin):
+    C_STRUCT, C_HEADER = "pkt_info", "parse.h"
+    _fields_ = (("inner", FlowTuple), ("ip_id", u16), ("frag", u8), ("icmp_error", u8))
 
 
 # struct flow_event (lib/events.h)
@@ -167,15 +186,28 @@ class LbAffinityValue(Twin):
 # struct lb_config (lib/lb.h)
 class LbConfig(Twin):
     C_STRUCT, C_HEADER = "lb_config", "lb.h"
-    _fields_ = (("node_ip", u32), ("flags", u32))
+    _fields_ = (("node_ip", u32), ("flags", u32), ("snat_port_min", u16),
+                ("snat_port_max", u16))  # node_ip: network byte order; ports: host order
+
+
+# struct lb_node_mac_key (lib/lb.h)
+class LbNodeMacKey(Twin):
+    C_STRUCT, C_HEADER = "lb_node_mac_key", "lb.h"
+    _fields_ = (("mac", u8 * 6), ("pad", u16))
+
+
+# struct lb_node_mac_value (lib/lb.h)
+class LbNodeMacValue(Twin):
+    C_STRUCT, C_HEADER = "lb_node_mac_value", "lb.h"
+    _fields_ = (("node_ip", u32),)  # network byte order
 
 
 LB_TWINS: tuple[type[Twin], ...] = (
     LbSvcKey, LbSvcValue, LbMaglevValue, LbBackendKey, LbBackendValue, LbCtKey,
-    LbCtValue, LbAffinityKey, LbAffinityValue, LbConfig,
+    LbCtValue, LbAffinityKey, LbAffinityValue, LbConfig, LbNodeMacKey, LbNodeMacValue,
 )
 
 ALL_TWINS: tuple[type[Twin], ...] = (
     IpcacheKey, IpcacheValue, EndpointKey, EndpointValue, PolicyMapKey, PolicyMapValue,
-    CtKey, CtValue, FlowTuple, FlowEvent, MetricsValue, *LB_TWINS,
+    CtKey, CtValue, FragKey, FragValue, FlowTuple, PktInfo, FlowEvent, MetricsValue, *LB_TWINS,
 )

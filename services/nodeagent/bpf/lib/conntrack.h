@@ -1,4 +1,6 @@
-/* conntrack: flows already allowed pass without a policy lookup, and so do their replies.
+/* conntrack: replies of allowed flows pass without a policy lookup, and so do ICMP errors
+ * related to them; forward packets of established flows are policy-checked again by the
+ * caller on every packet (as Cilium does), so a policy change reaches open connections.
  *
  * An entry is keyed by the original tuple and the policy direction that admitted it (egress
  * at the client's veth, ingress at the server's veth). A packet matches its own entry
@@ -37,6 +39,7 @@ struct ct_value {
 #define CT_NEW 0
 #define CT_ESTABLISHED 1
 #define CT_REPLY 2
+#define CT_RELATED 3
 
 #define CT_TCP_FIN 0x01
 #define CT_TCP_SYN 0x02
@@ -106,6 +109,29 @@ static __always_inline int ct_lookup(const struct flow_tuple *t, u8 dir, u64 now
 		return CT_REPLY;
 	}
 	return CT_NEW;
+}
+
+static __always_inline int ct_live(const struct ct_key *key, u64 now)
+{
+	struct ct_value *v = cilia_ct.lookup(key);
+
+	return v && v->expires_ns > now;
+}
+
+/* CT_RELATED when an ICMP error quoting @inner (a packet that crossed this veth the other
+ * way) belongs to a tracked connection, in either of its directions; else CT_NEW. */
+static __always_inline int ct_related(const struct flow_tuple *inner, u8 dir, u64 now)
+{
+	struct ct_key sent = {
+		.saddr = inner->saddr, .daddr = inner->daddr, .sport = inner->sport,
+		.dport = inner->dport, .proto = inner->proto, .direction = dir ^ 1,
+	};
+	struct ct_key answered = {
+		.saddr = inner->daddr, .daddr = inner->saddr, .sport = inner->dport,
+		.dport = inner->sport, .proto = inner->proto, .direction = dir,
+	};
+
+	return ct_live(&sent, now) || ct_live(&answered, now) ? CT_RELATED : CT_NEW;
 }
 
 static __always_inline void ct_create(const struct flow_tuple *t, u8 dir, u64 now)

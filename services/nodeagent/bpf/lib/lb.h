@@ -22,7 +22,8 @@
 /* lb_ct_key.kind */
 #define LB_CT_SERVICE 1 /* client -> frontend: the chosen backend */
 #define LB_CT_REVNAT 2  /* backend -> client: restore the frontend as the source */
-#define LB_CT_SNAT 3    /* backend -> this node (SNAT): restore client dest, frontend source */
+#define LB_CT_SNAT 3    /* backend -> this node:port (SNAT): restore client dest, frontend source */
+#define LB_CT_SNAT_FWD 4 /* client -> backend (SNAT): the source port allocated to the flow */
 /* lb_ct_value.flags */
 #define LB_CT_F_HAIRPIN 0x1 /* REVNAT of a pod reaching itself through a service */
 /* Source of hairpin traffic (a pod whose service chose itself), Cilium's IPV4_LOOPBACK. */
@@ -101,10 +102,26 @@ struct lb_affinity_value {
 	u32 pad;
 };
 
+/* lb_config.flags */
+#define LB_CFG_F_DSR 0x1 /* CILIA_LB_MODE=dsr: honour the DSR option from cluster nodes */
+
 /* Node settings the underlay program needs (one entry, index 0). */
 struct lb_config {
 	u32 node_ip; /* source address of SNAT'd traffic to remote backends */
 	u32 flags;
+	u16 snat_port_min; /* SNAT source ports are allocated from [min, max] (host order) */
+	u16 snat_port_max;
+};
+
+/* The underlay MAC address of a cluster node (from its Node object): a frame from it may
+ * carry a DSR option. */
+struct lb_node_mac_key {
+	u8 mac[6];
+	u16 pad;
+};
+
+struct lb_node_mac_value {
+	u32 node_ip; /* network byte order; informational */
 };
 
 #ifndef CILIA_STRUCTS_ONLY
@@ -128,6 +145,8 @@ BPF_TABLE_PINNED("lru_hash", struct lb_affinity_key, struct lb_affinity_value,
 		 cilia_lb_affinity, CILIA_LB_AFFINITY_MAX, CILIA_PIN_DIR "/lb_affinity", 0);
 BPF_TABLE_PINNED("array", u32, struct lb_config, cilia_lb_config, 1,
 		 CILIA_PIN_DIR "/lb_config", 0);
+BPF_TABLE_PINNED("hash", struct lb_node_mac_key, struct lb_node_mac_value, cilia_lb_node_macs,
+		 CILIA_LB_NODES_MAX, CILIA_PIN_DIR "/lb_node_macs", BPF_F_NO_PREALLOC);
 
 static __always_inline int lb_is_l4(const struct flow_tuple *t)
 {
