@@ -46,8 +46,9 @@ JS_API = "$JS.API"
 T = TypeVar("T")
 
 # nats-py reports the server's -ERR lines lower-cased: 'permissions violation for publish to
-# "cilia.policy.rules.5"' (subscriptions: 'for subscription to').
-_REFUSED = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"')
+# "cilia.policy.rules.5"' (also 'for subscription to', 'for publish with reply of').
+_REFUSED = re.compile(
+    r'permissions violation for (publish to|subscription to|publish with reply of) "([^"]+)"')
 
 MESSAGES = Counter("cilia_bus_messages_total", "Events consumed, by outcome",
                    ["service", "outcome"])
@@ -95,7 +96,7 @@ def _reason(exc: BaseException) -> str:
                 "(--tlsca / CILIA_NATS_CA)")
     if isinstance(exc, ssl.SSLError):
         return f"TLS failed: {exc}"
-    return f"the server refused the credentials ({str(exc).strip(chr(39))})"
+    return f"the server refused the credentials ({str(exc).replace('nats: ', '').strip(chr(39))})"
 
 
 class Refusals:
@@ -106,30 +107,31 @@ class Refusals:
     """
 
     def __init__(self) -> None:
-        self._waiting: dict[str, list[asyncio.Future[str]]] = {}
+        self._waiting: dict[str, list[tuple[asyncio.Future[str], str]]] = {}
         self.count = 0
 
     def refused(self, subject: str) -> None:
+        """The server refused ``subject`` (nats-py hands it over lower-cased)."""
         self.count += 1
-        for fut in self._waiting.get(subject.lower(), []):
+        for fut, original in self._waiting.get(subject.lower(), []):
             if not fut.done():
-                fut.set_result(subject)
+                fut.set_result(original)
 
     @contextlib.contextmanager
     def watch(self, publish_subjects: Sequence[str]) -> Iterator[asyncio.Future[str]]:
         """A future that resolves with the subject when any of ``publish_subjects`` is
         refused while the block runs."""
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        keys = {s.lower() for s in publish_subjects}
-        for key in keys:
-            self._waiting.setdefault(key, []).append(fut)
+        keys = {s.lower(): s for s in publish_subjects}
+        for key, original in keys.items():
+            self._waiting.setdefault(key, []).append((fut, original))
         try:
             yield fut
         finally:
-            for key in keys:
+            for key, original in keys.items():
                 waiters = self._waiting.get(key, [])
-                if fut in waiters:
-                    waiters.remove(fut)
+                if (fut, original) in waiters:
+                    waiters.remove((fut, original))
                 if not waiters:
                     self._waiting.pop(key, None)
 
@@ -298,13 +300,13 @@ class Bus:
         except NotFoundError:
             cfg = (config or HistoryConfig.from_env()).stream_config()
             return await self._admin(
-                f"{JS_API}.STREAM.CREATE.{subjects.HISTORY_STREAM}",
-                self.js.add_stream(cfg), f"the history stream {subjects.HISTORY_STREAM}")
+                f"{JS_API}.STREAM.CREATE.{subjects.HISTORY_STREAM}", self.js.add_stream(cfg),
+                f"the history stream {subjects.HISTORY_STREAM} does not exist and")
         if config is not None:
             return await self._admin(
                 f"{JS_API}.STREAM.UPDATE.{subjects.HISTORY_STREAM}",
                 self.js.update_stream(config.stream_config()),
-                f"the history stream {subjects.HISTORY_STREAM}")
+                f"to change the history stream {subjects.HISTORY_STREAM}'s retention,")
         return info
 
     async def key_value(self, bucket: str, history: int = 1) -> KeyValue:
@@ -314,7 +316,8 @@ class Bus:
             BusError: the bucket is missing and this role may not create it.
         """
         try:
-            return await self.js.key_value(bucket)
+            return await self._acked([f"{JS_API}.STREAM.INFO.KV_{bucket}"],
+                                     self.js.key_value(bucket))
         except BucketNotFoundError:
             pass
         try:
@@ -322,20 +325,20 @@ class Bus:
                 f"{JS_API}.STREAM.CREATE.KV_{bucket}",
                 self.js.create_key_value(api.KeyValueConfig(
                     bucket=bucket, history=history, storage=api.StorageType.FILE)),
-                f"the KV bucket {bucket}")
+                f"the KV bucket {bucket} does not exist and")
         except PermissionDenied:
             raise
         except Exception:
             return await self.js.key_value(bucket)  # another replica created it first
 
-    async def _admin(self, api_subject: str, request: Awaitable[T], what: str) -> T:
+    async def _admin(self, api_subject: str, request: Awaitable[T], why: str) -> T:
         """Run a stream/bucket change; a role without admin rights gets a clear error."""
         try:
             return await self._acked([api_subject], request)
         except PermissionDenied:
             raise PermissionDenied(
-                f"{what} does not exist and {self.creds.describe()} may not create or change "
-                "it: `cilia up` (the admin role) creates it") from None
+                f"{why} {self.creds.describe()} may not create or change streams and buckets: "
+                "only the admin role may (`cilia up` creates them)") from None
 
     async def _acked(self, publish_subjects: Sequence[str], pending: Awaitable[T]) -> T:
         """Await a request's answer, or fail at once when the server refuses its publish

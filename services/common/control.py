@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 NONCE_BYTES = 16                       # 128 random bits per request
 _NONCE = re.compile(r"^[0-9a-f]{1,64}$")
 _REPLY_ROLE_TOKEN = 3                  # cilia.ctl.reply.<role>.<nonce>
+_REPLY_TOKENS = 5
 
 REJECTED = Counter("cilia_ctl_replies_rejected_total",
                    "Control replies ignored: not from the role they claim, or malformed",
@@ -77,12 +78,14 @@ async def request(bus: Bus, request_prefix: str, event_type: str, claim: Claim,
     replies: list[Reply] = []
 
     async def on_reply(msg: Msg) -> None:
-        role = msg.subject.split(".")[_REPLY_ROLE_TOKEN]
-        if msg.reply:
-            # A responder publishes with no reply subject; one with a reply was delivered by a
-            # JetStream consumer someone pointed at this subject (stored, not answered).
-            _reject("delivered by a consumer", msg.subject, msg.reply)
+        tokens = msg.subject.split(".")
+        if msg.reply or len(tokens) != _REPLY_TOKENS or tokens[-1] != nonce:
+            # A responder publishes on exactly cilia.ctl.reply.<role>.<nonce>, with no reply
+            # subject; anything else here was delivered by a JetStream consumer someone pointed
+            # at this subject (a stored message, not an answer).
+            _reject("not a reply", msg.subject, msg.reply)
             return
+        role = tokens[_REPLY_ROLE_TOKEN]
         try:
             event = decode(msg.data)
         except CodecError as exc:
