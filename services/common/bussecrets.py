@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import ipaddress
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from services.common.errors import BusError
 from services.common.roles import CONTROL_PLANE_ROLES, is_valid_role, permissions
 
 BUS_DIR = "bus"
+LOCK_FILE = ".lock"
 DIR_MODE = 0o700                   # root only
 FILE_MODE = 0o600                  # root only
 SEED_BYTES = 32                    # an ed25519 seed
@@ -108,18 +110,32 @@ class BusSecrets:
             for d in (self.root, self.tls_dir, self.creds_dir):
                 d.mkdir(parents=True, exist_ok=True)
                 os.chmod(d, DIR_MODE)        # also when it existed with looser bits
-            ca_cert, ca_key = self._ensure_ca()
-            self._ensure_server_cert(ca_cert, ca_key)
-            added = False
-            for role in roles:
-                if not is_valid_role(role):
-                    raise BusError(f"cannot make bus credentials: {role!r} is not a role")
-                if not self.seed_file(role).exists():
-                    _write_private(self.seed_file(role), _new_user_seed())
-                    added = True
-            self.write_config()
+            with self._locked():
+                return self._ensure(roles)
         except OSError as exc:
             raise BusError(f"bus credentials in {self.root}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time (two `cilia lab up` at once must not lose a user)."""
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _ensure(self, roles: Iterable[str]) -> bool:
+        ca_cert, ca_key = self._ensure_ca()
+        self._ensure_server_cert(ca_cert, ca_key)
+        added = False
+        for role in roles:
+            if not is_valid_role(role):
+                raise BusError(f"cannot make bus credentials: {role!r} is not a role")
+            if not self.seed_file(role).exists():
+                _write_private(self.seed_file(role), _new_user_seed())
+                added = True
+        self.write_config()
         return added
 
     def public_key(self, role: str) -> str:
