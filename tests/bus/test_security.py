@@ -457,3 +457,62 @@ def test_permissions_follow_the_issue() -> None:
         for s in permissions(role).publish:
             assert not re.search(r"STREAM\.(CREATE|UPDATE|DELETE|PURGE)|CONSUMER\.DELETE", s)
             assert s not in (">", "$JS.API.>", "$JS.>", "cilia.>"), (role, s)
+
+
+# -- mutual TLS with an external server ---------------------------------------------------------
+
+
+def _client_cert(secrets: BusSecrets, out: Path) -> tuple[Path, Path]:
+    """A client certificate signed by the bus's CA (what an operator would issue)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca = x509.load_pem_x509_certificate(secrets.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(secrets.ca_key.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cilia client")]))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_file, key_file = out / "client.pem", out / "client-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+async def test_mutual_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    """An operator's NATS that verifies clients: --tlscert/--tlskey (CILIA_NATS_CERT/KEY)."""
+    from services.common.embedded import start_nats
+
+    secrets = BusSecrets(tmp_path / "bus")
+    secrets.ensure([CLI])
+    config = json.loads(secrets.config.read_text().split("\n", 1)[1])
+    config["tls"].update(ca_file=str(secrets.ca), verify=True)   # clients must present a cert
+    conf = tmp_path / "mtls.conf"
+    conf.write_text(json.dumps(config))
+    cert, key = _client_cert(secrets, tmp_path)
+    server = start_nats(tmp_path / "store", config=conf, tls=True)
+    try:
+        creds = secrets.access().credentials(CLI)
+        with pytest.raises(BusError, match="cannot connect"):
+            await Bus.connect(server.url, "no-cert", creds=creds)
+        env = {"CILIA_NATS_ROLE": CLI, "CILIA_NATS_NKEY": str(creds.nkey),
+               "CILIA_NATS_CA": str(secrets.ca), "CILIA_NATS_CERT": str(cert),
+               "CILIA_NATS_KEY": str(key)}
+        bus = await Bus.connect(server.url, "with-cert", creds=Credentials.from_env(env))
+        assert bus.security == {"tls": True, "auth": True, "role": CLI}
+        await bus.close()
+    finally:
+        server.stop()
