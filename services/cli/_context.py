@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,15 +50,15 @@ class CliContext:
         return nats_url(self._recorded().get("nats_url"))
 
     def access(self) -> BusAccess | None:
-        """The bus's credentials and TLS files: the options (or ``$CILIA_NATS_*``), else what
-        ``cilia up`` recorded for the bus in use; None for an open bus."""
+        """The bus's credentials and TLS files: what ``cilia up`` recorded for the bus in use,
+        each overridden by the options (or ``$CILIA_NATS_*``); None for an open bus."""
         explicit = self.explicit_access or BusAccess.from_env()
-        if explicit is not None:
-            return explicit
         recorded = self._recorded()
-        if recorded.get("nats_url") == self.url():
-            return BusAccess.from_json(recorded.get("bus"))
-        return None
+        base = (BusAccess.from_json(recorded.get("bus"))
+                if recorded.get("nats_url") == self.url() else None)
+        if base is None or explicit is None:
+            return explicit or base
+        return replace(base, **{k: v for k, v in explicit.to_json().items() if v})
 
     def credentials(self, role: str) -> Credentials:
         """The credentials of ``role`` on the bus in use.
