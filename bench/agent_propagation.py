@@ -6,6 +6,10 @@ Starts its own nats-server, services and a 1-node lab. Each import is a new poli
 frontend -> backend on one more port; the time runs from the publish of the policy object to
 the moment the kernel's policy map holds the new entry. Also reports map writes per change
 divided by the ideal diff (one entry per import).
+
+By default it runs twice: on the bus as ``cilia up`` starts it (TLS, per-role credentials and
+permissions; the import published as the ``source`` role) and on an open bus (no TLS, no auth),
+the earlier setting; ``--bus secure`` or ``--bus open`` runs one.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from nats.aio.msg import Msg
 
 from bench._common import summary_ms, write
 from services.cli import manifests, source
-from services.common.bus import Bus
 from services.common.codec import decode
 from services.common.policytypes import PROTO_TCP, Direction
+from services.common.roles import ADMIN, SOURCE
 from services.nodeagent.datapath import open_maps
 from services.nodeagent.datapath.constants import PORT_BITS
 from services.nodeagent.datapath.policykeys import PortPrefix, encode_prefix
@@ -45,7 +49,8 @@ async def _run(lab: Cluster, imports: int) -> dict[str, object]:
     eps = {e["pod"].split("/")[1].split("-")[0]: e for e in lab.endpoints()}
     backend, frontend = eps["backend"]["identity"], eps["frontend"]["identity"]
     node = eps["backend"]["node"]
-    bus = await Bus.connect(lab.url, "bench")
+    bus = await lab.bus(SOURCE, "bench")        # publishes as `cilia policy import` does
+    watch = await lab.bus(ADMIN, "bench-watch")  # the only role that may subscribe to it live
     latencies: list[float] = []
     published: list[float] = []
     status_seen: dict[str, float] = {}
@@ -54,7 +59,7 @@ async def _run(lab: Cluster, imports: int) -> dict[str, object]:
         # policy.status is the last message of a change: the policy service is done with it.
         status_seen[decode(msg.data).data["name"]] = time.perf_counter()
 
-    await bus.nc.subscribe("cilia.policy.status.>", cb=on_status)
+    await watch.nc.subscribe("cilia.policy.status.>", cb=on_status)
     writes_before = _writes(lab)
     with open_maps(node) as maps:
         before = _kernel(maps)
@@ -80,6 +85,7 @@ async def _run(lab: Cluster, imports: int) -> dict[str, object]:
                 published.append(status_seen[f"bench-{i}"] - t0)
     finally:
         await bus.close()
+        await watch.close()
     await asyncio.to_thread(lab.settle)
     writes = _writes(lab) - writes_before
     with open_maps(node) as maps:
@@ -106,9 +112,11 @@ def _writes(lab: Cluster) -> int:
                if s["service"] == "nodeagent")
 
 
-def measure(imports: int, env: dict[str, str] | None = None) -> dict[str, object]:
-    """One propagation run on a fresh 1-node cluster (``env`` reaches every process)."""
-    with temp_cluster(nodes=1, prefix="cilia-bench-", extra_env=env) as lab:
+def measure(imports: int, env: dict[str, str] | None = None,
+            secure: bool = True) -> dict[str, object]:
+    """One propagation run on a fresh 1-node cluster (``env`` reaches every process; ``secure``
+    False: an open bus, no TLS and no auth)."""
+    with temp_cluster(nodes=1, prefix="cilia-bench-", extra_env=env, secure=secure) as lab:
         lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
                str(EXAMPLES / "deployments.yaml"))
         lab.wait("endpoints", lambda: len([e for e in lab.endpoints()
@@ -120,17 +128,28 @@ def measure(imports: int, env: dict[str, str] | None = None) -> dict[str, object
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--imports", type=int, default=200)
+    parser.add_argument("--bus", choices=["both", "secure", "open"], default="both",
+                        help="secure: TLS and per-role auth as `cilia up` runs it; open: neither")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of each kind, alternated (a shared machine's load varies)")
     args = parser.parse_args()
-    result = measure(args.imports)
-    lat = result["latency"]
-    print(f"policy import -> kernel map entry over {args.imports} imports: "
-          f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms (goal p99 <= 20 ms)")  # type: ignore[index]
-    pub = result["import_to_last_policy_message"]
-    print(f"policy import -> last policy message on the bus: p50 {pub['p50_ms']} ms, "  # type: ignore[index]
-          f"p99 {pub['p99_ms']} ms")  # type: ignore[index]
-    print(f"map writes per change / ideal diff: {result['writes_per_ideal']} (goal 1.00)")
-    del result["samples_s"]
-    write("agent_propagation", result)
+    kinds = [k for k in ("secure", "open") if args.bus in ("both", k)]
+    results: dict[str, list[dict[str, object]]] = {k: [] for k in kinds}
+    for _ in range(args.rounds):
+        for name in kinds:
+            result = measure(args.imports, secure=name == "secure")
+            what = "TLS + auth" if name == "secure" else "open bus (no TLS, no auth)"
+            lat = result["latency"]
+            print(f"[{what}] policy import -> kernel map entry over {args.imports} imports: "
+                  f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms (goal p99 <= 20 ms)")  # type: ignore[index]
+            pub = result["import_to_last_policy_message"]
+            print(f"[{what}] policy import -> last policy message on the bus: "
+                  f"p50 {pub['p50_ms']} ms, p99 {pub['p99_ms']} ms")  # type: ignore[index]
+            print(f"[{what}] map writes per change / ideal diff: {result['writes_per_ideal']} "
+                  "(goal 1.00)")
+            del result["samples_s"]
+            results[name].append(result)
+    write("agent_propagation", {k: v[0] if len(v) == 1 else v for k, v in results.items()})
 
 
 if __name__ == "__main__":

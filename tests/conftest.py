@@ -1,4 +1,11 @@
-"""Session-wide fixtures: one isolated nats-server with JetStream on a free port."""
+"""Session-wide fixtures: one isolated nats-server with JetStream on a free port.
+
+This server is open (no TLS, no users): the tests that use it check what a message means to a
+codec, a service or a reducer, and an open bus lets them publish any event on any subject and
+reset the streams between tests. Who may publish what is tested on a bus secured exactly as
+`cilia up` secures it (``tests/support/securebus.py``, ``tests/bus/test_security.py``), and every
+end-to-end test runs on one (``tests/support/cluster.py``).
+"""
 
 from __future__ import annotations
 

@@ -7,13 +7,15 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from services.common import roles
 from services.common.bus import NATS_URL_ENV, Bus, nats_url
+from services.common.buscreds import BusAccess, Credentials
 from services.common.errors import CiliaError
 from services.common.tracing import setup_tracing, shutdown_tracing
 
@@ -28,26 +30,57 @@ T = TypeVar("T")
 class CliContext:
     explicit_url: str | None
     state_dir: Path
+    explicit_access: BusAccess | None = None    # --creds/--tlsca/--tlscert/--tlskey
 
     @property
     def control_plane_file(self) -> Path:
         return self.state_dir / CONTROL_PLANE_FILE
 
+    def _recorded(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.control_plane_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
     def url(self) -> str:
         """``--nats-url``/``$CILIA_NATS_URL``, else the one ``cilia up`` recorded, else default."""
         if self.explicit_url or os.environ.get(NATS_URL_ENV):
             return nats_url(self.explicit_url)
-        try:
-            recorded = json.loads(self.control_plane_file.read_text()).get("nats_url")
-        except (OSError, ValueError):
-            recorded = None
-        return nats_url(recorded)
+        return nats_url(self._recorded().get("nats_url"))
 
-    def run(self, fn: Callable[[Bus], Awaitable[T]], service: str = "cilia-cli") -> T:
-        """Connect, run ``fn(bus)``, close; bus errors become a clean CLI error."""
+    def access(self) -> BusAccess | None:
+        """The bus's credentials and TLS files: what ``cilia up`` recorded for the bus in use,
+        each overridden by the options (or ``$CILIA_NATS_*``); None for an open bus."""
+        explicit = self.explicit_access or BusAccess.from_env()
+        recorded = self._recorded()
+        base = (BusAccess.from_json(recorded.get("bus"))
+                if recorded.get("nats_url") == self.url() else None)
+        if base is None or explicit is None:
+            return explicit or base
+        return replace(base, **{k: v for k, v in explicit.to_json().items() if v})
+
+    def credentials(self, role: str) -> Credentials:
+        """The credentials of ``role`` on the bus in use.
+
+        Raises:
+            BusError: the credentials directory has none for the role.
+        """
+        access = self.access()
+        return access.credentials(role) if access else Credentials(role=role)
+
+    def role_env(self, role: str) -> dict[str, str]:
+        """The environment of a process this command starts that runs as ``role``."""
+        return {NATS_URL_ENV: self.url(), **self.credentials(role).env()}
+
+    def run(self, fn: Callable[[Bus], Awaitable[T]], service: str = "cilia-cli",
+            role: str = roles.CLI) -> T:
+        """Connect as ``role`` (default: the read-only ``cli``), run ``fn(bus)``, close; bus
+        errors become a clean CLI error."""
 
         async def main() -> T:
-            bus = await Bus.connect(self.url(), service, timeout=3.0)
+            bus = await Bus.connect(self.url(), service, timeout=3.0,
+                                    creds=self.credentials(role))
             try:
                 return await fn(bus)
             finally:

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from tabulate import tabulate
 
 from services.cli._context import CliContext, output_option, pass_ctx, print_json
-from services.common import subjects
+from services.common import control, subjects
 from services.common.bus import Bus
 from services.common.codec import decode
 from services.common.errors import CiliaError, CodecError
@@ -235,18 +235,12 @@ def _matches(f: dict[str, Any], verdict: str | None, pod: str | None) -> bool:
 
 
 async def recent_flows(bus: Bus) -> list[dict[str, Any]]:
-    """The recent flows every agent keeps, merged in time order."""
+    """The recent flows every agent keeps, merged in time order (an agent's reply counts only
+    if it comes from that node's agent role)."""
     flows: list[dict[str, Any]] = []
-    inbox = bus.nc.new_inbox()
-
-    async def on_reply(msg: Msg) -> None:
-        with contextlib.suppress(CodecError):
-            flows.extend(decode(msg.data).data["flows"])
-
-    sub = await bus.nc.subscribe(inbox, cb=on_reply)
-    await bus.nc.publish(subjects.FLOWS_REQUEST, b"", reply=inbox)
-    await asyncio.sleep(OBSERVE_COLLECT_S)
-    await sub.unsubscribe()
+    for reply in await control.request(bus, subjects.FLOWS_REQUEST, "flow",
+                                       control.flows_claim, OBSERVE_COLLECT_S):
+        flows.extend(reply.data["flows"])
     return sorted(flows, key=lambda f: f["time"])
 
 
@@ -281,7 +275,10 @@ def observe(ctx: CliContext, follow: bool, verdict: str | None, pod: str | None,
 
         async def on_flows(msg: Msg) -> None:
             with contextlib.suppress(CodecError):
-                for f in decode(msg.data).data["flows"]:
+                data = decode(msg.data).data
+                if subjects.flows(data["node"]) != msg.subject:
+                    return      # only a node's agent may publish its flows subject
+                for f in data["flows"]:
                     queue.put_nowait(f)
 
         await bus.nc.subscribe(subjects.flows(node) if node else f"{subjects.FLOWS}.>",

@@ -52,6 +52,7 @@ from services.cli.manifests import Manifest, load, validate_document
 from services.common.bus import Bus
 from services.common.errors import CiliaError
 from services.common.objects import ObjectError
+from services.common.roles import SOURCE
 from services.common.runner import STATE_OK
 from services.lab import Kubelet, exec_in_pod
 from services.lab.plan import WORLD_IPS
@@ -165,8 +166,8 @@ class Runner:
             self.echo(f"✨ [kube-system] Deploying cluster DNS ({KUBE_DNS.name}); it stays "
                       "in place")
             dns = load([str(KUBE_DNS)])
-            self.ctx.run(lambda bus: source.apply(bus, dns, self.kubelet))
-        self.ctx.run(lambda bus: source.apply(bus, self.objects, self.kubelet))
+            self.ctx.run(lambda bus: source.apply(bus, dns, self.kubelet), role=SOURCE)
+        self.ctx.run(lambda bus: source.apply(bus, self.objects, self.kubelet), role=SOURCE)
         self.echo(f"⌛ [{NAMESPACE}] Waiting for identities, services and policy to be "
                   "realized...")
         self.env = self._wait_ready()
@@ -227,7 +228,7 @@ class Runner:
         """Delete the scenarios' policies and the test namespace's objects (only those)."""
         policies = _manifests([p for s in SCENARIOS for p in s.policies])
         items = list(reversed(self.objects)) + policies
-        outcomes = self.ctx.run(lambda bus: source.delete(bus, items, self.kubelet))
+        outcomes = self.ctx.run(lambda bus: source.delete(bus, items, self.kubelet), role=SOURCE)
         gone = [o for o in outcomes if o.result == source.DELETED]
         for pod in self.kubelet.list_pods(NAMESPACE):   # pods the bus no longer knew
             self.kubelet.delete_pod(NAMESPACE, pod["metadata"]["name"])
@@ -250,7 +251,7 @@ class Runner:
         results: list[CheckResult] = []
         try:
             if policies:
-                self.ctx.run(lambda bus: source.apply(bus, policies))
+                self.ctx.run(lambda bus: source.apply(bus, policies), role=SOURCE)
             if policies or self.unsettled:   # one wait covers the last removal and this apply
                 self.ctx.run(settle)
                 self.unsettled = False
@@ -262,7 +263,7 @@ class Runner:
             error = str(exc)
         finally:
             if policies:
-                self.ctx.run(lambda bus: source.delete(bus, policies))
+                self.ctx.run(lambda bus: source.delete(bus, policies), role=SOURCE)
                 self.unsettled = True
         return ScenarioResult(scenario.name, results, time.monotonic() - started, error=error)
 

@@ -26,6 +26,7 @@ from services.cli.status import read_status, render
 from services.common.bus import NATS_URL_ENV, Bus
 from services.common.embedded import free_port
 from services.common.errors import CiliaError
+from services.common.roles import SOURCE
 from services.lab import Kubelet, exec_in_netns, exec_in_pod, load_lab
 from services.lab import down as lab_down
 
@@ -111,7 +112,7 @@ def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
         runtime = Kubelet(LAB)
         step("cilia apply -f examples/three-tier/  (namespace, deployments, services)")
         app = manifests.load([str(THREE_TIER / f) for f in APP_FILES])
-        for outcome in demo_ctx.run(lambda bus: source.apply(bus, app, runtime)):
+        for outcome in demo_ctx.run(lambda bus: source.apply(bus, app, runtime), role=SOURCE):
             click.echo(f"    {outcome}")
         _wait("endpoints with identities", lambda: len(
             [r for r in endpoint_rows(demo_ctx, None) if r["identity"] >= 256]) >= 3)
@@ -122,7 +123,7 @@ def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
         click.echo(verdict_matrix(eps))
         step("cilia apply -f examples/three-tier/policy.yaml  (the seed's Exercise 1)")
         pol = manifests.load([str(THREE_TIER / "policy.yaml")])
-        for outcome in demo_ctx.run(lambda bus: source.apply(bus, pol)):
+        for outcome in demo_ctx.run(lambda bus: source.apply(bus, pol), role=SOURCE):
             click.echo(f"    {outcome}")
         _wait("policy in the kernel", lambda: sum(
             r["ingress_enforcement"] for r in endpoint_rows(demo_ctx, None)) >= 2)

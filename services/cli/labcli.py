@@ -15,10 +15,13 @@ from services.cli import controlplane
 from services.cli._context import CliContext, pass_ctx
 from services.common import subjects
 from services.common.bus import NATS_URL_ENV, Bus, Outgoing
+from services.common.buscreds import Credentials
 from services.common.errors import CiliaError
+from services.common.roles import CLI, SOURCE, agent_role
 from services.lab import DEFAULT_LAB, Kubelet, LabError, exec_in_pod, list_labs, load_lab
 from services.lab import down as lab_down
 from services.lab import up as lab_up
+from services.lab.plan import plan_lab
 from services.lab.state import lab_dir
 from services.nodeagent.agent import LB_MODE_ENV
 
@@ -65,12 +68,19 @@ def start_lab(ctx: CliContext, name: str, nodes: int, routing: str = "native") -
         controlplane.up(ctx.state_dir, None)
     url = ctx.url()
     os.environ[NATS_URL_ENV] = url          # the agents inherit it
+    access = ctx.access()
     try:
-        state = lab_up(name, nodes, agent_module=AGENT_MODULE, routing=routing)
+        plan = plan_lab(name, nodes, routing)
+        # each agent connects as its own node's role (added to the embedded bus if new)
+        controlplane.add_node_roles(ctx.state_dir, url, access, [n.name for n in plan.nodes])
+        state = lab_up(name, nodes, agent_module=AGENT_MODULE, routing=routing,
+                       agent_env=lambda node: controlplane.role_env(url, access,
+                                                                    agent_role(node)))
     except LabError as exc:
         raise CiliaError(str(exc)) from exc
     (lab_dir(name) / BUS_FILE).write_text(json.dumps({"nats_url": url}))
-    asyncio.run(controlplane.wait_ready(url, {"nodeagent": nodes}, AGENT_READY_S))
+    asyncio.run(controlplane.wait_ready(url, {"nodeagent": nodes}, AGENT_READY_S,
+                                        creds=ctx.credentials(CLI)))
     return [f"node {n.name}: {n.node_ip}, pods {n.pod_cidr} (netns {n.netns})"
             for n in state.plan.nodes] + [f"routing: {routing}"]
 
@@ -104,7 +114,8 @@ def up_command(ctx: CliContext, nodes: int, name: str, lb_mode: str, routing: st
 
 @lab_group.command("down")
 @click.option("--name", default=DEFAULT_LAB, show_default=True)
-def down_command(name: str) -> None:
+@pass_ctx
+def down_command(ctx: CliContext, name: str) -> None:
     """Remove every namespace, link, pinned map and process of the lab."""
     url = lab_bus(name)
     try:
@@ -120,16 +131,18 @@ def down_command(name: str) -> None:
                f"stopped {len(report.processes)} processes, {len(report.pins)} pin dirs")
     if url and (pods or nodes):
         try:
-            gone = asyncio.run(_forget(url, pods, nodes))
+            lab_ctx = CliContext(url, ctx.state_dir, ctx.explicit_access)
+            gone = asyncio.run(_forget(url, lab_ctx.credentials(SOURCE), pods, nodes))
         except CiliaError as exc:
             click.echo(f"warning: the bus still lists the lab's pods and nodes: {exc}", err=True)
         else:
             click.echo(f"deleted {gone} pods and nodes from the bus")
 
 
-async def _forget(url: str, pods: list[dict[str, Any]], nodes: list[str]) -> int:
+async def _forget(url: str, creds: Credentials, pods: list[dict[str, Any]],
+                  nodes: list[str]) -> int:
     """Tell the bus the lab's pods and nodes are gone, as a kubelet's node going away would."""
-    bus = await Bus.connect(url, "cilia-lab", timeout=3.0)
+    bus = await Bus.connect(url, "cilia-lab", timeout=3.0, creds=creds)
     try:
         items = [Outgoing(subjects.source("Pod", p["metadata"]["namespace"],
                                           p["metadata"]["name"]), "object.delete",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -24,30 +26,71 @@ from services.cli.policy import policy_group
 from services.cli.replay import history_group, replay_group, trace_group
 from services.cli.service import bpf_lb_group, service_group
 from services.cli.status import status
-from services.common.bus import HistoryConfig
+from services.common.bus import NATS_URL_ENV, HistoryConfig
+from services.common.buscreds import CA_ENV, CERT_ENV, CREDS_ENV, KEY_ENV, NKEY_ENV, BusAccess
 from services.common.errors import CiliaError
+from services.common.roles import SOURCE
 from services.common.tracing import TRACE_FILE_ENV
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def bus_options(envvars: bool) -> Callable[[F], F]:
+    """The NATS connection options, named as the nats CLI names them."""
+    def env(*names: str) -> list[str] | None:
+        return list(names) if envvars else None
+
+    def decorate(fn: F) -> F:
+        for option in reversed([
+                click.option("--nats-url", envvar=env(NATS_URL_ENV), default=None,
+                             help="use this NATS server (default: the one `cilia up` started)"),
+                click.option("--creds", envvar=env(CREDS_ENV, NKEY_ENV), default=None,
+                             type=click.Path(exists=True),
+                             help="NATS credentials: a directory with one <role>.nk or "
+                                  "<role>.creds per role, or one file for every role"),
+                click.option("--tlsca", envvar=env(CA_ENV), default=None,
+                             type=click.Path(exists=True, dir_okay=False),
+                             help="CA that signed the NATS server's certificate"),
+                click.option("--tlscert", envvar=env(CERT_ENV), default=None,
+                             type=click.Path(exists=True, dir_okay=False),
+                             help="client certificate (mutual TLS)"),
+                click.option("--tlskey", envvar=env(KEY_ENV), default=None,
+                             type=click.Path(exists=True, dir_okay=False),
+                             help="client certificate's private key")]):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def _access(creds: str | None, tlsca: str | None, tlscert: str | None,
+            tlskey: str | None) -> BusAccess | None:
+    paths = {k: str(Path(v).resolve()) if v else None for k, v in
+             (("creds", creds), ("ca", tlsca), ("cert", tlscert), ("key", tlskey))}
+    return BusAccess(**paths) if any(paths.values()) else None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--nats-url", envvar="CILIA_NATS_URL", default=None,
-              help="use this NATS server (default: the one `cilia up` started)")
+@bus_options(envvars=True)
 @click.option("--state-dir", type=click.Path(path_type=Path), default=None,
               help="state directory (default $CILIA_STATE_DIR or /var/lib/cilia)")
 @click.option("--trace-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="append OpenTelemetry spans as JSON lines to this file (this command and "
                    "every process it starts); see `cilia trace show`")
 @click.pass_context
-def cli(ctx: click.Context, nats_url: str | None, state_dir: Path | None,
+def cli(ctx: click.Context, nats_url: str | None, creds: str | None, tlsca: str | None,
+        tlscert: str | None, tlskey: str | None, state_dir: Path | None,
         trace_file: Path | None) -> None:
     """cilia: eBPF networking and security for Kubernetes, on NATS JetStream."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     if trace_file is not None:
         os.environ[TRACE_FILE_ENV] = str(trace_file.resolve())
-    ctx.obj = CliContext(nats_url, state_dir or default_state_dir())
+    ctx.obj = CliContext(nats_url, state_dir or default_state_dir(),
+                         _access(creds, tlsca, tlscert, tlskey))
 
 
 @cli.command()
+@bus_options(envvars=False)
 @click.option("--port", type=int, default=controlplane.EMBEDDED_PORT, show_default=True,
               help="port of the embedded nats-server")
 @click.option("--history-max-age", type=float, default=None,
@@ -57,10 +100,17 @@ def cli(ctx: click.Context, nats_url: str | None, state_dir: Path | None,
 @click.option("--replicas", multiple=True, metavar="SERVICE=N",
               help="replicas of a service, e.g. identity=2")
 @pass_ctx
-def up(ctx: CliContext, port: int, history_max_age: float | None,
+def up(ctx: CliContext, nats_url: str | None, creds: str | None, tlsca: str | None,
+       tlscert: str | None, tlskey: str | None, port: int, history_max_age: float | None,
        history_max_bytes: int | None, replicas: tuple[str, ...]) -> None:
     """Start the control plane in the background: embedded NATS (unless --nats-url) and the
-    services, one process each."""
+    services, one process each.
+
+    The embedded NATS requires TLS and one credential per role (kept in the state directory,
+    root only); with --nats-url, --creds/--tlsca/--tlscert/--tlskey say how to reach it."""
+    if nats_url:
+        ctx.explicit_url = nats_url
+    ctx.explicit_access = _access(creds, tlsca, tlscert, tlskey) or ctx.explicit_access
     base = HistoryConfig.from_env()
     history = HistoryConfig(
         max_age_s=base.max_age_s if history_max_age is None else history_max_age,
@@ -73,12 +123,15 @@ def up(ctx: CliContext, port: int, history_max_age: float | None,
                                      f"{', '.join(controlplane.SERVICES)}", param_hint="--replicas")
         counts[name] = int(num)
     explicit = ctx.url() if ctx.explicit_url else None
+    access = ctx.access() if explicit else None
     try:
-        state = controlplane.up(ctx.state_dir, explicit, port, history, counts)
+        state = controlplane.up(ctx.state_dir, explicit, port, history, counts, access=access)
     except CiliaError as exc:
         raise click.ClickException(str(exc)) from exc
     where = "embedded" if state["embedded"] else "external"
     click.echo(f"NATS JetStream ({where}): {state['nats_url']}")
+    if state["embedded"]:
+        click.echo(f"  TLS and per-role credentials: {state['bus_dir']} (root only)")
     for proc in state["processes"]:
         click.echo(f"  {proc['name']:<16} pid {proc['pid']}")
     click.echo("control plane is up; `cilia down` stops it")
@@ -104,7 +157,7 @@ def apply(ctx: CliContext, files: tuple[str, ...]) -> None:
     """Apply Kubernetes manifests (validated whole: a bad file applies nothing)."""
     items = source.load_or_exit(files)
     runtime = runtime_for(ctx)
-    source.echo_outcomes(ctx.run(lambda bus: source.apply(bus, items, runtime)))
+    source.echo_outcomes(ctx.run(lambda bus: source.apply(bus, items, runtime), role=SOURCE))
 
 
 @cli.command()
@@ -115,7 +168,7 @@ def delete(ctx: CliContext, files: tuple[str, ...]) -> None:
     """Delete the objects named in manifests."""
     items = source.load_or_exit(files, verb="deleted")
     runtime = runtime_for(ctx)
-    source.echo_outcomes(ctx.run(lambda bus: source.delete(bus, items, runtime)))
+    source.echo_outcomes(ctx.run(lambda bus: source.delete(bus, items, runtime), role=SOURCE))
 
 
 cli.add_command(identity_group)

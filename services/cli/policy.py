@@ -14,6 +14,7 @@ from services.common import subjects
 from services.common.bus import Bus, Delivery
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_BY_NAME
+from services.common.roles import SOURCE
 from services.policy import (
     POLICY_KINDS,
     PolicyError,
@@ -97,7 +98,7 @@ def policy_group() -> None:
 def policy_import(ctx: CliContext, files: tuple[str, ...]) -> None:
     """Import policies from files (validated whole: a bad file imports nothing)."""
     items = source.load_or_exit(files, kinds=tuple(manifests.POLICY_KINDS), verb="imported")
-    source.echo_outcomes(ctx.run(lambda bus: source.apply(bus, items)))
+    source.echo_outcomes(ctx.run(lambda bus: source.apply(bus, items), role=SOURCE))
 
 
 async def _policies(bus: Bus) -> list[dict[str, Any]]:
@@ -158,7 +159,7 @@ def policy_delete(ctx: CliContext, name: str | None, namespace: str, kind: str,
                                     {"apiVersion": api, "kind": kind, "metadata": meta})]
     else:
         raise click.UsageError("give a policy NAME or -f FILE")
-    source.echo_outcomes(ctx.run(lambda bus: source.delete(bus, items)))
+    source.echo_outcomes(ctx.run(lambda bus: source.delete(bus, items), role=SOURCE))
 
 
 def _endpoint(labels: tuple[str, ...], namespace: str | None, identity: int | None,

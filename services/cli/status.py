@@ -23,6 +23,7 @@ from services.cli.service import kube_proxy_replacement
 from services.common import subjects
 from services.common.bus import Bus
 from services.common.errors import BusError, CiliaError
+from services.common.roles import CLI
 from services.common.runner import STATE_OK
 from services.lab.state import load_lab
 from services.lb.client import read_view
@@ -83,7 +84,7 @@ async def gather(bus: Bus, url: str, lab: str | None) -> dict[str, Any]:
                                                    NODE_DEVICE, n.netns)
                    for n in state.plan.nodes}
     return {"nats": {"url": url, "server": f"{version.major}.{version.minor}.{version.patch}",
-                     "jetstream": True, "streams": account.streams,
+                     **bus.security, "jetstream": True, "streams": account.streams,
                      "consumers": account.consumers, "storage_bytes": account.storage,
                      "memory_bytes": account.memory},
             "streams": sorted(streams, key=lambda s: s["name"]),
@@ -221,7 +222,8 @@ def render(data: dict[str, Any], health: dict[str, Any]) -> str:
 
     n = data["nats"]
     head = [("Cilia", OK if health["ok"] else f"{len(health['problems'])} problem(s)"),
-            ("NATS", f"OK      {n['url']} (server {n['server']}, JetStream: "
+            ("NATS", f"{nats_health(n):<8}{n['url']} (server {n['server']}, "
+                     f"{nats_security(n)}, JetStream: "
                      f"{n['streams']} streams, {n['consumers']} consumers)"),
             ("Identity", line("identity")), ("Policy", line("policy")),
             ("Load balancer", line("lb")), ("Cluster DNS", line(DNS))]
@@ -256,7 +258,26 @@ def render(data: dict[str, Any], health: dict[str, Any]) -> str:
                                  "POLICY REV", "DRIFT REPAIRED", "ERRORS"], tablefmt="plain"))
     if health["problems"]:
         out += ["", "Problems:"] + [f"  - {p}" for p in health["problems"]]
+    if nats_health(n) != OK:
+        out += ["", f"Warning: {OPEN_BUS_WARNING}"]
     return "\n".join(out)
+
+
+OPEN_BUS_WARNING = ("the bus does not require authentication: any process that reaches it can "
+                    "publish identities, policy and Node objects (start it with `cilia up`, or "
+                    "give NATS users and TLS: see the README)")
+
+
+def nats_health(n: dict[str, Any]) -> str:
+    """OK with authentication required by the server; a warning without."""
+    return OK if n.get("auth") else WARNING
+
+
+def nats_security(n: dict[str, Any]) -> str:
+    """``TLS, auth: role cli`` / ``no TLS, no auth``, as the server reported it."""
+    tls = "TLS" if n.get("tls") else "no TLS"
+    auth = f"auth: role {n.get('role') or '?'}" if n.get("auth") else "no auth"
+    return f"{tls}, {auth}"
 
 
 def _run(ctx: CliContext, fn: Callable[[Bus], Awaitable[T]]) -> T:
@@ -266,7 +287,8 @@ def _run(ctx: CliContext, fn: Callable[[Bus], Awaitable[T]]) -> T:
     async def main() -> T:
         url = ctx.url()
         try:
-            bus = await asyncio.wait_for(Bus.connect(url, "cilia-status"), CONNECT_TIMEOUT_S)
+            bus = await asyncio.wait_for(
+                Bus.connect(url, "cilia-status", creds=ctx.credentials(CLI)), CONNECT_TIMEOUT_S)
         except TimeoutError:
             raise BusError(f"cannot reach NATS at {url} (no answer in "
                            f"{CONNECT_TIMEOUT_S:.0f}s)") from None

@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
@@ -27,8 +28,9 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
 from services.common import subjects
+from services.common.buscreds import Credentials
 from services.common.codec import Event, decode, encode
-from services.common.errors import BusError, CodecError
+from services.common.errors import BusError, CodecError, PermissionDenied
 from services.common.tracing import extract_context, inject_headers, tracer
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,21 @@ HISTORY_MAX_BYTES_ENV = "CILIA_HISTORY_MAX_BYTES"  # bytes; -1 for no limit
 DEFAULT_HISTORY_MAX_BYTES = 1 << 30                # 1 GiB of control-plane history
 DUPLICATE_WINDOW_S = 120.0                         # Nats-Msg-Id de-duplication window
 MSG_ID = "Nats-Msg-Id"
+JS_API = "$JS.API"
+T = TypeVar("T")
+
+# nats-py reports the server's -ERR lines lower-cased: 'permissions violation for publish to
+# "cilia.policy.rules.5"' (also 'for subscription to', 'for publish with reply of').
+_REFUSED = re.compile(
+    r'permissions violation for (publish to|subscription to|publish with reply of) "([^"]+)"')
 
 MESSAGES = Counter("cilia_bus_messages_total", "Events consumed, by outcome",
                    ["service", "outcome"])
 PUBLISHED = Counter("cilia_bus_published_total", "Events published, by outcome",
                     ["service", "outcome"])
+REFUSED = Counter("cilia_bus_refused_total",
+                  "Publishes and subscriptions the bus refused (permission violations)",
+                  ["service"])
 
 _tracer = tracer("cilia.bus")
 
@@ -56,6 +68,72 @@ _DELIVER = {"all": api.DeliverPolicy.ALL, "new": api.DeliverPolicy.NEW,
 async def _log_bus_error(exc: Exception) -> None:
     """Connection trouble, in one line (nats-py's default prints a traceback each try)."""
     log.warning("NATS: %s", exc)
+
+
+class _TlsEofNoise(logging.Filter):
+    """asyncio warns on every TLS connection nats-py closes ("returning true from
+    eof_received() has no effect when using ssl"): noise, not a problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+_TLS_EOF_NOISE = _TlsEofNoise()
+
+
+def _fatal(exc: BaseException) -> bool:
+    """A connection error that retrying cannot fix: refused credentials, failed TLS checks."""
+    if isinstance(exc, ssl.SSLError):
+        return True
+    text = str(exc).lower()
+    return "authorization violation" in text or "authentication" in text
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"TLS verification of the server failed ({exc.verify_message}): "
+                "the client needs the CA that signed the server's certificate "
+                "(--tlsca / CILIA_NATS_CA)")
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc}"
+    return f"the server refused the credentials ({str(exc).replace('nats: ', '').strip(chr(39))})"
+
+
+class Refusals:
+    """Publishes the server refused, matched to the requests that wait for their answer.
+
+    The server drops a publish it does not permit and says so asynchronously (an ``-ERR``
+    line); a JetStream publish or API request would otherwise wait for its timeout.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[tuple[asyncio.Future[str], str]]] = {}
+        self.count = 0
+
+    def refused(self, subject: str) -> None:
+        """The server refused ``subject`` (nats-py hands it over lower-cased)."""
+        self.count += 1
+        for fut, original in self._waiting.get(subject.lower(), []):
+            if not fut.done():
+                fut.set_result(original)
+
+    @contextlib.contextmanager
+    def watch(self, publish_subjects: Sequence[str]) -> Iterator[asyncio.Future[str]]:
+        """A future that resolves with the subject when any of ``publish_subjects`` is
+        refused while the block runs."""
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        keys = {s.lower(): s for s in publish_subjects}
+        for key, original in keys.items():
+            self._waiting.setdefault(key, []).append((fut, original))
+        try:
+            yield fut
+        finally:
+            for key, original in keys.items():
+                waiters = self._waiting.get(key, [])
+                if (fut, original) in waiters:
+                    waiters.remove((fut, original))
+                if not waiters:
+                    self._waiting.pop(key, None)
 
 
 def nats_url(explicit: str | None = None) -> str:
@@ -132,56 +210,150 @@ class Subscription:
 class Bus:
     """A service's connection to the bus."""
 
-    def __init__(self, nc: Client, service: str) -> None:
+    def __init__(self, nc: Client, service: str, creds: Credentials | None = None) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self.service = service
+        self.creds = creds or Credentials()
+        self.refusals = Refusals()
+
+    @property
+    def role(self) -> str | None:
+        """The role this connection runs as (None when no credentials name one)."""
+        return self.creds.role
+
+    @property
+    def security(self) -> dict[str, Any]:
+        """What the server said about this connection: TLS and authentication required."""
+        info = getattr(self.nc, "_server_info", None) or {}  # nats-py keeps INFO private
+        return {"tls": bool(info.get("tls_required")), "auth": bool(info.get("auth_required")),
+                "role": self.role}
 
     @classmethod
-    async def connect(cls, url: str | None, service: str, timeout: float = 5.0) -> Bus:
-        """Connect to NATS.
+    async def connect(cls, url: str | None, service: str, timeout: float = 5.0, *,
+                      creds: Credentials | None = None) -> Bus:
+        """Connect to NATS as ``creds`` (default: the ``CILIA_NATS_*`` environment).
 
         Raises:
-            BusError: nothing answers at the URL.
+            BusError: nothing answers at the URL, or the server refuses the credentials or the
+                TLS verification fails (at once: retrying cannot help).
         """
         target = nats_url(url)
-        try:
-            # Once connected, reconnect forever (a bus restart must not end a service); the
-            # first connection, though, must answer within ``timeout`` or fail clearly.
-            nc = await asyncio.wait_for(
-                nats.connect(target, name=service, connect_timeout=timeout,
-                             max_reconnect_attempts=-1, allow_reconnect=True,
-                             error_cb=_log_bus_error), timeout)
-        except Exception as exc:
-            reason = "no answer" if isinstance(exc, TimeoutError) else str(exc)
-            raise BusError(f"cannot reach NATS at {target}: {reason}") from exc
-        return cls(nc, service)
+        creds = creds or Credentials.from_env()
+        logging.getLogger("asyncio").addFilter(_TLS_EOF_NOISE)   # once: filters are a set
+        options: dict[str, Any] = {**creds.connect_options(target), "connect_timeout": timeout}
+        nc = Client()
+        bus = cls(nc, service, creds)
+        fatal: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+        async def on_error(exc: Exception) -> None:
+            if not nc.is_connected and not fatal.done() and _fatal(exc):
+                fatal.set_result(exc)      # reported by the BusError below
+                return
+            await bus._on_error(exc)
+
+        # Once connected, reconnect forever (a bus restart must not end a service); the first
+        # connection, though, must answer within ``timeout`` or fail clearly.
+        connecting = asyncio.ensure_future(nc.connect(
+            target, name=service, max_reconnect_attempts=-1, allow_reconnect=True,
+            error_cb=on_error, **options))
+        waiters: set[asyncio.Future[Any]] = {connecting, fatal}
+        done, _ = await asyncio.wait(waiters, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if connecting in done and connecting.exception() is None:
+            return bus
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await connecting
+        with contextlib.suppress(Exception):
+            await nc.close()
+        if fatal.done():
+            raise BusError(f"cannot connect to NATS at {target} as {creds.describe()}: "
+                           f"{_reason(fatal.result())}")
+        exc = connecting.exception() if connecting in done else None
+        raise BusError(f"cannot reach NATS at {target}: {exc or 'no answer'}")
+
+    async def _on_error(self, exc: Exception) -> None:
+        """Connection trouble in one line; a refused publish wakes whoever waits for its ack."""
+        match = _REFUSED.search(str(exc))
+        if match:
+            REFUSED.labels(self.service).inc()
+            log.warning("%s: the bus refused %s (%s)", self.service, match.group(2),
+                        self.creds.describe())
+            self.refusals.refused(match.group(2))
+            return
+        await _log_bus_error(exc)
 
     async def close(self) -> None:
         if not self.nc.is_closed:
             await self.nc.drain()
 
     async def ensure_history(self, config: HistoryConfig | None = None) -> api.StreamInfo:
-        """Create the history stream, or update its retention when ``config`` is given."""
+        """The history stream's info; it is created if missing, or its retention updated when
+        ``config`` is given (both need the admin role on a secured bus).
+
+        Raises:
+            BusError: the stream is missing and this role may not create it.
+        """
         try:
             info = await self.js.stream_info(subjects.HISTORY_STREAM)
         except NotFoundError:
-            return await self.js.add_stream((config or HistoryConfig.from_env()).stream_config())
+            cfg = (config or HistoryConfig.from_env()).stream_config()
+            return await self._admin(
+                f"{JS_API}.STREAM.CREATE.{subjects.HISTORY_STREAM}", self.js.add_stream(cfg),
+                f"the history stream {subjects.HISTORY_STREAM} does not exist and")
         if config is not None:
-            return await self.js.update_stream(config.stream_config())
+            return await self._admin(
+                f"{JS_API}.STREAM.UPDATE.{subjects.HISTORY_STREAM}",
+                self.js.update_stream(config.stream_config()),
+                f"to change the history stream {subjects.HISTORY_STREAM}'s retention,")
         return info
 
     async def key_value(self, bucket: str, history: int = 1) -> KeyValue:
-        """Open a KV bucket, creating it if missing (safe when several replicas race)."""
+        """Open a KV bucket, creating it if missing (safe when several replicas race).
+
+        Raises:
+            BusError: the bucket is missing and this role may not create it.
+        """
         try:
-            return await self.js.key_value(bucket)
+            return await self._acked([f"{JS_API}.STREAM.INFO.KV_{bucket}"],
+                                     self.js.key_value(bucket))
         except BucketNotFoundError:
             pass
         try:
-            return await self.js.create_key_value(api.KeyValueConfig(
-                bucket=bucket, history=history, storage=api.StorageType.FILE))
+            return await self._admin(
+                f"{JS_API}.STREAM.CREATE.KV_{bucket}",
+                self.js.create_key_value(api.KeyValueConfig(
+                    bucket=bucket, history=history, storage=api.StorageType.FILE)),
+                f"the KV bucket {bucket} does not exist and")
+        except PermissionDenied:
+            raise
         except Exception:
             return await self.js.key_value(bucket)  # another replica created it first
+
+    async def _admin(self, api_subject: str, request: Awaitable[T], why: str) -> T:
+        """Run a stream/bucket change; a role without admin rights gets a clear error."""
+        try:
+            return await self._acked([api_subject], request)
+        except PermissionDenied:
+            raise PermissionDenied(
+                f"{why} {self.creds.describe()} may not create or change streams and buckets: "
+                "only the admin role may (`cilia up` creates them)") from None
+
+    async def _acked(self, publish_subjects: Sequence[str], pending: Awaitable[T]) -> T:
+        """Await a request's answer, or fail at once when the server refuses its publish
+        (a refused publish is dropped by the server: no answer would ever come)."""
+        with self.refusals.watch(publish_subjects) as refused:
+            task = asyncio.ensure_future(pending)
+            waiters: set[asyncio.Future[Any]] = {task, refused}
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise PermissionDenied(f"{self.service}: the bus refused to let "
+                                   f"{self.creds.describe()} publish to {refused.result()}")
 
     async def publish(self, subject: str, event_type: str, data: dict[str, Any], *,
                       msg_id: str) -> api.PubAck:
@@ -197,8 +369,8 @@ class Bus:
                 attributes={"messaging.system": "nats", "messaging.destination": subject,
                             "cilia.msg_id": msg_id}):
             headers = inject_headers({MSG_ID: msg_id})
-            ack = await self.js.publish(subject, payload, stream=subjects.HISTORY_STREAM,
-                                        headers=headers)
+            ack = await self._acked([subject], self.js.publish(
+                subject, payload, stream=subjects.HISTORY_STREAM, headers=headers))
         PUBLISHED.labels(self.service, "duplicate" if ack.duplicate else "stored").inc()
         return ack
 
@@ -218,17 +390,22 @@ class Bus:
 
         One connection keeps the order, so events on one subject are stored in the order given.
         """
-        futures = []
-        for item in items:
-            payload = encode(item.event_type, item.data)
-            with _tracer.start_as_current_span(
-                    f"publish {item.event_type}", kind=SpanKind.PRODUCER,
-                    attributes={"messaging.system": "nats", "messaging.destination": item.subject,
-                                "cilia.msg_id": item.msg_id}):
-                headers = inject_headers({MSG_ID: item.msg_id})
-                futures.append(await self.js.publish_async(
-                    item.subject, payload, stream=subjects.HISTORY_STREAM, headers=headers))
-        acks: list[api.PubAck] = list(await asyncio.gather(*futures))
+        async def send_all() -> list[api.PubAck]:
+            futures = []
+            for item in items:
+                payload = encode(item.event_type, item.data)
+                with _tracer.start_as_current_span(
+                        f"publish {item.event_type}", kind=SpanKind.PRODUCER,
+                        attributes={"messaging.system": "nats",
+                                    "messaging.destination": item.subject,
+                                    "cilia.msg_id": item.msg_id}):
+                    headers = inject_headers({MSG_ID: item.msg_id})
+                    futures.append(await self.js.publish_async(
+                        item.subject, payload, stream=subjects.HISTORY_STREAM,
+                        headers=headers))
+            return list(await asyncio.gather(*futures))
+
+        acks = await self._acked([i.subject for i in items], send_all())
         for ack in acks:
             PUBLISHED.labels(self.service, "duplicate" if ack.duplicate else "stored").inc()
         return acks

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -51,10 +53,11 @@ class NatsServer:
     host: str
     port: int
     store_dir: Path
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -80,12 +83,16 @@ def _wait_ready(host: str, port: int, proc: subprocess.Popen[bytes], log: Path |
 
 
 def start_nats(store_dir: Path, port: int = 0, host: str = "127.0.0.1",
-               log_file: Path | None = None, detach: bool = False) -> NatsServer:
+               log_file: Path | None = None, detach: bool = False,
+               config: Path | None = None, tls: bool = False) -> NatsServer:
     """Start nats-server with JetStream, its store in ``store_dir``; wait until it listens.
 
     Args:
         port: 0 picks a free port.
         detach: start it in its own session so that it outlives this process.
+        config: a configuration file (TLS, users and permissions; see
+            :mod:`services.common.bussecrets`); the command line sets address, port and store.
+        tls: the configuration requires TLS (the server's URL is then ``tls://``).
     """
     store_dir.mkdir(parents=True, exist_ok=True)
     if log_file:
@@ -95,6 +102,8 @@ def start_nats(store_dir: Path, port: int = 0, host: str = "127.0.0.1",
                        "(another NATS? pass a different --port, or --nats-url to use it)")
     port = port or free_port(host)
     args = [nats_server_binary(), "-a", host, "-p", str(port), "-js", "-sd", str(store_dir)]
+    if config is not None:
+        args += ["-c", str(config)]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     try:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
@@ -103,4 +112,17 @@ def start_nats(store_dir: Path, port: int = 0, host: str = "127.0.0.1",
         if log_file:
             out.close()  # type: ignore[union-attr]
     _wait_ready(host, port, proc, log_file)
-    return NatsServer(proc, host, port, store_dir)
+    return NatsServer(proc, host, port, store_dir, tls)
+
+
+def reload_nats(pid: int) -> None:
+    """Make a running nats-server re-read its configuration (new users, permissions): the
+    signal ``nats-server --signal reload=PID`` sends.
+
+    Raises:
+        BusError: no such process.
+    """
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise BusError(f"nats-server (pid {pid}) is not running") from None

@@ -21,3 +21,7 @@ class MalformedPayload(CodecError):
 
 class BusError(CiliaError):
     """The bus could not be reached or configured."""
+
+
+class PermissionDenied(BusError):
+    """The bus refused a publish or subscription: the role may not use that subject."""

@@ -1,6 +1,7 @@
 """The service runner: one asyncio process per service replica.
 
-Connects to the bus, answers heartbeats on ``cilia.ctl.status`` (request/reply), serves
+Connects to the bus (as the role its environment names), answers heartbeats on
+``cilia.ctl.status.<nonce>`` with a reply only its role may publish (:mod:`control`), serves
 Prometheus metrics on an optional port, and shuts down cleanly on SIGTERM/SIGINT.
 """
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -18,13 +18,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from nats.aio.msg import Msg
 from prometheus_client import start_http_server
 
-from services.common import subjects
+from services.common import control, subjects
 from services.common.bus import Bus, Subscription
-from services.common.codec import decode, encode
-from services.common.errors import CodecError
+from services.common.codec import encode
+from services.common.errors import BusError
 from services.common.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
@@ -34,6 +33,7 @@ STATUS_COLLECT_S = 0.3     # how long a status request gathers replies
 STATE_STARTING = "starting"
 STATE_OK = "ok"
 STATE_DEGRADED = "degraded"
+STATUS_EVENT = "service.status"
 
 
 class Service(Protocol):
@@ -87,14 +87,11 @@ class Heartbeat:
             "stats": self.service.stats()}
         if self.node:
             data["node"] = self.node
-        return encode("service.status", data)
+        return encode(STATUS_EVENT, data)
 
     async def start(self, bus: Bus) -> None:
-        async def on_request(msg: Msg) -> None:
-            if msg.reply:
-                await bus.nc.publish(msg.reply, self.payload())
-
-        self._sub = await bus.nc.subscribe(subjects.STATUS, cb=on_request)
+        role = control.responder_role(bus, self.service.name, self.node)
+        self._sub = await control.serve(bus, subjects.STATUS, role, self.payload)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -102,18 +99,12 @@ class Heartbeat:
 
 
 async def collect_status(bus: Bus, wait: float = STATUS_COLLECT_S) -> list[dict[str, Any]]:
-    """Ask every service replica for its status; gathers the replies that come in ``wait``."""
-    replies: list[dict[str, Any]] = []
-    inbox = bus.nc.new_inbox()
+    """Ask every service replica for its status; gathers the replies that come in ``wait``.
 
-    async def on_reply(msg: Msg) -> None:
-        with contextlib.suppress(CodecError):
-            replies.append(decode(msg.data).data)
-
-    sub = await bus.nc.subscribe(inbox, cb=on_reply)
-    await bus.nc.publish(subjects.STATUS, b"", reply=inbox)
-    await asyncio.sleep(wait)
-    await sub.unsubscribe()
+    A reply counts only if its role (proved by its subject) may speak for the service it names.
+    """
+    replies = [r.data for r in await control.request(
+        bus, subjects.STATUS, STATUS_EVENT, control.status_claim, wait)]
     return sorted(replies, key=lambda r: (r["service"], r["replica"]))
 
 
@@ -166,5 +157,9 @@ def service_main(name: str, factory: Callable[[argparse.Namespace], Service],
     logging.basicConfig(level=args.log_level.upper(),
                         format=f"%(asctime)s {name} %(levelname)s %(message)s")
     service = factory(args)
-    asyncio.run(serve(service, args.nats_url, replica=args.replica,
-                      metrics_port=args.metrics_port, node=getattr(args, "node", None)))
+    try:
+        asyncio.run(serve(service, args.nats_url, replica=args.replica,
+                          metrics_port=args.metrics_port, node=getattr(args, "node", None)))
+    except BusError as exc:     # no bus, refused credentials, a stream it may not create
+        log.error("%s", exc)
+        raise SystemExit(1) from None

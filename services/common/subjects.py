@@ -20,8 +20,9 @@ HISTORY_SUBJECTS = [
 
 # Core NATS (not stored).
 FLOWS = "cilia.flows"            # cilia.flows.<node>
-STATUS = "cilia.ctl.status"      # request/reply heartbeat every service answers
-FLOWS_REQUEST = "cilia.ctl.flows"  # request/reply: each agent's recent flows
+STATUS = "cilia.ctl.status"      # cilia.ctl.status.<nonce>: every service answers a heartbeat
+FLOWS_REQUEST = "cilia.ctl.flows"  # cilia.ctl.flows.<nonce>: each agent's recent flows
+CTL_REPLY = "cilia.ctl.reply"    # cilia.ctl.reply.<role>.<nonce>: only <role> may publish
 
 # KV buckets.
 KV_IDENTITIES = "cilia-identities"   # identity allocation (compare-and-set)
@@ -84,3 +85,17 @@ def agent_realized(node: str) -> str:
 
 def flows(node: str) -> str:
     return f"{FLOWS}.{token(node)}"
+
+
+def status_request(nonce: str) -> str:
+    """A status request; the nonce names the replies' subjects (see :func:`ctl_reply`)."""
+    return f"{STATUS}.{nonce}"
+
+
+def flows_request(nonce: str) -> str:
+    return f"{FLOWS_REQUEST}.{nonce}"
+
+
+def ctl_reply(role: str, nonce: str) -> str:
+    """Where ``role`` answers the control request ``nonce``: the subject proves the role."""
+    return f"{CTL_REPLY}.{role}.{nonce}"

@@ -7,6 +7,7 @@ workload.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -18,11 +19,14 @@ from services.lab.errors import WorkloadError
 READY_TIMEOUT_S = 20.0    # the server folds the lb history before it says ready
 
 
-def nats_url_for_pods() -> str:
-    """The bus the DNS server joins: $CILIA_NATS_URL, else what ``cilia up`` recorded."""
+def bus_for_pods() -> tuple[str, dict[str, str]]:
+    """The bus the DNS server joins ($CILIA_NATS_URL, else what ``cilia up`` recorded) and its
+    environment: the ``dns`` role's credentials."""
     from services.cli._context import CliContext, default_state_dir
+    from services.common.roles import DNS
 
-    return CliContext(None, default_state_dir()).url()
+    ctx = CliContext(None, default_state_dir())
+    return ctx.url(), {**os.environ, **ctx.role_env(DNS)}
 
 
 def start_dns(netns: str, pod: str, namespace: str, node: str, logfile: Path) -> ns.ProcRef:
@@ -31,11 +35,12 @@ def start_dns(netns: str, pod: str, namespace: str, node: str, logfile: Path) ->
     Raises:
         DnsStartError: it exited or did not report ready in time (it is killed).
     """
+    url, env = bus_for_pods()
     argv = [sys.executable, "-m", "services.dns", "serve", "--netns", netns,
             "--replica", f"{namespace}/{pod}", "--node", node,
-            "--nats-url", nats_url_for_pods(), "--log-level", "WARNING"]
+            "--nats-url", url, "--log-level", "WARNING"]
     try:
         return start_until_ready(None, argv, logfile, READY_TIMEOUT_S,
-                                 f"dns pod {namespace}/{pod} (netns {netns})")
+                                 f"dns pod {namespace}/{pod} (netns {netns})", env=env)
     except WorkloadError as exc:
         raise DnsStartError(str(exc)) from exc

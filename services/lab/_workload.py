@@ -6,7 +6,7 @@ import contextlib
 import os
 import select
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from services.lab import netns as ns
@@ -33,7 +33,7 @@ def start_workload(netns: str, name: str, namespace: str, ports: Iterable[int],
 
 
 def start_until_ready(netns: str | None, argv: list[str], logfile: Path, timeout: float,
-                      what: str) -> ns.ProcRef:
+                      what: str, env: Mapping[str, str] | None = None) -> ns.ProcRef:
     """Start ``argv`` (in ``netns``, or here for None) detached, logging to ``logfile``, and
     wait until it writes ``ready`` to the fd passed as ``--ready-fd``.
 
@@ -46,7 +46,7 @@ def start_until_ready(netns: str | None, argv: list[str], logfile: Path, timeout
     try:
         with logfile.open("ab") as out, open(os.devnull, "rb") as devnull:
             proc = ns.spawn(netns, [*argv, "--ready-fd", str(wfd)], stdin=devnull,
-                            stdout=out, stderr=out, pass_fds=(wfd,), detach=True)
+                            stdout=out, stderr=out, pass_fds=(wfd,), detach=True, env=env)
         os.close(wfd)
         wfd = -1
         ready, _, _ = select.select([rfd], [], [], timeout)

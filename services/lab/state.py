@@ -75,6 +75,7 @@ class LabState:
     status: str = "creating"
     external: ProcRef | None = None
     routing: str = ROUTING_NATIVE
+    agent_env: dict[str, dict[str, str]] = field(default_factory=dict)  # bus credentials
 
     @property
     def plan(self) -> LabPlan:
@@ -87,6 +88,7 @@ class LabState:
             "status": self.status, "agentModule": self.agent_module, "routing": self.routing,
             "agents": {n: ref.to_json() for n, ref in self.agents.items()},
             "external": self.external.to_json() if self.external else None,
+            "agentEnv": self.agent_env,
             # informational: the plan is derived from name and node count
             "underlayNetns": plan.underlay_netns, "externalNetns": plan.external_netns,
             "nodeList": [{"name": n.name, "netns": n.netns, "nodeIP": str(n.node_ip),
@@ -101,7 +103,8 @@ class LabState:
                    agent_module=data.get("agentModule", ""),
                    routing=data.get("routing", ROUTING_NATIVE),
                    agents={n: ProcRef.from_json(r) for n, r in data.get("agents", {}).items()},
-                   external=ProcRef.from_json(data["external"]) if data.get("external") else None)
+                   external=ProcRef.from_json(data["external"]) if data.get("external") else None,
+                   agent_env={n: dict(e) for n, e in (data.get("agentEnv") or {}).items()})
 
     def save(self) -> None:
         write_json_atomic(lab_dir(self.name) / "lab.json", self.to_json())

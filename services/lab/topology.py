@@ -15,7 +15,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -233,15 +233,18 @@ def _wait_socket(path: str, proc: ns.ProcRef, node: str, logfile: Path) -> None:
                         f"{AGENT_READY_TIMEOUT:.0f}s (log: {logfile})")
 
 
-def _start_agent(lab: str, cfg: NodeConfig, module: str) -> ns.ProcRef:
+def _start_agent(lab: str, cfg: NodeConfig, module: str,
+                 env: Mapping[str, str] | None = None) -> ns.ProcRef:
     conf_file = Path(cfg.state_dir) / "node.json"
     write_json_atomic(conf_file, cfg.to_json())
     logs = log_dir(lab)
     logs.mkdir(parents=True, exist_ok=True)
     logfile = logs / f"{cfg.name}-agent.log"
     with logfile.open("ab") as out, open(os.devnull, "rb") as devnull:
-        # the agent runs in the root netns (it talks to the bus) and works on the node's netns
+        # the agent runs in the root netns (it talks to the bus) and works on the node's netns;
+        # ``env`` adds its bus role's credentials to what it inherits
         proc = ns.spawn(None, [sys.executable, "-m", module, "--node-config", str(conf_file)],
+                        env={**os.environ, **env} if env else None,
                         stdin=devnull, stdout=out, stderr=out, detach=True)
     ref = ns.proc_ref(proc.pid)
     _wait_socket(cfg.socket_path, ref, cfg.name, logfile)
@@ -260,7 +263,8 @@ def _start_external_server(name: str, plan: LabPlan, ports: Sequence[int]) -> ns
 def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
        agent_module: str | None = None,
        external_ports: Sequence[int] = DEFAULT_EXTERNAL_PORTS,
-       routing: str = ROUTING_NATIVE) -> LabState:
+       routing: str = ROUTING_NATIVE,
+       agent_env: Callable[[str], Mapping[str, str]] | None = None) -> LabState:
     """Create a lab with ``nodes`` nodes and start one agent per node.
 
     Args:
@@ -273,6 +277,8 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
             ``WORLD_IP`` and ``EXTERNAL_IP``; empty: no server.
         routing: ``native`` (remote pod CIDRs via the node addresses) or ``tunnel`` (VXLAN
             overlay with the source identity in the VNI).
+        agent_env: environment variables of a node's agent (its bus credentials), by node
+            name; kept in the lab's state so that a restarted agent gets them too.
 
     Returns:
         The lab's state (also persisted in ``$CILIA_STATE_DIR/lab/<name>/lab.json``).
@@ -299,7 +305,10 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
                 cfg = node_config(node, plan)
                 write_json_atomic(cni_conf_path(name, node.name), cni_netconf(cfg))
                 if start_agents:
-                    state.agents[node.name] = _start_agent(name, cfg, module)
+                    if agent_env is not None:
+                        state.agent_env[node.name] = dict(agent_env(node.name))
+                    state.agents[node.name] = _start_agent(name, cfg, module,
+                                                           state.agent_env.get(node.name))
                     state.save()
             state.status = "up"
             state.save()
@@ -330,7 +339,8 @@ def start_agent(name: str, node: str, agent_module: str | None = None) -> ns.Pro
             raise TopologyError(f"node {node}: agent {running.pid} is running already")
         module = (agent_module or state.agent_module or os.environ.get(AGENT_MODULE_ENV)
                   or DEFAULT_AGENT_MODULE)
-        ref = _start_agent(name, node_config(plan_node, state.plan), module)
+        ref = _start_agent(name, node_config(plan_node, state.plan), module,
+                           state.agent_env.get(node))
         state.agents[node] = ref
         state.agent_module = module
         state.save()

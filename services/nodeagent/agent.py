@@ -55,7 +55,7 @@ import msgpack
 from opentelemetry import trace as otel
 from prometheus_client import Counter, Gauge
 
-from services.common import subjects
+from services.common import control, subjects
 from services.common.bus import Bus, Delivery, Outgoing, Subscription
 from services.common.codec import encode
 from services.common.runner import STATE_DEGRADED, STATE_OK, STATE_STARTING
@@ -207,8 +207,9 @@ class NodeAgent:
         if sub.caught_up.is_set():
             self._live = True
             await self.reconcile()
-        self._core_subs.append(await bus.nc.subscribe(subjects.FLOWS_REQUEST,
-                                                      cb=self._on_flows_req))
+        self._core_subs.append(await control.serve(
+            bus, subjects.FLOWS_REQUEST, control.responder_role(bus, "nodeagent", self.cfg.name),
+            self._flows_reply))
         self._tasks.append(asyncio.create_task(self._drift_loop()))
 
     async def stop(self) -> None:
@@ -681,12 +682,9 @@ class NodeAgent:
             flow[f"{side}_pod"] = entry.pod if entry is not None and entry.pod else ""
         return flow
 
-    async def _on_flows_req(self, msg: Any) -> None:
+    def _flows_reply(self) -> bytes:
         """Answer `cilia observe` (without --follow) with the recent flows of this node."""
-        assert self.bus is not None
-        if msg.reply:
-            await self.bus.nc.publish(msg.reply, encode("flow", {
-                "node": self.cfg.name, "flows": list(self.recent)}))
+        return encode("flow", {"node": self.cfg.name, "flows": list(self.recent)})
 
     async def _ct_gc(self) -> None:
         while True:

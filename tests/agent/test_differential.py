@@ -13,8 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.common.bus import Bus
 from services.common.policytypes import PROTO_TCP
+from services.common.roles import CLI
 from services.policy import trace
 from tests.support.cluster import Cluster
 
@@ -70,11 +70,11 @@ def _pods() -> list[dict[str, Any]]:
                  {"containerPort": p} for p in PORTS]}]}} for name in PODS]
 
 
-async def _expected(url: str, ids: dict[str, int], samples: list[tuple[str, str, int]]
+async def _expected(lab: Cluster, ids: dict[str, int], samples: list[tuple[str, str, int]]
                     ) -> list[bool]:
     from services.cli.policy import load_repository
 
-    bus = await Bus.connect(url, "test")
+    bus = await lab.bus(CLI)
     try:
         repo, named = await load_repository(bus)
     finally:
@@ -107,7 +107,7 @@ def test_kernel_verdicts_equal_trace(lab: Cluster, tmp_path: Path) -> None:
         policy_file.write_text(yaml.safe_dump_all(docs))
         lab.ok("apply", "-f", str(policy_file))
         lab.settle()
-        expected = asyncio.run(_expected(lab.url, ids, picks))
+        expected = asyncio.run(_expected(lab, ids, picks))
         observed: list[bool] = []
         by_src: dict[str, list[int]] = {}
         for i, (s, _, _) in enumerate(picks):

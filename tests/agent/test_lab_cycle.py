@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from services.common.bus import Bus
+from services.common.roles import CLI
 from tests.support.cluster import Cluster
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
@@ -29,7 +29,7 @@ def test_lab_down_up_and_reapply(lab: Cluster) -> None:
 
 def _no_pod_ipcache(lab: Cluster) -> bool:
     async def read() -> bool:
-        bus = await Bus.connect(lab.url, "test")
+        bus = await lab.bus(CLI)
         try:
             snap = await bus.snapshot(["cilia.ipcache.k8s.>"])
         finally:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from services.common.embedded import free_port
 from tests.support.cli import cilia
+from tests.support.securebus import secured_bus
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
 
@@ -30,7 +34,11 @@ def test_up_apply_list_status_down(tmp_path: Path) -> None:
         pids = {p["name"]: p["pid"] for p in state["processes"]}
         assert set(pids) == {"nats-server", "identity-0", "identity-1", "policy-0", "lb-0"}
         assert all(_alive(p) for p in pids.values())
-        assert state["nats_url"] == f"nats://127.0.0.1:{port}"
+        assert state["nats_url"] == f"tls://127.0.0.1:{port}"      # TLS, one user per role
+        assert state["bus"] == {"creds": str(tmp_path / "bus" / "creds"),
+                                "ca": str(tmp_path / "bus" / "tls" / "ca.pem"),
+                                "cert": None, "key": None}
+        assert "TLS and per-role credentials" in res.stdout
         again = cilia("up", "--port", str(free_port()), env=env)
         assert again.returncode == 1 and "already running" in again.stderr
 
@@ -56,6 +64,17 @@ def test_up_apply_list_status_down(tmp_path: Path) -> None:
         assert sorted((s["service"], s["state"]) for s in status["services"]) == [
             ("identity", "ok"), ("identity", "ok"), ("lb", "ok"), ("policy", "ok")]
         assert status["streams"][0]["messages"] >= 4
+        assert (status["nats"]["tls"], status["nats"]["auth"], status["nats"]["role"]) == (
+            True, True, "cli")
+        line = next(x for x in cilia("status", env=env).stdout.splitlines() if "NATS:" in x)
+        assert "OK" in line and "TLS, auth: role cli" in line
+        # every service runs as its own role, with only its own credentials
+        for name in ("identity-0", "policy-0", "lb-0"):
+            environ = dict(kv.split("=", 1) for kv in Path(
+                f"/proc/{pids[name]}/environ").read_text().split("\0") if "=" in kv)
+            role = name.split("-")[0]
+            assert environ["CILIA_NATS_ROLE"] == role
+            assert environ["CILIA_NATS_NKEY"] == str(tmp_path / "bus" / "creds" / f"{role}.nk")
     finally:
         down = cilia("down", "--purge", env=env)
     assert down.returncode == 0
@@ -73,8 +92,52 @@ def test_external_nats_starts_nothing_embedded(tmp_path: Path, nats_url: str) ->
         state = json.loads((tmp_path / "up.json").read_text())
         assert [p["name"] for p in state["processes"]] == ["identity-0", "policy-0", "lb-0"]
         assert state["embedded"] is False and state["nats_url"] == nats_url
+        # an open bus works, and status says what it lacks
+        out = cilia("status", env=env).stdout
+        line = next(x for x in out.splitlines() if "NATS:" in x)
+        assert "warning" in line and "no TLS, no auth" in line
+        assert "Warning: the bus does not require authentication" in out
     finally:
         cilia("down", env=env)
+
+
+def test_external_nats_with_credentials_and_tls() -> None:
+    """`cilia up --nats-url URL --creds DIR --tlsca CA`, as against an operator's NATS: here
+    one started the way `cilia up` starts its own, in another state directory."""
+    # Not under pytest's basetemp: another pytest session on the machine may prune it.
+    tmp_path = Path(tempfile.mkdtemp(prefix="cilia-ext-"))
+    with secured_bus() as bus, contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, tmp_path, ignore_errors=True)
+        creds, ca = bus.secrets.creds_dir, bus.secrets.ca
+        env = {"CILIA_STATE_DIR": str(tmp_path / "state")}
+        res = cilia("up", "--nats-url", bus.url, "--creds", str(creds), "--tlsca", str(ca),
+                    env=env)
+        try:
+            assert res.returncode == 0, res.stderr
+            state = json.loads((tmp_path / "state" / "up.json").read_text())
+            assert state["embedded"] is False
+            assert state["bus"]["creds"] == str(creds) and state["bus"]["ca"] == str(ca)
+            # later commands find the credentials `up` recorded
+            status = json.loads(cilia("status", "-o", "json", env=env).stdout)
+            assert sorted(s["service"] for s in status["services"]) == ["identity", "lb",
+                                                                         "policy"]
+            assert status["nats"]["tls"] and status["nats"]["auth"]
+            # ...or the nats CLI's option names in the environment, for any command
+            res = cilia("identity", "list", env={"CILIA_STATE_DIR": str(tmp_path / "other"),
+                                                 "CILIA_NATS_URL": bus.url,
+                                                 "CILIA_NATS_CREDS": str(creds),
+                                                 "CILIA_NATS_CA": str(ca)})
+            assert res.returncode == 0 and "reserved:host" in res.stdout, res.stderr
+            # without them: a clear error, not a hang or a traceback
+            res = cilia("--nats-url", bus.url, "--state-dir", str(tmp_path / "none"),
+                        "identity", "list", timeout=20)
+            assert res.returncode == 1 and "TLS verification of the server failed" in res.stderr
+            res = cilia("--nats-url", bus.url, "--tlsca", str(ca), "--state-dir",
+                        str(tmp_path / "none"), "identity", "list", timeout=20)
+            assert res.returncode == 1 and "refused the credentials" in res.stderr
+            assert "Traceback" not in res.stderr
+        finally:
+            cilia("down", env=env)
 
 
 def test_up_fails_cleanly_when_the_port_is_taken(tmp_path: Path, nats_url: str) -> None:

@@ -22,9 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.cli import controlplane
 from services.cli.controlplane import SERVICES
 from services.common.bus import Bus
-from services.common.embedded import NatsServer, start_nats
+from services.common.buscreds import BusAccess, Credentials
+from services.common.embedded import NatsServer, free_port, start_nats
+from services.common.roles import ADMIN, CLI, SERVICE_ROLES
 from tests.support.procs import REPO, start_service, stop_process
 from tests.support.wait import wait_until
 
@@ -39,6 +42,15 @@ class Cluster:
     state_dir: Path
     env: dict[str, str]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    access: BusAccess | None = None     # the bus's credentials (None: an open bus)
+
+    def creds(self, role: str = ADMIN) -> Credentials:
+        """A role's credentials on this cluster's bus (admin: may publish anything)."""
+        return self.access.credentials(role) if self.access else Credentials(role=role)
+
+    async def bus(self, role: str = ADMIN, name: str = "test") -> Bus:
+        """A connection to the cluster's bus as ``role``."""
+        return await Bus.connect(self.url, name, creds=self.creds(role))
 
     def cilia(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([CILIA, *args], cwd=REPO, env=self.env, capture_output=True,
@@ -84,7 +96,7 @@ class Cluster:
         from services.policy.service import INPUTS as POLICY_INPUTS
 
         async def last_seq(filters: list[str]) -> int:
-            bus = await Bus.connect(self.url, "test")
+            bus = await self.bus(CLI)
             try:
                 snap = await bus.snapshot(filters)
             finally:
@@ -104,22 +116,34 @@ class Cluster:
 
 
 @contextmanager
-def cluster(tmp: Path, nodes: int = 1,
-            extra_env: dict[str, str] | None = None, routing: str = "native") -> Iterator[Cluster]:
+def cluster(tmp: Path, nodes: int = 1, extra_env: dict[str, str] | None = None,
+            routing: str = "native", secure: bool = True) -> Iterator[Cluster]:
     """Start nats-server, identity and policy services, and a lab with ``nodes`` agents.
 
+    The bus is started exactly as ``cilia up`` starts it (TLS, one credential per role, the
+    history stream and KV buckets made by the admin), and each service runs with its own role's
+    credentials; ``secure=False`` starts an open bus instead (benchmarks compare the two).
     ``extra_env`` reaches every process started (services, agents, CLI calls); ``routing``
     is the lab's ``--routing`` (native or tunnel).
     """
     lab = "t" + secrets.token_hex(2)
     state = tmp / "state"
-    server: NatsServer = start_nats(tmp / "nats", log_file=tmp / "nats.log")
-    env = {**os.environ, "CILIA_STATE_DIR": str(state), "CILIA_NATS_URL": server.url,
+    server: NatsServer | None = None
+    access: BusAccess | None = None
+    if secure:
+        up = controlplane.up(state, None, port=free_port(), services=())
+        url = up["nats_url"]
+        access = BusAccess.from_json(up["bus"])
+    else:
+        server = start_nats(tmp / "nats", log_file=tmp / "nats.log")
+        url = server.url
+    env = {**os.environ, "CILIA_STATE_DIR": str(state), "CILIA_NATS_URL": url,
            "CILIA_LAB": lab, "CILIA_RUN_DIR": str(tmp / "run"), **(extra_env or {})}
-    c = Cluster(server.url, lab, state, env)
+    c = Cluster(url, lab, state, env, access=access)
     try:
         for name in SERVICES:
-            c.procs.append(start_service(f"services.{name}", server.url, env=env,
+            svc_env = {**env, **controlplane.role_env(url, access, SERVICE_ROLES[name])}
+            c.procs.append(start_service(f"services.{name}", url, env=svc_env,
                                          log=tmp / f"{name}.log"))
         res = c.cilia("lab", "up", "--nodes", str(nodes), "--name", lab, "--routing", routing,
                       timeout=180)
@@ -133,7 +157,10 @@ def cluster(tmp: Path, nodes: int = 1,
                               capture_output=True, text=True, timeout=120)
         for proc in c.procs:
             stop_process(proc)
-        server.stop()
+        if server is not None:
+            server.stop()
+        else:
+            controlplane.down(state)
         # Agents of this lab name our temporary directory in their command line: one left
         # running (a lab brought down and up again by a test) is ours to stop.
         strays = _processes_naming(str(tmp))
