@@ -2,8 +2,9 @@
 
 The agent embeds :class:`CniServer` and passes an :class:`EndpointHooks` implementation: the
 created hook runs after the endpoint is wired and before ADD answers (attach programs, fill the
-endpoint map there); if it raises, the endpoint is rolled back and ADD fails. The deleted hook
-runs before the veth is removed on DEL; its errors are logged, DEL still succeeds.
+endpoint map, wait until the endpoint is enforced); if it raises, the endpoint is rolled back
+and ADD fails (code 11, "try again later", when the hook says it was not ready in time). The
+deleted hook runs before the veth is removed on DEL; its errors are logged, DEL still succeeds.
 
 Run standalone (what the lab starts per node until the full agent takes over)::
 
@@ -28,6 +29,7 @@ from services.nodeagent.cni.spec import (
     ERR_ENDPOINT,
     ERR_INVALID_CONFIG,
     ERR_IPAM_EXHAUSTED,
+    ERR_TRY_AGAIN,
     ERR_UNKNOWN_CONTAINER,
     CniError,
     add_result,
@@ -39,6 +41,7 @@ from services.nodeagent.endpoints import (
     EndpointError,
     EndpointManager,
     EndpointNotFoundError,
+    EndpointNotReadyError,
     EndpointRequest,
     NodeConfig,
 )
@@ -164,6 +167,12 @@ class CniServer:
         if created:
             try:
                 await _call(self.hooks.on_endpoint_created(ep))
+            except EndpointNotReadyError as exc:
+                # Identity or policy did not reach the maps in time: fail so that the
+                # runtime retries (CNI "try again later"), leaving nothing behind.
+                log.warning("endpoint %d: %s", ep.id, exc)
+                await asyncio.to_thread(self.manager.rollback, ep)
+                raise CniError(ERR_TRY_AGAIN, str(exc)) from exc
             except Exception as exc:
                 log.exception("endpoint %d: created hook failed", ep.id)
                 await asyncio.to_thread(self.manager.rollback, ep)

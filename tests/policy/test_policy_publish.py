@@ -50,8 +50,11 @@ def test_new_identity_publishes_only_matching_selector_deltas_and_itself() -> No
     assert {m.key for m in selector_msgs} == {frontend_sel.id, deny_sel.id}
     assert all(m.payload == {"selector": m.key, "revision": ch.revision, "op": "delta",
                              "added": [400], "removed": []} for m in selector_msgs)
-    # The new identity is selected by no rule, so there is no subject message at all.
-    assert [m for m in msgs if m.channel == CHANNEL_SUBJECT] == []
+    # The new identity is selected by no rule: its only subject message is its own, with no
+    # rules (its policy is computed: open both ways); no other subject is republished.
+    own = [m for m in msgs if m.channel == CHANNEL_SUBJECT]
+    assert [(m.key, m.payload["rules"], m.payload["ingress_enforced"],
+             m.payload["egress_enforced"]) for m in own] == [("400", [], False, False)]
     ch = repo.add_identity(401, pod(app="database", tier="db", version="v2"))
     subject_msgs = [m for m in messages(repo, ch) if m.channel == CHANNEL_SUBJECT]
     assert [m.key for m in subject_msgs] == ["401"]
