@@ -24,7 +24,7 @@ from typing import Any
 
 from services.lab import cniexec
 from services.lab import netns as ns
-from services.lab._workload import start_workload
+from services.lab._workload import start_client, start_workload
 from services.lab.errors import (
     CniInvokeError,
     LabError,
@@ -35,6 +35,7 @@ from services.lab.plan import container_id, pod_netns_name
 from services.lab.podspec import (
     DeploymentSpec,
     PodSpec,
+    client_targets,
     deployment_pod,
     owner_deployment,
     parse_deployment,
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 PODS_STATE_VERSION = 1
 POD_IFNAME = "eth0"
 DNS_IMAGE = "cilia/dns"     # the image whose pods run the cluster DNS server, not the workload
+CLIENT_IMAGE = "cilia/client"   # pods that connect to their args' HOST:PORT in a loop
 ADD_ATTEMPTS = 3            # CNI ADD tries per pod (the agent fails ADD it could not enforce)
 ADD_RETRY_DELAY_S = 1.0     # pause before trying ADD again, doubled after each failure
 
@@ -155,6 +157,8 @@ class Kubelet:
             WorkloadError: the workload did not start (nothing is left behind).
         """
         spec = parse_pod(pod)
+        if _image(pod) == CLIENT_IMAGE:
+            client_targets(pod)     # a bad target fails before anything is created
         with self._locked() as records:
             out = self._create(records, spec, pod, on_scheduled)
             self._save(records)
@@ -311,6 +315,8 @@ class Kubelet:
             from services.dns.launch import start_dns  # the cluster DNS server (kube-dns)
 
             return start_dns(netns, spec.name, spec.namespace, node, logfile)
+        if _image(pod) == CLIENT_IMAGE:
+            return start_client(netns, spec.name, spec.namespace, client_targets(pod), logfile)
         return start_workload(netns, spec.name, spec.namespace, [p.port for p in spec.ports],
                               logfile)
 
