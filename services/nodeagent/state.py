@@ -284,10 +284,13 @@ class NodeState:
         return named
 
     def desired_policy(self, subjects: Iterable[int]) -> dict[PolicyKey, Verdict]:
-        """The policy entries of ``subjects`` (rules x selector members)."""
+        """The policy entries of ``subjects`` (rules x selector members); none for a subject
+        whose policy is not computed (an empty policy would open it both ways)."""
         named = self.named_ports()
         out: dict[PolicyKey, Verdict] = {}
         for ident in subjects:
+            if not self.policy_computed(ident):
+                continue
             policy = self.subjects.get(ident) or SubjectPolicy(ident)
             out.update(expand(policy, self.members, named).entries)
         return out
