@@ -251,6 +251,9 @@ class IdentityService(BusConsumer):
             key = (ns, name)
             if deleted:
                 self.pods.pop(key, None)
+                # A pod of the same name created later gets its address from a new report,
+                # never from one an agent that went away left behind.
+                self.reports.pop(key, None)
             else:
                 obj = data["object"]
                 status = obj.get("status") or {}

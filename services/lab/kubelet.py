@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.tracing import inject_headers
 from services.lab import cniexec
 from services.lab import netns as ns
 from services.lab._workload import start_client, start_workload
@@ -45,6 +46,7 @@ from services.lab.podspec import (
 )
 from services.lab.state import cni_conf_path, lab_dir, lab_lock, load_lab, log_dir
 from services.lab.topology import DEFAULT_LAB
+from services.nodeagent.cniserver import TRACEPARENT_ARG
 from services.nodeagent.ipam import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -367,8 +369,13 @@ def _image(pod: Mapping[str, Any]) -> str:
 
 
 def _cni_args(spec: PodSpec, runtime: Mapping[str, Any]) -> dict[str, str]:
-    return {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": spec.namespace,
+    args = {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": spec.namespace,
             "K8S_POD_NAME": spec.name, "K8S_POD_INFRA_CONTAINER_ID": runtime["containerId"]}
+    # The trace of the apply that creates the pod continues in the agent's ADD.
+    traceparent = inject_headers({}).get("traceparent")
+    if traceparent:
+        args[TRACEPARENT_ARG] = traceparent
+    return args
 
 
 def _pod_ip(result: Mapping[str, Any] | None) -> str:

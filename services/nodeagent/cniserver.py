@@ -23,6 +23,9 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
+from opentelemetry.trace import SpanKind
+
+from services.common.tracing import extract_context, tracer
 from services.nodeagent.cni.protocol import MAX_MESSAGE, decode, encode, error_response
 from services.nodeagent.cni.spec import (
     ERR_CHECK_FAILED,
@@ -50,6 +53,9 @@ from services.nodeagent.ipam import IpamError, IpamExhaustedError
 log = logging.getLogger("cilia.cniserver")
 
 SOCKET_MODE = 0o600
+# CNI_ARGS key carrying the W3C traceparent of the runtime's operation (ADD continues its trace)
+TRACEPARENT_ARG = "TRACEPARENT"
+_tracer = tracer("cilia.cniserver")
 
 
 class EndpointHooks(Protocol):
@@ -165,8 +171,13 @@ class CniServer:
         except (EndpointError, IpamError, OSError) as exc:
             raise CniError(ERR_ENDPOINT, f"container {cid}: {exc}") from exc
         if created:
+            parent = extract_context({"traceparent": str(args.get(TRACEPARENT_ARG) or "")})
             try:
-                await _call(self.hooks.on_endpoint_created(ep))
+                with _tracer.start_as_current_span(
+                        "cni ADD", context=parent, kind=SpanKind.SERVER,
+                        attributes={"cilia.node": self.node.name, "cilia.endpoint": ep.id,
+                                    "k8s.pod": f"{ep.pod_namespace}/{ep.pod_name}"}):
+                    await _call(self.hooks.on_endpoint_created(ep))
             except EndpointNotReadyError as exc:
                 # Identity or policy did not reach the maps in time: fail so that the
                 # runtime retries (CNI "try again later"), leaving nothing behind.
