@@ -46,7 +46,7 @@ from services.lab.podspec import (
 )
 from services.lab.state import cni_conf_path, lab_dir, lab_lock, load_lab, log_dir
 from services.lab.topology import DEFAULT_LAB
-from services.nodeagent.cniserver import TRACEPARENT_ARG
+from services.nodeagent.cni.spec import TRACEPARENT_ARG
 from services.nodeagent.ipam import write_json_atomic
 
 log = logging.getLogger(__name__)

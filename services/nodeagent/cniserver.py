@@ -34,6 +34,7 @@ from services.nodeagent.cni.spec import (
     ERR_IPAM_EXHAUSTED,
     ERR_TRY_AGAIN,
     ERR_UNKNOWN_CONTAINER,
+    TRACEPARENT_ARG,
     CniError,
     add_result,
     check_prev_result,
@@ -53,8 +54,6 @@ from services.nodeagent.ipam import IpamError, IpamExhaustedError
 log = logging.getLogger("cilia.cniserver")
 
 SOCKET_MODE = 0o600
-# CNI_ARGS key carrying the W3C traceparent of the runtime's operation (ADD continues its trace)
-TRACEPARENT_ARG = "TRACEPARENT"
 _tracer = tracer("cilia.cniserver")
 
 

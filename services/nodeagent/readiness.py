@@ -137,15 +137,15 @@ class Readiness:
 
     def patched(self) -> None:
         """The maps were just patched: settle every endpoint that is now enforced."""
-        for ip, waiter in list(self._waiting.items()):
+        for waiter in self._waiting.values():
+            if waiter.done.done():
+                continue
             try:
                 reason = self.check(waiter.ep)
             except Exception as exc:  # a bad entry must not break the patch path
                 reason = f"readiness check failed: {exc}"
             if reason is None:
-                self._waiting.pop(ip, None)
-                if not waiter.done.done():
-                    waiter.done.set_result(None)
+                waiter.done.set_result(None)
             else:
                 waiter.missing = reason
 
@@ -161,9 +161,9 @@ class Readiness:
         """
         waiter = self._waiting.get(ep.ip)
         if waiter is None:
-            return
+            return      # not expected: nothing waits for it
         if not self.enabled:
-            self._waiting.pop(ep.ip, None)
+            self.forget(ep)
             return
         if unavailable is not None:
             self.forget(ep)
