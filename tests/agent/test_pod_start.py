@@ -23,7 +23,7 @@ from services.nodeagent.endpoints import open_iproute
 from tests.support.cluster import CILIA, Cluster, temp_cluster
 from tests.support.procs import start_service, stop_process
 
-READY_TIMEOUT_S = 4     # the agents' ADD wait in this module (the default is longer)
+READY_TIMEOUT_S = 8     # the agents' ADD wait in this module (the default is longer)
 POLICY_PROC = 1         # index of the policy service in Cluster.procs (SERVICES order)
 CLIENT_RUN_S = 4.0      # how long the client's connect loop is watched
 PROBE_DURING_ADD_S = 1.5   # a probe inside the sandbox while ADD waits (< READY_TIMEOUT_S)
@@ -194,6 +194,8 @@ def test_add_fails_cleanly_when_the_policy_is_not_computed_and_the_kubelet_retri
                 time.sleep(PROBE_DURING_ADD_S)
             finally:
                 stop_process(probe)
+            # The probe lived within the wait: the endpoint is still the one at init.
+            assert list(_init_endpoints(node).items()) == [(ip, entry)]
             _, err = apply.communicate(timeout=120)
         finally:
             if apply.poll() is None:
