@@ -7,7 +7,9 @@
    the service and measured there.
 3. Volume when one pod with a new identity appears in clusters of 100, 1,000 and 10,000
    identities with 100 policies covering them: messages and msgpack bytes. Must stay flat
-   (ratio 10k/100 <= 1.2).
+   (ratio 10k/100 <= 1.2). Measured for an identity some policy selects, and for one no
+   policy selects (its only subject message is the empty "policy computed" mark that agents
+   wait for; its bytes are reported apart).
 
 Run from the repo root: ``.venv/bin/python -m bench.policy_compile``
 (writes bench/results/policy_compile.json).
@@ -26,7 +28,7 @@ import msgpack
 from bench._common import summary_ms, write
 from services.common.identities import RESERVED, reserved_labels
 from services.common.labels import Label, Labels
-from services.policy import Repository, expand, messages
+from services.policy import CHANNEL_SUBJECT, Repository, expand, messages
 
 NAMESPACES = 10
 APPS = 100
@@ -123,15 +125,25 @@ def _imports(repo: Repository, first: int, count: int) -> list[float]:
     return out
 
 
+def unselected_labels(i: int) -> Labels:
+    """A pod no bench policy selects (no ``app`` label), in namespace ``ns0``."""
+    return Labels([Label("k8s", "role", f"batch{i}"),
+                   Label("k8s", "io.kubernetes.pod.namespace", "ns0"),
+                   Label("k8s", "io.cilium.k8s.namespace.labels.team", "team0"),
+                   Label("k8s", "io.cilium.k8s.policy.serviceaccount", "default"),
+                   Label("k8s", "io.cilium.k8s.policy.cluster", "default")])
+
+
 def bench_new_identity(sizes: tuple[int, ...] = (100, 1000, 10000),
-                       n_policies: int = 100) -> dict[str, Any]:
+                       n_policies: int = 100, selected: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for size in sizes:
         repo = cluster(size)
         for j in range(n_policies):
             repo.apply(policy(j))
+        labels = pod_labels(size) if selected else unselected_labels(size)
         t0 = time.perf_counter()
-        ch = repo.add_identity(256 + size, pod_labels(size))
+        ch = repo.add_identity(256 + size, labels)
         msgs = messages(repo, ch)
         elapsed = time.perf_counter() - t0
         by_channel: dict[str, int] = {}
@@ -141,6 +153,9 @@ def bench_new_identity(sizes: tuple[int, ...] = (100, 1000, 10000),
             "messages": len(msgs), "by_channel": by_channel,
             "selector_deltas": len(ch.selector_deltas), "subject_updates": len(ch.subjects),
             "bytes": sum(len(msgpack.packb(m.payload)) for m in msgs),
+            "own_subject_bytes": sum(len(msgpack.packb(m.payload)) for m in msgs
+                                     if m.channel == CHANNEL_SUBJECT
+                                     and m.key == str(256 + size)),
             "seconds": round(elapsed, 6)}
     small, big = out[str(sizes[0])], out[str(sizes[-1])]
     out["ratio_bytes"] = round(big["bytes"] / small["bytes"], 3)
@@ -150,10 +165,13 @@ def bench_new_identity(sizes: tuple[int, ...] = (100, 1000, 10000),
 
 
 def main() -> int:
-    results = {"new_identity": bench_new_identity(), "compile": bench_compile()}
+    results = {"new_identity": bench_new_identity(),
+               "new_unselected_identity": bench_new_identity(selected=False),
+               "compile": bench_compile()}
     print(json.dumps(results, indent=2))
     write("policy_compile", results)
-    return 0 if results["new_identity"]["flat"] else 1
+    flat = results["new_identity"]["flat"] and results["new_unselected_identity"]["flat"]
+    return 0 if flat else 1
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from services.common import control, subjects
 from services.common.bus import Bus
 from services.common.codec import decode
 from services.common.errors import CiliaError, CodecError
-from services.common.identities import RESERVED
+from services.common.identities import ID_INIT, RESERVED
 from services.common.policytypes import ANY_PEER, PROTO_NAMES, Direction
 from services.nodeagent.datapath import DatapathError, open_maps
 from services.nodeagent.datapath.constants import FORWARD_REASON_LIMIT, PIN_ROOT
@@ -81,7 +81,9 @@ def endpoint_rows(ctx: CliContext, node: str | None) -> list[dict[str, Any]]:
                          "ingress_enforcement": ep.enforce_ingress,
                          "egress_enforcement": ep.enforce_egress, "ipv4": ip,
                          "pod": pods.get(ip, ""), "labels": _labels_of(labels, ep.identity),
-                         "status": "ready"})
+                         # still at the init identity: its ADD waits (or it failed closed)
+                         "status": "waiting-for-identity" if ep.identity == ID_INIT
+                         else "ready"})
     return rows
 
 

@@ -20,6 +20,7 @@ from services.cli._context import (
 from services.cli.agentcli import bpf_group, endpoint_group, observe
 from services.cli.connectivity import connectivity_group
 from services.cli.demo import demo
+from services.cli.endpointcli import endpoint_get
 from services.cli.identity import identity_group
 from services.cli.labcli import exec_command, lab_group, runtime_for
 from services.cli.policy import policy_group
@@ -174,6 +175,7 @@ def delete(ctx: CliContext, files: tuple[str, ...]) -> None:
 cli.add_command(identity_group)
 cli.add_command(policy_group)
 cli.add_command(endpoint_group)
+endpoint_group.add_command(endpoint_get)
 cli.add_command(bpf_group)
 cli.add_command(service_group)
 bpf_group.add_command(bpf_lb_group)

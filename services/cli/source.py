@@ -10,7 +10,7 @@ import asyncio
 import json
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,13 +32,20 @@ NOT_FOUND = "not found"
 
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+SCHEDULED_PUBLISH_TIMEOUT_S = 30.0   # publishing a scheduled pod from the runtime's thread
 WORKLOAD_KINDS = ("Pod", "Deployment")
 
 
 class Runtime(Protocol):
-    """What runs pods (the lab's kubelet): returns the pods as they now run."""
+    """What runs pods (the lab's kubelet): returns the pods as they now run.
 
-    def apply(self, obj: Mapping[str, Any]) -> Any: ...
+    ``on_scheduled`` is called (from the runtime's thread) with each new pod as scheduled,
+    before its CNI ADD: the source publishes it then, so that the pod is known on the bus
+    while its node's agent sets up its endpoint.
+    """
+
+    def apply(self, obj: Mapping[str, Any],
+              on_scheduled: Callable[[dict[str, Any]], None] | None = None) -> Any: ...
 
     def delete_pod(self, namespace: str, name: str) -> bool: ...
 
@@ -96,8 +103,18 @@ async def _publish_object(bus: Bus, obj: Mapping[str, Any], event_type: str = "o
 
 async def _run_workload(bus: Bus, runtime: Runtime, obj: dict[str, Any]) -> None:
     """Have the runtime run a Pod or Deployment (creating what is missing, like a
-    controller), then publish its pods where they differ from what the bus holds."""
-    result = await asyncio.to_thread(runtime.apply, obj)
+    controller), then publish its pods where they differ from what the bus holds.
+
+    Each new pod is published as scheduled (node, no address) before its CNI ADD, as a
+    kube-apiserver holds it, and again with its address once it runs.
+    """
+    loop = asyncio.get_running_loop()
+
+    def scheduled(pod: dict[str, Any]) -> None:
+        asyncio.run_coroutine_threadsafe(_publish_object(bus, pod), loop).result(
+            SCHEDULED_PUBLISH_TIMEOUT_S)
+
+    result = await asyncio.to_thread(runtime.apply, obj, scheduled)
     for pod in result.pods:
         meta = pod["metadata"]
         if await current_object(bus, "Pod", meta["namespace"], meta["name"]) != pod:

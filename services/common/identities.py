@@ -44,6 +44,11 @@ def is_reserved(identity: int) -> bool:
     return 0 < identity < MIN_CLUSTER_ID
 
 
+def is_cluster(identity: int) -> bool:
+    """Identities allocated for label sets (pods), neither reserved nor node-local."""
+    return MIN_CLUSTER_ID <= identity <= MAX_CLUSTER_ID
+
+
 def is_local(identity: int) -> bool:
     """Node-local (CIDR) identities carry the local-scope flag."""
     return identity >= LOCAL_IDENTITY_FLAG

@@ -51,6 +51,10 @@ SCHEMAS: dict[str, Schema] = {
     "lb.status": Schema({"namespace": str, "name": str, "op": str}, {"error": str, "id": int}),
     # Node agents.
     "agent.realized": Schema({"node": str, "revision": int}, {"identities": dict}),
+    # Per local endpoint (cilia.agent.endpoint.<node>.<ns>.<pod>): created by CNI ADD, gone.
+    "endpoint.upsert": Schema({"node": str, "namespace": str, "pod": str, "ip": str,
+                               "endpoint_id": int, "container_id": str}),
+    "endpoint.delete": Schema({"node": str, "namespace": str, "pod": str}),
     "flow": Schema({"node": str, "flows": list}),
 }
 

@@ -83,6 +83,31 @@ def agent_realized(node: str) -> str:
     return f"cilia.agent.realized.{token(node)}"
 
 
+# Agent endpoint reports: cilia.agent.endpoint.<node>.<namespace>.<pod> (the node token is
+# where the bus's subject permissions pin an agent to its own node).
+AGENT_ENDPOINTS = "cilia.agent.endpoint.>"
+_AGENT_ENDPOINT_PREFIX = "cilia.agent.endpoint."
+
+
+def agent_endpoint(node: str, namespace: str, pod: str) -> str:
+    return f"{_AGENT_ENDPOINT_PREFIX}{token(node)}.{token(namespace)}.{token(pod)}"
+
+
+def agent_endpoints_of(node: str) -> str:
+    """Filter of one node's endpoint reports."""
+    return f"{_AGENT_ENDPOINT_PREFIX}{token(node)}.>"
+
+
+def parse_agent_endpoint(subject: str) -> tuple[str, str, str] | None:
+    """(node token, namespace token, pod token) of an endpoint report subject, or None."""
+    if not subject.startswith(_AGENT_ENDPOINT_PREFIX):
+        return None
+    parts = subject[len(_AGENT_ENDPOINT_PREFIX):].split(".")
+    if len(parts) != 3 or not all(parts):
+        return None
+    return parts[0], parts[1], parts[2]
+
+
 def flows(node: str) -> str:
     return f"{FLOWS}.{token(node)}"
 

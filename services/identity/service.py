@@ -1,5 +1,11 @@
 """The identity service: Pod and Namespace events in, identities and ipcache entries out.
 
+A pod's address comes from its node's agent (the ``endpoint.upsert`` report it publishes
+while CNI ADD waits, on a subject that names the node), accepted only when the Pod is
+scheduled on that node; ``status.podIP`` serves pods without a report. Pod labels that claim
+what only other objects may say (namespace, namespace labels, service account, cluster, a
+non-k8s source) never reach an identity; they are counted and logged.
+
 State is rebuilt from the bus on start: the last published identity and ipcache events tell what
 the bus already says, the source history tells what it should say; the service publishes only
 the difference. Numbers live in the KV bucket, so restarts and replicas keep them.
@@ -8,6 +14,7 @@ the difference. Numbers live in the KV bucket, so restarts and replicas keep the
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import time
@@ -24,7 +31,7 @@ from services.common.labels import Labels
 from services.common.runner import BusConsumer, collect_status, default_replica
 from services.common.tracing import tracer
 from services.identity.allocator import Allocator, JetStreamStore
-from services.identity.derive import LabelFilter, pod_identity_labels
+from services.identity.derive import DroppedLabel, LabelFilter, derive_pod_labels
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,11 @@ OWNER_WAIT_S = 0.5             # how long a replica waits for another's allocati
 MAX_BATCH = 512                # source events folded into one reconciliation under load
 
 ALLOCATIONS = Counter("cilia_identity_allocations_total", "Identities allocated", ["outcome"])
+LABELS_DROPPED = Counter("cilia_identity_pod_labels_dropped_total",
+                         "Pod labels kept out of identities: they claim what only the objects "
+                         "that own them may say", ["reason"])
+REPORTS = Counter("cilia_identity_endpoint_reports_total", "Agent endpoint reports consumed",
+                  ["outcome"])
 _tracer = tracer("cilia.identity")
 
 PodKey = tuple[str, str]
@@ -51,10 +63,28 @@ class PodInfo:
 
 
 @dataclass(frozen=True)
+class EndpointReport:
+    """An agent's word on a pod's address (``endpoint.upsert``), by the node it came from."""
+
+    node: str
+    ip: str
+    endpoint_id: int
+    container_id: str
+
+
+@dataclass(frozen=True)
 class IpcacheEntry:
     identity: int
     host_ip: str
     pod: str
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class IdentityService(BusConsumer):
@@ -82,6 +112,11 @@ class IdentityService(BusConsumer):
         self.unused_since: dict[int, float] = {}
         self.published_ids: dict[int, list[str]] = {}
         self.published_ip: dict[str, IpcacheEntry] = {}
+        # (namespace, pod) -> node token -> the report of the agent of that node
+        self.reports: dict[PodKey, dict[str, EndpointReport]] = {}
+        self.dropped: dict[PodKey, tuple[DroppedLabel, ...]] = {}
+        self.dropped_total = 0
+        self.reports_rejected = 0
         self._dirty: set[PodKey] = set()
         self._outbox: list[Outgoing] = []
         self._gc_task: asyncio.Task[None] | None = None
@@ -105,8 +140,8 @@ class IdentityService(BusConsumer):
         await outputs.caught_up.wait()
         await self._publish_reserved()
         sources = await bus.consume(
-            [subjects.source_filter("Namespace"), subjects.source_filter("Pod")],
-            self._on_source, name="identity")
+            [subjects.source_filter("Namespace"), subjects.source_filter("Pod"),
+             subjects.AGENT_ENDPOINTS], self._on_source, name="identity")
         self._subs.append(sources)
         if sources.caught_up.is_set():
             self._live = True
@@ -124,7 +159,11 @@ class IdentityService(BusConsumer):
         return {"identities": len(self.published_ids), "pods": len(self.pods),
                 "peers": len(self.peers),
                 "ipcache": len(self.published_ip), "released": self.released,
-                "conflicts": self.allocator.conflicts if self.allocator else 0}
+                "conflicts": self.allocator.conflicts if self.allocator else 0,
+                "endpoint_reports": sum(len(r) for r in self.reports.values()),
+                "endpoint_reports_rejected": self.reports_rejected,
+                "labels_dropped": self.dropped_total,
+                "pods_with_dropped_labels": len(self.dropped)}
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -148,6 +187,58 @@ class IdentityService(BusConsumer):
                 self.published_ip.pop(data["prefix"], None)
 
     async def _on_source(self, d: Delivery) -> None:
+        if d.event.type.startswith("endpoint."):
+            self._on_report(d)
+        else:
+            self._on_object(d)
+        # Under load (more events pending) fold events into one batch: allocations then run
+        # concurrently and publishes are pipelined; when idle, each event is handled at once.
+        if d.pending == 0 or (self._live and len(self._dirty) >= MAX_BATCH):
+            self._live = True
+            dirty, self._dirty = self._dirty, set()
+            await self._reconcile(dirty, f"{d.seq}")
+
+    def _on_report(self, d: Delivery) -> None:
+        """An agent's endpoint report: the subject names the node (the bus lets an agent
+        publish only its own node's subjects), so the report counts for that node only."""
+        data = d.event.data
+        node_tok = self._report_node(d)
+        if node_tok is None:
+            self.reports_rejected += 1
+            REPORTS.labels("rejected").inc()
+            log.warning("identity: endpoint report on %s (seq %s) is invalid or does not "
+                        "match its subject: node %r pod %r/%r ip %r", d.subject, d.seq,
+                        data.get("node"), data.get("namespace"), data.get("pod"),
+                        data.get("ip"))
+            return
+        key = (data["namespace"], data["pod"])
+        if d.event.type == "endpoint.upsert":
+            self.reports.setdefault(key, {})[node_tok] = EndpointReport(
+                data["node"], data["ip"], data["endpoint_id"], data["container_id"])
+        else:
+            by_node = self.reports.get(key, {})
+            by_node.pop(node_tok, None)
+            if not by_node:
+                self.reports.pop(key, None)
+        REPORTS.labels(d.event.type.removeprefix("endpoint.")).inc()
+        self._dirty.add(key)
+
+    @staticmethod
+    def _report_node(d: Delivery) -> str | None:
+        """The node token of a well-formed report whose payload agrees with its subject."""
+        parsed = subjects.parse_agent_endpoint(d.subject)
+        data = d.event.data
+        if parsed is None:
+            return None
+        node_tok, ns_tok, pod_tok = parsed
+        if (subjects.token(data["node"]), subjects.token(data["namespace"]),
+                subjects.token(data["pod"])) != (node_tok, ns_tok, pod_tok):
+            return None
+        if d.event.type == "endpoint.upsert" and not _is_ipv4(data["ip"]):
+            return None
+        return node_tok
+
+    def _on_object(self, d: Delivery) -> None:
         data = d.event.data
         kind, ns, name = data["kind"], data["namespace"], data["name"]
         deleted = d.event.type == "object.delete"
@@ -160,18 +251,15 @@ class IdentityService(BusConsumer):
             key = (ns, name)
             if deleted:
                 self.pods.pop(key, None)
+                # A pod of the same name created later gets its address from a new report,
+                # never from one an agent that went away left behind.
+                self.reports.pop(key, None)
             else:
                 obj = data["object"]
                 status = obj.get("status") or {}
                 self.pods[key] = PodInfo(obj, status.get("podIP"), status.get("hostIP"),
                                          (obj.get("spec") or {}).get("nodeName"))
             self._dirty.add(key)
-        # Under load (more events pending) fold events into one batch: allocations then run
-        # concurrently and publishes are pipelined; when idle, each event is handled at once.
-        if d.pending == 0 or (self._live and len(self._dirty) >= MAX_BATCH):
-            self._live = True
-            dirty, self._dirty = self._dirty, set()
-            await self._reconcile(dirty, f"{d.seq}")
 
     # -- reconciliation --------------------------------------------------------------------
 
@@ -181,12 +269,44 @@ class IdentityService(BusConsumer):
         for key in keys:
             pod = self.pods.get(key)
             if pod is not None:
-                desired[key] = pod_identity_labels(pod.obj, self.namespaces.get(key[0], {}),
-                                                   self.filter)
+                derived = derive_pod_labels(pod.obj, self.namespaces.get(key[0], {}),
+                                            self.filter)
+                desired[key] = derived.labels
+                self._note_dropped(key, derived.dropped)
+            else:
+                self.dropped.pop(key, None)
         numbers = await self._allocate_all(set(desired.values()), cause)
         for key in sorted(keys):
             self._reconcile_pod(key, desired.get(key), numbers, cause)
         await self._flush()
+
+    def _note_dropped(self, key: PodKey, dropped: tuple[DroppedLabel, ...]) -> None:
+        """Count and log the labels a pod newly carries that it may not (once per label)."""
+        old = set(self.dropped.get(key, ()))
+        for lbl in dropped:
+            if lbl not in old:
+                LABELS_DROPPED.labels(lbl.reason).inc()
+                self.dropped_total += 1
+                log.warning("identity: pod %s/%s: label %s dropped from its identity (%s: "
+                            "only its owner may say that)", key[0], key[1], lbl, lbl.reason)
+        if dropped:
+            self.dropped[key] = dropped
+        else:
+            self.dropped.pop(key, None)
+
+    def pod_ip(self, key: PodKey) -> str | None:
+        """A pod's address: its node's agent report, else ``status.podIP``.
+
+        A report counts only when the Pod is scheduled on the node that sent it.
+        """
+        pod = self.pods.get(key)
+        if pod is None:
+            return None
+        if pod.node:
+            report = self.reports.get(key, {}).get(subjects.token(pod.node))
+            if report is not None:
+                return report.ip
+        return pod.ip
 
     def owns(self, labels: Labels) -> bool:
         """Whether this replica allocates ``labels`` (its share of the digest space)."""
@@ -287,7 +407,8 @@ class IdentityService(BusConsumer):
     def _reconcile_ipcache(self, key: PodKey, num: int | None, cause: str) -> None:
         pod = self.pods.get(key)
         pod_name = f"{key[0]}/{key[1]}"
-        prefix = f"{pod.ip}/32" if pod is not None and pod.ip and num is not None else None
+        ip = self.pod_ip(key)
+        prefix = f"{ip}/32" if pod is not None and ip and num is not None else None
         old_prefix = self.pod_prefix.get(key)
         if old_prefix and old_prefix != prefix:
             self.pod_prefix.pop(key, None)

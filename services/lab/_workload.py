@@ -32,6 +32,22 @@ def start_workload(netns: str, name: str, namespace: str, ports: Iterable[int],
                              f"workload {namespace}/{name} in netns {netns}")
 
 
+def start_client(netns: str, name: str, namespace: str, targets: Iterable[str],
+                 logfile: Path) -> ns.ProcRef:
+    """Start ``python -m services.workload client`` in ``netns``: it connects to each
+    ``HOST:PORT`` target in a loop from the moment it starts (the ``cilia/client`` image).
+
+    Raises:
+        WorkloadError: it exited or did not report ready in time (it is killed).
+    """
+    argv = [sys.executable, "-m", "services.workload", "client", "--name", name,
+            "--namespace", namespace]
+    for target in targets:
+        argv += ["--target", target]
+    return start_until_ready(netns, argv, logfile, READY_TIMEOUT,
+                             f"client {namespace}/{name} in netns {netns}")
+
+
 def start_until_ready(netns: str | None, argv: list[str], logfile: Path, timeout: float,
                       what: str, env: Mapping[str, str] | None = None) -> ns.ProcRef:
     """Start ``argv`` (in ``netns``, or here for None) detached, logging to ``logfile``, and

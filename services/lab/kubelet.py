@@ -1,10 +1,12 @@
 """The lab's kubelet: pod sandboxes (netns), CNI ADD/DEL through the plugin, the workload.
 
-Creating a pod: validate, pick a node, create the sandbox netns ``cilia-<lab>-<ns>_<pod>``, run
-``cilia-cni`` ADD (env + stdin, inside the node's netns, like a kubelet on that node), start the
-workload in the sandbox, wait until it listens, record everything in ``pods.json``. Deleting
-reverses it: stop the workload (by recorded pid), CNI DEL, remove the netns. A failure half way
-undoes what was done.
+Creating a pod: validate, pick a node, report the pod as scheduled (``on_scheduled``: the
+source publishes it, as a kube-apiserver would hold it before its sandbox exists), create the
+sandbox netns ``cilia-<lab>-<ns>_<pod>``, run ``cilia-cni`` ADD (env + stdin, inside the node's
+netns, like a kubelet on that node; a failed ADD is cleaned up with DEL and tried again a few
+times, as a kubelet retries a sandbox), start the workload in the sandbox, wait until it
+listens, record everything in ``pods.json``. Deleting reverses it: stop the workload (by
+recorded pid), CNI DEL, remove the netns. A failure half way undoes what was done.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.tracing import inject_headers
 from services.lab import cniexec
 from services.lab import netns as ns
-from services.lab._workload import start_workload
+from services.lab._workload import start_client, start_workload
 from services.lab.errors import (
+    CniInvokeError,
     LabError,
     PodNotFoundError,
     PodSpecError,
@@ -30,6 +36,7 @@ from services.lab.plan import container_id, pod_netns_name
 from services.lab.podspec import (
     DeploymentSpec,
     PodSpec,
+    client_targets,
     deployment_pod,
     owner_deployment,
     parse_deployment,
@@ -39,11 +46,20 @@ from services.lab.podspec import (
 )
 from services.lab.state import cni_conf_path, lab_dir, lab_lock, load_lab, log_dir
 from services.lab.topology import DEFAULT_LAB
+from services.nodeagent.cni.spec import TRACEPARENT_ARG
 from services.nodeagent.ipam import write_json_atomic
+
+log = logging.getLogger(__name__)
 
 PODS_STATE_VERSION = 1
 POD_IFNAME = "eth0"
 DNS_IMAGE = "cilia/dns"     # the image whose pods run the cluster DNS server, not the workload
+CLIENT_IMAGE = "cilia/client"   # pods that connect to their args' HOST:PORT in a loop
+ADD_ATTEMPTS = 3            # CNI ADD tries per pod (the agent fails ADD it could not enforce)
+ADD_RETRY_DELAY_S = 1.0     # pause before trying ADD again, doubled after each failure
+
+# Called with the pod as scheduled (node chosen, no address yet) right before CNI ADD.
+OnScheduled = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -127,8 +143,12 @@ class Kubelet:
 
     # -- pods --------------------------------------------------------------------------------
 
-    def create_pod(self, pod: Mapping[str, Any]) -> dict[str, Any]:
+    def create_pod(self, pod: Mapping[str, Any],
+                   on_scheduled: OnScheduled | None = None) -> dict[str, Any]:
         """Create a pod (or return it if it exists with the same ports; labels are updated).
+
+        Args:
+            on_scheduled: called with the pod as scheduled, before its CNI ADD.
 
         Returns:
             The pod with ``metadata.uid``, ``spec.nodeName``, ``status.podIP``/``hostIP``.
@@ -139,8 +159,10 @@ class Kubelet:
             WorkloadError: the workload did not start (nothing is left behind).
         """
         spec = parse_pod(pod)
+        if _image(pod) == CLIENT_IMAGE:
+            client_targets(pod)     # a bad target fails before anything is created
         with self._locked() as records:
-            out = self._create(records, spec, pod)
+            out = self._create(records, spec, pod, on_scheduled)
             self._save(records)
             return out
 
@@ -154,16 +176,22 @@ class Kubelet:
             self._save(records)
             return True
 
-    def apply(self, obj: Mapping[str, Any]) -> ApplyResult:
-        """Apply a Pod or a Deployment: its pods now, and the pods it removed."""
+    def apply(self, obj: Mapping[str, Any],
+              on_scheduled: OnScheduled | None = None) -> ApplyResult:
+        """Apply a Pod or a Deployment: its pods now, and the pods it removed.
+
+        Args:
+            on_scheduled: called with each new pod as scheduled, before its CNI ADD.
+        """
         kind = obj.get("kind")
         if kind == "Pod":
-            return ApplyResult([self.create_pod(obj)], [])
+            return ApplyResult([self.create_pod(obj, on_scheduled)], [])
         if kind == "Deployment":
-            return self.apply_deployment(obj)
+            return self.apply_deployment(obj, on_scheduled)
         raise PodSpecError(f"kind {kind!r}: the lab kubelet runs Pods and Deployments only")
 
-    def apply_deployment(self, deploy: Mapping[str, Any]) -> ApplyResult:
+    def apply_deployment(self, deploy: Mapping[str, Any],
+                         on_scheduled: OnScheduled | None = None) -> ApplyResult:
         """Converge a Deployment's pods: replicas of the current template, others deleted.
 
         Returns:
@@ -173,7 +201,7 @@ class Kubelet:
         spec = parse_deployment(deploy)
         with self._locked() as records:
             try:
-                return self._converge(records, spec)
+                return self._converge(records, spec, on_scheduled)
             finally:
                 self._save(records)
 
@@ -189,8 +217,8 @@ class Kubelet:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _converge(self, records: dict[str, dict[str, Any]],
-                  spec: DeploymentSpec) -> ApplyResult:
+    def _converge(self, records: dict[str, dict[str, Any]], spec: DeploymentSpec,
+                  on_scheduled: OnScheduled | None) -> ApplyResult:
         owned = sorted(key for key, rec in records.items()
                        if key.startswith(f"{spec.namespace}/")
                        and owner_deployment(rec["pod"]) == spec.name)
@@ -208,11 +236,11 @@ class Kubelet:
             obj = deployment_pod(spec, random_suffix())
             if f"{spec.namespace}/{obj['metadata']['name']}" in records:
                 continue
-            pods.append(self._create(records, parse_pod(obj), obj))
+            pods.append(self._create(records, parse_pod(obj), obj, on_scheduled))
         return ApplyResult(sorted(pods, key=lambda p: p["metadata"]["name"]), deleted)
 
     def _create(self, records: dict[str, dict[str, Any]], spec: PodSpec,
-                pod: Mapping[str, Any]) -> dict[str, Any]:
+                pod: Mapping[str, Any], on_scheduled: OnScheduled | None) -> dict[str, Any]:
         existing = records.get(spec.key)
         if existing is not None:
             old = parse_pod(existing["pod"])
@@ -231,19 +259,19 @@ class Kubelet:
         for rec in records.values():
             counts[rec["runtime"]["node"]] = counts.get(rec["runtime"]["node"], 0) + 1
         node = plan.node(spec.node_name or pick_node(nodes, counts))
-        uid = str(uuid.uuid4())
+        uid, created = str(uuid.uuid4()), _now()
         runtime: dict[str, Any] = {
             "node": node.name, "nodeNetns": node.netns,
             "netns": pod_netns_name(self.lab, spec.namespace, spec.name),
             "containerId": container_id(uid), "workload": None, "cniResult": None,
         }
         netconf = json.loads(cni_conf_path(self.lab, node.name).read_text())
+        if on_scheduled is not None:
+            on_scheduled(_pod_object(pod, spec, uid, created, node.name, str(node.node_ip),
+                                     None))
         ns.create_ipv4_netns(runtime["netns"])
         try:
-            result = cniexec.invoke("ADD", netconf, container_id=runtime["containerId"],
-                                    netns_path=ns.netns_path(runtime["netns"]),
-                                    ifname=POD_IFNAME, args=_cni_args(spec, runtime),
-                                    cni_path=self.cni_path, run_in_netns=node.netns)
+            result = self._add(netconf, spec, runtime, node.netns)
             runtime["cniResult"] = result
             runtime["resolvConf"] = self._write_resolv_conf(spec, runtime["netns"])
             runtime["workload"] = self._start_workload(spec, runtime["netns"], pod,
@@ -253,9 +281,34 @@ class Kubelet:
             with contextlib.suppress(LabError, OSError):
                 self._teardown({"runtime": runtime, "netconf": netconf})
             raise
-        out = _pod_object(pod, spec, uid, node.name, str(node.node_ip), _pod_ip(result))
+        out = _pod_object(pod, spec, uid, created, node.name, str(node.node_ip),
+                          _pod_ip(result))
         records[spec.key] = {"pod": out, "runtime": runtime, "netconf": netconf}
         return out
+
+    def _add(self, netconf: Mapping[str, Any], spec: PodSpec, runtime: Mapping[str, Any],
+             node_netns: str) -> dict[str, Any] | None:
+        """CNI ADD, tried again after a failure (cleaned up with DEL first), like a kubelet."""
+        delay = ADD_RETRY_DELAY_S
+        for attempt in range(1, ADD_ATTEMPTS + 1):
+            try:
+                return cniexec.invoke("ADD", netconf, container_id=runtime["containerId"],
+                                      netns_path=ns.netns_path(runtime["netns"]),
+                                      ifname=POD_IFNAME, args=_cni_args(spec, runtime),
+                                      cni_path=self.cni_path, run_in_netns=node_netns)
+            except CniInvokeError as exc:
+                if attempt == ADD_ATTEMPTS:
+                    raise
+                log.warning("pod %s: %s (attempt %d of %d; trying again in %gs)", spec.key,
+                            exc, attempt, ADD_ATTEMPTS, delay)
+                with contextlib.suppress(LabError):
+                    cniexec.invoke("DEL", netconf, container_id=runtime["containerId"],
+                                   netns_path=ns.netns_path(runtime["netns"]),
+                                   ifname=POD_IFNAME, cni_path=self.cni_path,
+                                   run_in_netns=node_netns)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _start_workload(self, spec: PodSpec, netns: str, pod: Mapping[str, Any],
                         node: str) -> ns.ProcRef:
@@ -264,6 +317,8 @@ class Kubelet:
             from services.dns.launch import start_dns  # the cluster DNS server (kube-dns)
 
             return start_dns(netns, spec.name, spec.namespace, node, logfile)
+        if _image(pod) == CLIENT_IMAGE:
+            return start_client(netns, spec.name, spec.namespace, client_targets(pod), logfile)
         return start_workload(netns, spec.name, spec.namespace, [p.port for p in spec.ports],
                               logfile)
 
@@ -314,8 +369,13 @@ def _image(pod: Mapping[str, Any]) -> str:
 
 
 def _cni_args(spec: PodSpec, runtime: Mapping[str, Any]) -> dict[str, str]:
-    return {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": spec.namespace,
+    args = {"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": spec.namespace,
             "K8S_POD_NAME": spec.name, "K8S_POD_INFRA_CONTAINER_ID": runtime["containerId"]}
+    # The trace of the apply that creates the pod continues in the agent's ADD.
+    traceparent = inject_headers({}).get("traceparent")
+    if traceparent:
+        args[TRACEPARENT_ARG] = traceparent
+    return args
 
 
 def _pod_ip(result: Mapping[str, Any] | None) -> str:
@@ -325,13 +385,18 @@ def _pod_ip(result: Mapping[str, Any] | None) -> str:
         raise LabError(f"CNI ADD returned no address: {result!r}") from exc
 
 
-def _pod_object(pod: Mapping[str, Any], spec: PodSpec, uid: str, node: str, host_ip: str,
-                pod_ip: str) -> dict[str, Any]:
+def _pod_object(pod: Mapping[str, Any], spec: PodSpec, uid: str, created: str, node: str,
+                host_ip: str, pod_ip: str | None) -> dict[str, Any]:
+    """The Pod as the API server holds it: Running with its address, or (``pod_ip`` None)
+    scheduled on ``node`` and Pending, before its sandbox has one."""
     meta = dict(pod.get("metadata") or {})
     meta.update(name=spec.name, namespace=spec.namespace, labels=dict(spec.labels), uid=uid,
-                creationTimestamp=_now())
+                creationTimestamp=created)
     body = dict(pod.get("spec") or {})
     body["nodeName"] = node
+    if pod_ip is None:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": body,
+                "status": {"phase": "Pending", "hostIP": host_ip}}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": body,
             "status": {"phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}],
                        "hostIP": host_ip, "startTime": meta["creationTimestamp"]}}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.lab.errors import PodSpecError
+from services.workload.client import parse_target
 
 DEFAULT_NAMESPACE = "default"
 TEMPLATE_HASH_LABEL = "pod-template-hash"
@@ -100,6 +101,26 @@ def _ports(spec: Mapping[str, Any], where: str, prefix: str) -> tuple[PodPort, .
                                    f"{', '.join(PROTOCOLS)}, got {proto!r}")
             ports.append(PodPort(num, proto))
     return tuple(dict.fromkeys(ports))
+
+
+def client_targets(pod: Mapping[str, Any]) -> list[str]:
+    """The ``HOST:PORT`` targets of a ``cilia/client`` pod (its first container's ``args``).
+
+    Raises:
+        PodSpecError: no targets, or one that is not HOST:PORT.
+    """
+    where = _ref(pod, "Pod")
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    args = (containers[0] or {}).get("args")
+    if not isinstance(args, list) or not args:
+        raise PodSpecError(f"{where}: spec.containers[0].args: a client pod needs HOST:PORT "
+                           "targets")
+    for i, arg in enumerate(args):
+        try:
+            parse_target(arg if isinstance(arg, str) else repr(arg))
+        except ValueError as exc:
+            raise PodSpecError(f"{where}: spec.containers[0].args[{i}]: {exc}") from None
+    return [str(a) for a in args]
 
 
 def _name(meta: Mapping[str, Any], where: str) -> tuple[str, str]:

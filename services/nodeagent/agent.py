@@ -60,6 +60,7 @@ from services.common.bus import Bus, Delivery, Outgoing, Subscription
 from services.common.codec import encode
 from services.common.runner import STATE_DEGRADED, STATE_OK, STATE_STARTING
 from services.common.tracing import tracer
+from services.nodeagent import readiness, reports
 from services.nodeagent.cniserver import CniServer
 from services.nodeagent.datapath import (
     DatapathError,
@@ -156,6 +157,9 @@ class NodeAgent:
         self.underlay_mac = ""      # of the NodePort device: other nodes trust its DSR options
         self._lb_dirty: LbDirty | None = None      # None: everything (the first reconcile)
         self.cni = CniServer(node, hooks=self)
+        # CNI ADD waits until a new endpoint is enforced (readiness.py)
+        self.readiness = readiness.Readiness(
+            node.name, lambda ep: readiness.missing(self.node_state, self.maps, ep))
         self.bus: Bus | None = None
         self.programs: Programs | None = None
         self.maps: NodeMaps | None = None
@@ -196,6 +200,7 @@ class NodeAgent:
             await self._attach(ep)
         await self.cni.start()
         await self._register_node()
+        await reports.resync(bus, self.cfg.name, self.cni.endpoints())
         # Load balancing folds its own inputs from the start (cheap, and independent of the
         # policy state's saved position); its maps are diffed like every other.
         self._subs.append(await bus.consume(LB_INPUTS, self._on_lb_event,
@@ -509,9 +514,23 @@ class NodeAgent:
     async def on_endpoint_created(self, ep: Endpoint) -> None:
         await self._purge(ep.ipv4)
         await self._attach(ep)
-        self._dirty.endpoints = True
-        self._dirty.all_subjects = True
-        await self.reconcile()
+        local = self.local[ep.ipv4]
+        self.readiness.expect(local)
+        try:
+            self._dirty.endpoints = True
+            self._dirty.all_subjects = True
+            await self.reconcile()    # in the map at deny-all (init identity, both enforced)
+            # Synchronous regeneration: report the address, answer ADD once enforced.
+            if self.bus is not None:
+                await reports.publish(self.bus, reports.upsert(ep))
+            await self.readiness.wait(local, None if self.maps is not None
+                                      else self.health.errors.get(PART_DATAPATH)
+                                      or "the node's datapath is not loaded")
+        except BaseException:
+            self.readiness.forget(local)
+            with contextlib.suppress(Exception):
+                await self.on_endpoint_deleted(ep)
+            raise
 
     async def on_endpoint_deleted(self, ep: Endpoint) -> None:
         self.local.pop(ep.ipv4, None)
@@ -521,6 +540,9 @@ class NodeAgent:
         self._dirty.endpoints = True
         self._dirty.all_subjects = True
         await self.reconcile()
+        if self.bus is not None:
+            await reports.publish(self.bus, reports.delete(ep.node, ep.pod_namespace,
+                                                           ep.pod_name))
 
     # -- bus -------------------------------------------------------------------------------
 
@@ -562,6 +584,7 @@ class NodeAgent:
                     self._full.discard(part)
                     if part == PART_POLICY:
                         self._policy_subjects = plan.local_subjects
+            self.readiness.patched()    # settle CNI ADDs waiting for their endpoint
             if self.health.failing(NODE_PARTS):
                 return False
             self._realized_seq = plan.revision

@@ -2,8 +2,9 @@
 
 The agent embeds :class:`CniServer` and passes an :class:`EndpointHooks` implementation: the
 created hook runs after the endpoint is wired and before ADD answers (attach programs, fill the
-endpoint map there); if it raises, the endpoint is rolled back and ADD fails. The deleted hook
-runs before the veth is removed on DEL; its errors are logged, DEL still succeeds.
+endpoint map, wait until the endpoint is enforced); if it raises, the endpoint is rolled back
+and ADD fails (code 11, "try again later", when the hook says it was not ready in time). The
+deleted hook runs before the veth is removed on DEL; its errors are logged, DEL still succeeds.
 
 Run standalone (what the lab starts per node until the full agent takes over)::
 
@@ -22,13 +23,18 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
+from opentelemetry.trace import SpanKind
+
+from services.common.tracing import extract_context, tracer
 from services.nodeagent.cni.protocol import MAX_MESSAGE, decode, encode, error_response
 from services.nodeagent.cni.spec import (
     ERR_CHECK_FAILED,
     ERR_ENDPOINT,
     ERR_INVALID_CONFIG,
     ERR_IPAM_EXHAUSTED,
+    ERR_TRY_AGAIN,
     ERR_UNKNOWN_CONTAINER,
+    TRACEPARENT_ARG,
     CniError,
     add_result,
     check_prev_result,
@@ -39,6 +45,7 @@ from services.nodeagent.endpoints import (
     EndpointError,
     EndpointManager,
     EndpointNotFoundError,
+    EndpointNotReadyError,
     EndpointRequest,
     NodeConfig,
 )
@@ -47,6 +54,7 @@ from services.nodeagent.ipam import IpamError, IpamExhaustedError
 log = logging.getLogger("cilia.cniserver")
 
 SOCKET_MODE = 0o600
+_tracer = tracer("cilia.cniserver")
 
 
 class EndpointHooks(Protocol):
@@ -162,8 +170,19 @@ class CniServer:
         except (EndpointError, IpamError, OSError) as exc:
             raise CniError(ERR_ENDPOINT, f"container {cid}: {exc}") from exc
         if created:
+            parent = extract_context({"traceparent": str(args.get(TRACEPARENT_ARG) or "")})
             try:
-                await _call(self.hooks.on_endpoint_created(ep))
+                with _tracer.start_as_current_span(
+                        "cni ADD", context=parent, kind=SpanKind.SERVER,
+                        attributes={"cilia.node": self.node.name, "cilia.endpoint": ep.id,
+                                    "k8s.pod": f"{ep.pod_namespace}/{ep.pod_name}"}):
+                    await _call(self.hooks.on_endpoint_created(ep))
+            except EndpointNotReadyError as exc:
+                # Identity or policy did not reach the maps in time: fail so that the
+                # runtime retries (CNI "try again later"), leaving nothing behind.
+                log.warning("endpoint %d: %s", ep.id, exc)
+                await asyncio.to_thread(self.manager.rollback, ep)
+                raise CniError(ERR_TRY_AGAIN, str(exc)) from exc
             except Exception as exc:
                 log.exception("endpoint %d: created hook failed", ep.id)
                 await asyncio.to_thread(self.manager.rollback, ep)

@@ -62,6 +62,11 @@ class EndpointCheckError(EndpointError):
     """The endpoint's plumbing differs from what was created."""
 
 
+class EndpointNotReadyError(EndpointError):
+    """A new endpoint's identity or policy did not reach the node's maps in time (the
+    runtime should try ADD again later); the message names the pod and what was missing."""
+
+
 def state_root() -> Path:
     """Root of cilia's persistent state (env ``CILIA_STATE_DIR``, default /var/lib/cilia)."""
     return Path(os.environ.get("CILIA_STATE_DIR", "/var/lib/cilia"))

@@ -70,7 +70,7 @@ def plan_node(state: NodeState, dirty: Dirty, endpoints: Iterable[LocalEndpoint]
     full = set(full)
     skip = set(skip)
     eps = list(endpoints)
-    identities = {ep.ip: state.identity_of(ep.ip) or ID_INIT for ep in eps}
+    identities = {ep.ip: state.endpoint_identity(ep) for ep in eps}
     local = frozenset(set(identities.values()) - {ID_INIT})
     parts: list[str] = []
     ipcache = endpoint_entries = None

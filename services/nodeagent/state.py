@@ -3,6 +3,12 @@
 The agent runs it live; replay tools run the very same code over a stored history, so both
 agree on what a node's datapath held at any moment. Local endpoints (pod IP -> veth) come from
 the CNI on the node, everything else from the bus.
+
+Fail closed: an endpoint is written with the init identity and enforcement on in both
+directions (no policy entry exists for the init identity, so it drops everything) until its
+address has a pod ipcache entry naming this very pod and that identity's policy is computed
+(a ``policy.rules`` message, possibly with no rules, received after the identity's last label
+change).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 from services.common.identities import ID_HOST, ID_INIT, ID_REMOTE_NODE
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_BY_NAME, Direction, PolicyKey, Verdict
+from services.common.subjects import IPCACHE_SOURCE_K8S
 from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
 from services.policy.compiler import SubjectPolicy, expand
 from services.policy.publish import fold_selector
@@ -124,9 +131,14 @@ class NodeState:
         dirty = Dirty()
         match event_type:
             case "identity.upsert":
-                self.identities[data["id"]] = Labels.parse(data["labels"])
+                labels = Labels.parse(data["labels"])
+                old = self.identities.get(data["id"])
+                self.identities[data["id"]] = labels
+                if old is not None and old != labels:
+                    self._forget_policy(data["id"], dirty)
             case "identity.delete":
                 self.identities.pop(data["id"], None)
+                self._forget_policy(data["id"], dirty)
             case "ipcache.upsert" | "ipcache.delete":
                 self._ipcache(subject, event_type, data, dirty)
             case "policy.rules":
@@ -174,6 +186,17 @@ class NodeState:
         dirty.subjects.add(ident)
         dirty.endpoints = True      # enforcement flags follow the rules
 
+    def _forget_policy(self, ident: int, dirty: Dirty) -> None:
+        """The identity's labels changed or it is gone: its policy is not computed (any more)
+        until the policy service says so again."""
+        old = self.subjects.pop(ident, None)
+        if old is not None:
+            for sid in old.selector_ids():
+                self.subjects_of_selector[sid].discard(ident)
+        if self.subject_revision.pop(ident, None) is not None or old is not None:
+            dirty.subjects.add(ident)
+            dirty.endpoints = True
+
     def _selector(self, data: dict[str, Any], dirty: Dirty) -> None:
         sid = fold_selector(self.members, data)
         dirty.subjects |= self.subjects_of_selector.get(sid, set())
@@ -212,13 +235,32 @@ class NodeState:
             out[f"{ip}/32"] = IpcacheEntry(ident, "" if name == self.node else ip)
         return out
 
+    def endpoint_identity(self, ep: LocalEndpoint) -> int:
+        """The identity of a local endpoint, or the init identity while it is not resolved:
+        its address must have a pod ipcache entry, for this pod (not a previous owner of a
+        reused address)."""
+        rec = self.ipcache.get(f"{ep.ip}/32")
+        if rec is None or rec.origin != IPCACHE_SOURCE_K8S or (ep.pod and rec.pod != ep.pod):
+            return ID_INIT
+        return rec.identity
+
+    def policy_computed(self, ident: int) -> bool:
+        """Whether the policy service has published the identity's policy (for its current
+        labels); the init identity never has one."""
+        return ident != ID_INIT and ident in self.subject_revision
+
     def local_identities(self, endpoints: Iterable[LocalEndpoint]) -> set[int]:
-        return {self.identity_of(ep.ip) or ID_INIT for ep in endpoints}
+        return {self.endpoint_identity(ep) for ep in endpoints}
 
     def desired_endpoints(self, endpoints: Iterable[LocalEndpoint]) -> dict[str, EndpointEntry]:
         out: dict[str, EndpointEntry] = {}
         for ep in endpoints:
-            ident = self.identity_of(ep.ip) or ID_INIT
+            ident = self.endpoint_identity(ep)
+            if not self.policy_computed(ident):
+                # Fail closed: init identity, default deny both ways, no policy entry.
+                out[ep.ip] = EndpointEntry(ep.endpoint_id, ID_INIT, ep.ifindex,
+                                           enforce_ingress=True, enforce_egress=True)
+                continue
             sp = self.subjects.get(ident)
             out[ep.ip] = EndpointEntry(
                 ep.endpoint_id, ident, ep.ifindex,
@@ -242,10 +284,13 @@ class NodeState:
         return named
 
     def desired_policy(self, subjects: Iterable[int]) -> dict[PolicyKey, Verdict]:
-        """The policy entries of ``subjects`` (rules x selector members)."""
+        """The policy entries of ``subjects`` (rules x selector members); none for a subject
+        whose policy is not computed (an empty policy would open it both ways)."""
         named = self.named_ports()
         out: dict[PolicyKey, Verdict] = {}
         for ident in subjects:
+            if not self.policy_computed(ident):
+                continue
             policy = self.subjects.get(ident) or SubjectPolicy(ident)
             out.update(expand(policy, self.members, named).entries)
         return out

@@ -14,7 +14,9 @@ Channels and payloads (``revision`` is the repository revision that produced the
   when a selector appears (its whole member set), ``{"op": "delta", "added": [...],
   "removed": [...]}`` when its members change, ``{"op": "delete"}`` when no rule uses it.
 * ``subject`` / identity: :meth:`SubjectPolicy.to_dict` (``rules`` empty: no policy selects
-  the identity any more, both directions open).
+  the identity, both directions open). Every cluster identity gets one as soon as the service
+  knows it, selected or not: its presence means "this identity's policy is computed as of
+  ``revision``", and an agent keeps an endpoint whose identity has none at deny-all.
 * ``prefix`` / prefix: ``{"prefix", "identity", "revision", "op"}`` as ``ipcache.upsert`` or
   ``ipcache.delete`` on the ``cidr`` origin's ipcache subjects (CIDR identities).
 * ``policy`` / ``kind/namespace/name``: ``{"kind", "namespace", "name", "revision",

@@ -4,7 +4,9 @@ Every mutating call returns a :class:`Changes` naming exactly what consumers mus
 
 * selectors that appeared (with their full member set) or disappeared;
 * per-selector deltas of identities gained and lost;
-* subjects (identities) whose :class:`~services.policy.compiler.SubjectPolicy` changed;
+* subjects (identities) whose :class:`~services.policy.compiler.SubjectPolicy` changed, and
+  every cluster identity that appears or is relabelled, selected or not (its message says
+  "the policy of this identity is computed"; agents keep an endpoint at deny-all until then);
 * ipcache prefix entries (CIDR identities) that appeared or disappeared;
 * policies upserted or deleted.
 
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.identities import LOCAL_IDENTITY_FLAG
+from services.common.identities import LOCAL_IDENTITY_FLAG, is_cluster
 from services.common.labels import Labels
 
 from .cidr import CIDRAllocator, cidr_labels, matching_labels
@@ -236,6 +238,9 @@ class Repository:
         deltas = self.cache.add_identity(identity, matching_labels(identity, labels))
         touched = self._identity_deltas(deltas, ch)
         self._refresh_subjects(touched | {identity}, ch)
+        if is_cluster(identity):
+            # Its policy is computed now, rules or none: consumers must hear it either way.
+            ch.subjects.add(identity)
         return ch
 
     def remove_identity(self, identity: int) -> Changes:
@@ -273,6 +278,17 @@ class Repository:
     def subjects(self) -> dict[int, SubjectPolicy]:
         """Every subject identity that some rule selects, with its compiled rules."""
         return dict(self._subjects)
+
+    def computed_subjects(self) -> dict[int, SubjectPolicy]:
+        """Every subject the service publishes a policy for: each cluster identity (empty
+        rules when no rule selects it) and each other identity some rule selects."""
+        out = {i: self.subject_policy(i) for i in self._identities if is_cluster(i)}
+        out.update(self._subjects)
+        return out
+
+    def identity_labels(self, identity: int) -> Labels | None:
+        """The labels of a known cluster or reserved identity, or None."""
+        return self._identities.get(identity)
 
     def members(self, selector_id: str) -> frozenset[int]:
         """The identities a selector matches now."""

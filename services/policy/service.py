@@ -7,12 +7,18 @@ output, folded by :class:`BusView`) and publishes only the difference. Once live
 event publishes exactly the messages of its :class:`~services.policy.repository.Changes`.
 Published revisions are the stream sequence of the input that caused them, so they only grow,
 across restarts too.
+
+Every cluster identity has a ``policy.rules`` message (empty rules when nothing selects it):
+it tells agents that the identity's policy is computed. A message older than the identity's
+last label change (an identity number reused while the service was down) does not count; the
+resync publishes a fresh one.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import Counter
@@ -57,10 +63,8 @@ class BusView:
             case "policy.selector":
                 fold_selector(self.members, data)
             case "policy.rules":
-                if data["rules"]:
-                    self.subjects[data["identity"]] = data
-                else:
-                    self.subjects.pop(data["identity"], None)
+                # Kept when empty too: an empty message is the "computed" mark of an identity.
+                self.subjects[data["identity"]] = data
             case "ipcache.upsert":
                 self.prefixes[data["prefix"]] = data["identity"]
             case "ipcache.delete":
@@ -78,8 +82,15 @@ def _same_rules(a: dict[str, Any], b: dict[str, Any]) -> bool:
         {k: v for k, v in b.items() if k != "revision"}
 
 
-def resync_messages(repo: Repository, view: BusView) -> list[Message]:
-    """The messages that turn what the bus says (``view``) into the repository's state."""
+def resync_messages(repo: Repository, view: BusView,
+                    changed_at: Mapping[int, int] | None = None) -> list[Message]:
+    """The messages that turn what the bus says (``view``) into the repository's state.
+
+    Args:
+        changed_at: identity -> stream sequence of its last label change; a subject message
+            older than that was computed for other labels and is published again.
+    """
+    fresh_after = changed_at or {}
     out: list[Message] = []
     want_prefixes = repo.prefix_entries()
     for prefix, ident in sorted(want_prefixes.items()):
@@ -98,13 +109,16 @@ def resync_messages(repo: Repository, view: BusView) -> list[Message]:
             out.append(Message(CHANNEL_SELECTOR, sid, {
                 "selector": sid, "op": "delta", "added": sorted(members - have),
                 "removed": sorted(have - members)}))
-    want_subjects = {i: sp.to_dict() for i, sp in repo.subjects().items() if sp.rules}
+    want_subjects = {i: sp.to_dict() for i, sp in repo.computed_subjects().items()}
     for ident, doc in sorted(want_subjects.items()):
         have_doc = view.subjects.get(ident)
-        if have_doc is None or not _same_rules(have_doc, doc):
+        if have_doc is None or not _same_rules(have_doc, doc) \
+                or have_doc["revision"] < fresh_after.get(ident, 0):
             out.append(Message(CHANNEL_SUBJECT, str(ident), doc))
     for ident in sorted(set(view.subjects) - set(want_subjects)):
-        out.append(Message(CHANNEL_SUBJECT, str(ident), repo.subject_policy(ident).to_dict()))
+        if view.subjects[ident]["rules"]:
+            out.append(Message(CHANNEL_SUBJECT, str(ident),
+                               repo.subject_policy(ident).to_dict()))
     for sid in sorted(set(view.members) - set(want_selectors)):
         out.append(Message(CHANNEL_SELECTOR, sid, {"selector": sid, "op": "delete"}))
     for prefix in sorted(set(view.prefixes) - set(want_prefixes)):
@@ -149,6 +163,8 @@ class PolicyService(BusConsumer):
         self.rejected = 0
         self.last_revision = 0
         self.last_seq = 0
+        # identity -> stream sequence of its last label change (see resync_messages)
+        self.identity_changed_at: dict[int, int] = {}
 
     async def start(self, bus: Bus) -> None:
         self.bus = bus
@@ -174,6 +190,8 @@ class PolicyService(BusConsumer):
     async def _on_input(self, d: Delivery) -> None:
         self.last_seq = d.seq
         data = d.event.data
+        before = self.repo.identity_labels(data["id"]) \
+            if d.event.type.startswith("identity.") else None
         try:
             ch = self._reduce(d.event.type, data)
         except PolicyError as exc:
@@ -186,11 +204,20 @@ class PolicyService(BusConsumer):
                     "kind": data["kind"], "namespace": data["namespace"],
                     "name": data["name"], "op": "error", "error": str(exc)})], d.seq)
             return
+        if d.event.type.startswith("identity."):
+            self._note_identity(data["id"], before, d.seq)
         if self._live:
             if ch:
                 await self._send(messages(self.repo, ch), d.seq)
         elif d.pending == 0:
             await self._resync(d.seq)
+
+    def _note_identity(self, identity: int, before: Labels | None, seq: int) -> None:
+        after = self.repo.identity_labels(identity)
+        if after is None:
+            self.identity_changed_at.pop(identity, None)
+        elif after != before:
+            self.identity_changed_at[identity] = seq
 
     def _reduce(self, event_type: str, data: dict[str, Any]) -> Any:
         """Apply one input event to the repository; returns its Changes."""
@@ -208,7 +235,8 @@ class PolicyService(BusConsumer):
 
     async def _resync(self, revision: int) -> None:
         self._live = True
-        await self._send(resync_messages(self.repo, self.view), revision)
+        await self._send(resync_messages(self.repo, self.view, self.identity_changed_at),
+                         revision)
         # The replayed state is long-lived: keep the cyclic collector from walking it on
         # every later change (it dominated the p99 of an import).
         gc.collect()

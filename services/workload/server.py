@@ -62,6 +62,13 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        # Every accepted connection is logged, also one that never sends a request: the
+        # pod's log says who got through to it.
+        sys.stderr.write(f"accept {client_address[0]}:{client_address[1]}\n")
+        sys.stderr.flush()
+        return True
+
 
 class _UDPServer(socketserver.ThreadingUDPServer):
     daemon_threads = True

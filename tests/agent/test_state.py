@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgpack
 
-from services.common.identities import ID_HOST, ID_REMOTE_NODE
+from services.common.identities import ID_HOST, ID_INIT, ID_REMOTE_NODE
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_TCP, Direction, PolicyKey, Verdict
 from services.nodeagent.state import LocalEndpoint, NodeState
@@ -77,3 +77,77 @@ def test_snapshot_round_trip_through_msgpack() -> None:
     assert back.desired_endpoints(eps) == state.desired_endpoints(eps)
     assert back.desired_policy({300}) == state.desired_policy({300})
     assert back.subjects_of_selector == state.subjects_of_selector
+
+
+def _rules(state: NodeState, ident: int, seq: int, rules: list[object] | None = None) -> None:
+    state.apply(f"cilia.policy.rules.{ident}", "policy.rules",
+                {"identity": ident, "revision": seq, "rules": rules or []}, seq)
+
+
+def _ipcache(state: NodeState, ip: str, ident: int, pod: str, seq: int) -> None:
+    state.apply(f"cilia.ipcache.k8s.{ip.replace('.', '-')}_32", "ipcache.upsert",
+                {"prefix": f"{ip}/32", "identity": ident, "host_ip": "172.31.0.11",
+                 "node": "n1", "pod": pod}, seq)
+
+
+def _identity(state: NodeState, ident: int, app: str, seq: int) -> None:
+    state.apply(f"cilia.identity.{ident}", "identity.upsert",
+                {"id": ident, "labels": _labels(app).strings()}, seq)
+
+
+INIT_DENY_ALL = (ID_INIT, True, True)
+
+
+def _ep(state: NodeState, ep: LocalEndpoint) -> tuple[int, bool, bool]:
+    e = state.desired_endpoints([ep])[ep.ip]
+    return e.identity, e.enforce_ingress, e.enforce_egress
+
+
+def test_an_endpoint_stays_at_deny_all_until_its_identity_and_policy_are_known() -> None:
+    state = NodeState("n1")
+    ep = LocalEndpoint(1, "10.244.1.9", 7, "lxc1", "prod/web")
+    assert _ep(state, ep) == INIT_DENY_ALL                    # nothing known yet
+    _identity(state, 400, "web", 1)
+    _ipcache(state, ep.ip, 400, "prod/web", 2)
+    assert _ep(state, ep) == INIT_DENY_ALL                    # identity, no computed policy
+    assert state.desired_policy(state.local_identities([ep])) == {}
+    _rules(state, 400, 3)                                     # computed: nothing selects it
+    assert _ep(state, ep) == (400, False, False)
+    # A relabel to a new identity is not computed either until its policy message comes.
+    _identity(state, 401, "web2", 4)
+    _ipcache(state, ep.ip, 401, "prod/web", 5)
+    assert _ep(state, ep) == INIT_DENY_ALL
+    _rules(state, 401, 6)
+    assert _ep(state, ep) == (401, False, False)
+
+
+def test_a_message_computed_for_other_labels_does_not_count() -> None:
+    state = NodeState("n1")
+    ep = LocalEndpoint(1, "10.244.1.9", 7, "lxc1", "prod/web")
+    _identity(state, 400, "web", 1)
+    _rules(state, 400, 2)
+    _ipcache(state, ep.ip, 400, "prod/web", 3)
+    assert _ep(state, ep) == (400, False, False)
+    # The number is released and reused for another label set: not computed any more.
+    state.apply("cilia.identity.400", "identity.delete", {"id": 400}, 4)
+    _identity(state, 400, "db", 5)
+    assert _ep(state, ep) == INIT_DENY_ALL
+    assert state.realized({400}) == {400: 0}
+    _rules(state, 400, 6)
+    assert _ep(state, ep) == (400, False, False)
+    # Re-publishing the same labels changes nothing.
+    _identity(state, 400, "db", 7)
+    assert _ep(state, ep) == (400, False, False)
+
+
+def test_an_address_owned_by_another_pod_gives_no_identity() -> None:
+    state = NodeState("n1")
+    _fold(state)
+    # 10.244.1.5 is prod/db's address in the ipcache; a new pod got it before the delete came.
+    ep = LocalEndpoint(2, "10.244.1.5", 8, "lxc2", "prod/newcomer")
+    assert _ep(state, ep) == INIT_DENY_ALL
+    assert state.local_identities([ep]) == {ID_INIT}
+    # A CIDR identity for a pod address is not a pod identity either.
+    state.apply("cilia.ipcache.cidr.10-244-1-7_32", "ipcache.upsert",
+                {"prefix": "10.244.1.7/32", "identity": 16777217}, 99)
+    assert _ep(state, LocalEndpoint(3, "10.244.1.7", 9, "lxc3", "prod/x")) == INIT_DENY_ALL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from services.cli import source
 from services.common import subjects
 from services.common.bus import Bus
+from services.common.runner import collect_status
 from services.identity.allocator import JetStreamStore
 from tests.support.busread import count, live, wait_for
 from tests.support.objects import manifests, namespace, pod
@@ -127,3 +129,82 @@ async def test_restart_keeps_every_number_and_republishes_nothing(
     kv = await bus.js.key_value(subjects.KV_IDENTITIES)
     entry = await kv.get(f"id.{before['10.244.2.1/32']}")
     assert msgpack.unpackb(entry.value)["labels"][0] == "k8s:app=a0"
+
+
+async def _report(bus: Bus, node: str, ns: str, name: str, ip: str | None,
+                  payload_node: str | None = None) -> None:
+    subject = subjects.agent_endpoint(node, ns, name)
+    if ip is None:
+        await bus.publish(subject, "endpoint.delete",
+                          {"node": node, "namespace": ns, "pod": name}, msg_id=f"d-{subject}")
+        return
+    await bus.publish(subject, "endpoint.upsert",
+                      {"node": payload_node or node, "namespace": ns, "pod": name, "ip": ip,
+                       "endpoint_id": 3, "container_id": "c0ffee"}, msg_id=f"u-{subject}-{ip}")
+
+
+async def _identity_stats(bus: Bus) -> dict[str, Any]:
+    return next(r["stats"] for r in await collect_status(bus) if r["service"] == "identity")
+
+
+async def test_the_scheduled_node_s_report_gives_the_address(bus: Bus,
+                                                             identity_proc: None) -> None:
+    # Scheduled on node1, no address yet (CNI ADD is running): its agent's report counts.
+    await source.apply(bus, manifests(pod("web", "shop", {"app": "web"})))
+    await _report(bus, "node1", "shop", "web", "10.244.1.40")
+    snap = await wait_for(bus, IPC, lambda s: "10.244.1.40/32" in _ipcache(s))
+    entry = _ipcache(snap)["10.244.1.40/32"]
+    assert entry["pod"] == "shop/web" and entry["node"] == "node1"
+    assert entry["identity"] == _ids(await bus.snapshot(IDENT))["web"]
+    # Another node's agent cannot place the pod elsewhere, nor can a payload that names
+    # another node than its subject.
+    await _report(bus, "node2", "shop", "web", "10.244.2.66")
+    await _report(bus, "node1", "shop", "web", "10.244.1.99", payload_node="node2")
+    await source.apply(bus, manifests(pod("probe", "shop", {"app": "probe"},
+                                          ip="10.244.1.41")))
+    snap = await wait_for(bus, IPC, lambda s: "10.244.1.41/32" in _ipcache(s))
+    assert "10.244.2.66/32" not in _ipcache(snap) and "10.244.1.99/32" not in _ipcache(snap)
+    assert _ipcache(snap)["10.244.1.40/32"]["pod"] == "shop/web"
+    stats = await _identity_stats(bus)
+    assert stats["endpoint_reports"] == 2 and stats["endpoint_reports_rejected"] == 1, stats
+    # The endpoint goes: so does its address (the pod never got a status.podIP).
+    await _report(bus, "node1", "shop", "web", None)
+    await wait_for(bus, IPC, lambda s: "10.244.1.40/32" not in _ipcache(s))
+
+
+async def test_status_pod_ip_serves_pods_without_a_report(bus: Bus,
+                                                          identity_proc: None) -> None:
+    await source.apply(bus, manifests(pod("old", "shop", {"app": "old"}, ip="10.244.1.50")))
+    await wait_for(bus, IPC, lambda s: "10.244.1.50/32" in _ipcache(s))
+    # A report for the pod's node wins over the status (the agent knows the address first).
+    await _report(bus, "node1", "shop", "old", "10.244.1.51")
+    snap = await wait_for(bus, IPC, lambda s: "10.244.1.51/32" in _ipcache(s))
+    assert "10.244.1.50/32" not in _ipcache(snap)
+
+
+async def test_spoofed_labels_are_dropped_and_counted(bus: Bus, identity_proc: None) -> None:
+    spoof = pod("spoof", "other", {"app": "s", "io.cilium.k8s.namespace.labels.team": "a",
+                                   "io.cilium.k8s.policy.serviceaccount": "robot"},
+                ip="10.244.1.60")
+    await source.apply(bus, manifests(namespace("other"), spoof))
+    # A source that skips validation can write keys Kubernetes forbids: dropped all the same.
+    raw = pod("raw", "other", {"app": "r", "reserved:host": ""}, ip="10.244.1.61")
+    await bus.publish(subjects.source("Pod", "other", "raw"), "object.upsert",
+                      {"kind": "Pod", "namespace": "other", "name": "raw", "object": raw},
+                      msg_id="raw-1")
+    snap = await wait_for(bus, [*IPC, *IDENT], lambda s: {"10.244.1.60/32", "10.244.1.61/32"}
+                          <= set(_ipcache(s)))
+    labels = {d["id"]: d["labels"] for d in live(snap, "identity.upsert")}
+    for prefix in ("10.244.1.60/32", "10.244.1.61/32"):
+        ident = labels[_ipcache(snap)[prefix]["identity"]]
+        assert "k8s:io.cilium.k8s.policy.serviceaccount=default" in ident
+        assert not [lbl for lbl in ident if "team" in lbl or "robot" in lbl or "host" in lbl]
+    stats = await _identity_stats(bus)
+    assert stats["labels_dropped"] == 3 and stats["pods_with_dropped_labels"] == 2, stats
+    # Re-applying the same pod does not count its labels again.
+    await source.apply(bus, manifests(pod("spoof", "other", {
+        "app": "s", "io.cilium.k8s.namespace.labels.team": "a",
+        "io.cilium.k8s.policy.serviceaccount": "robot", "v": "2"}, ip="10.244.1.60")))
+    await wait_for(bus, IDENT, lambda s: any("k8s:v=2" in d["labels"]
+                                             for d in live(s, "identity.upsert")))
+    assert (await _identity_stats(bus))["labels_dropped"] == 3

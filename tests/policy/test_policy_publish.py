@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from services.policy import (
     messages,
     parse_selector,
 )
+from services.policy.service import BusView, resync_messages, to_outgoing
 from tests.policy.policy_helpers import EXAMPLES, REPO_ROOT, build, docs, load_docs, pod
 
 FLAT_RATIO = 1.2  # bench/policy_compile.py's bound: bytes and messages, 10k vs 100
@@ -50,8 +52,11 @@ def test_new_identity_publishes_only_matching_selector_deltas_and_itself() -> No
     assert {m.key for m in selector_msgs} == {frontend_sel.id, deny_sel.id}
     assert all(m.payload == {"selector": m.key, "revision": ch.revision, "op": "delta",
                              "added": [400], "removed": []} for m in selector_msgs)
-    # The new identity is selected by no rule, so there is no subject message at all.
-    assert [m for m in msgs if m.channel == CHANNEL_SUBJECT] == []
+    # The new identity is selected by no rule: its only subject message is its own, with no
+    # rules (its policy is computed: open both ways); no other subject is republished.
+    own = [m for m in msgs if m.channel == CHANNEL_SUBJECT]
+    assert [(m.key, m.payload["rules"], m.payload["ingress_enforced"],
+             m.payload["egress_enforced"]) for m in own] == [("400", [], False, False)]
     ch = repo.add_identity(401, pod(app="database", tier="db", version="v2"))
     subject_msgs = [m for m in messages(repo, ch) if m.channel == CHANNEL_SUBJECT]
     assert [m.key for m in subject_msgs] == ["401"]
@@ -140,3 +145,30 @@ def test_every_message_follows_the_bus_schemas_and_subjects() -> None:
     assert err.subject == "cilia.policy.status.ciliumnetworkpolicy.production.out"
     assert decode(encode(err.event, err.payload)).data["op"] == "error"
     assert "spec.endpointSelector.matchLabels.app" in err.payload["error"]
+
+
+def _view_after(repo_msgs: list[Any], revision: int) -> BusView:
+    view = BusView()
+    for m in repo_msgs:
+        out = to_outgoing(m, revision)
+        view.apply(out.event_type, out.data)
+    return view
+
+
+def test_every_cluster_identity_has_a_computed_policy_and_resync_keeps_it() -> None:
+    repo = build(load_docs(EXAMPLES / "three-tier" / "policy.yaml"),
+                 {300: pod(app="database", tier="db"), 301: pod(app="unselected")})
+    subjects_now = repo.computed_subjects()
+    assert set(subjects_now) == {300, 301}                   # no reserved identity
+    assert subjects_now[301].rules == () and subjects_now[300].rules
+    view = _view_after(resync_messages(repo, BusView()), 10)
+    assert set(view.subjects) == {300, 301}                  # the empty mark is kept too
+    assert resync_messages(repo, view, {300: 5, 301: 9}) == []   # nothing to republish
+    # 301's labels changed after its message was published (a number reused while the
+    # service was down): its message no longer counts and is published again.
+    again = resync_messages(repo, view, {300: 5, 301: 11})
+    assert [(m.channel, m.key, m.payload["rules"]) for m in again] == [
+        (CHANNEL_SUBJECT, "301", [])]
+    # An identity that is gone keeps its (empty) last message: nothing to publish.
+    repo.remove_identity(301)
+    assert resync_messages(repo, view, {300: 5}) == []

@@ -180,3 +180,24 @@ async def test_restart_republishes_nothing(bus: Bus, nats_url: str, tmp_path: Pa
                 late in (d.get("added") or ()) for d in live(s, "policy.selector")))
         # Only the late pod's deltas were added: nothing was published again.
         assert stored < await count(bus, "cilia.policy.>") <= stored + 4
+
+
+async def test_an_identity_no_policy_selects_gets_an_empty_computed_policy(
+        bus: Bus, control_plane: None) -> None:
+    await _three_tier(bus)
+    await source.apply(bus, objs(pod("lonely", "production", {"app": "lonely"},
+                                     ip="10.244.1.88")))
+    snap = await wait_for(bus, ["cilia.ipcache.>"], lambda s: any(
+        d["prefix"] == "10.244.1.88/32" for d in live(s, "ipcache.upsert")))
+    lonely = next(d["identity"] for d in live(snap, "ipcache.upsert")
+                  if d["prefix"] == "10.244.1.88/32")
+    snap = await wait_for(bus, POLICY_OUT, lambda s: any(
+        d["identity"] == lonely for d in live(s, "policy.rules")))
+    [doc] = [d for d in live(snap, "policy.rules") if d["identity"] == lonely]
+    # "Its policy is computed": no rule selects it, open both ways.
+    assert doc["rules"] == [] and not doc["ingress_enforced"] and not doc["egress_enforced"]
+    # Every pod identity has one; reserved identities have none (no rule selects them).
+    idents = {d["id"] for d in live(await bus.snapshot(["cilia.identity.>"]),
+                                    "identity.upsert")}
+    marked = {d["identity"] for d in live(snap, "policy.rules")}
+    assert {i for i in idents if i >= 256} <= marked and not {i for i in marked if i < 256}

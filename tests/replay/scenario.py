@@ -90,9 +90,17 @@ async def _settled(url: str, port: int) -> tuple[int, dict[str, Delivery]]:
 async def _pods_settled(url: str) -> int:
     bus = await Bus.connect(url, "test")
     try:
-        snap = await wait_for(bus, ["cilia.ipcache.>", "cilia.identity.>"],
-                              lambda s: sum(k.startswith("cilia.ipcache") for k in s) == 3,
-                              timeout=15)
+        def settled(s: dict[str, Delivery]) -> bool:
+            # Each pod's identity also has its computed policy (empty: nothing selects it
+            # yet), without which an agent keeps the pod at deny-all.
+            pods = [d.event.data["identity"] for k, d in s.items()
+                    if k.startswith("cilia.ipcache")]
+            marks = {d.event.data["identity"] for k, d in s.items()
+                     if k.startswith("cilia.policy.rules")}
+            return len(pods) == 3 and set(pods) <= marks
+
+        snap = await wait_for(bus, ["cilia.ipcache.>", "cilia.identity.>",
+                                    "cilia.policy.rules.>"], settled, timeout=15)
         return max(d.seq for d in snap.values())
     finally:
         await bus.close()

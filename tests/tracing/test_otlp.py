@@ -80,4 +80,7 @@ def test_policy_import_is_one_trace_down_to_each_agents_map_patch(receiver: Rece
     for patch in ipcache_patches:
         path = chain(patch)
         assert path[0] == "cilia-cli:cilia apply"
-        assert any(p.startswith("identity:identity object.upsert") for p in path)
+        # The pod's address reaches the identity service from its agent's endpoint report,
+        # published while CNI ADD waits (the apply's trace continues through the plugin).
+        assert any(p == "nodeagent:cni ADD" for p in path), path
+        assert any(p.startswith("identity:identity endpoint.upsert") for p in path), path

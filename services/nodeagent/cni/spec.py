@@ -27,6 +27,10 @@ ERR_ENDPOINT = 100             # cilia: the agent failed to create or delete the
 ERR_IPAM_EXHAUSTED = 101       # cilia: the node's pod CIDR is full
 ERR_CHECK_FAILED = 102         # cilia: CHECK found the endpoint differing from its result
 
+# CNI_ARGS key carrying the W3C traceparent of the runtime's operation (ADD continues its
+# trace in the agent; runtimes pass IgnoreUnknown=1, so other plugins ignore it).
+TRACEPARENT_ARG = "TRACEPARENT"
+
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION")
 MAX_IFNAME = 15
 CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
