@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from services.common import subjects
-from services.common.bus import Bus
 from services.common.identities import ID_INIT
+from services.common.roles import CLI
 from services.lab.netns import spawn
 from services.lab.plan import pod_netns_name
 from services.nodeagent.datapath import EndpointEntry, open_maps
 from services.nodeagent.endpoints import open_iproute
 from tests.support.cluster import CILIA, Cluster, temp_cluster
-from tests.support.procs import start_service, stop_process
+from tests.support.procs import stop_process
 
 READY_TIMEOUT_S = 8     # the agents' ADD wait in this module (the default is longer)
 POLICY_PROC = 1         # index of the policy service in Cluster.procs (SERVICES order)
@@ -143,8 +143,8 @@ def test_an_allowed_pod_works_as_soon_as_apply_returns(lab: Cluster, target: str
     assert ep["identity"]["id"] >= 256 and ep["policy"]["egress"]["enforcing"] is True
 
 
-async def _last_report(url: str, node: str, namespace: str, pod: str) -> str | None:
-    bus = await Bus.connect(url, "test")
+async def _last_report(lab: Cluster, node: str, namespace: str, pod: str) -> str | None:
+    bus = await lab.bus(CLI)
     try:
         event = await bus.last_event(subjects.agent_endpoint(node, namespace, pod))
     finally:
@@ -211,10 +211,9 @@ def test_add_fails_cleanly_when_the_policy_is_not_computed_and_the_kubelet_retri
         assert not [e for e in lab.endpoints() if e["pod"] == "open/unseen"]
         assert not _init_endpoints(node)
         assert _lxc_links(lab) == before
-        assert asyncio.run(_last_report(lab.url, node, "open", "unseen")) == "endpoint.delete"
+        assert asyncio.run(_last_report(lab, node, "open", "unseen")) == "endpoint.delete"
     finally:
-        lab.procs[POLICY_PROC] = start_service("services.policy", lab.url, env=lab.env,
-                                               log=tmp_path / "policy.log")
+        lab.procs[POLICY_PROC] = lab.start_service("policy", tmp_path / "policy.log")
     attempts = [line.split() for line in probe_log.read_text().splitlines()
                 if f"{target}:8080" in line]
     assert attempts and all(a[2] == "timeout" for a in attempts), attempts
@@ -227,5 +226,5 @@ def test_add_fails_cleanly_when_the_policy_is_not_computed_and_the_kubelet_retri
     lab.ok("apply", "-f", file)
     ep = _endpoint(lab, "open/unseen")
     assert ep["state"] == "ready" and ep["identity"]["id"] >= 256
-    assert asyncio.run(_last_report(lab.url, node, "open", "unseen")) == "endpoint.upsert"
+    assert asyncio.run(_last_report(lab, node, "open", "unseen")) == "endpoint.upsert"
     assert lab.connect("unseen", "open", target, 8080) == "OK"

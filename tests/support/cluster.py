@@ -48,6 +48,16 @@ class Cluster:
         """A role's credentials on this cluster's bus (admin: may publish anything)."""
         return self.access.credentials(role) if self.access else Credentials(role=role)
 
+    def service_env(self, service: str) -> dict[str, str]:
+        """The environment a control-plane service runs with here (its role's credentials)."""
+        return {**self.env, **controlplane.role_env(self.url, self.access,
+                                                    SERVICE_ROLES[service])}
+
+    def start_service(self, service: str, log: Path) -> subprocess.Popen[bytes]:
+        """Start (or restart) one control-plane service of this cluster with its role."""
+        return start_service(f"services.{service}", self.url, env=self.service_env(service),
+                             log=log)
+
     async def bus(self, role: str = ADMIN, name: str = "test") -> Bus:
         """A connection to the cluster's bus as ``role``."""
         return await Bus.connect(self.url, name, creds=self.creds(role))
@@ -142,9 +152,7 @@ def cluster(tmp: Path, nodes: int = 1, extra_env: dict[str, str] | None = None,
     c = Cluster(url, lab, state, env, access=access)
     try:
         for name in SERVICES:
-            svc_env = {**env, **controlplane.role_env(url, access, SERVICE_ROLES[name])}
-            c.procs.append(start_service(f"services.{name}", url, env=svc_env,
-                                         log=tmp / f"{name}.log"))
+            c.procs.append(c.start_service(name, tmp / f"{name}.log"))
         res = c.cilia("lab", "up", "--nodes", str(nodes), "--name", lab, "--routing", routing,
                       timeout=180)
         if res.returncode != 0:
