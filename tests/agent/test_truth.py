@@ -181,8 +181,8 @@ async def test_realized_never_runs_ahead_of_the_maps(bus: Bus, nats_url: str, tm
             # The endpoint patch completes: the maps hold `planned`, not the folded `seq`.
             gates.append(Gate(node.agent.maps.ipcache))   # type: ignore[union-attr]
             gates[0].released.set()
-            await asyncio.wait_for(created, GATE_TIMEOUT_S)
-            assert pod_ip in node.maps.endpoints.entries()
+            # (CNI ADD itself waits for the pod's identity and policy: they come below.)
+            await until("endpoint written", lambda: pod_ip in node.maps.endpoints.entries())
             await gates[1].wait_entered()                  # the ipcache patch of `seq`
             assert agent.realized == planned and agent.stats()["realized"] == planned
             assert "10.99.0.1/32" not in node.maps.ipcache.entries()
@@ -191,6 +191,10 @@ async def test_realized_never_runs_ahead_of_the_maps(bus: Bus, nats_url: str, tm
             assert node.maps.ipcache.entries()["10.99.0.1/32"].identity == REMOTE_IDENTITY
             event = await bus.last_event(subjects.agent_realized(node_name))
             assert event is not None and event.data["revision"] == seq
+            # The pod's identity and computed policy arrive: ADD answers.
+            await publish_policy(bus, node_name, pod_ip)
+            await asyncio.wait_for(created, WAIT_S)
+            assert node.maps.endpoints.entries()[pod_ip].identity == WEB_ID
         finally:
             for gate in gates:
                 gate.released.set()
@@ -286,8 +290,9 @@ async def test_each_error_is_its_own_retried_without_events_until_the_kernel_tak
         assert agent.state() == "degraded"
         # A pod starts and its policy arrives: the node maps, policy included, patch fine
         # meanwhile; their success clears no other part's error.
-        await agent.on_endpoint_created(endpoint(lab, node_name))
+        created = asyncio.create_task(agent.on_endpoint_created(endpoint(lab, node_name)))
         seq = await publish_policy(bus, node_name, lab.pods[0].ip)
+        await asyncio.wait_for(created, WAIT_S)     # ADD answers once the pod is enforced
         await until("policy realized", lambda: agent.realized == seq)
         assert (PolicyKey(WEB_ID, CLIENT_ID, Direction.INGRESS, PROTO_TCP, 8080, 8080),
                 Verdict.ALLOW) in node.maps.policy.entries(WEB_ID)
