@@ -244,7 +244,7 @@ def observe(ctx: CliContext, follow: bool, verdict: str | None, pod: str | None,
 
         async def on_flows(msg: Msg) -> None:
             with contextlib.suppress(CodecError):
-                for f in decode(msg.data).data["flows"]:
+                for f in decode(msg.data, msg.subject).data["flows"]:
                     queue.put_nowait(f)
 
         await bus.nc.subscribe(subjects.flows(node) if node else f"{subjects.FLOWS}.>",

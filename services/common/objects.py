@@ -104,6 +104,15 @@ def validate_ip(value: Any, path: str) -> str:
     return text
 
 
+def validate_ipv4(value: Any, path: str) -> str:
+    text = require_str(value, path)
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ObjectError(path, f"{text!r} is not an IPv4 address") from None
+    return text
+
+
 def validate_port(value: Any, path: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_PORT:
         raise ObjectError(path, f"must be a port number 1-{MAX_PORT}, got {value!r}")
@@ -175,9 +184,9 @@ def validate_pod(obj: Mapping[str, Any]) -> None:
     status = obj.get("status")
     if status is not None:
         status = require_map(status, "status")
-        for field in ("podIP", "hostIP"):
+        for field in ("podIP", "hostIP"):   # the datapath is IPv4 only
             if field in status:
-                validate_ip(status[field], f"status.{field}")
+                validate_ipv4(status[field], f"status.{field}")
 
 
 def validate_node(obj: Mapping[str, Any]) -> None:

@@ -106,7 +106,7 @@ class IdentityService(BusConsumer):
         await self._publish_reserved()
         sources = await bus.consume(
             [subjects.source_filter("Namespace"), subjects.source_filter("Pod")],
-            self._on_source, name="identity")
+            self._on_source, name="identity", idle=self._settle)
         self._subs.append(sources)
         if sources.caught_up.is_set():
             self._live = True
@@ -124,7 +124,8 @@ class IdentityService(BusConsumer):
         return {"identities": len(self.published_ids), "pods": len(self.pods),
                 "peers": len(self.peers),
                 "ipcache": len(self.published_ip), "released": self.released,
-                "conflicts": self.allocator.conflicts if self.allocator else 0}
+                "conflicts": self.allocator.conflicts if self.allocator else 0,
+                **(self.bus.rejections.stats() if self.bus else {})}
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -169,9 +170,18 @@ class IdentityService(BusConsumer):
         # Under load (more events pending) fold events into one batch: allocations then run
         # concurrently and publishes are pipelined; when idle, each event is handled at once.
         if d.pending == 0 or (self._live and len(self._dirty) >= MAX_BATCH):
-            self._live = True
-            dirty, self._dirty = self._dirty, set()
-            await self._reconcile(dirty, f"{d.seq}")
+            await self._settle(d.seq)
+
+    async def _settle(self, seq: int) -> None:
+        """End of a batch (also after a bad last message): live, and the dirty pods
+        reconciled. A failed reconcile keeps them dirty for the next batch."""
+        self._live = True
+        dirty, self._dirty = self._dirty, set()
+        try:
+            await self._reconcile(dirty, f"{seq}")
+        except BaseException:
+            self._dirty |= dirty
+            raise
 
     # -- reconciliation --------------------------------------------------------------------
 

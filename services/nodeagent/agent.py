@@ -102,7 +102,8 @@ class NodeAgent:
         self.resumed_from = 0
         self._folded = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=FLOW_BUFFER)
-        self.totals: dict[str, int] = {"writes": 0, "reconciles": 0, "flows": 0}
+        self.totals: dict[str, int] = {"writes": 0, "reconciles": 0, "flows": 0,
+                                       "skipped": 0}   # map entries that could not be encoded
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -127,10 +128,11 @@ class NodeAgent:
         # Load balancing folds its own inputs from the start (cheap, and independent of the
         # policy state's saved position); its maps are diffed like every other.
         self._subs.append(await bus.consume(LB_INPUTS, self._on_lb_event,
-                                            name=f"agent-lb {self.cfg.name}"))
+                                            name=f"agent-lb {self.cfg.name}",
+                                            idle=self._on_lb_idle))
         start = await self._resume(bus)
         sub = await bus.consume(INPUTS, self._on_event, name=f"agent {self.cfg.name}",
-                                start_seq=start)
+                                start_seq=start, idle=self._on_idle)
         self._subs.append(sub)
         if sub.caught_up.is_set():
             self._live = True
@@ -172,7 +174,8 @@ class NodeAgent:
                 "realized": self._realized_seq, "resumed_from": self.resumed_from,
                 "policy_revisions": {str(k): v for k, v in
                                      self.node_state.realized(self._policy_subjects).items()},
-                "error": self.error or "", **self.totals}
+                "error": self.error or "", **self.totals,
+                **(self.bus.rejections.stats() if self.bus else {})}
 
     async def _attach_nodeport(self) -> None:
         """NodePort/LoadBalancer from outside: programs on the node's external device."""
@@ -191,6 +194,9 @@ class NodeAgent:
             self._lb_dirty.merge(dirty)
         if d.pending == 0:
             await self.reconcile_lb()
+
+    async def _on_lb_idle(self, _seq: int) -> None:
+        await self.reconcile_lb()
 
     async def reconcile_lb(self) -> None:
         """Make the lb maps hold what the lb state says (services, backends, Maglev)."""
@@ -294,6 +300,14 @@ class NodeAgent:
             self._live = self._live or d.pending == 0
             await self.reconcile()
 
+    async def _on_idle(self, seq: int) -> None:
+        """A skipped (bad) last message: the node has still seen everything up to ``seq``;
+        end the batch as :meth:`_on_event` would."""
+        self.node_state.revision = max(self.node_state.revision, seq)
+        self._folded = 0
+        self._live = True
+        await self.reconcile()
+
     async def reconcile(self) -> None:
         """Make the maps hold what the state says, writing only the difference."""
         async with self._lock:
@@ -352,6 +366,7 @@ class NodeAgent:
                 if n:
                     MAP_OPS.labels(self.cfg.name, map_name, op).inc(n)
             self.totals["writes"] += r.writes
+            self.totals["skipped"] += r.skipped
         self.totals["reconciles"] += 1
         return results
 

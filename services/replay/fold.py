@@ -119,7 +119,7 @@ class Replay:
         """Fold one record; None when the payload is undecodable (skipped, as the bus does)."""
         self.seq, self.time_ns = rec.seq, rec.time_ns
         try:
-            event = decode(rec.payload)
+            event = decode(rec.payload, rec.subject)
         except CodecError as exc:
             self.skipped += 1
             log.warning("skipped message %s on %s: %s", rec.seq, rec.subject, exc)

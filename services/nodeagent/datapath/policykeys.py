@@ -79,6 +79,34 @@ def _validate(key: PolicyKey, verdict: Verdict) -> tuple[int, int]:
     return key.port, end
 
 
+def well_formed(desired: Mapping[PolicyKey, Verdict],
+                errors: list[EncodeError]) -> dict[PolicyKey, Verdict]:
+    """The entries that can be encoded, failing closed: a malformed entry is left out (and
+    collected in ``errors``); when it is not an allow, so are the allow entries of its
+    subject, so that a deny that cannot be written never leaves allows to pass what it
+    denied."""
+    bad_subjects: set[int] = set()
+    for key, verdict in desired.items():
+        try:
+            _validate(key, verdict)
+        except EncodeError as exc:
+            errors.append(exc)
+            if verdict != Verdict.ALLOW:
+                bad_subjects.add(key.subject)
+    if not errors:
+        return dict(desired)
+    out = {}
+    for key, verdict in desired.items():
+        if key.subject in bad_subjects and verdict != Verdict.DENY:
+            continue
+        try:
+            _validate(key, verdict)
+        except EncodeError:
+            continue
+        out[key] = verdict
+    return out
+
+
 def expand_policy(desired: Mapping[PolicyKey, Verdict]) -> dict[PortPrefix, Verdict]:
     """Policy entries as port blocks, with denies folded into the blocks they contain.
 
