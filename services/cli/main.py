@@ -20,11 +20,12 @@ from services.cli.connectivity import connectivity_group
 from services.cli.demo import demo
 from services.cli.identity import identity_group
 from services.cli.labcli import exec_command, lab_group, runtime_for
+from services.cli.manifests import ManifestErrors
 from services.cli.policy import policy_group
 from services.cli.replay import history_group, replay_group, trace_group
 from services.cli.service import bpf_lb_group, service_group
 from services.cli.status import status
-from services.common.bus import HistoryConfig
+from services.common.bus import Bus, HistoryConfig
 from services.common.errors import CiliaError
 from services.common.tracing import TRACE_FILE_ENV
 
@@ -104,7 +105,17 @@ def apply(ctx: CliContext, files: tuple[str, ...]) -> None:
     """Apply Kubernetes manifests (validated whole: a bad file applies nothing)."""
     items = source.load_or_exit(files)
     runtime = runtime_for(ctx)
-    source.echo_outcomes(ctx.run(lambda bus: source.apply(bus, items, runtime)))
+
+    async def run(bus: Bus) -> list[source.Outcome] | ManifestErrors:
+        try:
+            return await source.apply(bus, items, runtime)
+        except ManifestErrors as exc:   # too large for the bus it is connected to
+            return exc
+
+    outcomes = ctx.run(run)
+    if isinstance(outcomes, ManifestErrors):
+        source.exit_with(outcomes)
+    source.echo_outcomes(outcomes)
 
 
 @cli.command()
