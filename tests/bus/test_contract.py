@@ -109,11 +109,11 @@ def test_an_invalid_policy_passes_the_bus_for_its_owner_to_report() -> None:
 
 def test_an_event_on_another_objects_subject_is_rejected() -> None:
     payload = encode("identity.upsert", BY_TYPE["identity.upsert"].data)
-    with pytest.raises(MalformedPayload, match="belongs on cilia.identity.300, not on "
-                                               "cilia.identity.301"):
+    with pytest.raises(MalformedPayload, match=r"belongs on cilia\.identity\.300, not on "
+                                               r"cilia\.identity\.301"):
         decode(payload, "cilia.identity.301")
     pod = encode("object.upsert", BY_TYPE["object.upsert"].data)
-    with pytest.raises(MalformedPayload, match="belongs on cilia.src.pod.shop.web-1"):
+    with pytest.raises(MalformedPayload, match=r"belongs on cilia\.src\.pod\.shop\.web-1"):
         decode(pod, "cilia.src.pod.shop.db")
 
 

@@ -75,6 +75,22 @@ def test_agent_error_and_starting_service() -> None:
     assert assess(starting)["problems"] == ["identity: 0/1 replicas ready"]
 
 
+def test_rejected_messages_are_reported_per_service_without_making_it_unhealthy() -> None:
+    from services.cli.status import render
+    data = variant(services=[replica("identity", identities=5, rejected=3, failed=0),
+                             replica("policy", policies=2, revision=7, rejected=10, failed=1),
+                             *HEALTHY["services"][2:]])
+    h = assess(data)
+    assert h["ok"]
+    assert {n: (s["rejected"], s["failed"]) for n, s in h["services"].items()} == {
+        "identity": (3, 0), "policy": (10, 1), "lb": (0, 0), "nodeagent": (0, 0)}
+    screen = render({**data, "nats": {"url": "u", "server": "2", "streams": 1, "consumers": 1},
+                     "streams": []}, h)
+    assert "REJECTED" in screen and "FAILED" in screen
+    line = next(x for x in screen.splitlines() if x.startswith("policy "))
+    assert line.split()[-2:] == ["10", "1"]
+
+
 GHOST_NODE = """
 apiVersion: v1
 kind: Node
