@@ -12,7 +12,8 @@ another object's subject.
 
 from __future__ import annotations
 
-import copy
+import functools
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import msgpack
@@ -173,10 +174,27 @@ def _get(data: Any, path: tuple[Any, ...]) -> Any:
     return data
 
 
-def _set(data: Any, path: tuple[Any, ...], value: Any) -> None:
-    for step in path[:-1]:
-        data = data[step]
-    data[path[-1]] = value
+def _replace(data: Any, path: tuple[Any, ...], value: Any) -> Any:
+    """``data`` with the value at ``path`` replaced; only the containers on the path are
+    copied (a whole copy of a large object per draw is what made drawing slow)."""
+    if not path:
+        return value
+    step, rest = path[0], path[1:]
+    copied = dict(data) if isinstance(data, dict) else list(data)
+    copied[step] = _replace(data[step], rest, value)
+    return copied
+
+
+_PATHS: dict[int, tuple[Any, list[tuple[Any, ...]]]] = {}
+
+
+def _paths_of(data: Any, event_type: str) -> list[tuple[Any, ...]]:
+    """:func:`paths`, remembered per object (the samples do not change)."""
+    known = _PATHS.get(id(data))
+    if known is None or known[0] is not data:
+        known = (data, paths(data, event_type))
+        _PATHS[id(data)] = known
+    return known[1]
 
 
 def _bad_values(old: Any) -> list[Any]:
@@ -189,50 +207,85 @@ def required(event_type: str) -> list[str]:
     return [f.encode_name for f in msgspec.structs.fields(EVENTS[event_type]) if f.required]
 
 
+@functools.cache
+def _index(n: int) -> st.SearchStrategy[int]:
+    # One strategy per size: building a strategy per draw is what hypothesis spends most on.
+    return st.integers(0, n - 1)
+
+
+def _pick(draw: st.DrawFn, items: Sequence[Any]) -> Any:
+    return items[draw(_index(len(items)))]
+
+
 @st.composite
 def bad_data(draw: st.DrawFn, sample: Sample) -> dict[str, Any]:
     """``sample``'s data with one checked value replaced by one its schema must reject."""
-    data = copy.deepcopy(sample.data)
-    choice = draw(st.sampled_from(paths(data, sample.type)))
-    old = _get(data, choice)
-    _set(data, choice, draw(st.sampled_from(_bad_values(old))))
-    return data
+    return _bad_data(draw, sample)
+
+
+def _bad_data(draw: st.DrawFn, sample: Sample) -> dict[str, Any]:
+    choice = _pick(draw, _paths_of(sample.data, sample.type))
+    value = _pick(draw, _bad_values(_get(sample.data, choice)))
+    return dict(_replace(sample.data, choice, value))
 
 
 def envelope(event_type: Any, data: Any, version: Any = SCHEMA_VERSION) -> bytes:
     return msgpack.packb({"v": version, "type": event_type, "data": data}, use_bin_type=True)
 
 
-KINDS = ("mutated", "garbage", "alien", "version", "other-type", "missing", "subject")
+KINDS = ("mutated", "garbage", "alien", "version", "other-type", "missing", "subject",
+         "object")
+
+
+def _bad_object(draw: st.DrawFn, sample: Sample) -> dict[str, Any]:
+    """``sample``'s data with one value inside its object replaced by one of another type
+    (an object's own validator may or may not care: filter with the codec)."""
+    obj = sample.data.get("object")
+    inner = _paths_of(obj, "") if isinstance(obj, dict) else []
+    if not inner:
+        return dict(sample.data)
+    choice = _pick(draw, inner)
+    value = _pick(draw, _bad_values(_get(obj, choice)))
+    return dict(_replace(sample.data, ("object", *choice), value))
 
 
 @st.composite
 def bad_payload(draw: st.DrawFn, sample: Sample) -> tuple[str, bytes]:
     """(kind of badness, bytes) that no consumer may apply on ``sample``'s subject."""
-    kind = draw(st.sampled_from(["mutated", "mutated", "mutated", *KINDS[1:]]))
+    return _bad_payload(draw, sample)
+
+
+def _bad_payload(draw: st.DrawFn, sample: Sample) -> tuple[str, bytes]:
+    kind = _pick(draw, _KIND_CHOICES[1 if "object" in sample.data else 0])
     if kind == "mutated":
-        return kind, envelope(sample.type, draw(bad_data(sample)))
+        return kind, envelope(sample.type, _bad_data(draw, sample))
+    if kind == "object":
+        return kind, envelope(sample.type, _bad_object(draw, sample))
     if kind == "garbage":
-        return kind, draw(st.binary(max_size=64))
+        return kind, draw(_GARBAGE)
     if kind == "alien":     # a valid msgpack value that is no envelope of ours
-        return kind, msgpack.packb(draw(st.one_of(
-            st.integers(-(2 ** 63), 2 ** 64 - 1), st.text(max_size=20),
-            st.lists(st.integers(0, 255), max_size=4),
-            st.dictionaries(st.text(max_size=5), st.integers(0, 1000), max_size=3))))
+        return kind, msgpack.packb(draw(_ALIEN))
     if kind == "version":
-        return kind, envelope(sample.type, sample.data,
-                              draw(st.sampled_from([0, 2, "1", None, True])))
+        return kind, envelope(sample.type, sample.data, _pick(draw, [0, 2, "1", None, True]))
     if kind == "other-type":    # another event type's data under this type
-        other = draw(st.sampled_from([s for s in VALID if s.type != sample.type]))
+        other = _pick(draw, [s for s in VALID if s.type != sample.type])
         return kind, envelope(sample.type, other.data)
     if kind == "missing":
-        field = draw(st.sampled_from(required(sample.type)))
+        field = _pick(draw, required(sample.type))
         return kind, envelope(sample.type,
                               {k: v for k, v in sample.data.items() if k != field})
     # a valid event of the same type about another object (or on another subject)
-    other = draw(st.sampled_from([s for s in VALID if s.type == sample.type
-                                  and s.subject != sample.subject] or [sample]))
+    other = _pick(draw, [s for s in VALID if s.type == sample.type
+                         and s.subject != sample.subject] or [sample])
     return kind, envelope(other.type, other.data)
+
+
+_KIND_CHOICES = (["mutated"] * 3 + list(KINDS[1:-1]),
+                 ["mutated"] * 3 + list(KINDS[1:-1]) + ["object"] * 3)
+_GARBAGE = st.binary(max_size=64)
+_ALIEN = st.one_of(st.integers(-(2 ** 63), 2 ** 64 - 1), st.text(max_size=20),
+                   st.lists(st.integers(0, 255), max_size=4),
+                   st.dictionaries(st.text(max_size=5), st.integers(0, 1000), max_size=3))
 
 
 def stored() -> list[Sample]:
@@ -240,3 +293,44 @@ def stored() -> list[Sample]:
     return [s for s in VALID if s.subject.startswith(("cilia.src.", "cilia.identity.",
                                                       "cilia.ipcache.", "cilia.policy.",
                                                       "cilia.lb.", "cilia.agent."))]
+
+
+BATCH = 50     # messages drawn per hypothesis example (its per-example cost dominates)
+
+
+def generate(bases: list[Sample], count: int, seed: int = 0) -> list[tuple[str, str, bytes]]:
+    """``count`` messages (subject, kind, bytes) that the codec rejects on their subject,
+    drawn by hypothesis from ``bases`` (real events of a cluster, and :data:`VALID`)."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hseed
+
+    from services.common.codec import decode
+    from services.common.errors import CodecError
+
+    out: list[tuple[str, str, bytes]] = []
+
+    @st.composite
+    def message(draw: st.DrawFn) -> tuple[str, str, bytes]:
+        base = _pick(draw, bases)
+        kind, payload = _bad_payload(draw, base)
+        return base.subject, kind, payload
+
+    def run(seed: int) -> None:
+        @hseed(seed)
+        @settings(max_examples=count * 6 // 5 // BATCH + 1, database=None, deadline=None,
+                  phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+        @given(st.lists(message(), min_size=BATCH, max_size=BATCH))
+        def draw(batch: list[tuple[str, str, bytes]]) -> None:
+            for subject, kind, payload in batch:
+                try:
+                    decode(payload, subject)
+                except CodecError:
+                    if len(out) < count:
+                        out.append((subject, kind, payload))
+
+        draw()
+
+    while len(out) < count:     # a few drawn messages were valid after all: draw again
+        run(seed)
+        seed += 1
+    return out
