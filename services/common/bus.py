@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 import nats
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api

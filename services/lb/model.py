@@ -272,7 +272,7 @@ def _name(value: Any, path: str, ref: str) -> str:
     """An object name (DNS subdomain), or "" when absent."""
     if value is None or value == "":
         return ""
-    if not isinstance(value, str) or len(value) > MAX_NAME or not _NAME.match(value):
+    if not isinstance(value, str) or len(value) > MAX_NAME or not _NAME.fullmatch(value):
         raise ServiceSpecError(f"{value!r} is not a valid object name", path, ref)
     return value
 

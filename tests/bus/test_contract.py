@@ -169,3 +169,24 @@ def test_garbage_bytes_fail_with_a_codec_error(payload: bytes) -> None:
 ])
 def test_subject_families_are_few(subject: str, family: str) -> None:
     assert subject_family(subject) == family
+
+
+@given(st.one_of(st.text(alphabet="0123456789./:ab \n", max_size=20),
+                 st.builds("{}.{}.{}.{}/{}".format, *([st.integers(0, 300)] * 4),
+                           st.integers(0, 40))))
+def test_fast_address_checks_agree_with_ipaddress(text: str) -> None:
+    import ipaddress
+
+    from services.common.contract._types import Prefix as PrefixType
+    from services.common.contract._types import check_ipv4, dec_hook
+
+    def accepts(check: Any) -> bool:
+        try:
+            check()
+        except ValueError:
+            return False
+        return True
+
+    assert accepts(lambda: check_ipv4(text)) == accepts(lambda: ipaddress.IPv4Address(text))
+    assert accepts(lambda: dec_hook(PrefixType, text)) == (
+        "/" in text and accepts(lambda: ipaddress.ip_network(text, strict=True)))
