@@ -99,6 +99,7 @@ class Replay:
         self.events = 0
         self.skipped = 0
         self.failed = 0
+        self._skipped_subjects: set[str] = set()
 
     @property
     def repo(self) -> Repository:
@@ -122,7 +123,9 @@ class Replay:
             event = decode(rec.payload, rec.subject)
         except CodecError as exc:
             self.skipped += 1
-            log.warning("skipped message %s on %s: %s", rec.seq, rec.subject, exc)
+            if rec.subject not in self._skipped_subjects:   # once per subject, as the bus
+                self._skipped_subjects.add(rec.subject)
+                log.warning("skipped message %s on %s: %s", rec.seq, rec.subject, exc)
             return None
         self.events += 1
         r = route(rec.subject)
