@@ -114,7 +114,8 @@ def test_status_screen_and_wait_on_a_live_lab(lab2: Cluster, tmp_path: Path) -> 
     data = lab2.json("status")
     assert data["health"]["ok"] and {s["name"] for s in data["streams"]} >= {"CILIA"}
     assert data["health"]["services"]["nodeagent"] == {"desired": 2, "replicas": 2,
-                                                      "ready": 2, "health": "OK"}
+                                                      "ready": 2, "health": "OK",
+                                                      "rejected": 0, "failed": 0}
     # --wait blocks while a node has no agent, and returns once it is gone
     (tmp_path / "ghost.yaml").write_text(GHOST_NODE)
     lab2.ok("apply", "-f", str(tmp_path / "ghost.yaml"))
