@@ -36,18 +36,28 @@ class _Envelope(msgspec.Struct):
 
 
 _ENVELOPE = msgspec.msgpack.Decoder(_Envelope)
+# {"v": SCHEMA_VERSION, "type": ..., "data": ...} as msgpack, in pieces: a map of three
+# entries and its first keys, then the type, then the key of the data.
+_HEAD = b"\x83" + msgpack.packb("v") + msgpack.packb(SCHEMA_VERSION) + msgpack.packb("type")
+_DATA_KEY = msgpack.packb("data")
 _PLAIN = msgspec.msgpack.Decoder()
 
 
 def encode(event_type: str, data: dict[str, Any]) -> bytes:
     """Encode one event after checking it whole.
 
+    The data is checked as consumers will check it: its msgpack bytes are decoded against
+    the schema (faster than checking the dict itself, and the very same rules).
+
     Raises:
         MalformedPayload: the type is unknown or the data does not follow its schema.
     """
-    contract.validate(event_type, data)
-    return msgpack.packb({"v": SCHEMA_VERSION, "type": event_type, "data": data},
-                         use_bin_type=True)
+    try:
+        packed = msgpack.packb(data, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MalformedPayload(f"{event_type}: cannot be encoded: {exc}") from None
+    contract.decode_data(event_type, packed)
+    return b"".join((_HEAD, msgpack.packb(event_type, use_bin_type=True), _DATA_KEY, packed))
 
 
 def decode(payload: bytes, subject: str | None = None) -> Event:

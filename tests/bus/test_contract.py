@@ -91,8 +91,8 @@ def test_a_bad_value_inside_is_rejected_naming_the_field(event_type: str,
 def test_a_bad_rule_port_is_rejected() -> None:
     data = _data("policy.rules")
     data["rules"][0]["entries"][0]["ports"] = [[6, 90, 80, ""]]
-    with pytest.raises(MalformedPayload, match=r"end_port 80 is below port 90 - at "
-                                               r"`\$.rules\[0\].entries\[0\]`"):
+    with pytest.raises(MalformedPayload, match=r"rules\[0\]: ports\[0\]: end_port 80 is "
+                                               r"below port 90 - at `\$.entries\[0\]`"):
         encode("policy.rules", data)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import msgspec
 
 from services.common.errors import MalformedPayload
@@ -48,11 +49,12 @@ def validate(event_type: str, data: Any) -> Payload:
     Raises:
         MalformedPayload: unknown type, or the data does not follow its schema.
     """
-    tp = _schema(event_type)
+    _schema(event_type)
     try:
-        return msgspec.convert(data, tp, strict=True, dec_hook=dec_hook)
-    except (msgspec.ValidationError, RecursionError) as exc:
-        raise MalformedPayload(f"{event_type}: {_reason(exc)}") from None
+        packed = msgpack.packb(data, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MalformedPayload(f"{event_type}: cannot be encoded: {exc}") from None
+    return decode_data(event_type, packed)
 
 
 def decode_data(event_type: str, raw: bytes | memoryview) -> Payload:

@@ -256,12 +256,27 @@ _CHECKS: dict[type, Callable[[Any], str]] = {
 }
 
 
+# Strings already checked, per type: the same names, selector ids and addresses recur in
+# every message (a subject's rules repeat in each of its policy.rules messages), and a dict
+# lookup costs a fraction of a check.
+_CHECKED: dict[type, dict[str, str]] = {tp: {} for tp in _CHECKS}
+MAX_CHECKED = 1 << 16       # strings remembered per type (then the memory starts over)
+
+
 def dec_hook(tp: type, obj: Any) -> Any:
     """msgspec's hook for the checked string types above."""
-    check = _CHECKS.get(tp)
-    if check is None:
+    known = _CHECKED.get(tp)
+    if known is None:
         raise NotImplementedError(f"no decoder for {tp!r}")
-    return tp(check(obj))
+    if type(obj) is str:
+        hit = known.get(obj)
+        if hit is not None:
+            return hit
+    value = tp(_CHECKS[tp](obj))
+    if len(known) >= MAX_CHECKED:
+        known.clear()
+    known[obj] = value
+    return value
 
 
 # -- numbers -------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta
 
 from services.common import subjects
@@ -34,6 +35,7 @@ from ._types import (
     Text,
     check_identities,
     check_identity,
+    dec_hook,
 )
 from .objects import KIND_CCNP, KIND_CNP, KIND_KNP, NAMESPACED
 
@@ -97,21 +99,54 @@ class CompiledRuleDoc(Payload):
         _check_ref(self.kind, self.namespace)
 
 
+_RULE = msgspec.msgpack.Decoder(CompiledRuleDoc, dec_hook=dec_hook)
+# Rules already checked, by their msgpack bytes: a subject's policy.rules message repeats all
+# its rules each time one changes, so checking only the new ones keeps the cost of a message
+# proportional to the change (a rule's check is a pure function of its bytes).
+_CHECKED_RULES: dict[bytes, CompiledRuleDoc] = {}
+MAX_CHECKED_RULES = 1 << 14
+
+
+def compiled_rule(raw: msgspec.Raw | bytes) -> CompiledRuleDoc:
+    """One rule of a ``policy.rules`` message, checked (from the cache when seen before).
+
+    Raises:
+        msgspec.ValidationError: it does not follow :class:`CompiledRuleDoc`.
+    """
+    key = bytes(raw)
+    doc = _CHECKED_RULES.get(key)
+    if doc is None:
+        doc = _RULE.decode(key)
+        if len(_CHECKED_RULES) >= MAX_CHECKED_RULES:
+            _CHECKED_RULES.clear()
+        _CHECKED_RULES[key] = doc
+    return doc
+
+
 class PolicyRules(Payload):
-    """The compiled policy of one subject identity (``SubjectPolicy.to_dict``)."""
+    """The compiled policy of one subject identity (``SubjectPolicy.to_dict``).
+
+    ``rules`` holds each rule's msgpack bytes; each is checked as a :class:`CompiledRuleDoc`
+    (:func:`compiled_rule`, which also gives the typed rule).
+    """
 
     identity: IdentityNum
     revision: Revision
-    rules: list[CompiledRuleDoc]
+    rules: list[msgspec.Raw]
     schema: Literal[1] | None = None
     ingress_enforced: bool | None = None
     egress_enforced: bool | None = None
 
     def __post_init__(self) -> None:
         check_identity(self.identity, "identity")
-        for flag, value in (("ingress_enforced",
-                             any(r.default_deny_ingress for r in self.rules)),
-                            ("egress_enforced", any(r.default_deny_egress for r in self.rules))):
+        docs = []
+        for i, raw in enumerate(self.rules):
+            try:
+                docs.append(compiled_rule(raw))
+            except msgspec.ValidationError as exc:
+                raise ValueError(f"rules[{i}]: {exc}") from None
+        for flag, value in (("ingress_enforced", any(r.default_deny_ingress for r in docs)),
+                            ("egress_enforced", any(r.default_deny_egress for r in docs))):
             given = getattr(self, flag)
             if given is not None and given != value:
                 raise ValueError(f"{flag}: {given} contradicts the rules ({value})")

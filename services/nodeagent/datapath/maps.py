@@ -38,7 +38,6 @@ from services.nodeagent.datapath.policykeys import (
     encode_policy,
     policy_partition,
     prefix_to_key,
-    well_formed,
 )
 from services.nodeagent.datapath.reconciler import Reconciler, ReconcileResult
 from services.nodeagent.datapath.twins import (
@@ -114,7 +113,7 @@ class PolicyMap:
                 ``desired`` are deleted; other subjects are untouched). None: the whole map.
         """
         errors: list[EncodeError] = []
-        encoded = encode_policy(well_formed(desired, errors))
+        encoded = encode_policy(desired, errors)
         return self.reconciler.skip(errors, self.reconciler.reconcile(encoded, subjects))
 
     def blocks(self) -> dict[PortPrefix, Verdict]:
