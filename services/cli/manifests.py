@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import yaml
 
 from services.cli.yamlguard import YamlLimitError, check_limits, load_all
@@ -132,15 +133,21 @@ def upsert_event(obj: dict[str, Any]) -> dict[str, Any]:
             "name": meta["name"], "object": with_last_applied(obj)}
 
 
-def check_size(obj: dict[str, Any], max_payload: int) -> None:
+def check_size(obj: dict[str, Any], max_payload: int, whole: bool = True) -> None:
     """Check that the object's bus event fits a message of ``max_payload`` bytes.
+
+    Args:
+        whole: encode the event with the codec's full checks (``load`` does); else only
+            measure it (the check against a connected bus, once ``load`` has passed).
 
     Raises:
         ObjectError: it does not fit, or it holds values the bus cannot carry.
     """
     try:
-        size = len(encode("object.upsert", upsert_event(obj)))
-    except (TypeError, ValueError, OverflowError) as exc:
+        event = upsert_event(obj)
+        size = len(encode("object.upsert", event) if whole else
+                   msgpack.packb({"v": 0, "type": "object.upsert", "data": event}))
+    except (CiliaError, TypeError, ValueError, OverflowError) as exc:
         raise ObjectError("", f"cannot be sent on the bus: {exc}") from None
     if size + HEADER_ALLOWANCE > max_payload:
         raise ObjectError("", f"too large for the bus: its event is {size} bytes, the bus "
@@ -264,7 +271,7 @@ def check_sizes(manifests: Iterable[Manifest], max_payload: int) -> None:
     errors = []
     for m in manifests:
         try:
-            check_size(m.obj, max_payload)
+            check_size(m.obj, max_payload, whole=False)
         except ObjectError as exc:
             errors.append(ManifestError(m.file, m.index, f"{m.kind}/{m.name}", str(exc)))
     if errors:

@@ -104,7 +104,7 @@ _RULE = msgspec.msgpack.Decoder(CompiledRuleDoc, dec_hook=dec_hook)
 # its rules each time one changes, so checking only the new ones keeps the cost of a message
 # proportional to the change (a rule's check is a pure function of its bytes).
 _CHECKED_RULES: dict[bytes, CompiledRuleDoc] = {}
-MAX_CHECKED_RULES = 1 << 14
+MAX_CHECKED_RULES = 1 << 12   # rules remembered (a few MiB at most)
 
 
 def compiled_rule(raw: msgspec.Raw | bytes) -> CompiledRuleDoc:
