@@ -34,9 +34,8 @@ READY_S = 30.0
 
 
 def _bad_value(data: dict[str, Any]) -> bytes:
-    """``data`` as an ``object.upsert`` whose object has a list where a label value goes."""
-    obj = {**data["object"], "metadata": {**data["object"]["metadata"],
-                                          "labels": {"app": ["frontend"]}}}
+    """``data`` as an ``object.upsert`` with a list where the object's name goes."""
+    obj = {**data["object"], "metadata": {**data["object"]["metadata"], "name": [data["name"]]}}
     return msgpack.packb({"v": SCHEMA_VERSION, "type": "object.upsert",
                           "data": {**data, "object": obj}})
 
@@ -70,7 +69,8 @@ async def test_services_whose_last_input_is_bad_start_and_readers_see_every_obje
             service("services.policy", nats_url, log=tmp_path / "policy.log"), \
             service("services.lb", nats_url, log=tmp_path / "lb.log"):
         replies = await _ready(bus, {"identity", "policy", "lb"})
-        assert all(r["stats"]["rejected"] >= 1 for r in replies), replies
+        assert all(r["stats"]["rejected"] >= 1 for r in replies), [
+            (r["service"], r["stats"]) for r in replies]
         snap = await wait_for(bus, ["cilia.policy.>", "cilia.identity.>"],
                               lambda s: {d["name"] for d in live(s, "policy.status")
                                          if d["op"] == "set"} == {POLICY,
