@@ -277,10 +277,7 @@ def observe(ctx: CliContext, follow: bool, verdict: str | None, pod: str | None,
 
         async def on_flows(msg: Msg) -> None:
             with contextlib.suppress(CodecError):
-                data = decode(msg.data).data
-                if subjects.flows(data["node"]) != msg.subject:
-                    return      # only a node's agent may publish its flows subject
-                for f in data["flows"]:
+                for f in decode(msg.data, msg.subject).data["flows"]:
                     queue.put_nowait(f)
 
         await bus.nc.subscribe(subjects.flows(node) if node else f"{subjects.FLOWS}.>",

@@ -23,11 +23,12 @@ from services.cli.demo import demo
 from services.cli.endpointcli import endpoint_get
 from services.cli.identity import identity_group
 from services.cli.labcli import exec_command, lab_group, runtime_for
+from services.cli.manifests import ManifestErrors
 from services.cli.policy import policy_group
 from services.cli.replay import history_group, replay_group, trace_group
 from services.cli.service import bpf_lb_group, service_group
 from services.cli.status import status
-from services.common.bus import NATS_URL_ENV, HistoryConfig
+from services.common.bus import NATS_URL_ENV, Bus, HistoryConfig
 from services.common.buscreds import CA_ENV, CERT_ENV, CREDS_ENV, KEY_ENV, NKEY_ENV, BusAccess
 from services.common.errors import CiliaError
 from services.common.roles import SOURCE
@@ -158,7 +159,17 @@ def apply(ctx: CliContext, files: tuple[str, ...]) -> None:
     """Apply Kubernetes manifests (validated whole: a bad file applies nothing)."""
     items = source.load_or_exit(files)
     runtime = runtime_for(ctx)
-    source.echo_outcomes(ctx.run(lambda bus: source.apply(bus, items, runtime), role=SOURCE))
+
+    async def run(bus: Bus) -> list[source.Outcome] | ManifestErrors:
+        try:
+            return await source.apply(bus, items, runtime)
+        except ManifestErrors as exc:   # too large for the bus it is connected to
+            return exc
+
+    outcomes = ctx.run(run, role=SOURCE)
+    if isinstance(outcomes, ManifestErrors):
+        source.exit_with(outcomes)
+    source.echo_outcomes(outcomes)
 
 
 @cli.command()

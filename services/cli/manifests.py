@@ -1,19 +1,27 @@
 """Reading Kubernetes manifests from files: multi-document YAML, validated whole.
 
 Every document of every file is checked before anything is published, so that a bad file never
-half-applies. Errors name the file, the document index, kind/name and the field at fault.
+half-applies: its encoding (UTF-8), its YAML (nesting depth and alias expansion are limited
+before any object is built, see :mod:`services.cli.yamlguard`), the fields of its kind, and
+the size of the bus event it becomes against the bus's message size limit. A file with no
+object at all is an error too. Errors name the file, the document index, kind/name and the
+field at fault.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import yaml
 
+from services.cli.yamlguard import YamlLimitError, check_limits, load_all
+from services.common.codec import encode
 from services.common.errors import CiliaError
 from services.common.objects import DEFAULT_NAMESPACE, KindSpec, ObjectError
 from services.common.objects import KINDS as CORE_KINDS
@@ -21,6 +29,9 @@ from services.policy import KIND_CCNP, KIND_CNP, KIND_KNP, PolicyValidationError
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+DEFAULT_MAX_PAYLOAD = 1 << 20     # nats-server's default max_payload (1 MiB), used offline
+HEADER_ALLOWANCE = 1024           # bytes of a message taken by its headers (id, trace context)
 
 
 def _validate_policy(doc: Any) -> None:
@@ -107,6 +118,43 @@ def _ref(doc: Any) -> str | None:
     return f"{kind}/{name or '?'}"
 
 
+def with_last_applied(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object with kubectl's last-applied annotation: what `apply` compares next time."""
+    meta = dict(obj["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}),
+                           LAST_APPLIED: json.dumps(obj, sort_keys=True)}
+    return {**obj, "metadata": meta}
+
+
+def upsert_event(obj: dict[str, Any]) -> dict[str, Any]:
+    """The ``object.upsert`` data ``cilia apply`` publishes for a validated object."""
+    meta = obj["metadata"]
+    return {"kind": obj["kind"], "namespace": meta.get("namespace") or "",
+            "name": meta["name"], "object": with_last_applied(obj)}
+
+
+def check_size(obj: dict[str, Any], max_payload: int, whole: bool = True) -> None:
+    """Check that the object's bus event fits a message of ``max_payload`` bytes.
+
+    Args:
+        whole: encode the event with the codec's full checks (``load`` does); else only
+            measure it (the check against a connected bus, once ``load`` has passed).
+
+    Raises:
+        ObjectError: it does not fit, or it holds values the bus cannot carry.
+    """
+    try:
+        event = upsert_event(obj)
+        size = len(encode("object.upsert", event) if whole else
+                   msgpack.packb({"v": 0, "type": "object.upsert", "data": event}))
+    except (CiliaError, TypeError, ValueError, OverflowError) as exc:
+        raise ObjectError("", f"cannot be sent on the bus: {exc}") from None
+    if size + HEADER_ALLOWANCE > max_payload:
+        raise ObjectError("", f"too large for the bus: its event is {size} bytes, the bus "
+                              f"takes at most {max_payload - HEADER_ALLOWANCE} "
+                              f"(max_payload {max_payload} less {HEADER_ALLOWANCE} for headers)")
+
+
 def validate_document(doc: Any) -> dict[str, Any]:
     """Validate one decoded document; returns it with defaults filled in.
 
@@ -137,8 +185,37 @@ def validate_document(doc: Any) -> dict[str, Any]:
     return obj
 
 
-def load(paths: Iterable[str], kinds: tuple[str, ...] | None = None) -> list[Manifest]:
+def read_documents(file: Path) -> list[Any]:
+    """The documents of one file, read safely.
+
+    Raises:
+        ManifestError: unreadable, not UTF-8, not YAML, nested too deeply or an alias bomb.
+    """
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ManifestError(str(file), None, None, exc.strerror or str(exc)) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(str(file), None, None,
+                            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                            f"{exc.start})") from None
+    try:
+        check_limits(text)
+        return load_all(text)
+    except YamlLimitError as exc:
+        raise ManifestError(str(file), exc.index, None, exc.message) from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(str(file), None, None, f"invalid YAML: {exc}") from None
+
+
+def load(paths: Iterable[str], kinds: tuple[str, ...] | None = None,
+         max_payload: int = DEFAULT_MAX_PAYLOAD) -> list[Manifest]:
     """Read and validate every document of every file.
+
+    Args:
+        max_payload: the bus's message size limit each object's event must fit.
 
     Raises:
         ManifestErrors: at least one file or document is bad; nothing is returned then.
@@ -151,12 +228,12 @@ def load(paths: Iterable[str], kinds: tuple[str, ...] | None = None) -> list[Man
                                             "no manifest files found")])
     for file in files:
         try:
-            docs = list(yaml.safe_load_all(file.read_text()))
-        except OSError as exc:
-            errors.append(ManifestError(str(file), None, None, exc.strerror or str(exc)))
+            docs = read_documents(file)
+        except ManifestError as exc:
+            errors.append(exc)
             continue
-        except yaml.YAMLError as exc:
-            errors.append(ManifestError(str(file), None, None, f"invalid YAML: {exc}"))
+        if all(doc is None for doc in docs):
+            errors.append(ManifestError(str(file), None, None, "no objects (an empty file)"))
             continue
         for index, doc in enumerate(docs):
             if doc is None:
@@ -166,6 +243,7 @@ def load(paths: Iterable[str], kinds: tuple[str, ...] | None = None) -> list[Man
                 if kinds is not None and obj["kind"] not in kinds:
                     raise ObjectError("kind", f"expected one of {', '.join(kinds)}, "
                                               f"got {obj['kind']!r}")
+                check_size(obj, max_payload)
                 manifests.append(Manifest(str(file), index, obj))
             except ObjectError as exc:
                 errors.append(ManifestError(str(file), index, _ref(doc), str(exc)))
@@ -182,3 +260,19 @@ def load(paths: Iterable[str], kinds: tuple[str, ...] | None = None) -> list[Man
     if errors:
         raise ManifestErrors(errors)
     return manifests
+
+
+def check_sizes(manifests: Iterable[Manifest], max_payload: int) -> None:
+    """Check every manifest's event against a connected bus's limit (before publishing).
+
+    Raises:
+        ManifestErrors: naming each object that does not fit.
+    """
+    errors = []
+    for m in manifests:
+        try:
+            check_size(m.obj, max_payload, whole=False)
+        except ObjectError as exc:
+            errors.append(ManifestError(m.file, m.index, f"{m.kind}/{m.name}", str(exc)))
+    if errors:
+        raise ManifestErrors(errors)

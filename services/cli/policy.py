@@ -35,7 +35,7 @@ async def _history(bus: Bus, filters: list[str]) -> list[Delivery]:
     async def keep(d: Delivery) -> None:
         events.append(d)
 
-    sub = await bus.consume(filters, keep, name="history")
+    sub = await bus.consume(filters, keep, name="history", report=False)
     try:
         await sub.caught_up.wait()
     finally:

@@ -7,17 +7,23 @@ nothing downstream knows which source runs.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import click
 from opentelemetry.trace import SpanKind
 
-from services.cli.manifests import Manifest, ManifestErrors, load
+from services.cli.manifests import (
+    LAST_APPLIED,
+    Manifest,
+    ManifestErrors,
+    check_sizes,
+    load,
+    with_last_applied,
+)
 from services.common import subjects
 from services.common.bus import Bus
 from services.common.tracing import tracer
@@ -31,7 +37,6 @@ DELETED = "deleted"
 NOT_FOUND = "not found"
 
 
-LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 SCHEDULED_PUBLISH_TIMEOUT_S = 30.0   # publishing a scheduled pod from the runtime's thread
 WORKLOAD_KINDS = ("Pod", "Deployment")
 
@@ -74,14 +79,6 @@ async def current_object(bus: Bus, kind: str, namespace: str,
     event = await bus.last_event(subjects.source(kind, namespace, name))
     return event.data["object"] if event is not None and event.type == "object.upsert" \
         else None
-
-
-def with_last_applied(obj: dict[str, Any]) -> dict[str, Any]:
-    """The object with kubectl's last-applied annotation: what `apply` compares next time."""
-    meta = dict(obj["metadata"])
-    meta["annotations"] = {**(meta.get("annotations") or {}),
-                           LAST_APPLIED: json.dumps(obj, sort_keys=True)}
-    return {**obj, "metadata": meta}
 
 
 def _last_applied(obj: Mapping[str, Any] | None) -> str | None:
@@ -129,7 +126,12 @@ async def apply(bus: Bus, manifests: list[Manifest],
 
     With a ``runtime`` (the lab), Pods and Deployments also run: their pods are created through
     the CNI and published with their addresses, as a kubelet reports them.
+
+    Raises:
+        ManifestErrors: an object's event does not fit the bus's message size limit
+            (checked for every object before anything is published).
     """
+    check_sizes(manifests, bus.nc.max_payload)
     outcomes: list[Outcome] = []
     with _tracer.start_as_current_span("cilia apply", kind=SpanKind.CLIENT,
                                        attributes={"cilia.objects": len(manifests)}):
@@ -179,10 +181,15 @@ def load_or_exit(files: tuple[str, ...], kinds: tuple[str, ...] | None = None,
     try:
         return load(files, kinds=kinds)
     except ManifestErrors as exc:
-        for err in exc.errors:
-            click.echo(f"error: {err}", err=True)
-        click.echo(f"nothing was {verb}", err=True)
-        sys.exit(1)
+        exit_with(exc, verb)
+
+
+def exit_with(exc: ManifestErrors, verb: str = "applied") -> NoReturn:
+    """Print every problem, one line each, say that nothing was done, exit 1."""
+    for err in exc.errors:
+        click.echo(f"error: {err}", err=True)
+    click.echo(f"nothing was {verb}", err=True)
+    sys.exit(1)
 
 
 def echo_outcomes(outcomes: list[Outcome]) -> None:

@@ -110,6 +110,11 @@ def _stats(data: dict[str, Any], service: str, key: str) -> int | None:
     return max(values) if values else None
 
 
+def _count(reply: dict[str, Any], key: str) -> int:
+    value = (reply.get("stats") or {}).get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def assess(data: dict[str, Any]) -> dict[str, Any]:
     """Health of every part and the overall verdict (pure).
 
@@ -133,7 +138,10 @@ def assess(data: dict[str, Any]) -> dict[str, Any]:
         health = OK if ready >= want and ready == len(reps) else (
             ERROR if ready == 0 and want else WARNING)
         services[name] = {"desired": want, "replicas": len(reps), "ready": ready,
-                          "health": health}
+                          "health": health,
+                          # bad messages skipped (validation) and failed (handler raised)
+                          "rejected": sum(_count(r, "rejected") for r in reps),
+                          "failed": sum(_count(r, "failed") for r in reps)}
         if health != OK:
             problems.append(f"{name}: {ready}/{max(want, len(reps))} replicas ready")
     bus_seq = data["agent_inputs_seq"]
@@ -246,9 +254,11 @@ def render(data: dict[str, Any], health: dict[str, Any]) -> str:
                         headers=["STREAM", "MESSAGES", "BYTES", "CONSUMERS", "RETENTION"],
                         tablefmt="plain", disable_numparse=True))
     out.append("")
-    out.append(tabulate([[name, s["health"], f"{s['ready']}/{s['replicas']}", s["desired"]]
+    out.append(tabulate([[name, s["health"], f"{s['ready']}/{s['replicas']}", s["desired"],
+                          s["rejected"], s["failed"]]
                          for name, s in svc.items()],
-                        headers=["SERVICE", "HEALTH", "READY", "DESIRED"], tablefmt="plain"))
+                        headers=["SERVICE", "HEALTH", "READY", "DESIRED", "REJECTED", "FAILED"],
+                        tablefmt="plain"))
     out.append("")
     out.append(tabulate([[a["node"], a["health"], a["endpoints"], a["realized"], a["bus"],
                           a["lag"], a["policy_revision"], _per_map(a["drift"]),

@@ -31,6 +31,7 @@ from services.common import subjects
 from services.common.buscreds import Credentials
 from services.common.codec import Event, decode, encode
 from services.common.errors import BusError, CodecError, PermissionDenied
+from services.common.rejections import Rejections
 from services.common.tracing import extract_context, inject_headers, tracer
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ T = TypeVar("T")
 # "cilia.policy.rules.5"' (also 'for subscription to', 'for publish with reply of').
 _REFUSED = re.compile(
     r'permissions violation for (publish to|subscription to|publish with reply of) "([^"]+)"')
+FALLBACK_CHUNK = 256        # subjects per consumer when looking back for their last valid event
+FALLBACK_TIMEOUT_S = 30.0   # how long such a look back may take
 
 MESSAGES = Counter("cilia_bus_messages_total", "Events consumed, by outcome",
                    ["service", "outcome"])
@@ -176,6 +179,10 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+# Called with a stream sequence when nothing is pending after a message the handler did not
+# complete (rejected, or the handler raised): what a handler does when ``pending`` is 0
+# (batch end, going live) must happen then too, or a bad last message would stall it.
+Idle = Callable[[int], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -216,6 +223,7 @@ class Bus:
         self.service = service
         self.creds = creds or Credentials()
         self.refusals = Refusals()
+        self.rejections = Rejections(service)
 
     @property
     def role(self) -> str | None:
@@ -375,25 +383,38 @@ class Bus:
         return ack
 
     async def last_event(self, subject: str) -> Event | None:
-        """The last event stored on ``subject`` (None if none, or if it cannot be decoded)."""
+        """The last valid event stored on ``subject`` (None if there is none).
+
+        A bad last message (undecodable, or not following its schema) does not hide the
+        object: the event before it counts, as if the bad one had never been stored.
+        """
         try:
             raw = await self.js.get_last_msg(subjects.HISTORY_STREAM, subject)
         except NotFoundError:
             return None
-        try:
-            return decode(raw.data or b"")
-        except CodecError:
-            return None
+        event = _decode_or_none(raw.data or b"", subject)
+        if event is not None:
+            return event
+        found = await self._last_valid({subject: raw.seq or 0})
+        return found[subject].event if subject in found else None
 
     async def publish_batch(self, items: Sequence[Outgoing]) -> list[api.PubAck]:
         """Publish several events in order without waiting for each acknowledgement.
 
         One connection keeps the order, so events on one subject are stored in the order given.
+        An item that does not follow its schema is logged, counted and left out; the others
+        are published (one bad output never holds back the rest).
         """
         async def send_all() -> list[api.PubAck]:
             futures = []
             for item in items:
-                payload = encode(item.event_type, item.data)
+                try:
+                    payload = encode(item.event_type, item.data)
+                except CodecError as exc:
+                    PUBLISHED.labels(self.service, "invalid").inc()
+                    log.error("%s: not publishing %s on %s: %s", self.service,
+                              item.event_type, item.subject, exc)
+                    continue
                 with _tracer.start_as_current_span(
                         f"publish {item.event_type}", kind=SpanKind.PRODUCER,
                         attributes={"messaging.system": "nats",
@@ -416,89 +437,186 @@ class Bus:
 
     async def consume(self, filters: Sequence[str], handler: Handler, *,
                       deliver: DeliverFrom = "all", name: str = "consume",
-                      start_seq: int | None = None, traced: bool = True) -> Subscription:
+                      start_seq: int | None = None, traced: bool = True,
+                      idle: Idle | None = None, report: bool = True) -> Subscription:
         """Consume events of the history stream matching ``filters``, in order.
 
-        Undecodable payloads are counted (``cilia_bus_messages_total{outcome="rejected"}``) and
-        skipped; a handler that raises is logged and counted, and consumption goes on.
+        Every message is checked whole (its schema, and that it belongs on its subject)
+        before the handler sees it. A bad one is counted per subject family, logged once per
+        subject (:class:`~services.common.rejections.Rejections`) and skipped; a handler that
+        raises is counted and logged the same way; consumption goes on either way. With
+        ``deliver="last_per_subject"``, a subject whose last message is bad gets its last
+        valid one instead (before ``caught_up``), so a bad message never erases an object.
 
         Args:
             start_seq: resume at this stream sequence (a consumer's durable position).
             traced: handle each event in a consumer span of the event's trace. A service
                 reading back its own outputs (to learn its replicas' work) says False: that
                 is bookkeeping, not a step of the change, and would double its spans.
+            idle: called (see :data:`Idle`) when nothing is pending after a message the
+                handler did not complete, so that a bad last message never keeps a
+                batching handler from finishing its batch or going live.
+            report: count and log bad messages (a one-off read-only view says False).
         """
         queue: asyncio.Queue[Msg] = asyncio.Queue()
 
         async def on_msg(msg: Msg) -> None:
             queue.put_nowait(msg)
 
-        flist = list(filters)
-        config = api.ConsumerConfig(deliver_policy=_DELIVER[deliver],
-                                    filter_subjects=flist if len(flist) > 1 else None)
-        if start_seq is not None:
-            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = start_seq
-        sub = await self.js.subscribe(flist[0], stream=subjects.HISTORY_STREAM, cb=on_msg,
-                                      ordered_consumer=True, config=config)
+        sub = await self._subscribe(filters, on_msg, _DELIVER[deliver], start_seq)
         caught_up = asyncio.Event()
         info = await sub.consumer_info()
         if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
             caught_up.set()
         subscription = Subscription(caught_up, sub)
-        subscription._task = asyncio.create_task(
-            self._work(queue, handler, subscription, name if traced else None))
+        work = _Work(handler, name if traced else None, idle, report,
+                     fallback=deliver == "last_per_subject" and start_seq is None)
+        subscription._task = asyncio.create_task(self._work(queue, subscription, work))
         return subscription
 
+    async def _subscribe(self, filters: Sequence[str], cb: Callable[[Msg], Awaitable[None]],
+                         policy: api.DeliverPolicy, start_seq: int | None = None) -> Any:
+        flist = list(filters)
+        config = api.ConsumerConfig(deliver_policy=policy,
+                                    filter_subjects=flist if len(flist) > 1 else None)
+        if start_seq is not None:
+            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = start_seq
+        return await self.js.subscribe(flist[0], stream=subjects.HISTORY_STREAM, cb=cb,
+                                       ordered_consumer=True, config=config)
+
     async def snapshot(self, filters: Sequence[str], timeout: float = 10.0) -> dict[str, Delivery]:
-        """The last event of every subject matching ``filters``: the current state the bus holds."""
+        """The last valid event of every subject matching ``filters``: the current state the
+        bus holds (a subject whose messages are all bad is absent)."""
         last: dict[str, Delivery] = {}
 
         async def keep(d: Delivery) -> None:
             last[d.subject] = d
 
-        sub = await self.consume(filters, keep, deliver="last_per_subject", name="snapshot")
+        sub = await self.consume(filters, keep, deliver="last_per_subject", name="snapshot",
+                                 report=False)
         try:
             await asyncio.wait_for(sub.caught_up.wait(), timeout)
         finally:
             await sub.stop()
         return last
 
-    async def _work(self, queue: asyncio.Queue[Msg], handler: Handler,
-                    subscription: Subscription, name: str | None) -> None:
+    async def _work(self, queue: asyncio.Queue[Msg], subscription: Subscription,
+                    work: _Work) -> None:
+        replaced: dict[str, int] = {}    # subject -> sequence of its bad last message
         while True:
             msg = await queue.get()
             meta = msg.metadata
+            seq = meta.sequence.stream
+            # Pending counts what the server still holds and what waits here already:
+            # handlers batch while either is non-zero.
+            pending = meta.num_pending + queue.qsize()
+            done = False
             try:
-                event = decode(msg.data)
+                event = decode(msg.data, msg.subject)
             except CodecError as exc:
                 MESSAGES.labels(self.service, "rejected").inc()
-                log.warning("%s: skipped message %s on %s: %s", self.service,
-                            meta.sequence.stream, msg.subject, exc)
+                if work.report:
+                    self.rejections.reject(msg.subject, seq, exc)
+                if work.fallback and not subscription.caught_up.is_set():
+                    replaced[msg.subject] = seq
             else:
-                # Pending counts what the server still holds and what waits here already:
-                # handlers batch while either is non-zero.
-                await self._handle(msg, meta, event, handler, name,
-                                   meta.num_pending + queue.qsize())
-            subscription.last_seq = meta.sequence.stream
+                done = await self._handle(msg.subject, seq, meta.timestamp,
+                                          dict(msg.headers or {}), event, work, pending)
+            if replaced and meta.num_pending == 0:
+                done = await self._deliver_last_valid(replaced, work)
+                replaced = {}
+            subscription.last_seq = seq
             subscription.handled += 1
+            if not done and pending == 0 and work.idle is not None:
+                try:
+                    await work.idle(seq)
+                except Exception as exc:
+                    self.rejections.fail(msg.subject, seq, exc)
             if meta.num_pending == 0:
                 subscription.caught_up.set()
 
-    async def _handle(self, msg: Msg, meta: Msg.Metadata, event: Event, handler: Handler,
-                      name: str | None, pending: int) -> None:
-        headers = dict(msg.headers or {})
-        span = contextlib.nullcontext() if name is None else _tracer.start_as_current_span(
-            f"{name} {event.type}", context=extract_context(headers), kind=SpanKind.CONSUMER,
-            attributes={"messaging.system": "nats", "messaging.destination": msg.subject,
-                        "cilia.seq": meta.sequence.stream, "cilia.service": self.service})
+    async def _deliver_last_valid(self, replaced: dict[str, int], work: _Work) -> bool:
+        """Hand the handler the last valid event of subjects whose last message was bad."""
+        found = sorted((await self._last_valid(replaced)).values(), key=lambda f: f.seq)
+        done = False    # True when the handler completed the last one
+        for i, d in enumerate(found):
+            done = await self._handle(d.subject, d.seq, d.time, d.headers, d.event, work,
+                                      len(found) - 1 - i)
+        return done
+
+    async def _last_valid(self, bounds: dict[str, int]) -> dict[str, Delivery]:
+        """Per subject, the last valid event stored before the sequence given for it.
+
+        Reads those subjects' history (a few consumers, not one per subject); bad messages
+        met on the way are not counted again.
+        """
+        out: dict[str, Delivery] = {}
+        names = sorted(bounds)
+        for i in range(0, len(names), FALLBACK_CHUNK):
+            chunk = names[i:i + FALLBACK_CHUNK]
+            queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+            async def on_msg(msg: Msg, q: asyncio.Queue[Msg] = queue) -> None:
+                q.put_nowait(msg)
+
+            sub = await self._subscribe(chunk, on_msg, api.DeliverPolicy.ALL)
+            try:
+                info = await sub.consumer_info()
+                delivered = info.delivered is not None and info.delivered.consumer_seq
+                remaining = info.num_pending or delivered or not queue.empty()
+                while remaining:
+                    msg = await asyncio.wait_for(queue.get(), FALLBACK_TIMEOUT_S)
+                    meta = msg.metadata
+                    remaining = meta.num_pending
+                    if meta.sequence.stream >= bounds.get(msg.subject, 0):
+                        continue
+                    event = _decode_or_none(msg.data, msg.subject)
+                    if event is not None:
+                        out[msg.subject] = Delivery(msg.subject, event, meta.sequence.stream,
+                                                    meta.timestamp, dict(msg.headers or {}), 0)
+            except TimeoutError:
+                log.warning("%s: gave up looking back for the last valid events of %d "
+                            "subjects after %.0fs", self.service, len(chunk),
+                            FALLBACK_TIMEOUT_S)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        return out
+
+    async def _handle(self, subject: str, seq: int, time: datetime, headers: dict[str, str],
+                      event: Event, work: _Work, pending: int) -> bool:
+        """Run the handler on one event; False if it raised (counted, logged once)."""
+        span = contextlib.nullcontext() if work.name is None else \
+            _tracer.start_as_current_span(
+                f"{work.name} {event.type}", context=extract_context(headers),
+                kind=SpanKind.CONSUMER,
+                attributes={"messaging.system": "nats", "messaging.destination": subject,
+                            "cilia.seq": seq, "cilia.service": self.service})
         with span:
             try:
-                await handler(Delivery(msg.subject, event, meta.sequence.stream,
-                                       meta.timestamp, headers, pending))
-            except Exception:
+                await work.handler(Delivery(subject, event, seq, time, headers, pending))
+            except Exception as exc:
                 MESSAGES.labels(self.service, "failed").inc()
-                log.exception("%s: handler failed on %s (seq %s)", self.service, msg.subject,
-                              meta.sequence.stream)
-                return
+                self.rejections.fail(subject, seq, exc)
+                return False
         MESSAGES.labels(self.service, "handled").inc()
+        return True
+
+
+@dataclass(frozen=True)
+class _Work:
+    """How one subscription hands its messages on."""
+
+    handler: Handler
+    name: str | None
+    idle: Idle | None
+    report: bool
+    fallback: bool
+
+
+def _decode_or_none(data: bytes, subject: str) -> Event | None:
+    try:
+        return decode(data, subject)
+    except CodecError:
+        return None

@@ -65,7 +65,7 @@ def require_str(obj: Any, path: str) -> str:
 
 def validate_dns_label(value: Any, path: str) -> str:
     text = require_str(value, path)
-    if len(text) > MAX_DNS_LABEL or not _DNS_LABEL.match(text):
+    if len(text) > MAX_DNS_LABEL or not _DNS_LABEL.fullmatch(text):
         raise ObjectError(path, f"{text!r} is not a valid DNS label (lower case alphanumerics "
                                 f"and '-', at most {MAX_DNS_LABEL} characters)")
     return text
@@ -73,7 +73,7 @@ def validate_dns_label(value: Any, path: str) -> str:
 
 def validate_dns_subdomain(value: Any, path: str) -> str:
     text = require_str(value, path)
-    if len(text) > MAX_DNS_SUBDOMAIN or not _DNS_SUBDOMAIN.match(text):
+    if len(text) > MAX_DNS_SUBDOMAIN or not _DNS_SUBDOMAIN.fullmatch(text):
         raise ObjectError(path, f"{text!r} is not a valid DNS subdomain name")
     return text
 
@@ -81,9 +81,9 @@ def validate_dns_subdomain(value: Any, path: str) -> str:
 def validate_label_key(key: Any, path: str) -> None:
     text = require_str(key, path)
     prefix, _, name = text.rpartition("/")
-    if prefix and (len(prefix) > MAX_DNS_SUBDOMAIN or not _DNS_SUBDOMAIN.match(prefix)):
+    if prefix and (len(prefix) > MAX_DNS_SUBDOMAIN or not _DNS_SUBDOMAIN.fullmatch(prefix)):
         raise ObjectError(path, f"label key {text!r} has an invalid prefix {prefix!r}")
-    if not name or len(name) > MAX_DNS_LABEL or not _LABEL_NAME.match(name):
+    if not name or len(name) > MAX_DNS_LABEL or not _LABEL_NAME.fullmatch(name):
         raise ObjectError(path, f"label key {text!r} is not a valid qualified name")
 
 
@@ -91,7 +91,7 @@ def validate_labels(labels: Any, path: str) -> None:
     for key, value in require_map(labels, path).items():
         validate_label_key(key, f"{path}.{key}")
         text = require_str(value, f"{path}.{key}")
-        if len(text) > MAX_LABEL_VALUE or not _LABEL_VALUE.match(text):
+        if len(text) > MAX_LABEL_VALUE or not _LABEL_VALUE.fullmatch(text):
             raise ObjectError(f"{path}.{key}", f"label value {text!r} is not valid")
 
 
@@ -101,6 +101,15 @@ def validate_ip(value: Any, path: str) -> str:
         ipaddress.ip_address(text)
     except ValueError:
         raise ObjectError(path, f"{text!r} is not an IP address") from None
+    return text
+
+
+def validate_ipv4(value: Any, path: str) -> str:
+    text = require_str(value, path)
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ObjectError(path, f"{text!r} is not an IPv4 address") from None
     return text
 
 
@@ -144,7 +153,7 @@ def validate_container_ports(ports: Any, path: str) -> None:
                                                f"got {proto!r}")
         if "name" in port:
             name = require_str(port["name"], f"{p}.name")
-            if len(name) > MAX_PORT_NAME or not _PORT_NAME.match(name) or name.isdigit():
+            if len(name) > MAX_PORT_NAME or not _PORT_NAME.fullmatch(name) or name.isdigit():
                 raise ObjectError(f"{p}.name", f"{name!r} is not a valid port name")
             if name in names:
                 raise ObjectError(f"{p}.name", f"duplicate port name {name!r}")
@@ -175,9 +184,9 @@ def validate_pod(obj: Mapping[str, Any]) -> None:
     status = obj.get("status")
     if status is not None:
         status = require_map(status, "status")
-        for field in ("podIP", "hostIP"):
+        for field in ("podIP", "hostIP"):   # the datapath is IPv4 only
             if field in status:
-                validate_ip(status[field], f"status.{field}")
+                validate_ipv4(status[field], f"status.{field}")
 
 
 def validate_node(obj: Mapping[str, Any]) -> None:

@@ -20,6 +20,7 @@ import struct
 from typing import Any, cast
 
 from services.common.bus import Bus, Delivery, Subscription
+from services.common.rejections import Rejections
 from services.common.runner import STATE_OK, STATE_STARTING
 from services.dns.errors import DnsStartError
 from services.dns.records import Zone, respond, zone_from_view
@@ -103,6 +104,7 @@ class DnsService:
         self._transport: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
         self._live = False
+        self._rejections: Rejections | None = None
 
     def handle(self, wire: bytes, udp: bool = False) -> bytes | None:
         reply = respond(wire, self.zone, udp)
@@ -118,6 +120,7 @@ class DnsService:
 
     async def start(self, bus: Bus) -> None:
         loop = asyncio.get_running_loop()
+        self._rejections = bus.rejections
         self._sub = await bus.consume([LB_FILTER], self._on_lb, name="dns")
         await self._sub.caught_up.wait()
         self.zone = zone_from_view(self.view)
@@ -158,4 +161,5 @@ class DnsService:
         return STATE_OK if self._live else STATE_STARTING
 
     def stats(self) -> dict[str, Any]:
-        return {"names": len(self.zone), "queries": self.queries, "dropped": self.dropped}
+        return {"names": len(self.zone), "queries": self.queries, "dropped": self.dropped,
+                **(self._rejections.stats() if self._rejections else {})}

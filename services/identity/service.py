@@ -141,7 +141,7 @@ class IdentityService(BusConsumer):
         await self._publish_reserved()
         sources = await bus.consume(
             [subjects.source_filter("Namespace"), subjects.source_filter("Pod"),
-             subjects.AGENT_ENDPOINTS], self._on_source, name="identity")
+             subjects.AGENT_ENDPOINTS], self._on_source, name="identity", idle=self._settle)
         self._subs.append(sources)
         if sources.caught_up.is_set():
             self._live = True
@@ -163,7 +163,8 @@ class IdentityService(BusConsumer):
                 "endpoint_reports": sum(len(r) for r in self.reports.values()),
                 "endpoint_reports_rejected": self.reports_rejected,
                 "labels_dropped": self.dropped_total,
-                "pods_with_dropped_labels": len(self.dropped)}
+                "pods_with_dropped_labels": len(self.dropped),
+                **(self.bus.rejections.stats() if self.bus else {})}
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -194,9 +195,18 @@ class IdentityService(BusConsumer):
         # Under load (more events pending) fold events into one batch: allocations then run
         # concurrently and publishes are pipelined; when idle, each event is handled at once.
         if d.pending == 0 or (self._live and len(self._dirty) >= MAX_BATCH):
-            self._live = True
-            dirty, self._dirty = self._dirty, set()
-            await self._reconcile(dirty, f"{d.seq}")
+            await self._settle(d.seq)
+
+    async def _settle(self, seq: int) -> None:
+        """End of a batch (also after a bad last message): live, and the dirty pods
+        reconciled. A failed reconcile keeps them dirty for the next batch."""
+        self._live = True
+        dirty, self._dirty = self._dirty, set()
+        try:
+            await self._reconcile(dirty, f"{seq}")
+        except BaseException:
+            self._dirty |= dirty
+            raise
 
     def _on_report(self, d: Delivery) -> None:
         """An agent's endpoint report: the subject names the node (the bus lets an agent

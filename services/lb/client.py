@@ -17,7 +17,7 @@ async def read_view(bus: Bus, timeout: float = READ_TIMEOUT_S) -> LbView:
     async def fold(d: Delivery) -> None:
         view.apply(d.event.type, d.event.data)
 
-    sub = await bus.consume([LB_FILTER], fold, name="lb-read")
+    sub = await bus.consume([LB_FILTER], fold, name="lb-read", report=False)
     try:
         await asyncio.wait_for(sub.caught_up.wait(), timeout)
     finally:

@@ -10,6 +10,7 @@ the lb service at allocation time.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 HEADLESS = "None"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"   # EndpointSlice -> its Service
+MAX_NAME = 253                                      # an object name (DNS subdomain)
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,8 @@ def parse_service(obj: Mapping[str, Any]) -> ServiceSpec:
                                    "spec.clusterIP", ref)
     if cluster_ip == HEADLESS and svc_type != "ClusterIP":
         raise ServiceSpecError(f"a {svc_type} Service cannot be headless", "spec.clusterIP", ref)
+    if not ports and cluster_ip != HEADLESS:   # as the API server: only headless may have none
+        raise ServiceSpecError("is required (at least one port)", "spec.ports", ref)
     selector_raw = spec.get("selector")
     selector = None
     if selector_raw is not None:
@@ -261,6 +266,15 @@ def parse_service(obj: Mapping[str, Any]) -> ServiceSpec:
     return ServiceSpec(ns, name, svc_type, cluster_ip, ports, selector, external, tuple(lb_ips),
                        _affinity(spec, ref), ext_local,
                        _policy(spec, "internalTrafficPolicy", ref))
+
+
+def _name(value: Any, path: str, ref: str) -> str:
+    """An object name (DNS subdomain), or "" when absent."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_NAME or not _NAME.fullmatch(value):
+        raise ServiceSpecError(f"{value!r} is not a valid object name", path, ref)
+    return value
 
 
 def _condition(conds: Mapping[str, Any], key: str, default: bool, path: str, ref: str) -> bool:
@@ -308,5 +322,6 @@ def parse_endpointslice(obj: Mapping[str, Any]) -> EndpointSlice:
             _ipv4(addrs[0], f"{p}.addresses[0]", ref), ready,
             _condition(conds, "serving", ready, f"{p}.conditions", ref),
             _condition(conds, "terminating", False, f"{p}.conditions", ref),
-            str(item.get("nodeName") or ""), str(target.get("name") or "")))
+            _name(item.get("nodeName"), f"{p}.nodeName", ref),
+            _name(target.get("name"), f"{p}.targetRef.name", ref)))
     return EndpointSlice(ns, name, service, tuple(ports), tuple(endpoints))

@@ -99,7 +99,7 @@ class LbService(BusConsumer):
         self._subs.append(outputs)
         await outputs.caught_up.wait()
         sources = await bus.consume([subjects.source_filter(k) for k in INPUT_KINDS],
-                                    self._on_source, name="lb")
+                                    self._on_source, name="lb", idle=self._settle)
         self._subs.append(sources)
         if sources.caught_up.is_set():
             await self._go_live("start")
@@ -107,7 +107,8 @@ class LbService(BusConsumer):
     def stats(self) -> dict[str, Any]:
         return {"services": len(self.view.services), "backends": len(self.view.backends),
                 "published": self.published, "errors": self.errors,
-                "conflicts": self.ids.conflicts if self.ids else 0}
+                "conflicts": self.ids.conflicts if self.ids else 0,
+                **(self.bus.rejections.stats() if self.bus else {})}
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -151,11 +152,20 @@ class LbService(BusConsumer):
                     self.slices[ref] = sl
                     self._dirty.add(f"{ns}/{sl.service}")
         if d.pending == 0 or (self._live and len(self._dirty) >= MAX_BATCH):
-            if not self._live:
-                await self._go_live(str(d.seq))
-            else:
-                dirty, self._dirty = self._dirty, set()
-                await self.reconcile(dirty, str(d.seq))
+            await self._settle(d.seq)
+
+    async def _settle(self, seq: int) -> None:
+        """End of a batch (also after a bad last message): live, and the dirty Services
+        reconciled. A failed reconcile keeps them dirty for the next batch."""
+        if not self._live:
+            await self._go_live(str(seq))
+            return
+        dirty, self._dirty = self._dirty, set()
+        try:
+            await self.reconcile(dirty, str(seq))
+        except BaseException:
+            self._dirty |= dirty
+            raise
 
     def _selecting(self, ns: str, pods: list[dict[str, Any] | None]) -> set[Ref]:
         """Services of ``ns`` whose selector matches any of ``pods`` (or that cannot be
@@ -193,11 +203,14 @@ class LbService(BusConsumer):
                     await self._remove(ref, cause)
                 else:
                     await self._upsert(ref, obj, cause)
-            except LbError as exc:
+            except Exception as exc:    # one Service's error never holds back the others
                 self.errors += 1
                 ERRORS.inc()
                 ns, _, name = ref.partition("/")
-                log.warning("lb: %s", exc)
+                if isinstance(exc, LbError):
+                    log.warning("lb: %s", exc)
+                else:
+                    log.exception("lb: Service %s", ref)
                 data = {"namespace": ns, "name": name, "op": "error", "error": str(exc)}
                 if self.view.status.get(ref) != data:
                     self._publish(status_subject(ns, name), EV_STATUS, data, cause)

@@ -184,7 +184,8 @@ class NodeAgent:
         self.resumed_from = 0
         self._folded = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=FLOW_BUFFER)
-        self.totals: dict[str, int] = {"writes": 0, "reconciles": 0, "flows": 0}
+        self.totals: dict[str, int] = {"writes": 0, "reconciles": 0, "flows": 0,
+                                       "skipped": 0}   # map entries that could not be encoded
 
     @property
     def realized(self) -> int:
@@ -204,10 +205,11 @@ class NodeAgent:
         # Load balancing folds its own inputs from the start (cheap, and independent of the
         # policy state's saved position); its maps are diffed like every other.
         self._subs.append(await bus.consume(LB_INPUTS, self._on_lb_event,
-                                            name=f"agent-lb {self.cfg.name}"))
+                                            name=f"agent-lb {self.cfg.name}",
+                                            idle=self._on_lb_idle))
         start = await self._resume(bus)
         sub = await bus.consume(INPUTS, self._on_event, name=f"agent {self.cfg.name}",
-                                start_seq=start)
+                                start_seq=start, idle=self._on_idle)
         self._subs.append(sub)
         if sub.caught_up.is_set():
             self._live = True
@@ -247,7 +249,8 @@ class NodeAgent:
                 "revision": self.node_state.revision,
                 "realized": self._realized_seq, "resumed_from": self.resumed_from,
                 "policy_revisions": {str(k): v for k, v in self._realized_policy.items()},
-                **self.health.stats(), **self.totals}
+                **self.health.stats(), **self.totals,
+                **(self.bus.rejections.stats() if self.bus else {})}
 
     async def _open_datapath(self) -> bool:
         """Load the programs and open the pinned maps; on failure the agent stays up, says
@@ -396,6 +399,9 @@ class NodeAgent:
             self._lb_dirty.merge(dirty)
         if d.pending == 0:
             await self.reconcile_lb()
+
+    async def _on_lb_idle(self, _seq: int) -> None:
+        await self.reconcile_lb()
 
     async def reconcile_lb(self) -> bool:
         """Make the lb maps hold what the lb state says (services, backends, Maglev).
@@ -557,6 +563,14 @@ class NodeAgent:
             self._live = self._live or d.pending == 0
             await self.reconcile()
 
+    async def _on_idle(self, seq: int) -> None:
+        """A skipped (bad) last message: the node has still seen everything up to ``seq``;
+        end the batch as :meth:`_on_event` would."""
+        self.node_state.revision = max(self.node_state.revision, seq)
+        self._folded = 0
+        self._live = True
+        await self.reconcile()
+
     async def reconcile(self) -> bool:
         """Make the node maps hold what the state says, writing only the difference.
 
@@ -644,6 +658,7 @@ class NodeAgent:
                 if n:
                     MAP_OPS.labels(self.cfg.name, map_name, op).inc(n)
             self.totals["writes"] += r.writes
+            self.totals["skipped"] += r.skipped
         self.totals["reconciles"] += 1
 
     async def _publish_realized(self) -> None:

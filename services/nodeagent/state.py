@@ -171,12 +171,12 @@ class NodeState:
 
     def _rules(self, data: dict[str, Any], dirty: Dirty) -> None:
         ident = data["identity"]
+        sp = SubjectPolicy.from_dict(data) if data["rules"] else None   # before any change
         old = self.subjects.get(ident)
         if old is not None:
             for sid in old.selector_ids():
                 self.subjects_of_selector[sid].discard(ident)
-        if data["rules"]:
-            sp = SubjectPolicy.from_dict(data)
+        if sp is not None:
             self.subjects[ident] = sp
             for sid in sp.selector_ids():
                 self.subjects_of_selector[sid].add(ident)
@@ -228,6 +228,8 @@ class NodeState:
         """Every prefix with its identity; node addresses are host here, remote-node elsewhere."""
         out: dict[str, IpcacheEntry] = {}
         for prefix, rec in self.ipcache.items():
+            if ":" in prefix:
+                continue    # IPv6 CIDR identities: the datapath is IPv4 only
             remote = rec.host_ip if rec.node and rec.node != self.node else ""
             out[prefix] = IpcacheEntry(rec.identity, remote)
         for name, ip in self.node_ips.items():

@@ -118,7 +118,7 @@ def parse_port(ctx: Ctx, item: Any, path: str, default_proto: str) -> PortRule:
     if isinstance(raw, bool) or not isinstance(raw, int | str):
         ctx.fail(f"{path}.port", f"port must be a number or a port name, got {raw!r}")
     if isinstance(raw, str) and not raw.isdigit():
-        if (len(raw) > MAX_PORT_NAME or not _PORT_NAME_RE.match(raw) or "--" in raw
+        if (len(raw) > MAX_PORT_NAME or not _PORT_NAME_RE.fullmatch(raw) or "--" in raw
                 or not re.search("[a-z]", raw)):
             ctx.fail(f"{path}.port", f"invalid port name {raw!r} (an IANA service name: "
                                      f"lowercase letters, digits, '-', at most 15 characters)")
@@ -147,10 +147,10 @@ def parse_fqdn(ctx: Ctx, item: Any, path: str) -> FQDNSelector:
     if (name is None) == (pattern is None):
         ctx.fail(path, "needs exactly one of matchName or matchPattern")
     if name is not None:
-        if not isinstance(name, str) or not _FQDN_NAME_RE.match(name):
+        if not isinstance(name, str) or not _FQDN_NAME_RE.fullmatch(name):
             ctx.fail(f"{path}.matchName", f"invalid DNS name {name!r}")
         return FQDNSelector(match_name=name.lower().rstrip("."))
-    if not isinstance(pattern, str) or not _FQDN_PATTERN_RE.match(pattern):
+    if not isinstance(pattern, str) or not _FQDN_PATTERN_RE.fullmatch(pattern):
         ctx.fail(f"{path}.matchPattern", f"invalid DNS pattern {pattern!r}")
     return FQDNSelector(match_pattern=pattern.lower().rstrip("."))
 

@@ -158,7 +158,7 @@ def _split_key(raw: Any, default_source: str, path: str) -> tuple[str, str]:
                                 f"(known: {', '.join(sorted(KNOWN_SOURCES))})", path)
     else:
         source, key = default_source, raw
-    if not _KEY_RE.match(key):
+    if not _KEY_RE.fullmatch(key):
         raise SelectorError(f"invalid label key {raw!r}", path)
     return source, key
 
@@ -167,7 +167,7 @@ def _check_value(value: Any, path: str) -> str:
     if not isinstance(value, str):
         raise SelectorError(f"label value must be a string (quote it in YAML), got {value!r}",
                             path)
-    if len(value) > MAX_LABEL_VALUE or not _VALUE_RE.match(value):
+    if len(value) > MAX_LABEL_VALUE or not _VALUE_RE.fullmatch(value):
         raise SelectorError(f"invalid label value {value!r}", path)
     return value
 

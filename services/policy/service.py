@@ -172,7 +172,7 @@ class PolicyService(BusConsumer):
                                     traced=False)
         self._subs.append(outputs)
         await outputs.caught_up.wait()
-        inputs = await bus.consume(INPUTS, self._on_input, name="policy")
+        inputs = await bus.consume(INPUTS, self._on_input, name="policy", idle=self._on_idle)
         self._subs.append(inputs)
         if inputs.caught_up.is_set():
             await self._resync(0)
@@ -181,8 +181,9 @@ class PolicyService(BusConsumer):
         return {"policies": sum(1 for _ in self.repo.policies()),
                 "identities": len(self.repo.identities()),
                 "selectors": len(self.repo.cache.selector_ids()),
-                "subjects": len(self.repo.subjects()), "rejected": self.rejected,
-                "revision": self.last_revision, "seq": self.last_seq}
+                "subjects": len(self.repo.subjects()),
+                "revision": self.last_revision, "seq": self.last_seq,
+                **(self.bus.rejections.stats() if self.bus else {"rejected": self.rejected})}
 
     async def _on_output(self, d: Delivery) -> None:
         self.view.apply(d.event.type, d.event.data)
@@ -197,12 +198,14 @@ class PolicyService(BusConsumer):
         except PolicyError as exc:
             REJECTED.inc()
             self.rejected += 1
-            log.warning("rejected %s %s/%s: %s", data.get("kind"), data.get("namespace"),
-                        data.get("name"), exc)
+            if self.bus is not None:    # counted with the bus's rejections, logged once
+                self.bus.rejections.reject(d.subject, d.seq, exc)
             if self._live:
                 await self._send([Message(CHANNEL_POLICY, "", {
                     "kind": data["kind"], "namespace": data["namespace"],
                     "name": data["name"], "op": "error", "error": str(exc)})], d.seq)
+            elif d.pending == 0:    # a rejected last input must not keep the service starting
+                await self._resync(d.seq)
             return
         if d.event.type.startswith("identity."):
             self._note_identity(data["id"], before, d.seq)
@@ -218,6 +221,12 @@ class PolicyService(BusConsumer):
             self.identity_changed_at.pop(identity, None)
         elif after != before:
             self.identity_changed_at[identity] = seq
+
+    async def _on_idle(self, seq: int) -> None:
+        """Nothing pending after a message the handler did not complete: go live if not."""
+        self.last_seq = max(self.last_seq, seq)
+        if not self._live:
+            await self._resync(seq)
 
     def _reduce(self, event_type: str, data: dict[str, Any]) -> Any:
         """Apply one input event to the repository; returns its Changes."""

@@ -99,6 +99,7 @@ class Replay:
         self.events = 0
         self.skipped = 0
         self.failed = 0
+        self._skipped_subjects: set[str] = set()
 
     @property
     def repo(self) -> Repository:
@@ -119,10 +120,12 @@ class Replay:
         """Fold one record; None when the payload is undecodable (skipped, as the bus does)."""
         self.seq, self.time_ns = rec.seq, rec.time_ns
         try:
-            event = decode(rec.payload)
+            event = decode(rec.payload, rec.subject)
         except CodecError as exc:
             self.skipped += 1
-            log.warning("skipped message %s on %s: %s", rec.seq, rec.subject, exc)
+            if rec.subject not in self._skipped_subjects:   # once per subject, as the bus
+                self._skipped_subjects.add(rec.subject)
+                log.warning("skipped message %s on %s: %s", rec.seq, rec.subject, exc)
             return None
         self.events += 1
         r = route(rec.subject)

@@ -75,6 +75,22 @@ def test_agent_error_and_starting_service() -> None:
     assert assess(starting)["problems"] == ["identity: 0/1 replicas ready"]
 
 
+def test_rejected_messages_are_reported_per_service_without_making_it_unhealthy() -> None:
+    from services.cli.status import render
+    data = variant(services=[replica("identity", identities=5, rejected=3, failed=0),
+                             replica("policy", policies=2, revision=7, rejected=10, failed=1),
+                             *HEALTHY["services"][2:]])
+    h = assess(data)
+    assert h["ok"]
+    assert {n: (s["rejected"], s["failed"]) for n, s in h["services"].items()} == {
+        "identity": (3, 0), "policy": (10, 1), "lb": (0, 0), "nodeagent": (0, 0)}
+    screen = render({**data, "nats": {"url": "u", "server": "2", "streams": 1, "consumers": 1},
+                     "streams": []}, h)
+    assert "REJECTED" in screen and "FAILED" in screen
+    line = next(x for x in screen.splitlines() if x.startswith("policy "))
+    assert line.split()[-2:] == ["10", "1"]
+
+
 GHOST_NODE = """
 apiVersion: v1
 kind: Node
@@ -98,7 +114,8 @@ def test_status_screen_and_wait_on_a_live_lab(lab2: Cluster, tmp_path: Path) -> 
     data = lab2.json("status")
     assert data["health"]["ok"] and {s["name"] for s in data["streams"]} >= {"CILIA"}
     assert data["health"]["services"]["nodeagent"] == {"desired": 2, "replicas": 2,
-                                                      "ready": 2, "health": "OK"}
+                                                      "ready": 2, "health": "OK",
+                                                      "rejected": 0, "failed": 0}
     # --wait blocks while a node has no agent, and returns once it is gone
     (tmp_path / "ghost.yaml").write_text(GHOST_NODE)
     lab2.ok("apply", "-f", str(tmp_path / "ghost.yaml"))

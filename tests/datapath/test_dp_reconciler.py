@@ -22,7 +22,7 @@ from services.nodeagent.datapath import (
     Programs,
     Reconciler,
 )
-from services.nodeagent.datapath.encode import encode_ipcache, ipcache_keys
+from services.nodeagent.datapath.encode import encode_endpoints, encode_ipcache, ipcache_keys
 from services.nodeagent.datapath.metrics import possible_cpus
 
 
@@ -110,19 +110,38 @@ def maps(node_name: str) -> Iterator[NodeMaps]:
         progs.close()
 
 
-def test_bad_input_writes_nothing(maps: NodeMaps) -> None:
+def test_a_bad_entry_is_left_out_and_the_others_written(maps: NodeMaps) -> None:
+    # Issue 10: one bad entry failed the whole map's update, on every later patch too.
+    res = maps.ipcache.reconcile({"10.0.0.1/32": IpcacheEntry(300),
+                                  "10.0.0.1/33": IpcacheEntry(1), "not-an-ip": IpcacheEntry(2),
+                                  "10.0.0.2/32": IpcacheEntry(0)})
+    assert (res.added, res.skipped) == (1, 3)
+    assert maps.ipcache.entries() == {"10.0.0.1/32": IpcacheEntry(300)}
+    res = maps.endpoints.reconcile({"10.0.0.9": EndpointEntry(1, 0),
+                                    "10.0.0.8": EndpointEntry(2, 300)})
+    assert (res.added, res.skipped) == (1, 1)
+    assert maps.endpoints.entries() == {"10.0.0.8": EndpointEntry(2, 300)}
+    # A bad allow is left out alone ...
+    res = maps.policy.reconcile({PolicyKey(300, 0, 0, 6, 80, 80): Verdict.ALLOW,
+                                 PolicyKey(300, 0, 0, 6, 90, 10): Verdict.ALLOW})
+    assert res.skipped == 1
+    assert maps.policy.entries(300) == [(PolicyKey(300, 0, 0, 6, 80, 80), Verdict.ALLOW)]
+    # ... a bad deny takes its subject's allows with it (fail closed), its denies stay.
+    res = maps.policy.reconcile({PolicyKey(301, 0, 0, 6, 80, 80): Verdict.ALLOW,
+                                 PolicyKey(301, 0, 1, 0, 0, 0): Verdict.ALLOW,
+                                 PolicyKey(301, 0, 0, 6, 90, 10): Verdict.DENY,
+                                 PolicyKey(301, 7, 0, 6, 22, 22): Verdict.DENY},
+                                subjects=[301])
+    assert res.skipped == 1
+    assert maps.policy.entries(301) == [(PolicyKey(301, 7, 0, 6, 22, 22), Verdict.DENY)]
+    assert maps.policy.entries(300) == [(PolicyKey(300, 0, 0, 6, 80, 80), Verdict.ALLOW)]
+    assert {n: s["skipped"] for n, s in maps.stats().items()} == {
+        "ipcache": 3, "endpoints": 1, "policy": 2}
+    # The strict encoders still raise, naming the entry and the field.
     with pytest.raises(EncodeError, match="field prefix"):
-        maps.ipcache.reconcile({"10.0.0.1/32": IpcacheEntry(300), "10.0.0.1/33": IpcacheEntry(1)})
+        encode_ipcache({"10.0.0.1/33": IpcacheEntry(1)})
     with pytest.raises(EncodeError, match=r"endpoint 10\.0\.0\.9: field identity"):
-        maps.endpoints.reconcile({"10.0.0.9": EndpointEntry(1, 0)})
-    with pytest.raises(EncodeError, match="field end_port"):
-        maps.policy.reconcile({PolicyKey(300, 0, 0, 6, 80, 80): Verdict.ALLOW,
-                               PolicyKey(300, 0, 0, 6, 90, 10): Verdict.ALLOW})
-    # Rejected before the kernel was even read, and the maps are empty.
-    assert all((s["reads"], s["added"], s["updated"], s["deleted"]) == (0, 0, 0, 0)
-               for s in maps.stats().values())
-    assert maps.ipcache.entries() == {} and maps.endpoints.entries() == {}
-    assert maps.policy.entries() == []
+        encode_endpoints({"10.0.0.9": EndpointEntry(1, 0)})
 
 
 def test_typed_maps_roundtrip_through_bytes(maps: NodeMaps) -> None:

@@ -121,6 +121,21 @@ def test_incremental_plans_touch_only_the_changed_service(lb_maps: LbMaps) -> No
     assert set(maps.backend_entries()) == {3, 4, 7}
 
 
+def test_a_bad_frontend_or_backend_never_blocks_the_others(lb_maps: LbMaps) -> None:
+    # Issue 10: a backend port 70000 made every later lb map patch fail on every node.
+    from services.nodeagent.datapath.lbmaps import LbBackendEntry
+    st = LbNodeState("n1", maglev_size=M)
+    feed(st, 5, svc(name="a", cluster_ip="10.96.0.5", external_ips=[]),
+         [(1, "10.244.1.2", "n1", "active"), (2, "10.244.1.3", "n1", "active")])
+    plan = st.plan()
+    plan.backends[9] = LbBackendEntry("10.244.1.9", 70000)
+    plan.services[LbFrontend("not-an-ip", 80)] = next(iter(plan.services.values()))
+    res = lb_maps.apply(plan)
+    assert res["backends"].skipped == 1 and res["services"].skipped == 1
+    assert set(lb_maps.backend_entries()) == {1, 2}
+    assert set(lb_maps.service_entries()) == {LbFrontend("10.96.0.5", 80)}
+
+
 def test_single_backend_needs_one_slot_and_none_means_no_table() -> None:
     st = LbNodeState("n1", maglev_size=M)
     feed(st, 5, svc(type="ClusterIP", ports=[{"name": "http", "port": 80, "protocol": "TCP",

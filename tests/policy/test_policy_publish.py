@@ -127,6 +127,7 @@ def test_volume_of_a_new_identity_stays_flat_as_the_cluster_grows() -> None:
 
 def test_every_message_follows_the_bus_schemas_and_subjects() -> None:
     from services.common.codec import decode, encode
+    from services.policy.service import to_outgoing
     repo = build([], {300: pod(app="backend")})
     msgs = [*messages(repo, repo.apply(CIDR_POLICY)),
             *messages(repo, repo.add_identity(301, pod(app="backend", tier="x"))),
@@ -135,7 +136,8 @@ def test_every_message_follows_the_bus_schemas_and_subjects() -> None:
     assert events == {"policy.rules", "policy.selector", "policy.status", "ipcache.upsert",
                       "ipcache.delete"}
     for m in msgs:
-        assert decode(encode(m.event, m.payload)).data == m.payload
+        out = to_outgoing(m, m.payload["revision"])   # what the service publishes
+        assert decode(encode(out.event_type, out.data), out.subject).data == out.data
         assert m.subject.startswith(("cilia.policy.", "cilia.ipcache.cidr."))
         assert " " not in m.subject and m.msg_id.startswith(f"policy:{m.payload['revision']}:")
     assert len({m.msg_id for m in msgs}) == len(msgs)
@@ -143,7 +145,7 @@ def test_every_message_follows_the_bus_schemas_and_subjects() -> None:
         repo.apply({**CIDR_POLICY, "spec": {"endpointSelector": {"matchLabels": {"app": 1}}}})
     err = error_message(exc.value, repo.revision)
     assert err.subject == "cilia.policy.status.ciliumnetworkpolicy.production.out"
-    assert decode(encode(err.event, err.payload)).data["op"] == "error"
+    assert decode(encode(err.event, err.payload), err.subject).data["op"] == "error"
     assert "spec.endpointSelector.matchLabels.app" in err.payload["error"]
 
 

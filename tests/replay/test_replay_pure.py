@@ -36,10 +36,10 @@ T0 = 1_800_000_000 * 10**9
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _rec(seq: int, subject: str = "cilia.identity.300", payload: bytes | None = None) -> Record:
+def _rec(seq: int, subject: str | None = None, payload: bytes | None = None) -> Record:
     data = payload if payload is not None else encode(
         "identity.upsert", {"id": 300 + seq, "labels": [f"k8s:app=a{seq}"]})
-    return Record(seq, T0 + seq * 10**9, subject,
+    return Record(seq, T0 + seq * 10**9, subject or f"cilia.identity.{300 + seq}",
                   {"traceparent": f"00-{seq:032x}-{seq:016x}-01"}, data)
 
 

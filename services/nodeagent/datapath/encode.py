@@ -67,22 +67,43 @@ def _network(prefix: str | ipaddress.IPv4Network, what: str) -> ipaddress.IPv4Ne
 
 # ---- ipcache -------------------------------------------------------------------------------
 
-def encode_ipcache(desired: Mapping[str, IpcacheEntry]) -> dict[bytes, bytes]:
-    """ipcache entries (``"10.0.1.5/32"`` or ``"10.0.0.0/8"`` -> entry) as map bytes."""
+def _collect(errors: list[EncodeError] | None, exc: EncodeError) -> None:
+    """Raise ``exc``, or (lenient encoding) remember it and go on with the next entry."""
+    if errors is None:
+        raise exc
+    errors.append(exc)
+
+
+def encode_ipcache(desired: Mapping[str, IpcacheEntry],
+                   errors: list[EncodeError] | None = None) -> dict[bytes, bytes]:
+    """ipcache entries (``"10.0.1.5/32"`` or ``"10.0.0.0/8"`` -> entry) as map bytes.
+
+    Args:
+        errors: collect malformed entries here and leave them out (else the first raises).
+    """
     out: dict[bytes, bytes] = {}
     for prefix, entry in desired.items():
-        what = f"ipcache entry {prefix!s}"
-        net = _network(prefix, what)
-        _check_range(what, "identity", entry.identity, 1, U32_MAX)
-        _check_range(what, "flags", entry.flags, 0, U8_MAX)
         try:
-            tunnel = ip_to_be32(entry.tunnel_endpoint) if entry.tunnel_endpoint else 0
-        except ValueError as exc:
-            raise EncodeError(f"{what}: field tunnel_endpoint: {exc}") from exc
-        key = IpcacheKey(prefixlen=net.prefixlen, addr=ip_to_be32(net.network_address))
-        val = IpcacheValue(identity=entry.identity, tunnel_endpoint=tunnel, flags=entry.flags)
-        out[key.to_bytes()] = val.to_bytes()
+            key, val = _ipcache_entry(prefix, entry)
+        except EncodeError as exc:
+            _collect(errors, exc)
+        else:
+            out[key] = val
     return out
+
+
+def _ipcache_entry(prefix: str, entry: IpcacheEntry) -> tuple[bytes, bytes]:
+    what = f"ipcache entry {prefix!s}"
+    net = _network(prefix, what)
+    _check_range(what, "identity", entry.identity, 1, U32_MAX)
+    _check_range(what, "flags", entry.flags, 0, U8_MAX)
+    try:
+        tunnel = ip_to_be32(entry.tunnel_endpoint) if entry.tunnel_endpoint else 0
+    except ValueError as exc:
+        raise EncodeError(f"{what}: field tunnel_endpoint: {exc}") from exc
+    key = IpcacheKey(prefixlen=net.prefixlen, addr=ip_to_be32(net.network_address))
+    val = IpcacheValue(identity=entry.identity, tunnel_endpoint=tunnel, flags=entry.flags)
+    return key.to_bytes(), val.to_bytes()
 
 
 def ipcache_keys(prefixes: Iterable[str]) -> list[bytes]:
@@ -108,24 +129,38 @@ def decode_ipcache(raw: Mapping[bytes, bytes]) -> dict[str, IpcacheEntry]:
 
 # ---- endpoints -----------------------------------------------------------------------------
 
-def encode_endpoints(desired: Mapping[str, EndpointEntry]) -> dict[bytes, bytes]:
-    """Local endpoints (pod IPv4 -> entry) as map bytes."""
+def encode_endpoints(desired: Mapping[str, EndpointEntry],
+                     errors: list[EncodeError] | None = None) -> dict[bytes, bytes]:
+    """Local endpoints (pod IPv4 -> entry) as map bytes.
+
+    Args:
+        errors: collect malformed entries here and leave them out (else the first raises).
+    """
     out: dict[bytes, bytes] = {}
     for ip, entry in desired.items():
-        what = f"endpoint {ip!s}"
         try:
-            addr = ip_to_be32(ip)
-        except ValueError as exc:
-            raise EncodeError(f"{what}: field ip: {exc}") from exc
-        _check_range(what, "endpoint_id", entry.endpoint_id, 0, U16_MAX)
-        _check_range(what, "identity", entry.identity, 1, U32_MAX)
-        _check_range(what, "ifindex", entry.ifindex, 0, U32_MAX)
-        flags = ((c.ENDPOINT_F_ENFORCE_INGRESS if entry.enforce_ingress else 0)
-                 | (c.ENDPOINT_F_ENFORCE_EGRESS if entry.enforce_egress else 0))
-        val = EndpointValue(identity=entry.identity, ifindex=entry.ifindex,
-                            endpoint_id=entry.endpoint_id, flags=flags)
-        out[EndpointKey(addr=addr).to_bytes()] = val.to_bytes()
+            key, val = _endpoint_entry(ip, entry)
+        except EncodeError as exc:
+            _collect(errors, exc)
+        else:
+            out[key] = val
     return out
+
+
+def _endpoint_entry(ip: str, entry: EndpointEntry) -> tuple[bytes, bytes]:
+    what = f"endpoint {ip!s}"
+    try:
+        addr = ip_to_be32(ip)
+    except ValueError as exc:
+        raise EncodeError(f"{what}: field ip: {exc}") from exc
+    _check_range(what, "endpoint_id", entry.endpoint_id, 0, U16_MAX)
+    _check_range(what, "identity", entry.identity, 1, U32_MAX)
+    _check_range(what, "ifindex", entry.ifindex, 0, U32_MAX)
+    flags = ((c.ENDPOINT_F_ENFORCE_INGRESS if entry.enforce_ingress else 0)
+             | (c.ENDPOINT_F_ENFORCE_EGRESS if entry.enforce_egress else 0))
+    val = EndpointValue(identity=entry.identity, ifindex=entry.ifindex,
+                        endpoint_id=entry.endpoint_id, flags=flags)
+    return EndpointKey(addr=addr).to_bytes(), val.to_bytes()
 
 
 def endpoint_keys(ips: Iterable[str]) -> list[bytes]:

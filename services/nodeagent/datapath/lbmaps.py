@@ -119,23 +119,36 @@ def _proto(what: str, value: str) -> int:
     return PROTO_NUMBERS[value]
 
 
-def encode_services(desired: Mapping[LbFrontend, LbServiceEntry]) -> dict[bytes, bytes]:
+def encode_services(desired: Mapping[LbFrontend, LbServiceEntry],
+                    errors: list[EncodeError] | None = None) -> dict[bytes, bytes]:
+    """Frontends as map bytes (``errors``: collect malformed ones and leave them out)."""
     out: dict[bytes, bytes] = {}
     for fe, e in desired.items():
-        what = f"frontend {fe.address}:{fe.port}/{fe.protocol}"
-        _check(what, "port", fe.port, 65535)
-        for fld in ("svc_id", "table_int", "size_int", "table_ext", "size_ext",
-                    "affinity_timeout"):
-            _check(what, fld, getattr(e, fld), U32_MAX)
-        flags = ((LB_SVC_F_AFFINITY if e.affinity_timeout else 0)
-                 | (LB_SVC_F_EXTERNAL if e.external else 0) | (LB_SVC_F_DSR if e.dsr else 0))
-        key = LbSvcKey(addr=_addr(what, fe.address), dport=port_to_be16(fe.port),
-                       proto=_proto(what, fe.protocol))
-        val = LbSvcValue(svc_id=e.svc_id, affinity_timeout=e.affinity_timeout,
-                         table_int=e.table_int, table_ext=e.table_ext, size_int=e.size_int,
-                         size_ext=e.size_ext, flags=flags)
-        out[key.to_bytes()] = val.to_bytes()
+        try:
+            key, val = _service_entry(fe, e)
+        except EncodeError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
+        else:
+            out[key] = val
     return out
+
+
+def _service_entry(fe: LbFrontend, e: LbServiceEntry) -> tuple[bytes, bytes]:
+    what = f"frontend {fe.address}:{fe.port}/{fe.protocol}"
+    _check(what, "port", fe.port, 65535)
+    for fld in ("svc_id", "table_int", "size_int", "table_ext", "size_ext",
+                "affinity_timeout"):
+        _check(what, fld, getattr(e, fld), U32_MAX)
+    flags = ((LB_SVC_F_AFFINITY if e.affinity_timeout else 0)
+             | (LB_SVC_F_EXTERNAL if e.external else 0) | (LB_SVC_F_DSR if e.dsr else 0))
+    key = LbSvcKey(addr=_addr(what, fe.address), dport=port_to_be16(fe.port),
+                   proto=_proto(what, fe.protocol))
+    val = LbSvcValue(svc_id=e.svc_id, affinity_timeout=e.affinity_timeout,
+                     table_int=e.table_int, table_ext=e.table_ext, size_int=e.size_int,
+                     size_ext=e.size_ext, flags=flags)
+    return key.to_bytes(), val.to_bytes()
 
 
 def decode_services(raw: Mapping[bytes, bytes]) -> dict[LbFrontend, LbServiceEntry]:
@@ -150,16 +163,19 @@ def decode_services(raw: Mapping[bytes, bytes]) -> dict[LbFrontend, LbServiceEnt
     return out
 
 
-def encode_backends(desired: Mapping[int, LbBackendEntry]) -> dict[bytes, bytes]:
+def encode_backends(desired: Mapping[int, LbBackendEntry],
+                    errors: list[EncodeError] | None = None) -> dict[bytes, bytes]:
+    """Backends as map bytes (``errors``: collect malformed ones and leave them out)."""
     out: dict[bytes, bytes] = {}
     for bid, e in desired.items():
-        what = f"backend {bid}"
-        _check(what, "id", bid, U32_MAX)
-        _check(what, "port", e.port, 65535)
-        flags = (LB_BE_F_LOCAL if e.local else 0) | (LB_BE_F_TERMINATING if e.terminating else 0)
-        out[LbBackendKey(id=bid).to_bytes()] = LbBackendValue(
-            addr=_addr(what, e.address), port=port_to_be16(e.port),
-            proto=_proto(what, e.protocol), flags=flags).to_bytes()
+        try:
+            key, val = _backend_entry(bid, e)
+        except EncodeError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
+        else:
+            out[key] = val
     return out
 
 
@@ -192,6 +208,16 @@ def encode_node_macs(desired: Mapping[str, str]) -> dict[bytes, bytes]:
 def decode_node_macs(raw: Mapping[bytes, bytes]) -> dict[str, str]:
     return {":".join(f"{b:02x}" for b in LbNodeMacKey.from_buffer_copy(kb).mac):
             be32_to_ip(LbNodeMacValue.from_buffer_copy(vb).node_ip) for kb, vb in raw.items()}
+
+
+def _backend_entry(bid: int, e: LbBackendEntry) -> tuple[bytes, bytes]:
+    what = f"backend {bid}"
+    _check(what, "id", bid, U32_MAX)
+    _check(what, "port", e.port, 65535)
+    flags = (LB_BE_F_LOCAL if e.local else 0) | (LB_BE_F_TERMINATING if e.terminating else 0)
+    return LbBackendKey(id=bid).to_bytes(), LbBackendValue(
+        addr=_addr(what, e.address), port=port_to_be16(e.port),
+        proto=_proto(what, e.protocol), flags=flags).to_bytes()
 
 
 def decode_backends(raw: Mapping[bytes, bytes]) -> dict[int, LbBackendEntry]:
@@ -262,16 +288,19 @@ class LbMaps:
         return PinnedMapBackend(self.pin_dir / name, key_size, value_size)
 
     def _resolve(self, services: Mapping[LbFrontend, LbServiceEntry],
-                 ) -> dict[LbFrontend, LbServiceEntry]:
-        """Logical table ids -> what the kernel's frontend holds (base slot or backend id)."""
+                 errors: list[EncodeError]) -> dict[LbFrontend, LbServiceEntry]:
+        """Logical table ids -> what the kernel's frontend holds (base slot or backend id);
+        a frontend whose table is in no plan is left out (collected in ``errors``)."""
         out = {}
         for fe, e in services.items():
             try:
                 t_int = self.maglev.value_of(e.table_int) if e.size_int else 0
                 t_ext = self.maglev.value_of(e.table_ext) if e.size_ext else 0
             except KeyError as exc:
-                raise EncodeError(f"frontend {fe.address}:{fe.port}/{fe.protocol}: table "
-                                  f"{exc} is in no plan (apply a full plan first)") from None
+                errors.append(EncodeError(
+                    f"frontend {fe.address}:{fe.port}/{fe.protocol}: table {exc} is in no "
+                    f"plan (apply a full plan first)"))
+                continue
             out[fe] = e._replace(table_int=t_int, table_ext=t_ext)
         return out
 
@@ -279,12 +308,14 @@ class LbMaps:
         """Reconcile the maps to ``plan``: tables and backends before the frontends that use
         them, removed ones after.
 
+        A frontend or backend that cannot be encoded is left out and counted
+        (``skipped``); the others are written.
+
         Raises:
-            EncodeError: an entry is malformed (nothing is written then).
             MapFullError: no room for a table, frontend or backend.
         """
-        bes = encode_backends(plan.backends)
-        encode_services(plan.services)        # validate before any write
+        be_errors: list[EncodeError] = []
+        bes = encode_backends(plan.backends, be_errors)
         macs = None if plan.node_macs is None else encode_node_macs(plan.node_macs)
         out = {"backends": self.backends.reconcile({**self.backends.actual(), **bes})}
         mag = ReconcileResult()
@@ -293,13 +324,14 @@ class LbMaps:
         scope = self.maglev.known() if plan.table_scope is None else set(plan.table_scope)
         gone = scope - set(plan.tables)
         out["maglev"] = mag
-        out["services"] = self.services.reconcile(encode_services(
-            self._resolve(plan.services)))
+        fe_errors: list[EncodeError] = []
+        fronts = encode_services(self._resolve(plan.services, fe_errors), fe_errors)
+        out["services"] = self.services.skip(fe_errors, self.services.reconcile(fronts))
         for logical in gone:
             self.maglev.release(logical)
         mag.deleted = len(gone)
         # second pass: drop backends no longer wanted (after the frontends stopped using them)
-        out["backends"] = self.backends.reconcile(bes)
+        out["backends"] = self.backends.skip(be_errors, self.backends.reconcile(bes))
         if macs is not None:
             out["node_macs"] = self.node_macs.reconcile(macs)
         return out

@@ -2,8 +2,10 @@
 
 The agent hands each map its complete desired contents in domain terms (``PolicyKey`` ->
 ``Verdict``, prefix -> :class:`IpcacheEntry`, pod IP -> :class:`EndpointEntry`); encoding
-happens first (bad input raises before anything is written), then the reconciler applies
-only the difference to the kernel.
+happens first, then the reconciler applies only the difference to the kernel. An entry that
+cannot be encoded is left out and counted (``ReconcileResult.skipped``) while the others are
+written: one bad entry never blocks a map. In the policy map that fails closed: a subject
+whose deny cannot be encoded loses its allows too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from services.nodeagent.datapath import constants as c
 from services.nodeagent.datapath._byteorder import be16_to_port, be32_to_ip, ip_to_be32
 from services.nodeagent.datapath.backend import MapBackend, PinnedMapBackend
 from services.nodeagent.datapath.encode import (
+    EncodeError,
     EndpointEntry,
     IpcacheEntry,
     decode_endpoints,
@@ -64,7 +67,9 @@ class IpcacheMap:
         listed there but absent from ``desired`` is deleted); others are left alone.
         """
         keys = None if prefixes is None else ipcache_keys(prefixes)
-        return self.reconciler.reconcile(encode_ipcache(desired), keys=keys)
+        errors: list[EncodeError] = []
+        encoded = encode_ipcache(desired, errors)
+        return self.reconciler.skip(errors, self.reconciler.reconcile(encoded, keys=keys))
 
     def entries(self) -> dict[str, IpcacheEntry]:
         """What the kernel map holds (read from the map, not the mirror)."""
@@ -84,7 +89,9 @@ class EndpointMap:
         With ``ips``, only those addresses are reconciled (absent from ``desired``: deleted).
         """
         keys = None if ips is None else endpoint_keys(ips)
-        return self.reconciler.reconcile(encode_endpoints(desired), keys=keys)
+        errors: list[EncodeError] = []
+        encoded = encode_endpoints(desired, errors)
+        return self.reconciler.skip(errors, self.reconciler.reconcile(encoded, keys=keys))
 
     def entries(self) -> dict[str, EndpointEntry]:
         return decode_endpoints(self.reconciler.backend.read_all())
@@ -105,7 +112,9 @@ class PolicyMap:
             subjects: reconcile only these subject identities (their entries outside
                 ``desired`` are deleted; other subjects are untouched). None: the whole map.
         """
-        return self.reconciler.reconcile(encode_policy(desired), subjects)
+        errors: list[EncodeError] = []
+        encoded = encode_policy(desired, errors)
+        return self.reconciler.skip(errors, self.reconciler.reconcile(encoded, subjects))
 
     def blocks(self) -> dict[PortPrefix, Verdict]:
         """The kernel map's entries as port blocks."""

@@ -79,20 +79,39 @@ def _validate(key: PolicyKey, verdict: Verdict) -> tuple[int, int]:
     return key.port, end
 
 
-def expand_policy(desired: Mapping[PolicyKey, Verdict]) -> dict[PortPrefix, Verdict]:
+def expand_policy(desired: Mapping[PolicyKey, Verdict],
+                  errors: list[EncodeError] | None = None) -> dict[PortPrefix, Verdict]:
     """Policy entries as port blocks, with denies folded into the blocks they contain.
+
+    Args:
+        errors: collect malformed entries here and leave them out, failing closed: when one
+            is not an allow, the allows of its subject are left out too, so that a deny that
+            cannot be written never leaves allows to pass what it denied. Without it, the
+            first malformed entry raises.
 
     Raises:
         EncodeError: an entry is malformed (names the entry and the field).
     """
     blocks: dict[PortPrefix, Verdict] = {}
+    closed: set[int] = set()    # subjects with a malformed deny: allows left out
     for key, verdict in desired.items():
-        lo, hi = _validate(key, verdict)
+        try:
+            lo, hi = _validate(key, verdict)
+        except EncodeError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
+            if verdict != Verdict.ALLOW:
+                closed.add(key.subject)
+            continue
         spans = [(0, 0)] if lo == 0 else port_range_prefixes(lo, hi)
         for port, plen in spans:
             p = PortPrefix(key.subject, key.peer, int(key.direction), key.proto, port, plen)
             if blocks.get(p) != Verdict.DENY:
                 blocks[p] = Verdict(verdict)
+    if closed:
+        blocks = {p: v for p, v in blocks.items()
+                  if p.subject not in closed or v == Verdict.DENY}
     denies = {p for p, v in blocks.items() if v == Verdict.DENY}
     if not denies:
         return blocks
@@ -113,10 +132,11 @@ def encode_prefix(p: PortPrefix) -> bytes:
                         dport=port_to_be16(p.port)).to_bytes()
 
 
-def encode_policy(desired: Mapping[PolicyKey, Verdict]) -> dict[bytes, bytes]:
+def encode_policy(desired: Mapping[PolicyKey, Verdict],
+                  errors: list[EncodeError] | None = None) -> dict[bytes, bytes]:
     """Policy entries as policy map bytes (see :func:`expand_policy`)."""
     return {encode_prefix(p): PolicyMapValue(verdict=int(v)).to_bytes()
-            for p, v in expand_policy(desired).items()}
+            for p, v in expand_policy(desired, errors).items()}
 
 
 def decode_policy(raw: Mapping[bytes, bytes]) -> dict[PortPrefix, Verdict]:

@@ -17,8 +17,9 @@ change to one subject diffs only that subject's entries.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.nodeagent.datapath.backend import MapBackend
@@ -28,6 +29,9 @@ DEFAULT_RETRIES = 4            # attempts after the first one
 DEFAULT_BACKOFF_S = 0.005      # first retry delay, doubled each time
 DEFAULT_MAX_BACKOFF_S = 0.25
 DEFAULT_CHUNK = 1024           # entries per backend call
+MAX_LOGGED_SKIPS = 1024        # distinct skipped-entry errors logged per map (then counted only)
+
+log = logging.getLogger(__name__)
 
 Partition = Hashable
 
@@ -42,6 +46,7 @@ class ReconcileResult:
     unchanged: int = 0
     retries: int = 0
     reads: int = 0
+    skipped: int = 0        # desired entries left out: they could not be encoded
 
     @property
     def writes(self) -> int:
@@ -60,6 +65,7 @@ class ReconcileStats:
     failures: int = 0
     reads: int = 0
     repaired: int = 0      # drifted entries put back by repair()
+    skipped: int = 0       # entries left out because they could not be encoded
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -109,10 +115,23 @@ class Reconciler:
         self.sleep = sleep
         self.stats = ReconcileStats()
         self._mirror: dict[Partition, dict[bytes, bytes]] | None = None
+        self._logged: set[str] = set()
 
     @property
     def name(self) -> str:
         return self.backend.name
+
+    def skip(self, errors: Sequence[Exception], result: ReconcileResult) -> ReconcileResult:
+        """Count desired entries left out because they could not be encoded (the others
+        are written: one bad entry never blocks a map); each distinct error is logged once."""
+        result.skipped += len(errors)
+        self.stats.skipped += len(errors)
+        for exc in errors:
+            text = str(exc)
+            if text not in self._logged and len(self._logged) < MAX_LOGGED_SKIPS:
+                self._logged.add(text)
+                log.warning("map %s: entry left out: %s", self.name, text)
+        return result
 
     def invalidate(self) -> None:
         """Forget the mirror; the next call re-reads the map."""

@@ -1,0 +1,53 @@
+"""Flows: ``flow`` {node, flows} on ``cilia.flows.<node>`` (core NATS, not stored), and the
+same payload as the answer to a ``cilia.ctl.flows`` request (an agent's recent flows).
+
+Each flow is a datapath verdict (services.nodeagent.datapath.flows.FlowRecord) with its wall
+clock ``time`` and the pods behind both addresses, when known.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from services.common import subjects
+
+from ._types import U16, U32, U64, DnsSubdomain, IPv4, Payload, PodRef, PortOrZero, Proto, Seconds
+
+EV_FLOW = "flow"
+
+
+class Flow(Payload):
+    """One verdict."""
+
+    time_ns: U64
+    verdict: str
+    reason: U16
+    reason_name: str
+    direction: Literal["ingress", "egress", "?"]
+    src_identity: U32
+    dst_identity: U32
+    src_ip: IPv4
+    dst_ip: IPv4
+    src_port: PortOrZero
+    dst_port: PortOrZero
+    proto: Proto
+    proto_name: str
+    ifindex: U32
+    endpoint_id: U16
+    tcp_flags: Proto
+    time: Seconds
+    src_pod: PodRef
+    dst_pod: PodRef
+
+
+class FlowBatch(Payload):
+    """A node's flows since its last batch."""
+
+    node: DnsSubdomain
+    flows: list[Flow]
+
+    def subjects(self) -> tuple[str, ...]:
+        return (subjects.flows(self.node),)
+
+
+EVENTS: dict[str, type[Payload]] = {EV_FLOW: FlowBatch}
