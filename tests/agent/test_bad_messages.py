@@ -106,6 +106,18 @@ async def _flood(lab: Cluster, messages: list[tuple[str, str, bytes]]) -> None:
         await bus.close()
 
 
+def _meaning(snapshot: dict[str, Delivery]) -> dict[str, Any]:
+    """What the bus says of every object; an agent's realized report keeps its policy
+    revisions but not its bus revision, which rightly moves past the skipped messages."""
+    out: dict[str, Any] = {}
+    for subject, d in snapshot.items():
+        data = d.event.data
+        if d.event.type == "agent.realized":
+            data = {k: v for k, v in data.items() if k != "revision"}
+        out[subject] = (d.event.type, data)
+    return out
+
+
 def _nodes(lab: Cluster) -> list[str]:
     return sorted({e["node"] for e in lab.endpoints()})
 
@@ -170,8 +182,7 @@ def test_ten_thousand_bad_messages_change_nothing(lab: Cluster) -> None:
     # Nothing changed: not the kernel maps, not what the bus says of any object.
     assert _kernel(nodes) == before
     after_bus = asyncio.run(_read(lab))
-    assert {s: d.event for s, d in after_bus.items()} == \
-        {s: d.event for s, d in before_bus.items()}
+    assert _meaning(after_bus) == _meaning(before_bus)
     assert len(lab.endpoints()) == 3
 
     # A valid change still reaches the maps of every node within the usual time.

@@ -50,7 +50,7 @@ WAIT_S = 30.0                # how long a condition may take (retries back off u
 POLL_S = 0.02
 NODE_IP = "172.31.77.1"
 POD_CIDR = "10.244.7.0/24"   # NodeLab's pod addresses
-REMOTE_IDENTITY = 70000
+REMOTE_IDENTITY = 60000
 JUNK_BACKEND_ID = 1 << 20    # far above the ids the lb service hands out
 VIP = "10.96.7.7"
 
@@ -234,7 +234,7 @@ async def publish_service(bus: Bus, node: str, backend_ip: str) -> None:
         await bus.publish(subject, event_type, data, msg_id=f"test/{uuid.uuid4()}")
 
 
-WEB_ID, CLIENT_ID = 70001, 70002
+WEB_ID, CLIENT_ID = 60001, 60002
 WEB_POLICY = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
               "metadata": {"name": "web", "namespace": "t"},
               "spec": {"endpointSelector": {"matchLabels": {"app": "web"}},

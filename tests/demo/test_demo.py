@@ -48,5 +48,5 @@ def test_demo_runs_and_cleans_up() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     assert not _demo_netns()
     assert not list(PIN_ROOT.glob("demo-node*"))
-    assert url.startswith("nats://127.0.0.1:")
+    assert url.startswith("tls://127.0.0.1:")
     assert not _procs_with(url, str(tmp))

@@ -13,6 +13,7 @@ from services.cli import source
 from services.common import subjects
 from services.common.bus import Bus
 from services.common.runner import collect_status
+from services.common.schemas import SCHEMA_VERSION
 from services.identity.allocator import JetStreamStore
 from tests.support.busread import count, live, wait_for
 from tests.support.objects import manifests, namespace, pod
@@ -166,7 +167,8 @@ async def test_the_scheduled_node_s_report_gives_the_address(bus: Bus,
     assert "10.244.2.66/32" not in _ipcache(snap) and "10.244.1.99/32" not in _ipcache(snap)
     assert _ipcache(snap)["10.244.1.40/32"]["pod"] == "shop/web"
     stats = await _identity_stats(bus)
-    assert stats["endpoint_reports"] == 2 and stats["endpoint_reports_rejected"] == 1, stats
+    # (the payload naming another node than its subject is refused by the bus contract)
+    assert stats["endpoint_reports"] == 2 and stats["rejected"] == 1, stats
     # The endpoint goes: so does its address (the pod never got a status.podIP).
     await _report(bus, "node1", "shop", "web", None)
     await wait_for(bus, IPC, lambda s: "10.244.1.40/32" not in _ipcache(s))
@@ -187,24 +189,26 @@ async def test_spoofed_labels_are_dropped_and_counted(bus: Bus, identity_proc: N
                                    "io.cilium.k8s.policy.serviceaccount": "robot"},
                 ip="10.244.1.60")
     await source.apply(bus, manifests(namespace("other"), spoof))
-    # A source that skips validation can write keys Kubernetes forbids: dropped all the same.
+    # A source that skips validation and writes a key Kubernetes forbids (one claiming a
+    # source) is refused whole by the bus contract: the pod gets no identity at all.
     raw = pod("raw", "other", {"app": "r", "reserved:host": ""}, ip="10.244.1.61")
-    await bus.publish(subjects.source("Pod", "other", "raw"), "object.upsert",
-                      {"kind": "Pod", "namespace": "other", "name": "raw", "object": raw},
-                      msg_id="raw-1")
-    snap = await wait_for(bus, [*IPC, *IDENT], lambda s: {"10.244.1.60/32", "10.244.1.61/32"}
-                          <= set(_ipcache(s)))
+    await bus.js.publish(subjects.source("Pod", "other", "raw"), msgpack.packb(
+        {"v": SCHEMA_VERSION, "type": "object.upsert",
+         "data": {"kind": "Pod", "namespace": "other", "name": "raw", "object": raw}}),
+        stream=subjects.HISTORY_STREAM)
+    snap = await wait_for(bus, [*IPC, *IDENT], lambda s: "10.244.1.60/32" in _ipcache(s))
     labels = {d["id"]: d["labels"] for d in live(snap, "identity.upsert")}
-    for prefix in ("10.244.1.60/32", "10.244.1.61/32"):
-        ident = labels[_ipcache(snap)[prefix]["identity"]]
-        assert "k8s:io.cilium.k8s.policy.serviceaccount=default" in ident
-        assert not [lbl for lbl in ident if "team" in lbl or "robot" in lbl or "host" in lbl]
+    ident = labels[_ipcache(snap)["10.244.1.60/32"]["identity"]]
+    assert "k8s:io.cilium.k8s.policy.serviceaccount=default" in ident
+    assert not [lbl for lbl in ident if "team" in lbl or "robot" in lbl]
+    assert "10.244.1.61/32" not in _ipcache(snap)
     stats = await _identity_stats(bus)
-    assert stats["labels_dropped"] == 3 and stats["pods_with_dropped_labels"] == 2, stats
+    assert stats["labels_dropped"] == 2 and stats["pods_with_dropped_labels"] == 1, stats
+    assert stats["rejected"] == 1, stats
     # Re-applying the same pod does not count its labels again.
     await source.apply(bus, manifests(pod("spoof", "other", {
         "app": "s", "io.cilium.k8s.namespace.labels.team": "a",
         "io.cilium.k8s.policy.serviceaccount": "robot", "v": "2"}, ip="10.244.1.60")))
     await wait_for(bus, IDENT, lambda s: any("k8s:v=2" in d["labels"]
                                              for d in live(s, "identity.upsert")))
-    assert (await _identity_stats(bus))["labels_dropped"] == 3
+    assert (await _identity_stats(bus))["labels_dropped"] == 2
