@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ from services.nodeagent.health import (
     DatapathHealth,
 )
 from services.nodeagent.lbstate import NODE_MAC_ANNOTATION, LbDirty, LbNodeState
-from services.nodeagent.patchplan import NodePlan, plan_node
+from services.nodeagent.patchplan import NodePlan, address_owners, plan_node, reassigned
 from services.nodeagent.state import Dirty, LocalEndpoint, NodeState
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ class NodeAgent:
         self.local: dict[str, LocalEndpoint] = {}
         self._dirty = Dirty(ipcache=True, endpoints=True, all_subjects=True)
         self._full: set[str] = set()                   # node parts to rewrite whole
+        self._owners: Mapping[str, tuple[int, str]] = {}   # pod addresses the ipcache map holds
         self._policy_subjects: frozenset[int] | None = None   # None: unknown, rewrite whole
         self._realized_policy: dict[int, int] = {}
         self._lock = asyncio.Lock()
@@ -175,6 +176,7 @@ class NodeAgent:
         self._subs: list[Subscription] = []
         self._core_subs: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._purges: set[asyncio.Task[None]] = set()   # flows of reassigned addresses
         self._retries: dict[str, asyncio.Task[None]] = {}
         self._drift_s = drift_interval()
         self._stop_flows = threading.Event()
@@ -208,6 +210,7 @@ class NodeAgent:
                                             name=f"agent-lb {self.cfg.name}",
                                             idle=self._on_lb_idle))
         start = await self._resume(bus)
+        self._owners = address_owners(self.node_state)
         sub = await bus.consume(INPUTS, self._on_event, name=f"agent {self.cfg.name}",
                                 start_seq=start, idle=self._on_idle)
         self._subs.append(sub)
@@ -223,9 +226,10 @@ class NodeAgent:
         self._stop_flows.set()
         for sub in self._subs:
             await sub.stop()
-        for task in [*self._tasks, *self._retries.values()]:
+        for task in [*self._tasks, *self._retries.values(), *self._purges]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._retries.values(), return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._retries.values(), *self._purges,
+                             return_exceptions=True)
         for core in self._core_subs:
             with contextlib.suppress(Exception):
                 await core.unsubscribe()
@@ -496,7 +500,7 @@ class NodeAgent:
         self.local[ep.ipv4] = LocalEndpoint(ep.id, ep.ipv4, ep.host_ifindex, ep.host_ifname,
                                             f"{ep.pod_namespace}/{ep.pod_name}")
 
-    def _purge_flows(self, ip: str) -> dict[str, str]:
+    def _purge_flows(self, ips: Sequence[str]) -> dict[str, str]:
         """Forget the conntrack and LB flows of an address: a deleted endpoint's flows go with
         it, and a new endpoint on a reused address inherits none. Runs in a worker thread;
         returns the failures by part for the loop to record."""
@@ -505,15 +509,15 @@ class NodeAgent:
                             (PART_LB_CT, self.lb_maps.purge if self.lb_maps else None)):
             if purge is not None:
                 try:
-                    purge([ip])
+                    purge(ips)
                 except DatapathError as exc:
-                    failed[part] = f"purging the flows of {ip} failed: {exc}"
+                    failed[part] = f"purging the flows of {', '.join(ips)} failed: {exc}"
         return failed
 
-    async def _purge(self, ip: str) -> None:
+    async def _purge(self, *ips: str) -> None:
         """:meth:`_purge_flows` off the loop; a failure is its part's error until the next
         successful collection of that map."""
-        for part, message in (await asyncio.to_thread(self._purge_flows, ip)).items():
+        for part, message in (await asyncio.to_thread(self._purge_flows, ips)).items():
             log.warning("%s", message)
             self.health.failed(part, message)
 
@@ -598,6 +602,13 @@ class NodeAgent:
                     self._full.discard(part)
                     if part == PART_POLICY:
                         self._policy_subjects = plan.local_subjects
+                    if part == PART_IPCACHE and plan.owners is not None:
+                        gone = reassigned(self._owners, plan.owners)
+                        self._owners = plan.owners
+                        if gone:    # off the patch path: it reads the whole flow maps
+                            task = asyncio.create_task(self._purge(*gone))
+                            self._purges.add(task)
+                            task.add_done_callback(self._purges.discard)
             self.readiness.patched()    # settle CNI ADDs waiting for their endpoint
             if self.health.failing(NODE_PARTS):
                 return False

@@ -22,6 +22,7 @@ from types import MappingProxyType
 
 from services.common.identities import ID_INIT
 from services.common.policytypes import PolicyKey, Verdict
+from services.common.subjects import IPCACHE_SOURCE_K8S
 from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
 from services.nodeagent.health import PART_ENDPOINTS, PART_IPCACHE, PART_POLICY
 from services.nodeagent.state import Dirty, LocalEndpoint, NodeState
@@ -47,6 +48,8 @@ class NodePlan:
     endpoints: Mapping[str, EndpointEntry] | None = None
     policy: PolicyPatch | None = None
     parts: tuple[str, ...] = field(default=())
+    # with the ipcache part: who each pod address is (identity, pod) as of ``revision``
+    owners: Mapping[str, tuple[int, str]] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.parts)
@@ -73,9 +76,10 @@ def plan_node(state: NodeState, dirty: Dirty, endpoints: Iterable[LocalEndpoint]
     identities = {ep.ip: state.endpoint_identity(ep) for ep in eps}
     local = frozenset(set(identities.values()) - {ID_INIT})
     parts: list[str] = []
-    ipcache = endpoint_entries = None
+    ipcache = endpoint_entries = owners = None
     if (dirty.ipcache or PART_IPCACHE in full) and PART_IPCACHE not in skip:
         ipcache = MappingProxyType(state.desired_ipcache())
+        owners = MappingProxyType(address_owners(state))
         parts.append(PART_IPCACHE)
     if (dirty.endpoints or PART_ENDPOINTS in full) and PART_ENDPOINTS not in skip:
         endpoint_entries = MappingProxyType(state.desired_endpoints(eps))
@@ -95,5 +99,20 @@ def plan_node(state: NodeState, dirty: Dirty, endpoints: Iterable[LocalEndpoint]
         parts.append(PART_POLICY)
     return NodePlan(state.revision, local, MappingProxyType(state.realized(sorted(local))),
                     MappingProxyType(identities), ipcache, endpoint_entries, policy,
-                    tuple(parts))
+                    tuple(parts), owners)
+
+
+def address_owners(state: NodeState) -> dict[str, tuple[int, str]]:
+    """Pod address -> (identity, pod) of every pod ipcache entry."""
+    return {prefix.removesuffix("/32"): (rec.identity, rec.pod)
+            for prefix, rec in state.ipcache.items()
+            if rec.origin == IPCACHE_SOURCE_K8S and prefix.endswith("/32")}
+
+
+def reassigned(before: Mapping[str, tuple[int, str]],
+               after: Mapping[str, tuple[int, str]]) -> list[str]:
+    """Addresses whose pod went away or whose identity or pod changed: flows tracked for them
+    belong to an endpoint that is gone, and must not let the next owner's packets through as
+    replies."""
+    return sorted(addr for addr, owner in before.items() if after.get(addr) != owner)
 

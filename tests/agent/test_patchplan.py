@@ -18,7 +18,7 @@ from services.nodeagent.health import (
     DatapathHealth,
     backoff_delay,
 )
-from services.nodeagent.patchplan import plan_node
+from services.nodeagent.patchplan import address_owners, plan_node, reassigned
 from services.nodeagent.state import Dirty, LocalEndpoint, NodeState
 from services.policy import Repository, messages, parse_policy
 from services.policy.service import to_outgoing
@@ -139,3 +139,20 @@ def test_drift_is_counted_per_map() -> None:
     h.retrying(PART_LB)
     assert h.stats() == {"error": "", "errors": {}, "drift": {"ipcache": 3, "lb_services": 3},
                          "retries": {PART_LB: 1}}
+
+
+def test_an_address_whose_pod_goes_or_changes_is_reassigned() -> None:
+    state = _state()
+    before = address_owners(state)
+    assert before == {DB_IP: (DB, "prod/db"), API_IP: (API, "prod/api")}
+    plan = plan_node(state, Dirty(ipcache=True), EPS, None)
+    assert plan.owners == before
+    # api's pod goes, db's address now belongs to a new pod of the same identity
+    state.apply("cilia.ipcache.k8s.x", "ipcache.delete", {"prefix": f"{API_IP}/32"}, 90)
+    state.apply("cilia.ipcache.k8s.x", "ipcache.upsert",
+                {"prefix": f"{DB_IP}/32", "identity": DB, "host_ip": "172.31.0.11",
+                 "node": "n1", "pod": "prod/db-2"}, 91)
+    after = plan_node(state, Dirty(ipcache=True), EPS, None).owners
+    assert after is not None
+    assert reassigned(before, after) == [DB_IP, API_IP]
+    assert reassigned(after, after) == []

@@ -178,3 +178,25 @@ def test_a_reused_address_starts_without_conntrack_entries(lab: Cluster,
     inherited = [e for e in _entries_of(node, addr) if e.created_ns < before]
     assert inherited == [], "the new pod inherited conntrack entries"
     lab.ok("delete", "-f", str(second))
+
+
+def test_a_deleted_remote_pod_leaves_no_conntrack_entries_on_other_nodes(
+        lab: Cluster, tmp_path: Path) -> None:
+    """The frontend's node tracked flows with a pod on the other node; once that pod is gone
+    (its ipcache entry deleted), those entries go too, so a later owner of the address
+    cannot pass packets there as replies."""
+    where = deploy(lab)
+    here = where.nodes["frontend"]
+    there = next(n for n in where.nodes.values() if n != here)
+    manifest = tmp_path / "remote.yaml"
+    manifest.write_text(REUSE_POD.format(name="remote-a", ns=NS, node=there))
+    lab.ok("apply", "-f", str(manifest))
+    lab.wait("remote-a has an endpoint",
+             lambda: any(e["pod"] == f"{NS}/remote-a" for e in lab.endpoints()))
+    addr = next(e["ipv4"] for e in lab.endpoints() if e["pod"] == f"{NS}/remote-a")
+    assert lab.connect("deploy/frontend", NS, addr, 80) == "OK"
+    assert _entries_of(here, addr), "the frontend's node tracks the flow"
+
+    lab.ok("delete", "-f", str(manifest))
+    lab.wait("the frontend's node forgot the address's flows",
+             lambda: _entries_of(here, addr) == [])

@@ -118,8 +118,13 @@ int cil_to_pod(struct __sk_buff *skb)
 		return ret;
 	if (pi.frag != PKT_FRAG_LATER && svc_reverse_nat(skb, &t) < 0)
 		return TC_ACT_SHOT;
+	/* Fail closed: what leaves for the pod must be for the endpoint behind this very veth
+	 * (before its entry exists, or when the veth is another's, nothing gets in). */
 	ep = endpoint_lookup(t.daddr);
-	if (!ep)
-		return TC_ACT_OK;
+	if (!ep || (ep->ifindex && ep->ifindex != skb->ifindex)) {
+		emit_flow(skb, &t, CILIA_DIR_INGRESS, FLOW_VERDICT_DROPPED, DROP_NO_LXC,
+			  ipcache_identity(t.saddr), CILIA_ID_UNKNOWN, 0);
+		return TC_ACT_SHOT;
+	}
 	return enforce(skb, &t, &pi, ep, CILIA_DIR_INGRESS);
 }

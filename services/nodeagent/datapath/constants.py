@@ -92,6 +92,7 @@ REASON_POLICY_ALLOWED = 1
 REASON_NOT_ENFORCED = 2
 DROP_INVALID_SOURCE = 132
 DROP_POLICY = 133
+DROP_NO_LXC = 152              # to a pod veth, but no endpoint of it for the destination
 DROP_POLICY_DENY = 181
 DROP_NO_SERVICE = 158          # a service frontend without backends (lib/lb.h)
 DROP_NO_TUNNEL_ENDPOINT = 160  # tunnel mode: no node for the destination (lib/overlay.h)
@@ -116,6 +117,7 @@ REASON_NAMES = {
     REASON_NOT_ENFORCED: "policy not enforced",
     DROP_INVALID_SOURCE: "invalid source ip",
     DROP_POLICY: "policy denied",
+    DROP_NO_LXC: "no matching local container found",
     DROP_POLICY_DENY: "policy denied by deny rule",
 }
 

@@ -14,6 +14,7 @@
 /* Drop reasons, with Cilium's numbers. */
 #define DROP_INVALID_SOURCE 132 /* source address is not the endpoint behind this veth */
 #define DROP_POLICY 133         /* default deny: no policy entry allows the flow */
+#define DROP_NO_LXC 152         /* no endpoint behind this veth for the destination */
 #define DROP_POLICY_DENY 181    /* a deny entry matched */
 
 struct flow_event {
