@@ -146,13 +146,8 @@ def bpf_metrics() -> None:
     """The datapath's verdict counters."""
 
 
-@bpf_metrics.command("list")
-@click.option("--node", default=None)
-@output_option
-@pass_ctx
-def bpf_metrics_list(ctx: CliContext, node: str | None, output: str) -> None:
-    """Packets and bytes by verdict reason and direction, from the kernel (like
-    `cilium-dbg bpf metrics list`): every drop, and the new flows forwarded."""
+def metrics_rows(ctx: CliContext, node: str | None) -> list[dict[str, Any]]:
+    """The verdict counters of every node with maps here (or one), by reason and direction."""
     rows = []
     for name in nodes_with_maps(ctx, node):
         with _open(name) as maps:
@@ -168,13 +163,28 @@ def bpf_metrics_list(ctx: CliContext, node: str | None, output: str) -> None:
                   "verdict": "FORWARDED" if r.code < FORWARD_REASON_LIMIT else "DROPPED",
                   "direction": r.direction, "packets": r.packets, "bytes": r.bytes}
                  for r in counts]
+    return rows
+
+
+def render_metrics(rows: list[dict[str, Any]]) -> str:
+    return tabulate([[r["reason"], r["direction"].upper(), r["packets"], r["bytes"],
+                      r["node"]] for r in rows],
+                    headers=["REASON", "DIRECTION", "PACKETS", "BYTES", "NODE"],
+                    tablefmt="plain")
+
+
+@bpf_metrics.command("list")
+@click.option("--node", default=None)
+@output_option
+@pass_ctx
+def bpf_metrics_list(ctx: CliContext, node: str | None, output: str) -> None:
+    """Packets and bytes by verdict reason and direction, from the kernel (like
+    `cilium-dbg bpf metrics list`): every drop, and the new flows forwarded."""
+    rows = metrics_rows(ctx, node)
     if output == "json":
         print_json(rows)
         return
-    click.echo(tabulate([[r["reason"], r["direction"].upper(), r["packets"], r["bytes"],
-                          r["node"]] for r in rows],
-                        headers=["REASON", "DIRECTION", "PACKETS", "BYTES", "NODE"],
-                        tablefmt="plain"))
+    click.echo(render_metrics(rows))
 
 
 @bpf_group.group("policy")

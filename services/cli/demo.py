@@ -16,19 +16,28 @@ from tabulate import tabulate
 
 from services.cli import controlplane, manifests, source
 from services.cli._context import CliContext, pass_ctx
-from services.cli.agentcli import endpoint_rows, format_flow, recent_flows
+from services.cli.agentcli import (
+    endpoint_rows,
+    format_flow,
+    metrics_rows,
+    recent_flows,
+    render_metrics,
+)
 from services.cli.connectivity import run_connectivity
 from services.cli.connectivity_checks import render_summary, summary
+from services.cli.endpointcli import endpoint_details
 from services.cli.identity import format_identities, list_identities
 from services.cli.labcli import start_lab
 from services.cli.service import read_view, render_services, service_rows
 from services.cli.status import read_status, render
+from services.common import subjects
 from services.common.bus import NATS_URL_ENV, Bus
 from services.common.embedded import free_port
-from services.common.errors import CiliaError
-from services.common.roles import SOURCE
+from services.common.errors import CiliaError, PermissionDenied
+from services.common.roles import SOURCE, agent_role
 from services.lab import Kubelet, exec_in_netns, exec_in_pod, load_lab
 from services.lab import down as lab_down
+from services.policy.compiler import SubjectPolicy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 THREE_TIER = EXAMPLES / "three-tier"
@@ -43,6 +52,9 @@ PAIRS = [("frontend", "backend", 8080), ("frontend", "database", 5432),
          ("backend", "database", 5432), ("backend", "frontend", 80),
          ("database", "frontend", 80), ("database", "backend", 8080)]
 CONNECT = str(Path(sys.executable).parent / "cilia-connect")
+SPOOF = EXAMPLES / "fail-closed" / "spoofed-pod.yaml"
+SPOOF_NS, SPOOF_POD = "intruder", "spoof"
+BACKEND_PORT = 8080
 # the short connectivity run at the end (the whole suite: `cilia connectivity test`)
 CONNECTIVITY_TESTS = ("^pod-to-", "external-to-nodeport", "dns", "^client-egress$",
                       "to-entities-world")
@@ -85,6 +97,43 @@ def verdict_matrix(eps: dict[str, dict[str, Any]]) -> str:
                                                                       strict=True)]
     return tabulate(rows, headers=["FROM (IDENTITY)", "TO (IDENTITY)", "VERDICT"],
                     tablefmt="simple")
+
+
+def fail_closed(ctx: CliContext, runtime: Kubelet, eps: dict[str, dict[str, Any]]) -> None:
+    """A forged pod and a forged bus message, both refused; the kernel's drop counters."""
+    step("fail closed: a pod in namespace intruder claims production's frontend labels")
+    spoof = manifests.load([str(SPOOF)])
+    for outcome in ctx.run(lambda bus: source.apply(bus, spoof, runtime), role=SOURCE):
+        click.echo(f"    {outcome}")
+    backend = eps["backend"]
+    proc = exec_in_pod(SPOOF_POD, [CONNECT, backend["ipv4"], str(BACKEND_PORT), "--timeout",
+                                   str(PROBE_TIMEOUT_S)],
+                       namespace=SPOOF_NS, lab=LAB, capture=True, timeout=30)
+    verdict = "ALLOWED" if proc.returncode == 0 else "DENIED"
+    click.echo(f"    {SPOOF_NS}/{SPOOF_POD} -> backend:{BACKEND_PORT} {verdict}")
+    for ep in endpoint_details(ctx, f"{SPOOF_NS}/{SPOOF_POD}", None):
+        dropped = ep["status"]["labels"]["dropped"]
+        click.echo(f"    cilia endpoint get {SPOOF_NS}/{SPOOF_POD}: identity "
+                   f"{ep['status']['identity']['id']}, dropped labels:")
+        for d in dropped:
+            click.echo(f"      {d['key']}={d['value']}  ({d['reason']})")
+    node = load_lab(LAB).plan.nodes[0].name
+    step(f"fail closed: node {node}'s agent tries to open the backend's policy on the bus")
+
+    async def forge(bus: Bus) -> str:
+        rules = SubjectPolicy(backend["identity"]).to_dict() | {"revision": 1}
+        try:
+            await bus.publish(subjects.policy_rules(backend["identity"]), "policy.rules",
+                              rules, msg_id=f"demo-forged/{time.time_ns()}")
+        except PermissionDenied as exc:
+            return f"refused: {exc}"
+        return "stored (the bus has no authorization!)"
+
+    click.echo("    " + ctx.run(forge, "cilia-demo-forger", role=agent_role(node)))
+    step("cilia bpf metrics list  (drops by reason, from the kernel)")
+    rows = [r for r in metrics_rows(ctx, None) if r["verdict"] == "DROPPED"]
+    for line in render_metrics(rows).splitlines():
+        click.echo(f"    {line}")
 
 
 @click.command()
@@ -138,6 +187,7 @@ def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
                                  [CONNECT, node_ip, str(NODE_PORT), "--timeout", "2"],
                                  capture=True, timeout=30)
             click.echo(f"    {node_ip}:{NODE_PORT} -> {proc.stdout.decode().strip()}")
+        fail_closed(demo_ctx, runtime, eps)
         step("cilia observe --verdict DROPPED")
 
         async def drops(bus: Bus) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -44,6 +45,12 @@ def test_demo_runs_and_cleans_up() -> None:
         assert lines["backend database:5432"] == "ALLOWED"
         assert "172.31.0.11:30080 -> OK" in out and "172.31.0.12:30080 -> OK" in out
         assert "DROPPED (policy denied" in out
+        # fail closed: the forged labels are dropped and the pod denied; the forged policy
+        # message is refused by the bus; the kernel counts the drops by reason
+        assert "intruder/spoof -> backend:8080 DENIED" in out
+        assert "io.kubernetes.pod.namespace=production  (namespace)" in out
+        assert "refused: " in out and "publish to cilia.policy.rules." in out
+        assert re.search(r"policy denied\s+INGRESS\s+[1-9]", out), out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     assert not _demo_netns()
