@@ -33,6 +33,7 @@ from services.cli import source
 from services.cli.manifests import Manifest, validate_document
 from services.common.bus import Bus
 from services.common.identities import ID_INIT
+from services.common.roles import SOURCE
 from services.lab import Kubelet
 from services.lab.podspec import PodSpec
 from services.nodeagent.datapath import open_maps
@@ -104,7 +105,7 @@ class Side:
         os.environ.update({k: self.lab.env[k] for k in LAB_ENV})
 
     async def start(self) -> None:
-        self.bus = await Bus.connect(self.lab.url, "bench")
+        self.bus = await self.lab.bus(SOURCE, "bench")     # applies, as `cilia apply` does
         await source.apply(self.bus, [
             Manifest("bench", 0, validate_document(
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})),
