@@ -12,8 +12,8 @@ from services.policy import Section, identity_for_address, parse_policy
 from tests.policy.policy_helpers import EXAMPLES, build, load_docs, pod, verdict
 
 SEED_DIR = EXAMPLES / "policies"
-# shared/ lies beside the repository (in CI too).
-SEED_TEXT = Path(__file__).resolve().parents[3] / "shared" / "seed" / "cilium-track-part1.txt"
+# A copy of the tutorial (the seed) the examples are taken from: a clone has nothing beside it.
+SEED_TEXT = Path(__file__).resolve().parent / "data" / "cilium-track-part1.txt"
 SEEDS = sorted(SEED_DIR.glob("seed-*.yaml"))
 
 FRONTEND = pod(app="frontend", tier="web")
