@@ -117,7 +117,7 @@ def measure(imports: int, env: dict[str, str] | None = None,
     """One propagation run on a fresh 1-node cluster (``env`` reaches every process; ``secure``
     False: an open bus, no TLS and no auth)."""
     with temp_cluster(nodes=1, prefix="cilia-bench-", extra_env=env, secure=secure) as lab:
-        lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
+        lab.ok("apply", "-f", str(EXAMPLES / "00-namespace.yaml"), "-f",
                str(EXAMPLES / "deployments.yaml"))
         lab.wait("endpoints", lambda: len([e for e in lab.endpoints()
                                            if e["identity"] >= 256]) == 3)

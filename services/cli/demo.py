@@ -41,7 +41,7 @@ from services.policy.compiler import SubjectPolicy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 THREE_TIER = EXAMPLES / "three-tier"
-APP_FILES = ("namespace.yaml", "deployments.yaml", "services.yaml", "frontend-nodeport.yaml")
+APP_FILES = ("00-namespace.yaml", "deployments.yaml", "services.yaml", "frontend-nodeport.yaml")
 NODE_PORT = 30080
 LAB = "demo"
 NS = "production"

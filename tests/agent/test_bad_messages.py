@@ -77,7 +77,7 @@ spec:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Cluster]:
     with temp_cluster(nodes=2, prefix="cilia-bad-") as c:
-        c.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
+        c.ok("apply", "-f", str(EXAMPLES / "00-namespace.yaml"), "-f",
              str(EXAMPLES / "deployments.yaml"), "-f", str(EXAMPLES / "services.yaml"),
              "-f", str(EXAMPLES / "policy.yaml"))
         c.wait("endpoints", lambda: len([e for e in c.endpoints()

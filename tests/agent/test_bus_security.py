@@ -53,7 +53,7 @@ async def _refused(bus: Bus, subject: str, event_type: str, data: dict[str, Any]
 
 
 def test_an_agent_cannot_publish_policy_and_no_map_changes(lab: Cluster) -> None:
-    lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
+    lab.ok("apply", "-f", str(EXAMPLES / "00-namespace.yaml"), "-f",
            str(EXAMPLES / "deployments.yaml"), "-f", str(EXAMPLES / "services.yaml"),
            "-f", str(EXAMPLES / "policy.yaml"))
     lab.wait("backend and database enforced", lambda: sum(

@@ -59,7 +59,7 @@ def _agent(lab: Cluster) -> dict[str, Any]:
 
 def test_drift_is_put_back_counted_and_shown(lab: Cluster) -> None:
     three = EXAMPLES / "three-tier"
-    lab.ok("apply", "-f", str(three / "namespace.yaml"), "-f", str(three / "deployments.yaml"),
+    lab.ok("apply", "-f", str(three / "00-namespace.yaml"), "-f", str(three / "deployments.yaml"),
            "-f", str(three / "policy.yaml"), "-f",
            str(EXAMPLES / "services" / "echo-clusterip.yaml"))
     lab.wait("six pods with identities", lambda: len(

@@ -9,7 +9,7 @@ from services.common.roles import CLI
 from tests.support.cluster import Cluster
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
-APP = ("-f", str(EXAMPLES / "namespace.yaml"), "-f", str(EXAMPLES / "deployments.yaml"))
+APP = ("-f", str(EXAMPLES / "00-namespace.yaml"), "-f", str(EXAMPLES / "deployments.yaml"))
 
 
 def test_lab_down_up_and_reapply(lab: Cluster) -> None:

@@ -80,7 +80,7 @@ def _agent_stats(lab: Cluster) -> dict[str, object]:
 
 
 def test_agent_restart_keeps_traffic_and_policy(lab: Cluster, tmp_path: Path) -> None:
-    lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
+    lab.ok("apply", "-f", str(EXAMPLES / "00-namespace.yaml"), "-f",
            str(EXAMPLES / "deployments.yaml"), "-f", str(EXAMPLES / "policy.yaml"))
     lab.wait("three enforced-or-open endpoints", lambda: sum(
         e["ingress_enforcement"] for e in lab.endpoints()) == 2)

@@ -11,7 +11,7 @@ NS = "production"
 
 
 def test_clusterip_and_policy_through_the_service(lab: Cluster) -> None:
-    lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
+    lab.ok("apply", "-f", str(EXAMPLES / "00-namespace.yaml"), "-f",
            str(EXAMPLES / "deployments.yaml"), "-f", str(EXAMPLES / "services.yaml"))
     lab.wait("endpoints", lambda: len([e for e in lab.endpoints()
                                        if e["identity"] >= 256]) == 3)

@@ -18,7 +18,7 @@ def _enforced(lab: Cluster, app: str) -> bool:
 
 
 def test_three_tier_policy_with_real_packets(lab: Cluster) -> None:
-    lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
+    lab.ok("apply", "-f", str(EXAMPLES / "00-namespace.yaml"), "-f",
            str(EXAMPLES / "deployments.yaml"))
     lab.wait("three endpoints with identities", lambda: len(
         [e for e in lab.endpoints() if e["identity"] >= 256]) == 3)

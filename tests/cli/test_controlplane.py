@@ -14,6 +14,8 @@ from tests.support.cli import cilia
 from tests.support.securebus import secured_bus
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
+# The Exercise 1 pods as bare pods with addresses (no lab runs them here).
+PODS = Path(__file__).resolve().parents[1] / "support" / "data" / "three-tier-pods.yaml"
 
 
 def _alive(pid: int) -> bool:
@@ -42,8 +44,8 @@ def test_up_apply_list_status_down(tmp_path: Path) -> None:
         again = cilia("up", "--port", str(free_port()), env=env)
         assert again.returncode == 1 and "already running" in again.stderr
 
-        res = cilia("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
-                    str(EXAMPLES / "pods.yaml"), env=env)
+        res = cilia("apply", "-f", str(EXAMPLES / "00-namespace.yaml"), "-f",
+                    str(PODS), env=env)
         assert res.returncode == 0, res.stderr
         rows = []
         for _ in range(50):

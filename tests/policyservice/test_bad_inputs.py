@@ -27,7 +27,9 @@ from tests.support.cli import cilia
 from tests.support.procs import service
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
-THREE_TIER = [str(EXAMPLES / f) for f in ("namespace.yaml", "pods.yaml", "policy.yaml")]
+# The Exercise 1 pods as bare pods with addresses (no lab runs them here).
+PODS = Path(__file__).resolve().parents[1] / "support" / "data" / "three-tier-pods.yaml"
+THREE_TIER = [str(EXAMPLES / "00-namespace.yaml"), str(PODS), str(EXAMPLES / "policy.yaml")]
 NS = "production"
 POLICY = "backend-allow-frontend"
 READY_S = 30.0

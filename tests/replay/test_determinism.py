@@ -43,7 +43,7 @@ class Replayed:
 def replayed(lab2: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Replayed:
     """The scripted changes, then the exported history folded into fresh reducers."""
     lab = lab2
-    lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
+    lab.ok("apply", "-f", str(EXAMPLES / "00-namespace.yaml"), "-f",
            str(EXAMPLES / "deployments.yaml"), "-f", str(EXAMPLES / "services.yaml"))
     lab.wait("three endpoints with identities", lambda: len(
         [e for e in lab.endpoints() if e["identity"] >= 256]) == 3)

@@ -19,7 +19,7 @@ def test_policy_import_is_one_trace_down_to_each_agents_map_patch(receiver: Rece
     tmp = Path(tempfile.mkdtemp(prefix="cilia-trace-"))
     try:
         with cluster(tmp, nodes=2, extra_env=env) as lab:
-            lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
+            lab.ok("apply", "-f", str(EXAMPLES / "00-namespace.yaml"), "-f",
                    str(EXAMPLES / "deployments.yaml"))
             lab.wait("pods on both nodes", lambda: len(
                 {e["node"] for e in lab.endpoints() if e["identity"] >= 256}) == 2)

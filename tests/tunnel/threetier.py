@@ -45,7 +45,7 @@ class Placement:
 
 def deploy(lab: Cluster) -> Placement:
     """Apply the example's namespace and deployments; wait for identities."""
-    lab.ok("apply", "-f", str(EXAMPLES / "namespace.yaml"), "-f",
+    lab.ok("apply", "-f", str(EXAMPLES / "00-namespace.yaml"), "-f",
            str(EXAMPLES / "deployments.yaml"))
     lab.wait("three endpoints with identities", lambda: len(
         [e for e in lab.endpoints() if e["identity"] >= 256]) == 3)
