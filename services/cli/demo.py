@@ -41,6 +41,8 @@ from services.policy.compiler import SubjectPolicy
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 THREE_TIER = EXAMPLES / "three-tier"
+# examples/three-tier/ without its policy (applied after the first verdict matrix); the whole
+# folder at once is `cilia apply -f examples/three-tier/`.
 APP_FILES = ("00-namespace.yaml", "deployments.yaml", "services.yaml", "frontend-nodeport.yaml")
 NODE_PORT = 30080
 LAB = "demo"
@@ -159,7 +161,8 @@ def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
             click.echo(f"    {line}")
         node_ips = [str(n.node_ip) for n in load_lab(LAB).plan.nodes]
         runtime = Kubelet(LAB)
-        step("cilia apply -f examples/three-tier/  (namespace, deployments, services)")
+        step("cilia apply " + " ".join(f"-f examples/three-tier/{f}" for f in APP_FILES)
+             + "  (all but the policy)")
         app = manifests.load([str(THREE_TIER / f) for f in APP_FILES])
         for outcome in demo_ctx.run(lambda bus: source.apply(bus, app, runtime), role=SOURCE):
             click.echo(f"    {outcome}")
@@ -170,7 +173,8 @@ def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
         eps = _apps(endpoint_rows(demo_ctx, None))
         step("verdict matrix without policy (real connections)")
         click.echo(verdict_matrix(eps))
-        step("cilia apply -f examples/three-tier/policy.yaml  (the seed's Exercise 1)")
+        step("cilia apply -f examples/three-tier/policy.yaml  (the seed's Exercise 1; "
+             "the whole folder is applied now)")
         pol = manifests.load([str(THREE_TIER / "policy.yaml")])
         for outcome in demo_ctx.run(lambda bus: source.apply(bus, pol), role=SOURCE):
             click.echo(f"    {outcome}")
