@@ -1,9 +1,10 @@
 """Every example folder applies as a folder (`cilia apply -f examples/<name>/`) on a fresh lab.
 
-One one-node lab for all of them, in the order the folders' READMEs give: three-tier first (the
-namespace and pods the others refer to), kube-dns, then policies, fail-closed and services, each
-applied, checked for what it created (endpoints, services, policies, a packet where the README
-promises one) and deleted again; three-tier and kube-dns are deleted last, leaving nothing.
+A single one-node lab for all of them, in the order the folders' READMEs give: three-tier
+first (the namespace and pods the others refer to), kube-dns, then policies, fail-closed and
+services, each applied, checked for what it created (endpoints, services, policies, a packet
+where the README promises one) and deleted again; three-tier and kube-dns are deleted last,
+leaving nothing.
 """
 
 from __future__ import annotations
