@@ -76,7 +76,7 @@ class EndpointReport:
 @dataclass(frozen=True)
 class PublishedIp:
     """What this service last published on ``cilia.ipcache.k8s.<ip>`` for a pod's address
-    (not the datapath's ipcache entry, :class:`services.nodeagent.datapath.encode.IpcacheEntry`)."""
+    (the datapath's ipcache map entry is another thing: ``IpcacheEntry``)."""
 
     identity: int
     host_ip: str
