@@ -54,8 +54,8 @@ from services.common.errors import CiliaError
 from services.common.objects import ObjectError
 from services.common.roles import SOURCE
 from services.common.runner import STATE_OK
+from services.common.world import WORLD_IPS
 from services.lab import Kubelet, exec_in_pod
-from services.lab.plan import WORLD_IPS
 from services.lab.podexec import exec_in_netns
 from services.lab.state import load_lab
 from services.lb.client import read_view

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.clusterdns import resolv_conf
+from services.common.paths import write_json_atomic
 from services.common.tracing import inject_headers
 from services.lab import cniexec
 from services.lab import netns as ns
-from services.lab._workload import start_client, start_workload
+from services.lab._workload import start_client, start_dns, start_workload
 from services.lab.errors import (
     CniInvokeError,
     LabError,
@@ -47,7 +49,6 @@ from services.lab.podspec import (
 from services.lab.state import cni_conf_path, lab_dir, lab_lock, load_lab, log_dir
 from services.lab.topology import DEFAULT_LAB
 from services.nodeagent.cni.spec import TRACEPARENT_ARG
-from services.nodeagent.ipam import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +315,6 @@ class Kubelet:
                         node: str) -> ns.ProcRef:
         logfile = log_dir(self.lab) / f"pod-{spec.namespace}_{spec.name}.log"
         if _image(pod) == DNS_IMAGE:
-            from services.dns.launch import start_dns  # the cluster DNS server (kube-dns)
-
             return start_dns(netns, spec.name, spec.namespace, node, logfile)
         if _image(pod) == CLIENT_IMAGE:
             return start_client(netns, spec.name, spec.namespace, client_targets(pod), logfile)
@@ -324,8 +323,6 @@ class Kubelet:
 
     def _write_resolv_conf(self, spec: PodSpec, netns: str) -> str:
         """The pod's resolv.conf (kube-dns, search domains), bind-mounted by ``exec``."""
-        from services.dns.records import resolv_conf
-
         path = lab_dir(self.lab) / "resolv" / f"{netns}.conf"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(resolv_conf(spec.namespace), encoding="utf-8")

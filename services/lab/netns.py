@@ -27,10 +27,9 @@ from typing import IO, Any
 
 from pyroute2 import netns as pr_netns
 
+from services.common.netns import NETNS_RUN_DIR, netns_path, run_in_netns, setns_net
 from services.lab.errors import TopologyError
-from services.nodeagent.endpoints import run_in_netns, setns_net
 
-NETNS_RUN_DIR = Path("/run/netns")
 CLONE_NEWNS = 0x00020000    # a private mount namespace (the pod's resolv.conf)
 MS_BIND = 0x1000
 MS_REC = 0x4000
@@ -41,11 +40,6 @@ TERM_GRACE = 2.0            # seconds between SIGTERM and SIGKILL
 POLL_INTERVAL = 0.02
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-
-def netns_path(name: str) -> str:
-    """The bind-mount path of a named netns (what CNI_NETNS carries)."""
-    return str(NETNS_RUN_DIR / name)
 
 
 def netns_exists(name: str) -> bool:

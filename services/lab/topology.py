@@ -23,6 +23,9 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from services.common.netns import off_loop, open_iproute
+from services.common.paths import PIN_ROOT, run_root, state_root, write_json_atomic
+from services.common.world import WORLD_IPS
 from services.lab import netns as ns
 from services.lab._workload import start_workload
 from services.lab.errors import LabError, LabExistsError, TopologyError, WorkloadError
@@ -32,7 +35,6 @@ from services.lab.plan import (
     EXTERNAL_PORT,
     NODE_UPLINK,
     UNDERLAY_CIDR,
-    WORLD_IPS,
     LabPlan,
     NodePlan,
     lab_prefix,
@@ -55,15 +57,7 @@ from services.nodeagent.datapath.overlay import (
     ROUTING_NATIVE,
     overlay_mtu,
 )
-from services.nodeagent.endpoints import (
-    BPFFS_ROOT,
-    NodeConfig,
-    off_loop,
-    open_iproute,
-    run_root,
-    state_root,
-)
-from services.nodeagent.ipam import write_json_atomic
+from services.nodeagent.endpoints import NodeConfig
 
 log = logging.getLogger("cilia.lab")
 
@@ -398,11 +392,11 @@ def _teardown(name: str, state: LabState | None) -> DownReport:
             report.netns.append(netns)
     node_re = re.compile(rf"^{re.escape(name)}-node\d+$")
     node_names = {n.name for n in state.plan.nodes} if state else set()
-    for root in (BPFFS_ROOT, run_root(), state_root() / "nodes"):
+    for root in (PIN_ROOT, run_root(), state_root() / "nodes"):
         if root.is_dir():
             node_names.update(p.name for p in root.iterdir() if node_re.match(p.name))
     for node in sorted(node_names):
-        pins = BPFFS_ROOT / node
+        pins = PIN_ROOT / node
         if pins.exists():
             shutil.rmtree(pins, ignore_errors=True)
             report.pins.append(str(pins))

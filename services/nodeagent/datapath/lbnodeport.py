@@ -18,6 +18,7 @@ import hashlib
 
 from bcc import BPF
 
+from services.common.netns import open_iproute
 from services.nodeagent.datapath import constants as c
 from services.nodeagent.datapath._byteorder import ip_to_be32
 from services.nodeagent.datapath.backend import PinnedMapBackend
@@ -28,7 +29,6 @@ from services.nodeagent.datapath.loader import (
     expand_includes,
 )
 from services.nodeagent.datapath.twins import LbConfig
-from services.nodeagent.endpoints import open_iproute
 
 NODEPORT_SOURCE = "bpf_nodeport.c"
 PROG_FROM_NETDEV = "cil_from_netdev"   # tc ingress of the underlay interface
