@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from bcc import libbcc
 
+from services.common.netns import open_iproute
+from services.common.paths import PIN_ROOT
 from services.lab import Kubelet, LabExistsError, down, load_lab, up
 from services.lab import netns as ns
 from services.lab.errors import LabNotFoundError, TopologyError
 from services.lab.state import lab_dir, node_run_dir, node_state_dir
-from services.nodeagent.endpoints import BPFFS_ROOT, open_iproute
 from tests.lab.conftest import root_snapshot, unique_lab
 
 BPF_MAP_TYPE_HASH = 1
@@ -92,7 +93,7 @@ def test_up_two_nodes_then_down_leaves_nothing(lab_dirs: Any) -> None:
         workload = ns.ProcRef.from_json(rec["runtime"]["workload"])
         assert ns.is_alive(workload)
 
-        pins = [BPFFS_ROOT / n.name / "cilia_test" for n in plan.nodes]
+        pins = [PIN_ROOT / n.name / "cilia_test" for n in plan.nodes]
         for pin in pins:
             pin_a_map(pin)
         assert root_snapshot().links == before.links
@@ -119,7 +120,7 @@ def test_down_without_state_still_sweeps(lab_dirs: Any) -> None:
     """A crash mid-up leaves namespaces but maybe no state: down finds them by prefix."""
     name = unique_lab()
     ns.create_netns(f"cilia-{name}-node1")
-    pin = BPFFS_ROOT / f"{name}-node1" / "m"
+    pin = PIN_ROOT / f"{name}-node1" / "m"
     try:
         pin_a_map(pin)
     finally:
