@@ -26,6 +26,7 @@ from services.nodeagent.datapath.errors import AttachError, ProgramLoadError, Ve
 from services.nodeagent.datapath.loader import (
     _capture_stderr,
     attach_fds,
+    detach,
     expand_includes,
 )
 from services.nodeagent.datapath.twins import LbConfig
@@ -120,6 +121,4 @@ def device_mac(ifname: str, netns: str | None = None) -> str:
 
 def detach_nodeport(ifname: str, netns: str | None = None) -> None:
     """Remove the underlay programs (same filters as the pod programs' ``detach``)."""
-    from services.nodeagent.datapath.loader import detach
-
     detach(ifname, netns)
