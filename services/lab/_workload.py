@@ -13,6 +13,7 @@ from pathlib import Path
 
 from services.common.busconfig import BusConfig
 from services.common.paths import state_root
+from services.common.processes import ProcRef
 from services.common.roles import DNS
 from services.lab import netns as ns
 from services.lab.errors import WorkloadError
@@ -24,7 +25,7 @@ LOG_TAIL = 1000        # characters of the log quoted in errors
 
 
 def start_workload(netns: str, name: str, namespace: str, ports: Iterable[int],
-                   logfile: Path) -> ns.ProcRef:
+                   logfile: Path) -> ProcRef:
     """Start ``python -m services.workload serve`` in ``netns``, detached, logging to a file.
 
     Raises:
@@ -39,7 +40,7 @@ def start_workload(netns: str, name: str, namespace: str, ports: Iterable[int],
 
 
 def start_client(netns: str, name: str, namespace: str, targets: Iterable[str],
-                 logfile: Path) -> ns.ProcRef:
+                 logfile: Path) -> ProcRef:
     """Start ``python -m services.workload client`` in ``netns``: it connects to each
     ``HOST:PORT`` target in a loop from the moment it starts (the ``cilia/client`` image).
 
@@ -54,7 +55,7 @@ def start_client(netns: str, name: str, namespace: str, targets: Iterable[str],
                              f"client {namespace}/{name} in netns {netns}")
 
 
-def start_dns(netns: str, pod: str, namespace: str, node: str, logfile: Path) -> ns.ProcRef:
+def start_dns(netns: str, pod: str, namespace: str, node: str, logfile: Path) -> ProcRef:
     """Start ``python -m services.dns serve`` for a kube-dns pod and wait until it answers.
 
     The server process runs in the root netns (it needs the bus, as the ``dns`` role of the bus
@@ -74,7 +75,7 @@ def start_dns(netns: str, pod: str, namespace: str, node: str, logfile: Path) ->
 
 
 def start_until_ready(netns: str | None, argv: list[str], logfile: Path, timeout: float,
-                      what: str, env: Mapping[str, str] | None = None) -> ns.ProcRef:
+                      what: str, env: Mapping[str, str] | None = None) -> ProcRef:
     """Start ``argv`` (in ``netns``, or here for None) detached, logging to ``logfile``, and
     wait until it writes ``ready`` to the fd passed as ``--ready-fd``.
 

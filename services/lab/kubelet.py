@@ -24,6 +24,7 @@ from typing import Any
 
 from services.common.clusterdns import resolv_conf
 from services.common.paths import write_json_atomic
+from services.common.processes import ProcRef, is_alive, stop_process
 from services.common.tracing import inject_headers
 from services.lab import cniexec
 from services.lab import netns as ns
@@ -312,7 +313,7 @@ class Kubelet:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _start_workload(self, spec: PodSpec, netns: str, pod: Mapping[str, Any],
-                        node: str) -> ns.ProcRef:
+                        node: str) -> ProcRef:
         logfile = log_dir(self.lab) / f"pod-{spec.namespace}_{spec.name}.log"
         if _image(pod) == DNS_IMAGE:
             return start_dns(netns, spec.name, spec.namespace, node, logfile)
@@ -337,7 +338,7 @@ class Kubelet:
     def _teardown(self, rec: Mapping[str, Any]) -> None:
         runtime = rec["runtime"]
         if runtime.get("workload"):
-            ns.stop_process(ns.ProcRef.from_json(runtime["workload"]))
+            stop_process(ProcRef.from_json(runtime["workload"]))
         netconf = rec.get("netconf")
         try:
             if netconf is not None:
@@ -355,7 +356,7 @@ def _observed(rec: Mapping[str, Any]) -> dict[str, Any]:
     """The pod as recorded, with ``status.phase`` Failed if its workload has died."""
     pod = dict(rec["pod"])
     workload = rec["runtime"].get("workload")
-    if workload and not ns.is_alive(ns.ProcRef.from_json(workload)):
+    if workload and not is_alive(ProcRef.from_json(workload)):
         pod["status"] = {**pod["status"], "phase": "Failed"}
     return pod
 

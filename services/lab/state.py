@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from services.common.paths import run_root, state_root, write_json_atomic
+from services.common.processes import ProcRef
 from services.lab.errors import LabError, LabNotFoundError
-from services.lab.netns import ProcRef
 from services.lab.plan import ROUTING_NATIVE, LabPlan, plan_lab
 
 LAB_STATE_VERSION = 1

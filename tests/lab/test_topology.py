@@ -13,6 +13,7 @@ from bcc import libbcc
 
 from services.common.netns import open_iproute
 from services.common.paths import PIN_ROOT
+from services.common.processes import ProcRef, is_alive
 from services.lab import Kubelet, LabExistsError, down, load_lab, up
 from services.lab import netns as ns
 from services.lab.errors import LabNotFoundError, TopologyError
@@ -82,16 +83,16 @@ def test_up_two_nodes_then_down_leaves_nothing(lab_dirs: Any) -> None:
         assert sysctl(plan.external_netns, "net.ipv4.ip_forward") == "0"
 
         agents = load_lab(name).agents
-        assert set(agents) == {n1.name, n2.name} and all(ns.is_alive(a) for a in agents.values())
-        assert state.external is not None and ns.is_alive(state.external)
+        assert set(agents) == {n1.name, n2.name} and all(is_alive(a) for a in agents.values())
+        assert state.external is not None and is_alive(state.external)
 
         pod = Kubelet(name).create_pod({"metadata": {"name": "p"}, "spec": {
             "containers": [{"ports": [{"containerPort": 80}]}]}})
         assert pod["spec"]["nodeName"] == n1.name
         (rec,) = json.loads((lab_dir(name) / "pods.json").read_text())[
             "pods"].values()
-        workload = ns.ProcRef.from_json(rec["runtime"]["workload"])
-        assert ns.is_alive(workload)
+        workload = ProcRef.from_json(rec["runtime"]["workload"])
+        assert is_alive(workload)
 
         pins = [PIN_ROOT / n.name / "cilia_test" for n in plan.nodes]
         for pin in pins:
@@ -104,7 +105,7 @@ def test_up_two_nodes_then_down_leaves_nothing(lab_dirs: Any) -> None:
     assert ns.list_netns(f"cilia-{name}-") == []
     assert len(report.netns) == 5                       # 4 + the pod's sandbox
     for ref in [*agents.values(), state.external, workload]:
-        assert ref is not None and not ns.is_alive(ref)
+        assert ref is not None and not is_alive(ref)
     for pin in pins:
         assert not pin.parent.exists()
     for node in plan.nodes:
