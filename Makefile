@@ -14,6 +14,7 @@ test: host venv lint typecheck
 
 lint: venv
 	$(BIN)/ruff check services tests bench
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy

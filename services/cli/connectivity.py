@@ -54,13 +54,15 @@ from services.common.errors import CiliaError
 from services.common.objects import ObjectError
 from services.common.roles import SOURCE
 from services.common.runner import STATE_OK
+from services.common.world import WORLD_IPS
 from services.lab import Kubelet, exec_in_pod
-from services.lab.plan import WORLD_IPS
 from services.lab.podexec import exec_in_netns
 from services.lab.state import load_lab
 from services.lb.client import read_view
+from services.nodeagent.agent import INPUTS as AGENT_INPUTS
 from services.nodeagent.datapath.errors import DatapathError
 from services.nodeagent.datapath.lbmaps import LbMaps
+from services.policy.service import INPUTS as POLICY_INPUTS
 
 KUBE_DNS = Path(__file__).resolve().parents[2] / "examples" / "kube-dns" / "kube-dns.yaml"
 KUBE_DNS_REF = "kube-system/kube-dns"
@@ -114,9 +116,6 @@ async def _last_seq(bus: Bus, filters: list[str]) -> int:
 
 async def settle(bus: Bus, timeout: float = SETTLE_TIMEOUT_S) -> None:
     """Wait until the policy service, then every agent, handled everything on the bus."""
-    from services.nodeagent.agent import INPUTS as AGENT_INPUTS
-    from services.policy.service import INPUTS as POLICY_INPUTS
-
     deadline = time.monotonic() + timeout
 
     async def until(what: str, filters: list[str], service: str, key: str) -> None:

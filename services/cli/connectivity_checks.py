@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.lab.plan import WORLD_IPS
+from services.common.world import WORLD_IPS
 
 NAMESPACE = "cilia-test"
 ECHO_PORT = 8080            # the echo servers' port (HTTP + UDP echo) and their Services'

@@ -8,15 +8,13 @@ environment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,13 @@ from services.common.buscreds import BusAccess, Credentials
 from services.common.bussecrets import BusSecrets, bus_secrets
 from services.common.embedded import NatsServer, reload_nats, start_nats
 from services.common.errors import BusError, CiliaError
+from services.common.processes import (
+    BUS_PROCESS,
+    ProcessRecord,
+    cmdline,
+    is_running,
+    stop_records,
+)
 from services.common.roles import ADMIN, CLI, CONTROL_PLANE_ROLES, SERVICE_ROLES, agent_role
 from services.common.runner import collect_status
 from services.common.subjects import KV_IDENTITIES, KV_SERVICES
@@ -33,30 +38,9 @@ from services.common.subjects import KV_IDENTITIES, KV_SERVICES
 SERVICES: tuple[str, ...] = ("identity", "policy", "lb")
 EMBEDDED_PORT = 4222
 READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 10.0    # for a reloaded bus to accept a new agent's credentials
 RELOAD_POLL_S = 0.1
 BUCKETS = (KV_IDENTITIES, KV_SERVICES)   # created by `cilia up` (admin), used by the services
-
-
-@dataclass
-class ProcessRecord:
-    name: str
-    pid: int
-    cmdline: list[str]
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [part.decode() for part in raw.split(b"\0") if part]
-
-
-def is_running(rec: ProcessRecord) -> bool:
-    """True if ``rec.pid`` is still the process we started (same command line)."""
-    return _cmdline(rec.pid) == rec.cmdline
 
 
 def _spawn(name: str, cmd: list[str], log_dir: Path, env: dict[str, str]) -> ProcessRecord:
@@ -129,7 +113,7 @@ def up(state_dir: Path, nats_url: str | None, port: int = EMBEDDED_PORT,
     try:
         if nats_url is None:
             server, secrets = start_embedded_bus(state_dir, port)
-            records.append(ProcessRecord("nats-server", server.pid, _cmdline(server.pid) or []))
+            records.append(ProcessRecord(BUS_PROCESS, server.pid, cmdline(server.pid) or []))
             access = secrets.access()
             state.update(nats_url=server.url, store_dir=str(server.store_dir),
                          bus_dir=str(secrets.root), bus=access.to_json())
@@ -207,7 +191,7 @@ def add_node_roles(state_dir: Path, url: str, access: BusAccess | None,
     wanted = [agent_role(n) for n in nodes]
     state = read_state(state_dir / "up.json") or {}
     server = next((ProcessRecord(**p) for p in state.get("processes", [])
-                   if p["name"] == "nats-server"), None)
+                   if p["name"] == BUS_PROCESS), None)
     if not (state.get("embedded") and state.get("nats_url") == url and state.get("bus_dir")
             and server is not None and is_running(server)):
         if access is not None and access.authenticated:
@@ -240,26 +224,6 @@ async def _wait_accepted(url: str, access: BusAccess, new_roles: list[str]) -> N
                 continue
             await bus.close()
             break
-
-
-def stop_records(records: list[ProcessRecord], timeout: float = STOP_TIMEOUT_S) -> list[str]:
-    """SIGTERM each process that is still ours (services first, the bus last), then SIGKILL."""
-    stopped: list[str] = []
-    for rec in sorted(records, key=lambda r: r.name == "nats-server"):
-        if not is_running(rec):
-            continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(rec.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while is_running(rec) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(rec.pid, os.WNOHANG)
-        if is_running(rec):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signal.SIGKILL)
-        stopped.append(f"{rec.name} (pid {rec.pid})")
-    return stopped
 
 
 def down(state_dir: Path, purge: bool = False) -> list[str]:

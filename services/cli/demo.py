@@ -34,6 +34,7 @@ from services.common import subjects
 from services.common.bus import NATS_URL_ENV, Bus
 from services.common.embedded import free_port
 from services.common.errors import CiliaError, PermissionDenied
+from services.common.paths import STATE_DIR_ENV
 from services.common.roles import SOURCE, agent_role
 from services.lab import Kubelet, exec_in_netns, exec_in_pod, load_lab
 from services.lab import down as lab_down
@@ -147,7 +148,7 @@ def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
     started = time.monotonic()
     failed: list[str] = []
     demo_ctx = CliContext(None, ctx.state_dir / "demo")
-    os.environ["CILIA_STATE_DIR"] = str(demo_ctx.state_dir)
+    os.environ[STATE_DIR_ENV] = str(demo_ctx.state_dir)
     step("starting the control plane (embedded NATS JetStream + services)")
     state = controlplane.up(demo_ctx.state_dir, None, port=free_port())
     url = state["nats_url"]

@@ -23,7 +23,7 @@ from services.lab import down as lab_down
 from services.lab import up as lab_up
 from services.lab.plan import plan_lab
 from services.lab.state import lab_dir
-from services.nodeagent.agent import LB_MODE_ENV
+from services.nodeagent.lbstate import LB_MODE_ENV
 
 AGENT_MODULE = "services.nodeagent"
 LAB_ENV = "CILIA_LAB"

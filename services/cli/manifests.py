@@ -25,6 +25,7 @@ from services.common.codec import encode
 from services.common.errors import CiliaError
 from services.common.objects import DEFAULT_NAMESPACE, KindSpec, ObjectError
 from services.common.objects import KINDS as CORE_KINDS
+from services.lb.kinds import KINDS as LB_KINDS
 from services.policy import KIND_CCNP, KIND_CNP, KIND_KNP, PolicyValidationError, parse_policy
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -47,7 +48,7 @@ POLICY_KINDS: dict[str, KindSpec] = {
     KIND_KNP: KindSpec(("networking.k8s.io/v1",), namespaced=True, validate=_validate_policy),
 }
 # Every kind a source accepts.
-KINDS: dict[str, KindSpec] = {**CORE_KINDS, **POLICY_KINDS}
+KINDS: dict[str, KindSpec] = {**CORE_KINDS, **LB_KINDS, **POLICY_KINDS}
 
 
 class ManifestError(CiliaError):

@@ -27,6 +27,7 @@ from services.common.roles import CLI
 from services.common.runner import STATE_OK
 from services.lab.state import load_lab
 from services.lb.client import read_view
+from services.nodeagent.agent import INPUTS as AGENT_INPUTS
 from services.nodeagent.datapath.errors import DatapathError
 from services.nodeagent.datapath.lbmaps import LbMaps
 
@@ -50,8 +51,6 @@ async def _last_seq(bus: Bus, filters: list[str]) -> int:
 
 async def gather(bus: Bus, url: str, lab: str | None) -> dict[str, Any]:
     """Everything ``status`` shows, as data (what ``-o json`` prints)."""
-    from services.nodeagent.agent import INPUTS as AGENT_INPUTS
-
     version = bus.nc.connected_server_version
     account = await bus.js.account_info()
     streams = []

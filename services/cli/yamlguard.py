@@ -16,11 +16,12 @@ from typing import Any
 import yaml
 
 from services.common.contract.objects import MAX_DEPTH
+from services.common.errors import CiliaError
 
 MAX_EXPANDED_NODES = 200_000   # nodes in one document once aliases are expanded
 
 
-class YamlLimitError(ValueError):
+class YamlLimitError(CiliaError, ValueError):
     """A document exceeds a limit; ``index`` is its position in the file."""
 
     def __init__(self, index: int, message: str) -> None:

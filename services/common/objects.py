@@ -1,7 +1,9 @@
 """Validation of ordinary Kubernetes objects entering the bus (pure code).
 
 Each supported kind has a validator that raises :class:`ObjectError` naming the field at fault.
-Other parts register their kinds (policies, services...) in :data:`KINDS`.
+:data:`KINDS` holds the core kinds; the parts that own other kinds keep their entries
+(``services.lb.kinds.KINDS``: Service, EndpointSlice), and ``cilia apply`` joins them with the
+policy kinds into one registry (:mod:`services.cli.manifests`).
 """
 
 from __future__ import annotations
@@ -230,33 +232,10 @@ def validate_deployment(obj: Mapping[str, Any]) -> None:
     validate_pod_spec(template.get("spec"), "spec.template.spec")
 
 
-def validate_service(obj: Mapping[str, Any]) -> None:
-    validate_metadata(obj, namespaced=True, dns_label=True)
-    from services.lb.errors import ServiceSpecError  # lazy: services.lb imports this module
-    from services.lb.model import parse_service
-    try:
-        parse_service(obj)
-    except ServiceSpecError as exc:
-        raise ObjectError(exc.path, exc.reason) from None
-
-
-def validate_endpointslice(obj: Mapping[str, Any]) -> None:
-    validate_metadata(obj, namespaced=True, dns_label=False)
-    from services.lb.errors import ServiceSpecError
-    from services.lb.model import parse_endpointslice
-    try:
-        parse_endpointslice(obj)
-    except ServiceSpecError as exc:
-        raise ObjectError(exc.path, exc.reason) from None
-
-
 KINDS: dict[str, KindSpec] = {
     "Namespace": KindSpec(("v1",), namespaced=False, validate=validate_namespace),
     "Pod": KindSpec(("v1",), namespaced=True, validate=validate_pod),
     "Node": KindSpec(("v1",), namespaced=False, validate=validate_node),
     "Deployment": KindSpec(("apps/v1",), namespaced=True, validate=validate_deployment),
-    "Service": KindSpec(("v1",), namespaced=True, validate=validate_service),
-    "EndpointSlice": KindSpec(("discovery.k8s.io/v1",), namespaced=True,
-                              validate=validate_endpointslice),
 }
 

@@ -23,8 +23,10 @@ import sys
 import threading
 from typing import IO, Any
 
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
@@ -188,9 +190,6 @@ class ChildProcessSpanProcessor(SpanProcessor):
 def main() -> None:
     """The child: spans from stdin into the SDK's batching processor and OTLP/HTTP exporter
     (``OTEL_BSP_*`` and ``OTEL_EXPORTER_OTLP_*`` apply as usual), until end of file."""
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
     # Ends when the service closes the pipe, after sending what it has; an interrupt at the
     # terminal reaches the whole process group and is the service's to handle.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -12,6 +12,16 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from opentelemetry import context, propagate, trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+)
+
+from services.common.spanpipe import ChildProcessSpanProcessor
 
 TRACE_FILE_ENV = "CILIA_TRACE_FILE"
 _OTLP_ENVS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
@@ -41,25 +51,13 @@ def setup_tracing(service_name: str, *, export_in_child: bool = False) -> None:
     trace_file = os.environ.get(TRACE_FILE_ENV)
     if not otlp and not trace_file:
         return
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import (
-        BatchSpanProcessor,
-        ConsoleSpanExporter,
-        SimpleSpanProcessor,
-    )
-
     attrs = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
     provider = TracerProvider(resource=Resource.create(attrs))
     if otlp and export_in_child:
-        from services.common.spanpipe import ChildProcessSpanProcessor
-
         piped = ChildProcessSpanProcessor(provider.resource)
         piped.start()
         provider.add_span_processor(piped)
     elif otlp:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     if trace_file:
         # One span per line; appends from several processes stay whole lines.

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
 from services.common.runner import service_main
 from services.dns import lookup
-
-if TYPE_CHECKING:   # the server (and the bus) are imported only to serve, not to look up
-    from services.dns.server import DnsService
+from services.dns.server import DnsService, bind_in_netns
 
 USAGE = "usage: python -m services.dns {serve|lookup} ..."
 
@@ -24,8 +21,6 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _factory(args: argparse.Namespace) -> DnsService:
-    from services.dns.server import DnsService, bind_in_netns
-
     udp, tcp = bind_in_netns(args.netns, args.port)
     return DnsService(udp, tcp, args.ready_fd)
 

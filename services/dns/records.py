@@ -28,43 +28,19 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from services.lab.plan import WORLD_IPS
+from services.common.clusterdns import CLUSTER_DOMAIN, SERVICE_DOMAIN, service_name
+from services.common.world import EXTERNAL_DOMAIN, EXTERNAL_NAMES
 from services.lb.events import LbView
 
-CLUSTER_DOMAIN = "cluster.local"
-SERVICE_DOMAIN = f"svc.{CLUSTER_DOMAIN}"
-EXTERNAL_DOMAIN = "cilia.test"
-# the address `cilia.test` names point at: the lab's external host ("the world")
-EXTERNAL_RECORDS: dict[str, tuple[str, ...]] = {
-    f"external.{EXTERNAL_DOMAIN}": (str(WORLD_IPS[0]),),
-    **{f"world{i}.{EXTERNAL_DOMAIN}": (str(ip),) for i, ip in enumerate(WORLD_IPS[1:], 1)},
-}
+# the addresses `cilia.test` names point at: the lab's external host ("the world")
+EXTERNAL_RECORDS: dict[str, tuple[str, ...]] = {name: (str(ip),)
+                                                for name, ip in EXTERNAL_NAMES.items()}
 ZONES = (CLUSTER_DOMAIN, EXTERNAL_DOMAIN)
-# kube-dns's fixed ClusterIP (examples/kube-dns/kube-dns.yaml asks for it): every pod's
-# resolv.conf names it before the Service exists, as the kubelet's --cluster-dns does
-KUBE_DNS_IP = "10.96.0.10"
-NDOTS = 5                       # Kubernetes' ndots: short and partial names try the search list
-# glibc's per-query timeout and tries: the lab's DNS is one hop away, so a policy that drops
-# DNS fails a lookup in seconds instead of glibc's default 5 s x 2 tries per search domain
-RESOLV_TIMEOUT_S = 1
-RESOLV_ATTEMPTS = 2
 UDP_MIN_PAYLOAD = 512          # what every client accepts over UDP without EDNS
 TTL_S = 5                       # short: ClusterIPs and backends change while tests run
 BACKEND_ACTIVE = "active"
 
 Zone = Mapping[str, tuple[str, ...]]   # lower-case FQDN without the trailing dot -> addresses
-
-
-def service_name(namespace: str, name: str) -> str:
-    """``<name>.<namespace>.svc.cluster.local``."""
-    return f"{name}.{namespace}.{SERVICE_DOMAIN}"
-
-
-def resolv_conf(namespace: str) -> str:
-    """A pod's ``/etc/resolv.conf`` (what the kubelet writes for ClusterFirst pods)."""
-    search = " ".join([f"{namespace}.{SERVICE_DOMAIN}", SERVICE_DOMAIN, CLUSTER_DOMAIN])
-    return (f"nameserver {KUBE_DNS_IP}\nsearch {search}\noptions ndots:{NDOTS} "
-            f"timeout:{RESOLV_TIMEOUT_S} attempts:{RESOLV_ATTEMPTS}\n")
 
 
 def zone_from_view(view: LbView) -> dict[str, tuple[str, ...]]:
@@ -137,5 +113,5 @@ def respond(wire: bytes, zone: Zone, udp: bool = False) -> bytes | None:
         return response.to_wire(max_size=limit)
 
 
-__all__ = ["CLUSTER_DOMAIN", "EXTERNAL_RECORDS", "KUBE_DNS_IP", "SERVICE_DOMAIN", "answer",
-           "resolv_conf", "respond", "service_name", "zone_from_view"]
+__all__ = ["CLUSTER_DOMAIN", "EXTERNAL_RECORDS", "SERVICE_DOMAIN", "answer", "respond",
+           "service_name", "zone_from_view"]

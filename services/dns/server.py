@@ -20,12 +20,12 @@ import struct
 from typing import Any, cast
 
 from services.common.bus import Bus, Delivery, Subscription
+from services.common.netns import run_in_netns
 from services.common.rejections import Rejections
 from services.common.runner import STATE_OK, STATE_STARTING
 from services.dns.errors import DnsStartError
 from services.dns.records import Zone, respond, zone_from_view
 from services.lb.events import LB_FILTER, LbView
-from services.nodeagent.endpoints import run_in_netns
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,11 @@
-"""The identity service: numeric security identities for label sets, and the ipcache."""
+"""The identity service: numeric security identities for label sets, and the ipcache.
 
-from services.identity.allocator import Allocation, Allocator, IdentityError, JetStreamStore
+Its public part is pure: which labels of a pod make its identity (:mod:`.derive`) and its error
+hierarchy. The service itself (``python -m services.identity``: :mod:`.service` with the
+compare-and-set :mod:`.allocator`) is reached through the bus only.
+"""
+
 from services.identity.derive import LabelFilter, pod_identity_labels
-from services.identity.service import IdentityService
+from services.identity.errors import IdentityError, IdentitySpaceExhausted
 
-__all__ = ["Allocation", "Allocator", "IdentityError", "IdentityService", "JetStreamStore",
-           "LabelFilter", "pod_identity_labels"]
+__all__ = ["IdentityError", "IdentitySpaceExhausted", "LabelFilter", "pod_identity_labels"]

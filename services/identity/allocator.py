@@ -1,6 +1,7 @@
 """Identity allocation with compare-and-set, safe with several replicas.
 
-Two kinds of keys in the store (Cilium's kvstore allocator has the same shape):
+Two kinds of keys in the store (a :class:`~services.common.kvstore.KvStore`; Cilium's kvstore
+allocator has the same shape):
 
 - ``id.<n>``: reserves number ``n``; created with create-if-absent, so two replicas can never
   both own one number;
@@ -17,77 +18,17 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
-from typing import Protocol
 
 import msgpack
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
-from nats.js.kv import KeyValue
 
 from services.common.identities import MAX_CLUSTER_ID, MIN_CLUSTER_ID
+from services.common.kvstore import KvStore
 from services.common.labels import Labels
+from services.identity.errors import IdentitySpaceExhausted
 
 ID_PREFIX = "id."
 LABELS_PREFIX = "labels."
 MAX_ATTEMPTS = 64   # candidate numbers tried before giving up on one label set
-
-
-class IdentityError(Exception):
-    """Base of the identity service's errors."""
-
-
-class IdentitySpaceExhausted(IdentityError):
-    pass
-
-
-class AllocatorStore(Protocol):
-    """Compare-and-set storage the allocator needs (JetStream KV in production)."""
-
-    async def create(self, key: str, value: bytes) -> bool:
-        """Create ``key`` if absent; False if it exists."""
-
-    async def get(self, key: str) -> tuple[bytes, int] | None:
-        """Value and revision, or None."""
-
-    async def delete(self, key: str, revision: int | None = None) -> bool:
-        """Delete ``key`` if its revision is still ``revision`` (any when None)."""
-
-    async def keys(self) -> list[str]: ...
-
-
-class JetStreamStore:
-    """:class:`AllocatorStore` over a JetStream KV bucket."""
-
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
-
-    async def create(self, key: str, value: bytes) -> bool:
-        try:
-            await self.kv.create(key, value)
-            return True
-        except KeyWrongLastSequenceError:
-            return False
-
-    async def get(self, key: str) -> tuple[bytes, int] | None:
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
-            return None
-        if entry.value is None or entry.revision is None:
-            return None
-        return entry.value, entry.revision
-
-    async def delete(self, key: str, revision: int | None = None) -> bool:
-        try:
-            await self.kv.delete(key, last=revision)
-            return True
-        except KeyWrongLastSequenceError:
-            return False
-
-    async def keys(self) -> list[str]:
-        try:
-            return list(await self.kv.keys())
-        except NoKeysError:
-            return []
 
 
 @dataclass(frozen=True)
@@ -100,7 +41,7 @@ class Allocation:
 class Allocator:
     """Maps label sets to numbers in ``[MIN_CLUSTER_ID, MAX_CLUSTER_ID]``."""
 
-    def __init__(self, store: AllocatorStore, low: int = MIN_CLUSTER_ID,
+    def __init__(self, store: KvStore, low: int = MIN_CLUSTER_ID,
                  high: int = MAX_CLUSTER_ID, rng: random.Random | None = None) -> None:
         self.store = store
         self.low, self.high = low, high

@@ -27,10 +27,11 @@ from prometheus_client import Counter
 from services.common import subjects
 from services.common.bus import Bus, Delivery, Outgoing
 from services.common.identities import RESERVED, reserved_labels
+from services.common.kvstore import JetStreamStore
 from services.common.labels import Labels
 from services.common.runner import BusConsumer, collect_status, default_replica
 from services.common.tracing import tracer
-from services.identity.allocator import Allocator, JetStreamStore
+from services.identity.allocator import Allocator
 from services.identity.derive import DroppedLabel, LabelFilter, derive_pod_labels
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,10 @@ class EndpointReport:
 
 
 @dataclass(frozen=True)
-class IpcacheEntry:
+class PublishedIp:
+    """What this service last published on ``cilia.ipcache.k8s.<ip>`` for a pod's address
+    (the datapath's ipcache map entry is another thing: ``IpcacheEntry``)."""
+
     identity: int
     host_ip: str
     pod: str
@@ -111,7 +115,7 @@ class IdentityService(BusConsumer):
         self.labels_of: dict[int, Labels] = {}
         self.unused_since: dict[int, float] = {}
         self.published_ids: dict[int, list[str]] = {}
-        self.published_ip: dict[str, IpcacheEntry] = {}
+        self.published_ip: dict[str, PublishedIp] = {}
         # (namespace, pod) -> node token -> the report of the agent of that node
         self.reports: dict[PodKey, dict[str, EndpointReport]] = {}
         self.dropped: dict[PodKey, tuple[DroppedLabel, ...]] = {}
@@ -182,7 +186,7 @@ class IdentityService(BusConsumer):
             case "identity.delete":
                 self.published_ids.pop(data["id"], None)
             case "ipcache.upsert":
-                self.published_ip[data["prefix"]] = IpcacheEntry(
+                self.published_ip[data["prefix"]] = PublishedIp(
                     data["identity"], data.get("host_ip") or "", data.get("pod") or "")
             case "ipcache.delete":
                 self.published_ip.pop(data["prefix"], None)
@@ -429,7 +433,7 @@ class IdentityService(BusConsumer):
         if prefix is None or pod is None or num is None:
             return
         self.pod_prefix[key] = prefix
-        want = IpcacheEntry(num, pod.host_ip or "", pod_name)
+        want = PublishedIp(num, pod.host_ip or "", pod_name)
         if self.published_ip.get(prefix) != want:
             data: dict[str, Any] = {"prefix": prefix, "identity": num, "host_ip": want.host_ip,
                                     "pod": pod_name}

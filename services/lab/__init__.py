@@ -9,6 +9,7 @@ Typical use::
     down("cilia")
 """
 
+from services.common.world import WORLD_IP, WORLD_IPS
 from services.lab.errors import (
     CniInvokeError,
     LabConfigError,
@@ -25,8 +26,6 @@ from services.lab.plan import (
     CLUSTER_POD_CIDR,
     EXTERNAL_IP,
     UNDERLAY_CIDR,
-    WORLD_IP,
-    WORLD_IPS,
     LabPlan,
     NodePlan,
     plan_lab,

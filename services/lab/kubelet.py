@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common.clusterdns import resolv_conf
+from services.common.paths import write_json_atomic
+from services.common.processes import ProcRef, is_alive, stop_process
 from services.common.tracing import inject_headers
 from services.lab import cniexec
 from services.lab import netns as ns
-from services.lab._workload import start_client, start_workload
+from services.lab._workload import start_client, start_dns, start_workload
 from services.lab.errors import (
     CniInvokeError,
     LabError,
@@ -47,7 +50,6 @@ from services.lab.podspec import (
 from services.lab.state import cni_conf_path, lab_dir, lab_lock, load_lab, log_dir
 from services.lab.topology import DEFAULT_LAB
 from services.nodeagent.cni.spec import TRACEPARENT_ARG
-from services.nodeagent.ipam import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -311,11 +313,9 @@ class Kubelet:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _start_workload(self, spec: PodSpec, netns: str, pod: Mapping[str, Any],
-                        node: str) -> ns.ProcRef:
+                        node: str) -> ProcRef:
         logfile = log_dir(self.lab) / f"pod-{spec.namespace}_{spec.name}.log"
         if _image(pod) == DNS_IMAGE:
-            from services.dns.launch import start_dns  # the cluster DNS server (kube-dns)
-
             return start_dns(netns, spec.name, spec.namespace, node, logfile)
         if _image(pod) == CLIENT_IMAGE:
             return start_client(netns, spec.name, spec.namespace, client_targets(pod), logfile)
@@ -324,8 +324,6 @@ class Kubelet:
 
     def _write_resolv_conf(self, spec: PodSpec, netns: str) -> str:
         """The pod's resolv.conf (kube-dns, search domains), bind-mounted by ``exec``."""
-        from services.dns.records import resolv_conf
-
         path = lab_dir(self.lab) / "resolv" / f"{netns}.conf"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(resolv_conf(spec.namespace), encoding="utf-8")
@@ -340,7 +338,7 @@ class Kubelet:
     def _teardown(self, rec: Mapping[str, Any]) -> None:
         runtime = rec["runtime"]
         if runtime.get("workload"):
-            ns.stop_process(ns.ProcRef.from_json(runtime["workload"]))
+            stop_process(ProcRef.from_json(runtime["workload"]))
         netconf = rec.get("netconf")
         try:
             if netconf is not None:
@@ -358,7 +356,7 @@ def _observed(rec: Mapping[str, Any]) -> dict[str, Any]:
     """The pod as recorded, with ``status.phase`` Failed if its workload has died."""
     pod = dict(rec["pod"])
     workload = rec["runtime"].get("workload")
-    if workload and not ns.is_alive(ns.ProcRef.from_json(workload)):
+    if workload and not is_alive(ProcRef.from_json(workload)):
         pod["status"] = {**pod["status"], "phase": "Failed"}
     return pod
 

@@ -5,47 +5,34 @@ the setns(2) system call directly (through ctypes, as pyroute2 itself does):
 
 - sysctls of a namespace: a short-lived thread enters the netns and writes ``/proc/sys``
   (``/proc/sys/net`` belongs to the netns of the thread that opens it);
-- processes started in a namespace: the child enters the netns between fork and exec.
-
-Processes are tracked as (pid, start time) so that a recycled pid is never signalled.
+- processes started in a namespace: the child enters the netns between fork and exec (they are
+  tracked as :class:`~services.common.processes.ProcRef`, so a recycled pid is never signalled).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
 import os
-import signal
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from pyroute2 import netns as pr_netns
 
+from services.common.netns import NETNS_RUN_DIR, netns_path, run_in_netns, setns_net
+from services.common.processes import ProcRef, start_time
 from services.lab.errors import TopologyError
-from services.nodeagent.endpoints import run_in_netns, setns_net
 
-NETNS_RUN_DIR = Path("/run/netns")
 CLONE_NEWNS = 0x00020000    # a private mount namespace (the pod's resolv.conf)
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 1 << 19          # mounts made in the child never propagate back
 RESOLV_CONF = b"/etc/resolv.conf"
-STAT_STARTTIME_FIELD = 21   # index of starttime in /proc/<pid>/stat after the comm field
-TERM_GRACE = 2.0            # seconds between SIGTERM and SIGKILL
-POLL_INTERVAL = 0.02
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-
-def netns_path(name: str) -> str:
-    """The bind-mount path of a named netns (what CNI_NETNS carries)."""
-    return str(NETNS_RUN_DIR / name)
 
 
 def netns_exists(name: str) -> bool:
@@ -154,72 +141,16 @@ def spawn(netns: str | None, argv: Sequence[str], *, env: Mapping[str, str] | No
             os.close(fd)
 
 
-@dataclass(frozen=True)
-class ProcRef:
-    """A process as the lab recorded it: pid plus start time (guards against pid reuse)."""
-
-    pid: int
-    start: int
-
-    def to_json(self) -> dict[str, int]:
-        return {"pid": self.pid, "start": self.start}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ProcRef:
-        return cls(int(data["pid"]), int(data["start"]))
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # the comm field may hold spaces and parentheses; everything after the last ')' is fixed
-    return raw[raw.rindex(")") + 2:].split()
-
-
 def proc_ref(pid: int) -> ProcRef:
     """Record a running process.
 
     Raises:
         TopologyError: the process is gone.
     """
-    fields = _stat_fields(pid)
-    if fields is None:
+    start = start_time(pid)
+    if start is None:
         raise TopologyError(f"process {pid} exited")
-    return ProcRef(pid, int(fields[STAT_STARTTIME_FIELD - 2]))
-
-
-def is_alive(ref: ProcRef) -> bool:
-    """True if the recorded process runs (a zombie or a recycled pid is not it)."""
-    fields = _stat_fields(ref.pid)
-    if fields is None or fields[0] == "Z":
-        return False
-    return int(fields[STAT_STARTTIME_FIELD - 2]) == ref.start
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def stop_process(ref: ProcRef, grace: float = TERM_GRACE) -> bool:
-    """SIGTERM the recorded process, SIGKILL after ``grace`` seconds; False if it was gone."""
-    if not is_alive(ref):
-        _reap(ref.pid)
-        return False
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
-        try:
-            os.kill(ref.pid, sig)
-        except ProcessLookupError:
-            return True
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            _reap(ref.pid)
-            if not is_alive(ref):
-                return True
-            time.sleep(POLL_INTERVAL)
-    return not is_alive(ref)
+    return ProcRef(pid, start)
 
 
 def pids_in_netns(name: str) -> list[int]:

@@ -6,7 +6,8 @@ Address plan (documented in the report and ``cilia lab up --help``):
 - node ``i`` (1-based): netns ``cilia-<lab>-node<i>``, node name ``<lab>-node<i>``, underlay
   address ``172.31.0.(10+i)``, pod CIDR ``10.244.<i>.0/24`` with gateway ``10.244.<i>.1``;
 - external host ("the world"): netns ``cilia-<lab>-external``, ``172.31.0.254`` on the underlay
-  plus ``203.0.113.10-13`` (TEST-NET-3, outside every cluster CIDR); it is the nodes' default
+  plus ``203.0.113.10-13`` (TEST-NET-3, outside every cluster CIDR, named in
+  :mod:`services.common.world`); it is the nodes' default
   gateway and routes each pod CIDR to its node (an upstream router that knows the pod CIDRs,
   as with native routing and BGP) but forwards nothing itself.
 
@@ -43,9 +44,6 @@ NETNS_PREFIX = "cilia"
 UNDERLAY_CIDR = ipaddress.IPv4Network("172.31.0.0/24")
 NODE_IP_OFFSET = 10                 # node i has underlay host address 10 + i
 EXTERNAL_IP = ipaddress.IPv4Address("172.31.0.254")
-WORLD_IP = ipaddress.IPv4Address("203.0.113.10")   # RFC 5737 TEST-NET-3
-# every "internet" address the external host answers on (room for FQDN exercises later)
-WORLD_IPS = tuple(WORLD_IP + i for i in range(4))
 CLUSTER_POD_CIDR = ipaddress.IPv4Network("10.244.0.0/16")
 POD_CIDR_PREFIX = 24
 MAX_NODES = 200                     # keeps node addresses below EXTERNAL_IP and in the /16

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.common.paths import run_root, state_root, write_json_atomic
+from services.common.processes import ProcRef
 from services.lab.errors import LabError, LabNotFoundError
-from services.lab.netns import ProcRef
 from services.lab.plan import ROUTING_NATIVE, LabPlan, plan_lab
-from services.nodeagent.endpoints import run_root, state_root
-from services.nodeagent.ipam import write_json_atomic
 
 LAB_STATE_VERSION = 1
 

@@ -23,6 +23,10 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from services.common.netns import off_loop, open_iproute
+from services.common.paths import PIN_ROOT, run_root, state_root, write_json_atomic
+from services.common.processes import ProcRef, is_alive, stop_process
+from services.common.world import WORLD_IPS
 from services.lab import netns as ns
 from services.lab._workload import start_workload
 from services.lab.errors import LabError, LabExistsError, TopologyError, WorkloadError
@@ -32,7 +36,6 @@ from services.lab.plan import (
     EXTERNAL_PORT,
     NODE_UPLINK,
     UNDERLAY_CIDR,
-    WORLD_IPS,
     LabPlan,
     NodePlan,
     lab_prefix,
@@ -55,15 +58,7 @@ from services.nodeagent.datapath.overlay import (
     ROUTING_NATIVE,
     overlay_mtu,
 )
-from services.nodeagent.endpoints import (
-    BPFFS_ROOT,
-    NodeConfig,
-    off_loop,
-    open_iproute,
-    run_root,
-    state_root,
-)
-from services.nodeagent.ipam import write_json_atomic
+from services.nodeagent.endpoints import NodeConfig
 
 log = logging.getLogger("cilia.lab")
 
@@ -72,6 +67,7 @@ RTNH_F_ONLINK = 4              # route flag: the gateway is on the link, no subn
 DEFAULT_LAB = "cilia"
 DEFAULT_AGENT_MODULE = "services.nodeagent.cniserver"
 AGENT_MODULE_ENV = "CILIA_AGENT_MODULE"
+SOCKET_POLL_S = 0.1           # between tries to connect to a starting agent's socket
 AGENT_READY_TIMEOUT = 30.0     # seconds for an agent to open its CNI socket (bcc compiles first)
 CNI_NETWORK_NAME = "cilia"
 CNI_PLUGIN_TYPE = "cilia-cni"
@@ -215,10 +211,10 @@ def cni_netconf(node: NodeConfig) -> dict[str, object]:
             "socketPath": node.socket_path}
 
 
-def _wait_socket(path: str, proc: ns.ProcRef, node: str, logfile: Path) -> None:
+def _wait_socket(path: str, proc: ProcRef, node: str, logfile: Path) -> None:
     deadline = time.monotonic() + AGENT_READY_TIMEOUT
     while time.monotonic() < deadline:
-        if not ns.is_alive(proc):
+        if not is_alive(proc):
             tail = logfile.read_text(errors="replace")[-2000:] if logfile.exists() else ""
             raise TopologyError(f"node {node}: agent exited during start:\n{tail}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -226,7 +222,7 @@ def _wait_socket(path: str, proc: ns.ProcRef, node: str, logfile: Path) -> None:
             sock.connect(path)
             return
         except OSError:
-            time.sleep(ns.POLL_INTERVAL * 5)
+            time.sleep(SOCKET_POLL_S)
         finally:
             sock.close()
     raise TopologyError(f"node {node}: agent did not open {path} within "
@@ -234,7 +230,7 @@ def _wait_socket(path: str, proc: ns.ProcRef, node: str, logfile: Path) -> None:
 
 
 def _start_agent(lab: str, cfg: NodeConfig, module: str,
-                 env: Mapping[str, str] | None = None) -> ns.ProcRef:
+                 env: Mapping[str, str] | None = None) -> ProcRef:
     conf_file = Path(cfg.state_dir) / "node.json"
     write_json_atomic(conf_file, cfg.to_json())
     logs = log_dir(lab)
@@ -251,7 +247,7 @@ def _start_agent(lab: str, cfg: NodeConfig, module: str,
     return ref
 
 
-def _start_external_server(name: str, plan: LabPlan, ports: Sequence[int]) -> ns.ProcRef:
+def _start_external_server(name: str, plan: LabPlan, ports: Sequence[int]) -> ProcRef:
     """The external host's server: the same workload, answering with its name "external"."""
     try:
         return start_workload(plan.external_netns, EXTERNAL_NAME, EXTERNAL_NAME, ports,
@@ -323,7 +319,7 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
     return state
 
 
-def start_agent(name: str, node: str, agent_module: str | None = None) -> ns.ProcRef:
+def start_agent(name: str, node: str, agent_module: str | None = None) -> ProcRef:
     """(Re)start the agent of one node of a running lab; returns its process.
 
     Raises:
@@ -335,7 +331,7 @@ def start_agent(name: str, node: str, agent_module: str | None = None) -> ns.Pro
         state = load_lab(name)
         plan_node = state.plan.node(node)
         running = state.agents.get(node)
-        if running is not None and ns.is_alive(running):
+        if running is not None and is_alive(running):
             raise TopologyError(f"node {node}: agent {running.pid} is running already")
         module = (agent_module or state.agent_module or os.environ.get(AGENT_MODULE_ENV)
                   or DEFAULT_AGENT_MODULE)
@@ -356,7 +352,7 @@ def stop_agent(name: str, node: str) -> bool:
         state = load_lab(name)
         state.plan.node(node)
         ref = state.agents.pop(node, None)
-        stopped = ns.stop_process(ref) if ref is not None else False
+        stopped = stop_process(ref) if ref is not None else False
         state.save()
         return stopped
 
@@ -367,13 +363,13 @@ def _remove_tree(path: Path, report: DownReport) -> None:
         report.files.append(str(path))
 
 
-def _pods_processes(lab: str) -> list[ns.ProcRef]:
+def _pods_processes(lab: str) -> list[ProcRef]:
     path = lab_dir(lab) / "pods.json"
     try:
         pods = json.loads(path.read_text()).get("pods", {})
     except (OSError, ValueError):
         return []
-    return [ns.ProcRef.from_json(p["runtime"]["workload"]) for p in pods.values()
+    return [ProcRef.from_json(p["runtime"]["workload"]) for p in pods.values()
             if p.get("runtime", {}).get("workload")]
 
 
@@ -384,25 +380,25 @@ def _teardown(name: str, state: LabState | None) -> DownReport:
     if state is not None:
         refs += list(state.agents.values()) + ([state.external] if state.external else [])
     for ref in refs:
-        if ns.stop_process(ref):
+        if stop_process(ref):
             report.processes.append(ref.pid)
     netns_names = ns.list_netns(prefix)
     # anything still running inside a lab namespace was started there by the lab (or exec)
     for netns in netns_names:
         for pid in ns.pids_in_netns(netns):
             found = _ref_or_none(pid)
-            if found is not None and ns.stop_process(found):
+            if found is not None and stop_process(found):
                 report.processes.append(pid)
     for netns in netns_names:
         if ns.remove_netns(netns):
             report.netns.append(netns)
     node_re = re.compile(rf"^{re.escape(name)}-node\d+$")
     node_names = {n.name for n in state.plan.nodes} if state else set()
-    for root in (BPFFS_ROOT, run_root(), state_root() / "nodes"):
+    for root in (PIN_ROOT, run_root(), state_root() / "nodes"):
         if root.is_dir():
             node_names.update(p.name for p in root.iterdir() if node_re.match(p.name))
     for node in sorted(node_names):
-        pins = BPFFS_ROOT / node
+        pins = PIN_ROOT / node
         if pins.exists():
             shutil.rmtree(pins, ignore_errors=True)
             report.pins.append(str(pins))
@@ -411,7 +407,7 @@ def _teardown(name: str, state: LabState | None) -> DownReport:
     return report
 
 
-def _ref_or_none(pid: int) -> ns.ProcRef | None:
+def _ref_or_none(pid: int) -> ProcRef | None:
     try:
         return ns.proc_ref(pid)
     except TopologyError:

@@ -1,6 +1,7 @@
 """Service load balancing: the lb service and its pure parts.
 
 - :mod:`.model`: Service / EndpointSlice validation (``parse_service``, ``parse_endpointslice``)
+- :mod:`.kinds`: Service and EndpointSlice as entries of ``cilia apply``'s kind registry
 - :mod:`.resolve`: backends from EndpointSlices or from the selector over ready pods
 - :mod:`.maglev`: Maglev tables (``build_table``), Cilium's algorithm
 - :mod:`.ids`: service ids, backend ids, ClusterIPs and NodePorts by KV compare-and-set

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from services.identity.allocator import AllocatorStore
+from services.common.kvstore import KvStore
 from services.lb.errors import AllocationError
 from services.lb.model import NODEPORT_MAX, NODEPORT_MIN, SERVICE_CIDR
 
@@ -57,7 +57,7 @@ def cluster_ip_pool(cidr: ipaddress.IPv4Network = SERVICE_CIDR) -> Pool:
 class LbIds:
     """The lb service's allocations over a compare-and-set store."""
 
-    def __init__(self, store: AllocatorStore, rng: random.Random | None = None) -> None:
+    def __init__(self, store: KvStore, rng: random.Random | None = None) -> None:
         self.store = store
         self.rng = rng or random.Random()
         self.conflicts = 0

@@ -23,8 +23,8 @@ from prometheus_client import Counter
 
 from services.common import subjects
 from services.common.bus import Bus, Delivery, Outgoing
+from services.common.kvstore import JetStreamStore
 from services.common.runner import BusConsumer
-from services.identity.allocator import JetStreamStore
 from services.lb.errors import AllocationError, LbError
 from services.lb.events import (
     EV_BACKEND,

@@ -89,7 +89,7 @@ from services.nodeagent.health import (
     PART_POLICY,
     DatapathHealth,
 )
-from services.nodeagent.lbstate import NODE_MAC_ANNOTATION, LbDirty, LbNodeState
+from services.nodeagent.lbstate import LB_MODE_ENV, NODE_MAC_ANNOTATION, LbDirty, LbNodeState
 from services.nodeagent.patchplan import NodePlan, address_owners, plan_node, reassigned
 from services.nodeagent.state import Dirty, LocalEndpoint, NodeState
 
@@ -106,7 +106,6 @@ CT_GC_INTERVAL_S = 10.0     # expired conntrack entries are collected this often
 DRIFT_INTERVAL_S = 60.0     # each written map is compared with the agent's mirror this often
 DRIFT_INTERVAL_ENV = "CILIA_AGENT_DRIFT_INTERVAL_S"   # overrides DRIFT_INTERVAL_S (tests)
 LB_INPUTS = ["cilia.lb.>", subjects.source_filter("Node")]
-LB_MODE_ENV = "CILIA_LB_MODE"        # snat (default) or dsr, like Cilium's loadBalancer.mode
 DEVICES_ENV = "CILIA_DEVICES"        # the node's external interface, like Cilium's --devices
 DEFAULT_DEVICE = "eth0"              # the lab node's underlay interface
 SNAPSHOT_FILE = "agent-state.msgpack"   # the durable position: folded state + its sequence

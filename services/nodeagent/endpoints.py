@@ -16,38 +16,29 @@ restart; :class:`EndpointManager` is the netlink shell.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import ctypes
-import ctypes.util
 import hashlib
 import ipaddress
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from services.common.errors import CiliaError
-from services.nodeagent.ipam import IpamStore, gateway_of, write_json_atomic
-
-T = TypeVar("T")
+from services.common.netns import open_iproute
+from services.common.paths import PIN_ROOT, run_root, state_root, write_json_atomic
+from services.nodeagent.ipam import IpamStore, gateway_of
 
 IFNAMSIZ = 15              # usable characters of a Linux interface name
 HOST_IF_PREFIX = "lxc"     # Cilium's prefix of host-side pod veths
 MIN_ENDPOINT_ID = 1        # 0 means "no endpoint" in the datapath
 MAX_ENDPOINT_ID = 0xFFFF   # endpoint ids are u16, as in Cilium
 ENDPOINTS_STATE_VERSION = 1
-BPFFS_ROOT = Path("/sys/fs/bpf/cilia")
-NETNS_RUN_DIR = "/run/netns"
-CLONE_NEWNET = 0x40000000
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 class EndpointError(CiliaError):
@@ -65,16 +56,6 @@ class EndpointCheckError(EndpointError):
 class EndpointNotReadyError(EndpointError):
     """A new endpoint's identity or policy did not reach the node's maps in time (the
     runtime should try ADD again later); the message names the pod and what was missing."""
-
-
-def state_root() -> Path:
-    """Root of cilia's persistent state (env ``CILIA_STATE_DIR``, default /var/lib/cilia)."""
-    return Path(os.environ.get("CILIA_STATE_DIR", "/var/lib/cilia"))
-
-
-def run_root() -> Path:
-    """Root of cilia's runtime files: sockets (env ``CILIA_RUN_DIR``, default /run/cilia)."""
-    return Path(os.environ.get("CILIA_RUN_DIR", "/run/cilia"))
 
 
 @dataclass(frozen=True)
@@ -109,7 +90,7 @@ class NodeConfig:
     @property
     def bpffs_dir(self) -> Path:
         """Where this node's maps and programs are pinned."""
-        return BPFFS_ROOT / self.name
+        return PIN_ROOT / self.name
 
     @classmethod
     def default_paths(cls, name: str, node_ip: str, pod_cidr: str,
@@ -229,71 +210,6 @@ class EndpointRequest:
     ifname: str
     pod_namespace: str
     pod_name: str
-
-
-def setns_net(fd: int) -> None:
-    """Move the calling thread into the network namespace open at ``fd``."""
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextmanager
-def entered_netns(netns: str) -> Iterator[None]:
-    """Run the calling thread inside a netns (name or path) until the block ends.
-
-    Only the calling thread moves (setns(2) is per thread). Sockets opened inside stay in that
-    netns afterwards, which is how :func:`open_iproute` works without forking: pyroute2's own
-    ``IPRoute(netns=...)`` forks a helper, and a forked child of an asyncio program that gets
-    SIGTERM writes into the parent's signal wakeup fd, so the agent would believe it was
-    signalled.
-    """
-    path = netns if "/" in netns else f"{NETNS_RUN_DIR}/{netns}"
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(path, os.O_RDONLY)
-        try:
-            setns_net(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            setns_net(own)
-    finally:
-        os.close(own)
-
-
-def run_in_netns(netns: str, fn: Callable[[], T]) -> T:
-    """``fn()`` inside a netns, on a thread of its own: the caller's thread never moves."""
-    def inside() -> T:
-        with entered_netns(netns):
-            return fn()
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(inside).result()
-
-
-def open_iproute(netns: str | None) -> IPRoute:
-    """An IPRoute socket bound to a netns (None: the caller's), opened without forking."""
-    if netns is None:
-        return IPRoute()
-    with entered_netns(netns):
-        return IPRoute()
-
-
-def off_loop(fn: Callable[[], T]) -> T:
-    """Call ``fn`` here, or in a helper thread when this thread runs an asyncio loop.
-
-    pyroute2's synchronous API drives an event loop of its own and refuses to run on a thread
-    whose loop is running; callers that may be inside ``asyncio.run`` use this.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return fn()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(fn).result()
 
 
 @contextmanager

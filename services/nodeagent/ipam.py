@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.errors import CiliaError
+from services.common.paths import write_json_atomic
 
 IPAM_STATE_VERSION = 1  # schema version of the ipam state file
 
@@ -116,17 +116,6 @@ class PodCidrAllocator:
         except (KeyError, TypeError, ValueError) as exc:
             raise IpamStateError(f"ipam state: {exc}") from exc
         return cls(cidr, allocations)
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to ``path`` atomically (temporary file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 class IpamStore:

@@ -40,6 +40,7 @@ from services.nodeagent.datapath.lbmaps import (
 )
 
 LB_MODES = ("snat", "dsr")
+LB_MODE_ENV = "CILIA_LB_MODE"    # the agent's mode, like Cilium's loadBalancer.mode (snat default)
 PORT_INDEX_BITS = 8              # service ports per service in a frontend id
 MAX_PORTS = 1 << PORT_INDEX_BITS
 NODE_KIND = "Node"

@@ -7,8 +7,10 @@ file and the document index, which this pure code never sees.
 
 from __future__ import annotations
 
+from services.common.errors import CiliaError
 
-class PolicyError(Exception):
+
+class PolicyError(CiliaError):
     """Base class of every error raised by ``services.policy``."""
 
 

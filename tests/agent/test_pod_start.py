@@ -15,11 +15,11 @@ import pytest
 
 from services.common import subjects
 from services.common.identities import ID_INIT
+from services.common.netns import open_iproute
 from services.common.roles import CLI
 from services.lab.netns import spawn
 from services.lab.plan import pod_netns_name
 from services.nodeagent.datapath import EndpointEntry, open_maps
-from services.nodeagent.endpoints import open_iproute
 from tests.support.cluster import CILIA, Cluster, temp_cluster
 from tests.support.procs import stop_process
 

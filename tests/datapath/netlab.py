@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from pyroute2 import NetNS, netns
 
-from services.nodeagent.endpoints import run_in_netns
+from services.common.netns import run_in_netns
 
 GATEWAY = "169.254.1.1"
 T = TypeVar("T")

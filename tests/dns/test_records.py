@@ -9,14 +9,8 @@ import dns.rdatatype
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.dns.records import (
-    KUBE_DNS_IP,
-    answer,
-    resolv_conf,
-    respond,
-    service_name,
-    zone_from_view,
-)
+from services.common.clusterdns import KUBE_DNS_IP, resolv_conf
+from services.dns.records import answer, respond, service_name, zone_from_view
 from services.lb.events import LbView
 
 

@@ -10,7 +10,7 @@ import msgpack
 
 from services.common import subjects
 from services.common.bus import Bus
-from services.identity.allocator import JetStreamStore
+from services.common.kvstore import JetStreamStore
 from tests.support.procs import REPO
 
 SETS = 1000

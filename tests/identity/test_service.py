@@ -12,9 +12,9 @@ import pytest
 from services.cli import source
 from services.common import subjects
 from services.common.bus import Bus
+from services.common.kvstore import JetStreamStore
 from services.common.runner import collect_status
 from services.common.schemas import SCHEMA_VERSION
-from services.identity.allocator import JetStreamStore
 from tests.support.busread import count, live, wait_for
 from tests.support.objects import manifests, namespace, pod
 from tests.support.procs import service

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from services.common.netns import open_iproute
 from services.lab import LabState
 from services.lab.state import cni_conf_path, node_state_dir
-from services.nodeagent.endpoints import host_ifname, open_iproute
+from services.nodeagent.endpoints import host_ifname
 from tests.lab.conftest import CNI_PLUGIN, cni_env, sandbox_netns
 
 CID = "0123456789abcdef0123456789abcdef"

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from services.common.netns import open_iproute
 from services.lab import EXTERNAL_IP, Kubelet, LabState, down, exec_in_pod, up
 from services.lab.topology import cni_netconf, node_config
 from services.nodeagent.cniserver import CniServer
 from services.nodeagent.datapath import EndpointEntry, NodeMaps, Programs, attach
-from services.nodeagent.endpoints import Endpoint, open_iproute
+from services.nodeagent.endpoints import Endpoint
 from tests.lab.conftest import CNI_PLUGIN, CONNECT, cni_env, sandbox_netns, unique_lab
 
 ARGS = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart"

@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 from bcc import libbcc
 
+from services.common.netns import open_iproute
+from services.common.paths import PIN_ROOT
+from services.common.processes import ProcRef, is_alive
 from services.lab import Kubelet, LabExistsError, down, load_lab, up
 from services.lab import netns as ns
 from services.lab.errors import LabNotFoundError, TopologyError
 from services.lab.state import lab_dir, node_run_dir, node_state_dir
-from services.nodeagent.endpoints import BPFFS_ROOT, open_iproute
 from tests.lab.conftest import root_snapshot, unique_lab
 
 BPF_MAP_TYPE_HASH = 1
@@ -81,18 +83,18 @@ def test_up_two_nodes_then_down_leaves_nothing(lab_dirs: Any) -> None:
         assert sysctl(plan.external_netns, "net.ipv4.ip_forward") == "0"
 
         agents = load_lab(name).agents
-        assert set(agents) == {n1.name, n2.name} and all(ns.is_alive(a) for a in agents.values())
-        assert state.external is not None and ns.is_alive(state.external)
+        assert set(agents) == {n1.name, n2.name} and all(is_alive(a) for a in agents.values())
+        assert state.external is not None and is_alive(state.external)
 
         pod = Kubelet(name).create_pod({"metadata": {"name": "p"}, "spec": {
             "containers": [{"ports": [{"containerPort": 80}]}]}})
         assert pod["spec"]["nodeName"] == n1.name
         (rec,) = json.loads((lab_dir(name) / "pods.json").read_text())[
             "pods"].values()
-        workload = ns.ProcRef.from_json(rec["runtime"]["workload"])
-        assert ns.is_alive(workload)
+        workload = ProcRef.from_json(rec["runtime"]["workload"])
+        assert is_alive(workload)
 
-        pins = [BPFFS_ROOT / n.name / "cilia_test" for n in plan.nodes]
+        pins = [PIN_ROOT / n.name / "cilia_test" for n in plan.nodes]
         for pin in pins:
             pin_a_map(pin)
         assert root_snapshot().links == before.links
@@ -103,7 +105,7 @@ def test_up_two_nodes_then_down_leaves_nothing(lab_dirs: Any) -> None:
     assert ns.list_netns(f"cilia-{name}-") == []
     assert len(report.netns) == 5                       # 4 + the pod's sandbox
     for ref in [*agents.values(), state.external, workload]:
-        assert ref is not None and not ns.is_alive(ref)
+        assert ref is not None and not is_alive(ref)
     for pin in pins:
         assert not pin.parent.exists()
     for node in plan.nodes:
@@ -119,7 +121,7 @@ def test_down_without_state_still_sweeps(lab_dirs: Any) -> None:
     """A crash mid-up leaves namespaces but maybe no state: down finds them by prefix."""
     name = unique_lab()
     ns.create_netns(f"cilia-{name}-node1")
-    pin = BPFFS_ROOT / f"{name}-node1" / "m"
+    pin = PIN_ROOT / f"{name}-node1" / "m"
     try:
         pin_a_map(pin)
     finally:

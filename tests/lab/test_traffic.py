@@ -20,6 +20,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from services.common.objects import KINDS
+from services.common.processes import ProcRef, is_alive
 from services.lab import (
     CLUSTER_POD_CIDR,
     UNDERLAY_CIDR,
@@ -250,10 +251,10 @@ def test_dead_workload_shows_as_failed_and_deletes_cleanly(lab2: LabState,
                               "spec": {"containers": [{"ports": [{"containerPort": 80}]}]}})
     assert pod["status"]["phase"] == "Running"
     record = json.loads((lab_dir(lab2.name) / "pods.json").read_text())["pods"]
-    workload = ns.ProcRef.from_json(record["traffic/victim"]["runtime"]["workload"])
+    workload = ProcRef.from_json(record["traffic/victim"]["runtime"]["workload"])
     os.kill(workload.pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while ns.is_alive(workload) and time.monotonic() < deadline:
+    while is_alive(workload) and time.monotonic() < deadline:
         time.sleep(0.02)
     observed = kubelet.get_pod("traffic", "victim")
     assert observed is not None and observed["status"]["phase"] == "Failed"

@@ -13,7 +13,7 @@ import pytest
 from services.cli import source
 from services.common import subjects
 from services.common.bus import Bus
-from services.identity.allocator import JetStreamStore
+from services.common.kvstore import JetStreamStore
 from services.lb.client import read_view
 from services.lb.events import LbView
 from services.lb.ids import SERVICES, LbIds

@@ -13,8 +13,9 @@ import sys
 
 from services.common import subjects
 from services.common.bus import Bus
+from services.common.kvstore import JetStreamStore
 from services.common.labels import Labels
-from services.identity.allocator import Allocator, JetStreamStore
+from services.identity.allocator import Allocator
 
 CONCURRENCY = 32
 

@@ -28,6 +28,8 @@ from services.common.bus import Bus
 from services.common.buscreds import BusAccess, Credentials
 from services.common.embedded import NatsServer, free_port, start_nats
 from services.common.roles import ADMIN, CLI, SERVICE_ROLES
+from services.nodeagent.agent import INPUTS as AGENT_INPUTS
+from services.policy.service import INPUTS as POLICY_INPUTS
 from tests.support.procs import REPO, start_service, stop_process
 from tests.support.wait import wait_until
 
@@ -102,9 +104,6 @@ class Cluster:
 
     def settle(self, timeout: float = 20.0) -> None:
         """Wait until the policy service and every agent handled everything on the bus."""
-        from services.nodeagent.agent import INPUTS as AGENT_INPUTS
-        from services.policy.service import INPUTS as POLICY_INPUTS
-
         async def last_seq(filters: list[str]) -> int:
             bus = await self.bus(CLI)
             try:

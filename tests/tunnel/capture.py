@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from services.nodeagent.endpoints import entered_netns
+from services.common.netns import entered_netns
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800

@@ -19,6 +19,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from services.common.identities import ID_HOST, ID_REMOTE_NODE, ID_WORLD
+from services.common.netns import open_iproute
 from services.lab import CLUSTER_POD_CIDR, WORLD_IPS, plan_lab
 from services.nodeagent.datapath import attached_programs, open_maps
 from services.nodeagent.datapath.encode import ipcache_keys
@@ -29,7 +30,6 @@ from services.nodeagent.datapath.overlay import (
     PROG_TO_OVERLAY,
     overlay_mtu,
 )
-from services.nodeagent.endpoints import open_iproute
 from tests.support.cluster import CONNECT, Cluster, cluster
 from tests.tunnel.capture import (
     drain,

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.errors import CiliaError
+
 CNI_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = ("1.0.0",)
 
@@ -37,7 +39,7 @@ CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
 
 
-class CniError(Exception):
+class CniError(CiliaError):
     """A failure reported to the runtime as CNI error JSON."""
 
     def __init__(self, code: int, msg: str, details: str = "") -> None:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Root of every node's pinned objects: /sys/fs/bpf/cilia/<node>/<map>.
-BPFFS_ROOT = Path("/sys/fs/bpf")
-PIN_ROOT = BPFFS_ROOT / "cilia"
+from services.common.paths import PIN_ROOT  # every node's pinned objects: <PIN_ROOT>/<node>/<map>
 
 # Directory holding the C sources (bpf_lxc.c and lib/*.h).
 BPF_SRC_DIR = Path(__file__).resolve().parent.parent / "bpf"

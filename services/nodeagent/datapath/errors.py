@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from services.common.errors import CiliaError
 
-class DatapathError(Exception):
+
+class DatapathError(CiliaError):
     """Base of every datapath error."""
 
 

@@ -18,6 +18,7 @@ import hashlib
 
 from bcc import BPF
 
+from services.common.netns import open_iproute
 from services.nodeagent.datapath import constants as c
 from services.nodeagent.datapath._byteorder import ip_to_be32
 from services.nodeagent.datapath.backend import PinnedMapBackend
@@ -25,10 +26,10 @@ from services.nodeagent.datapath.errors import AttachError, ProgramLoadError, Ve
 from services.nodeagent.datapath.loader import (
     _capture_stderr,
     attach_fds,
+    detach,
     expand_includes,
 )
 from services.nodeagent.datapath.twins import LbConfig
-from services.nodeagent.endpoints import open_iproute
 
 NODEPORT_SOURCE = "bpf_nodeport.c"
 PROG_FROM_NETDEV = "cil_from_netdev"   # tc ingress of the underlay interface
@@ -120,6 +121,4 @@ def device_mac(ifname: str, netns: str | None = None) -> str:
 
 def detach_nodeport(ifname: str, netns: str | None = None) -> None:
     """Remove the underlay programs (same filters as the pod programs' ``detach``)."""
-    from services.nodeagent.datapath.loader import detach
-
     detach(ifname, netns)

@@ -24,10 +24,10 @@ from bcc.libbcc import lib as bcclib
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from services.common.netns import open_iproute
 from services.nodeagent.datapath import constants as c
 from services.nodeagent.datapath.errors import AttachError, ProgramLoadError, VerifierError
 from services.nodeagent.datapath.maps import NodeMaps
-from services.nodeagent.endpoints import open_iproute
 
 # clsact hook points (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS)).
 TC_PARENT_INGRESS = 0xFFFFFFF2
