@@ -50,6 +50,13 @@ from services.cli.controlplane import collect_status
 from services.cli.labcli import current_lab
 from services.cli.manifests import Manifest, load, validate_document
 from services.common.bus import Bus
+from services.common.contract import (
+    AGENT_INPUTS,
+    IPCACHE_FILTER,
+    POLICY_INPUTS,
+    ConsumerSpec,
+    IpcacheEvent,
+)
 from services.common.errors import CiliaError
 from services.common.objects import ObjectError
 from services.common.roles import SOURCE
@@ -107,20 +114,17 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
         time.sleep(POLL_S)
 
 
-async def _last_seq(bus: Bus, filters: list[str]) -> int:
+async def _last_seq(bus: Bus, filters: Sequence[str]) -> int:
     snap = await bus.snapshot(filters)
     return max((d.seq for d in snap.values()), default=0)
 
 
 async def settle(bus: Bus, timeout: float = SETTLE_TIMEOUT_S) -> None:
     """Wait until the policy service, then every agent, handled everything on the bus."""
-    from services.nodeagent.agent import INPUTS as AGENT_INPUTS
-    from services.policy.service import INPUTS as POLICY_INPUTS
-
     deadline = time.monotonic() + timeout
 
-    async def until(what: str, filters: list[str], service: str, key: str) -> None:
-        target = await _last_seq(bus, filters)
+    async def until(what: str, consumer: ConsumerSpec, service: str, key: str) -> None:
+        target = await _last_seq(bus, consumer.filters)
         while True:
             stats = [r["stats"] for r in await collect_status(bus, SETTLE_COLLECT_S)
                      if r["service"] == service]
@@ -180,9 +184,9 @@ class Runner:
                                     f"got {sorted(pods)}")
 
         async def ipcache(bus: Bus) -> set[str]:
-            snap = await bus.snapshot(["cilia.ipcache.>"])
+            snap = await bus.snapshot([IPCACHE_FILTER])
             return {str(d.event.data["prefix"]).split("/")[0] for d in snap.values()
-                    if d.event.type == "ipcache.upsert"}
+                    if d.event.type == IpcacheEvent.UPSERT}
 
         _wait("pod identities in the ipcache",
               lambda: set(pods.values()) <= self.ctx.run(ipcache), READY_TIMEOUT_S)
