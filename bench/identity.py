@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from bench._common import nats, summary_ms, write
 from services.cli import source
 from services.cli.manifests import Manifest, validate_document
-from services.common import subjects
+from services.common import contract
 from services.common.bus import Bus, Outgoing
 from services.common.codec import decode
 
@@ -89,7 +89,7 @@ async def allocation_rate(sets: int, replicas: int) -> dict[str, float]:
             start = time.perf_counter()
             # A burst of new pods (a scale-up, a watcher's relist), pipelined.
             await bus.publish_batch([Outgoing(
-                subjects.source("Pod", m.namespace, m.name), "object.upsert",
+                contract.source_subject("Pod", m.namespace, m.name), "object.upsert",
                 {"kind": "Pod", "namespace": m.namespace, "name": m.name, "object": m.obj},
                 f"bench-{m.name}") for m in items])
             published = time.perf_counter() - start

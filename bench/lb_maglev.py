@@ -23,7 +23,8 @@ from services.cli import source
 from services.cli.manifests import Manifest, validate_document
 from services.common.bus import Bus, Delivery
 from services.common.codec import encode
-from services.lb.events import LB_FILTER, LbView, members_subject
+from services.common.contract import LB_FILTER, lb_members_subject
+from services.lb.events import LbView
 from services.lb.maglev import DEFAULT_TABLE_SIZE, build_table, remapped_fraction
 from services.lb.service import LbService
 
@@ -152,7 +153,7 @@ async def bus_bytes(services: int) -> dict[str, Any]:
             "subjects": sorted({d.subject for d in events}),
             "bytes_per_change": change, "bytes_full_republish": full,
             "bytes_one_maglev_table": DEFAULT_TABLE_SIZE * SLOT_BYTES,
-            "members_subject_of_changed_service": members_subject(view.ids["bench/svc-0"])}
+            "members_subject_of_changed_service": lb_members_subject(view.ids["bench/svc-0"])}
 
 
 def main(argv: list[str] | None = None) -> None:

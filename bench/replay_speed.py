@@ -31,7 +31,7 @@ from typing import Any
 
 from bench._common import write
 from bench.policy_compile import pod_labels, policy
-from services.common import subjects
+from services.common import contract
 from services.common.codec import encode
 from services.common.identities import RESERVED, reserved_labels
 from services.common.policytypes import PROTO_TCP
@@ -88,12 +88,12 @@ class Generator:
     def run(self) -> list[Record]:
         for ident in RESERVED:
             labels = reserved_labels(ident)
-            self.emit(subjects.identity(ident), "identity.upsert",
+            self.emit(contract.identity_subject(ident), "identity.upsert",
                       {"id": ident, "labels": labels.strings()})
             self.repo.add_identity(ident, labels)
         for n in range(NODES):
             name = f"node{n}"
-            self.emit(subjects.source("Node", "", name), "object.upsert", {
+            self.emit(contract.source_subject("Node", "", name), "object.upsert", {
                 "kind": "Node", "namespace": "", "name": name, "object": {
                     "kind": "Node", "metadata": {"name": name}, "status": {"addresses": [
                         {"type": "InternalIP", "address": f"172.31.0.{10 + n}"}]}}})
@@ -106,7 +106,7 @@ class Generator:
             elif j % 5 == 1:
                 doc["spec"]["egress"][0]["toPorts"] = named
             meta = doc["metadata"]
-            seq = self.emit(subjects.source("CiliumNetworkPolicy", meta["namespace"],
+            seq = self.emit(contract.source_subject("CiliumNetworkPolicy", meta["namespace"],
                                             meta["name"]), "object.upsert",
                             {"kind": "CiliumNetworkPolicy", "namespace": meta["namespace"],
                              "name": meta["name"], "object": doc})
@@ -140,13 +140,13 @@ class Generator:
     def create_pod(self, i: int) -> None:
         self.trace += 1
         ns, name, ip, obj = self._pod(i)
-        self.emit(subjects.source("Pod", ns, name), "object.upsert",
+        self.emit(contract.source_subject("Pod", ns, name), "object.upsert",
                   {"kind": "Pod", "namespace": ns, "name": name, "object": obj})
         ident = 256 + i
         labels = pod_labels(i)
-        seq = self.emit(subjects.identity(ident), "identity.upsert",
+        seq = self.emit(contract.identity_subject(ident), "identity.upsert",
                         {"id": ident, "labels": labels.strings()})
-        self.emit(subjects.ipcache(f"{ip}/32"), "ipcache.upsert",
+        self.emit(contract.ipcache_subject(f"{ip}/32"), "ipcache.upsert",
                   {"prefix": f"{ip}/32", "identity": ident, "pod": f"{ns}/{name}",
                    "node": obj["spec"]["nodeName"], "host_ip": obj["status"]["hostIP"]})
         self.outputs(self.repo.add_identity(ident, labels), seq)
@@ -154,10 +154,10 @@ class Generator:
     def delete_pod(self, i: int) -> None:
         self.trace += 1
         ns, name, ip, _ = self._pod(i)
-        self.emit(subjects.source("Pod", ns, name), "object.delete",
+        self.emit(contract.source_subject("Pod", ns, name), "object.delete",
                   {"kind": "Pod", "namespace": ns, "name": name})
-        self.emit(subjects.ipcache(f"{ip}/32"), "ipcache.delete", {"prefix": f"{ip}/32"})
-        seq = self.emit(subjects.identity(256 + i), "identity.delete", {"id": 256 + i})
+        self.emit(contract.ipcache_subject(f"{ip}/32"), "ipcache.delete", {"prefix": f"{ip}/32"})
+        seq = self.emit(contract.identity_subject(256 + i), "identity.delete", {"id": 256 + i})
         self.outputs(self.repo.remove_identity(256 + i), seq)
 
 

@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from nats.js.errors import NotFoundError
 
-from services.common import subjects
+from services.common import contract
 from services.common.bus import Bus, HistoryConfig
 from services.common.embedded import NatsServer, start_nats
 
@@ -57,8 +57,8 @@ async def _delete_stream(b: Bus, name: str) -> None:
 async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
     """A connection to a bus whose history stream and KV buckets start empty."""
     b = await Bus.connect(nats_server.url, "test")
-    for name in (f"KV_{subjects.KV_IDENTITIES}", f"KV_{subjects.KV_SERVICES}",
-                 subjects.HISTORY_STREAM):
+    for name in (f"KV_{contract.KV_IDENTITIES}", f"KV_{contract.KV_SERVICES}",
+                 contract.HISTORY_STREAM):
         await _delete_stream(b, name)
     for _ in range(STREAM_RESET_TRIES):
         info = await b.ensure_history(HistoryConfig())
@@ -66,7 +66,7 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
             break
         # A stream re-created right after its deletion has been seen to come back with its
         # old messages on a loaded machine: delete it again.
-        await _delete_stream(b, subjects.HISTORY_STREAM)
+        await _delete_stream(b, contract.HISTORY_STREAM)
     else:
         raise RuntimeError("could not start from an empty history stream")
     try:

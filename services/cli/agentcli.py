@@ -19,9 +19,21 @@ from nats.aio.msg import Msg
 from tabulate import tabulate
 
 from services.cli._context import CliContext, output_option, pass_ctx, print_json
-from services.common import control, subjects
+from services.common import control
 from services.common.bus import Bus
 from services.common.codec import decode
+from services.common.contract import (
+    FLOWS_CONTROL,
+    FLOWS_FILTER,
+    IDENTITY_FILTER,
+    IPCACHE_FILTER,
+    KIND_NODE,
+    IdentityEvent,
+    IpcacheEvent,
+    ObjectEvent,
+    flows_subject,
+    source_filter,
+)
 from services.common.errors import CiliaError, CodecError
 from services.common.identities import ID_INIT, RESERVED
 from services.common.policytypes import ANY_PEER, PROTO_NAMES, Direction
@@ -33,9 +45,9 @@ OBSERVE_COLLECT_S = 0.5
 
 async def cluster_nodes(bus: Bus) -> list[str]:
     """The nodes registered on the bus (each agent publishes its Node object)."""
-    snap = await bus.snapshot([subjects.source_filter("Node")])
+    snap = await bus.snapshot([source_filter(KIND_NODE)])
     return sorted(d.event.data["name"] for d in snap.values()
-                  if d.event.type == "object.upsert")
+                  if d.event.type == ObjectEvent.UPSERT)
 
 
 def nodes_with_maps(ctx: CliContext, node: str | None) -> list[str]:
@@ -54,11 +66,11 @@ def _open(node: str) -> Any:
 
 async def _names(bus: Bus) -> tuple[dict[int, list[str]], dict[str, str]]:
     """identity -> labels, and pod IP -> namespace/name, from the bus."""
-    snap = await bus.snapshot(["cilia.identity.>", "cilia.ipcache.>"])
+    snap = await bus.snapshot([IDENTITY_FILTER, IPCACHE_FILTER])
     labels = {d.event.data["id"]: sorted(d.event.data["labels"]) for d in snap.values()
-              if d.event.type == "identity.upsert"}
+              if d.event.type == IdentityEvent.UPSERT}
     pods = {d.event.data["prefix"].split("/")[0]: d.event.data.get("pod") or ""
-            for d in snap.values() if d.event.type == "ipcache.upsert"}
+            for d in snap.values() if d.event.type == IpcacheEvent.UPSERT}
     return labels, pods
 
 
@@ -250,8 +262,8 @@ async def recent_flows(bus: Bus) -> list[dict[str, Any]]:
     """The recent flows every agent keeps, merged in time order (an agent's reply counts only
     if it comes from that node's agent role)."""
     flows: list[dict[str, Any]] = []
-    for reply in await control.request(bus, subjects.FLOWS_REQUEST, "flow",
-                                       control.flows_claim, OBSERVE_COLLECT_S):
+    for reply in await control.request(bus, FLOWS_CONTROL, control.flows_claim,
+                                       OBSERVE_COLLECT_S):
         flows.extend(reply.data["flows"])
     return sorted(flows, key=lambda f: f["time"])
 
@@ -290,8 +302,7 @@ def observe(ctx: CliContext, follow: bool, verdict: str | None, pod: str | None,
                 for f in decode(msg.data, msg.subject).data["flows"]:
                     queue.put_nowait(f)
 
-        await bus.nc.subscribe(subjects.flows(node) if node else f"{subjects.FLOWS}.>",
-                               cb=on_flows)
+        await bus.nc.subscribe(flows_subject(node) if node else FLOWS_FILTER, cb=on_flows)
         while True:
             f = await queue.get()
             if _matches(f, verdict, pod):

@@ -50,6 +50,13 @@ from services.cli.controlplane import collect_status
 from services.cli.labcli import current_lab
 from services.cli.manifests import Manifest, load, validate_document
 from services.common.bus import Bus
+from services.common.contract import (
+    AGENT_INPUTS,
+    IPCACHE_FILTER,
+    POLICY_INPUTS,
+    ConsumerSpec,
+    IpcacheEvent,
+)
 from services.common.errors import CiliaError
 from services.common.objects import ObjectError
 from services.common.roles import SOURCE
@@ -59,10 +66,8 @@ from services.lab import Kubelet, exec_in_pod
 from services.lab.podexec import exec_in_netns
 from services.lab.state import load_lab
 from services.lb.client import read_view
-from services.nodeagent.agent import INPUTS as AGENT_INPUTS
 from services.nodeagent.datapath.errors import DatapathError
 from services.nodeagent.datapath.lbmaps import LbMaps
-from services.policy.service import INPUTS as POLICY_INPUTS
 
 KUBE_DNS = Path(__file__).resolve().parents[2] / "examples" / "kube-dns" / "kube-dns.yaml"
 KUBE_DNS_REF = "kube-system/kube-dns"
@@ -109,7 +114,7 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
         time.sleep(POLL_S)
 
 
-async def _last_seq(bus: Bus, filters: list[str]) -> int:
+async def _last_seq(bus: Bus, filters: Sequence[str]) -> int:
     snap = await bus.snapshot(filters)
     return max((d.seq for d in snap.values()), default=0)
 
@@ -118,8 +123,8 @@ async def settle(bus: Bus, timeout: float = SETTLE_TIMEOUT_S) -> None:
     """Wait until the policy service, then every agent, handled everything on the bus."""
     deadline = time.monotonic() + timeout
 
-    async def until(what: str, filters: list[str], service: str, key: str) -> None:
-        target = await _last_seq(bus, filters)
+    async def until(what: str, consumer: ConsumerSpec, service: str, key: str) -> None:
+        target = await _last_seq(bus, consumer.filters)
         while True:
             stats = [r["stats"] for r in await collect_status(bus, SETTLE_COLLECT_S)
                      if r["service"] == service]
@@ -179,9 +184,9 @@ class Runner:
                                     f"got {sorted(pods)}")
 
         async def ipcache(bus: Bus) -> set[str]:
-            snap = await bus.snapshot(["cilia.ipcache.>"])
+            snap = await bus.snapshot([IPCACHE_FILTER])
             return {str(d.event.data["prefix"]).split("/")[0] for d in snap.values()
-                    if d.event.type == "ipcache.upsert"}
+                    if d.event.type == IpcacheEvent.UPSERT}
 
         _wait("pod identities in the ipcache",
               lambda: set(pods.values()) <= self.ctx.run(ipcache), READY_TIMEOUT_S)

@@ -21,6 +21,7 @@ from typing import Any
 from services.common.bus import NATS_URL_ENV, Bus, HistoryConfig
 from services.common.buscreds import BusAccess, Credentials
 from services.common.bussecrets import BusSecrets, bus_secrets
+from services.common.contract import KV_IDENTITIES, KV_SERVICES
 from services.common.embedded import NatsServer, reload_nats, start_nats
 from services.common.errors import BusError, CiliaError
 from services.common.processes import (
@@ -32,7 +33,6 @@ from services.common.processes import (
 )
 from services.common.roles import ADMIN, CLI, CONTROL_PLANE_ROLES, SERVICE_ROLES, agent_role
 from services.common.runner import collect_status
-from services.common.subjects import KV_IDENTITIES, KV_SERVICES
 
 # The control-plane services `cilia up` starts, one process each (python -m services.<name>).
 SERVICES: tuple[str, ...] = ("identity", "policy", "lb")

@@ -30,8 +30,8 @@ from services.cli.identity import format_identities, list_identities
 from services.cli.labcli import start_lab
 from services.cli.service import read_view, render_services, service_rows
 from services.cli.status import read_status, render
-from services.common import subjects
 from services.common.bus import NATS_URL_ENV, Bus
+from services.common.contract import PolicyEvent, policy_rules_subject
 from services.common.embedded import free_port
 from services.common.errors import CiliaError, PermissionDenied
 from services.common.paths import STATE_DIR_ENV
@@ -126,7 +126,7 @@ def fail_closed(ctx: CliContext, runtime: Kubelet, eps: dict[str, dict[str, Any]
     async def forge(bus: Bus) -> str:
         rules = SubjectPolicy(backend["identity"]).to_dict() | {"revision": 1}
         try:
-            await bus.publish(subjects.policy_rules(backend["identity"]), "policy.rules",
+            await bus.publish(policy_rules_subject(backend["identity"]), PolicyEvent.RULES,
                               rules, msg_id=f"demo-forged/{time.time_ns()}")
         except PermissionDenied as exc:
             return f"refused: {exc}"

@@ -14,8 +14,20 @@ import click
 
 from services.cli._context import CliContext, output_option, pass_ctx, print_json
 from services.cli.agentcli import _labels_of, _open, nodes_with_maps
-from services.common import subjects
 from services.common.bus import Bus
+from services.common.contract import (
+    IDENTITY_FILTER,
+    IPCACHE_FILTER,
+    KIND_POD,
+    AgentEvent,
+    IdentityEvent,
+    IpcacheEvent,
+    ObjectEvent,
+    agent_endpoints_filter,
+    parse_agent_endpoint,
+    source_subject,
+    token,
+)
 from services.common.identities import ID_INIT
 from services.identity.derive import sanitize_pod_labels
 
@@ -25,16 +37,16 @@ STATE_WAITING = "waiting-for-identity"   # Cilium's name: still at the init iden
 
 async def _bus_view(bus: Bus, nodes: list[str]) -> dict[str, Any]:
     """Identity labels, ipcache pod names, endpoint reports and Pod objects, from the bus."""
-    snap = await bus.snapshot(["cilia.identity.>", "cilia.ipcache.>",
-                               *(subjects.agent_endpoints_of(n) for n in nodes)])
+    snap = await bus.snapshot([IDENTITY_FILTER, IPCACHE_FILTER,
+                               *(agent_endpoints_filter(n) for n in nodes)])
     labels = {d.event.data["id"]: sorted(d.event.data["labels"]) for d in snap.values()
-              if d.event.type == "identity.upsert"}
+              if d.event.type == IdentityEvent.UPSERT}
     ipcache = {d.event.data["prefix"].split("/")[0]: d.event.data.get("pod") or ""
-               for d in snap.values() if d.event.type == "ipcache.upsert"}
+               for d in snap.values() if d.event.type == IpcacheEvent.UPSERT}
     reports = {}
     for subject, d in snap.items():
-        parsed = subjects.parse_agent_endpoint(subject)
-        if parsed is not None and d.event.type == "endpoint.upsert":
+        parsed = parse_agent_endpoint(subject)
+        if parsed is not None and d.event.type == AgentEvent.ENDPOINT_UPSERT:
             reports[(parsed[0], d.event.data["ip"])] = d.event.data
     return {"labels": labels, "ipcache": ipcache, "reports": reports}
 
@@ -44,8 +56,8 @@ async def _pod_objects(bus: Bus, pods: list[str]) -> dict[str, dict[str, Any]]:
     out = {}
     for pod in pods:
         namespace, _, name = pod.partition("/")
-        event = await bus.last_event(subjects.source("Pod", namespace, name))
-        if event is not None and event.type == "object.upsert":
+        event = await bus.last_event(source_subject(KIND_POD, namespace, name))
+        if event is not None and event.type == ObjectEvent.UPSERT:
             out[pod] = event.data["object"]
     return out
 
@@ -63,7 +75,7 @@ def endpoint_details(ctx: CliContext, target: str, node: str | None) -> list[dic
         with _open(name) as maps:
             entries = maps.endpoints.entries()
         for ip, ep in sorted(entries.items(), key=lambda kv: kv[1].endpoint_id):
-            report = view["reports"].get((subjects.token(name), ip))
+            report = view["reports"].get((token(name), ip))
             pod = (f"{report['namespace']}/{report['pod']}" if report
                    else view["ipcache"].get(ip, ""))
             if _matches(target, ep.endpoint_id, ip, pod):

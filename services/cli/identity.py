@@ -9,12 +9,13 @@ from tabulate import tabulate
 
 from services.cli._context import CliContext, output_option, pass_ctx, print_json
 from services.common.bus import Bus
+from services.common.contract import IDENTITY_FILTER, IdentityEvent
 
 
 async def list_identities(bus: Bus) -> list[dict[str, Any]]:
     """Every live identity, by number: ``[{"id": 1, "labels": ["reserved:host"]}, ...]``."""
-    snap = await bus.snapshot(["cilia.identity.>"])
-    rows = [d.event.data for d in snap.values() if d.event.type == "identity.upsert"]
+    snap = await bus.snapshot([IDENTITY_FILTER])
+    rows = [d.event.data for d in snap.values() if d.event.type == IdentityEvent.UPSERT]
     return sorted(({"id": r["id"], "labels": sorted(r["labels"])} for r in rows),
                   key=lambda r: r["id"])
 

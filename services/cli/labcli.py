@@ -13,9 +13,9 @@ from tabulate import tabulate
 
 from services.cli import controlplane
 from services.cli._context import CliContext, pass_ctx
-from services.common import subjects
 from services.common.bus import NATS_URL_ENV, Bus, Outgoing
 from services.common.buscreds import Credentials
+from services.common.contract import KIND_NODE, KIND_POD, ObjectDelete, ObjectEvent, source_subject
 from services.common.errors import CiliaError
 from services.common.roles import CLI, SOURCE, agent_role
 from services.lab import DEFAULT_LAB, Kubelet, LabError, exec_in_pod, list_labs, load_lab
@@ -144,14 +144,11 @@ async def _forget(url: str, creds: Credentials, pods: list[dict[str, Any]],
     """Tell the bus the lab's pods and nodes are gone, as a kubelet's node going away would."""
     bus = await Bus.connect(url, "cilia-lab", timeout=3.0, creds=creds)
     try:
-        items = [Outgoing(subjects.source("Pod", p["metadata"]["namespace"],
-                                          p["metadata"]["name"]), "object.delete",
-                          {"kind": "Pod", "namespace": p["metadata"]["namespace"],
-                           "name": p["metadata"]["name"]}, f"lab-down/{uuid.uuid4()}")
-                 for p in pods]
-        items += [Outgoing(subjects.source("Node", "", n), "object.delete",
-                           {"kind": "Node", "namespace": "", "name": n},
-                           f"lab-down/{uuid.uuid4()}") for n in nodes]
+        gone = [ObjectDelete(kind=KIND_POD, namespace=p["metadata"]["namespace"],
+                             name=p["metadata"]["name"]) for p in pods]
+        gone += [ObjectDelete(kind=KIND_NODE, namespace="", name=n) for n in nodes]
+        items = [Outgoing(source_subject(o.kind, o.namespace, o.name), ObjectEvent.DELETE, o,
+                          f"lab-down/{uuid.uuid4()}") for o in gone]
         await bus.publish_batch(items)
         return len(items)
     finally:

@@ -22,6 +22,7 @@ import yaml
 
 from services.cli.yamlguard import YamlLimitError, check_limits, load_all
 from services.common.codec import encode
+from services.common.contract import ObjectEvent
 from services.common.errors import CiliaError
 from services.common.objects import DEFAULT_NAMESPACE, KindSpec, ObjectError
 from services.common.objects import KINDS as CORE_KINDS
@@ -146,8 +147,8 @@ def check_size(obj: dict[str, Any], max_payload: int, whole: bool = True) -> Non
     """
     try:
         event = upsert_event(obj)
-        size = len(encode("object.upsert", event) if whole else
-                   msgpack.packb({"v": 0, "type": "object.upsert", "data": event}))
+        size = len(encode(ObjectEvent.UPSERT, event) if whole else
+                   msgpack.packb({"v": 0, "type": ObjectEvent.UPSERT, "data": event}))
     except (CiliaError, TypeError, ValueError, OverflowError) as exc:
         raise ObjectError("", f"cannot be sent on the bus: {exc}") from None
     if size + HEADER_ALLOWANCE > max_payload:

@@ -10,8 +10,19 @@ from tabulate import tabulate
 
 from services.cli import manifests, source
 from services.cli._context import CliContext, pass_ctx, print_json
-from services.common import subjects
 from services.common.bus import Bus, Delivery
+from services.common.contract import (
+    IDENTITY_FILTER,
+    IPCACHE_SOURCE_K8S,
+    KIND_POD,
+    POLICY_STATUS_FILTER,
+    IdentityEvent,
+    IpcacheEvent,
+    ObjectEvent,
+    ipcache_filter,
+    policy_status_subject,
+    source_filter,
+)
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_BY_NAME
 from services.common.roles import SOURCE
@@ -66,24 +77,24 @@ async def load_repository(bus: Bus) -> tuple[Repository, NamedPortMap]:
     force exactly as in the service.
     """
     repo = Repository()
-    current = await bus.snapshot(["cilia.identity.>", "cilia.ipcache.k8s.>",
-                                  subjects.source_filter("Pod")])
+    current = await bus.snapshot([IDENTITY_FILTER, ipcache_filter(IPCACHE_SOURCE_K8S),
+                                  source_filter(KIND_POD)])
     for d in current.values():
-        if d.event.type == "identity.upsert":
+        if d.event.type == IdentityEvent.UPSERT:
             repo.add_identity(d.event.data["id"], Labels.parse(d.event.data["labels"]))
-    for d in await _history(bus, [subjects.source_filter(k) for k in sorted(POLICY_KINDS)]):
+    for d in await _history(bus, [source_filter(k) for k in sorted(POLICY_KINDS)]):
         data = d.event.data
         try:
-            if d.event.type == "object.upsert":
+            if d.event.type == ObjectEvent.UPSERT:
                 repo.upsert(parse_policy(data["object"]))
             else:
                 repo.delete(PolicyRef(data["kind"], data["namespace"], data["name"]))
         except PolicyError:
             continue   # the policy service rejected it too; its previous version stays
     ip_identity = {d.event.data["prefix"].split("/")[0]: d.event.data["identity"]
-                   for d in current.values() if d.event.type == "ipcache.upsert"}
+                   for d in current.values() if d.event.type == IpcacheEvent.UPSERT}
     pods = [d.event.data["object"] for d in current.values()
-            if d.event.type == "object.upsert"]
+            if d.event.type == ObjectEvent.UPSERT]
     return repo, _named_ports(pods, ip_identity)
 
 
@@ -102,14 +113,14 @@ def policy_import(ctx: CliContext, files: tuple[str, ...]) -> None:
 
 
 async def _policies(bus: Bus) -> list[dict[str, Any]]:
-    status = await bus.snapshot(["cilia.policy.status.>"])
-    objects = await bus.snapshot([subjects.source_filter(k) for k in sorted(POLICY_KINDS)])
+    status = await bus.snapshot([POLICY_STATUS_FILTER])
+    objects = await bus.snapshot([source_filter(k) for k in sorted(POLICY_KINDS)])
     rows = []
     for d in objects.values():
-        if d.event.type != "object.upsert":
+        if d.event.type != ObjectEvent.UPSERT:
             continue
         data = d.event.data
-        st = status.get(subjects.policy_status(data["kind"], data["namespace"], data["name"]))
+        st = status.get(policy_status_subject(data["kind"], data["namespace"], data["name"]))
         s = st.event.data if st else {}
         rows.append({"kind": data["kind"], "namespace": data["namespace"],
                      "name": data["name"], "revision": s.get("revision"),

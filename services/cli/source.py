@@ -24,8 +24,8 @@ from services.cli.manifests import (
     load,
     with_last_applied,
 )
-from services.common import subjects
 from services.common.bus import Bus
+from services.common.contract import ObjectEvent, source_subject
 from services.common.tracing import tracer
 
 _tracer = tracer("cilia.cli")
@@ -76,8 +76,8 @@ async def current(bus: Bus, m: Manifest) -> dict[str, object] | None:
 async def current_object(bus: Bus, kind: str, namespace: str,
                          name: str) -> dict[str, object] | None:
     """The object the bus holds for (kind, namespace, name), or None."""
-    event = await bus.last_event(subjects.source(kind, namespace, name))
-    return event.data["object"] if event is not None and event.type == "object.upsert" \
+    event = await bus.last_event(source_subject(kind, namespace, name))
+    return event.data["object"] if event is not None and event.type == ObjectEvent.UPSERT \
         else None
 
 
@@ -89,11 +89,11 @@ def _last_applied(obj: Mapping[str, Any] | None) -> str | None:
     return annotations.get(LAST_APPLIED) if isinstance(annotations, Mapping) else None
 
 
-async def _publish_object(bus: Bus, obj: Mapping[str, Any], event_type: str = "object.upsert",
-                          ) -> None:
+async def _publish_object(bus: Bus, obj: Mapping[str, Any],
+                          event_type: ObjectEvent = ObjectEvent.UPSERT) -> None:
     kind, meta = obj["kind"], obj["metadata"]
     namespace = meta.get("namespace") or ""
-    await bus.publish(subjects.source(kind, namespace, meta["name"]), event_type,
+    await bus.publish(source_subject(kind, namespace, meta["name"]), event_type,
                       {"kind": kind, "namespace": namespace, "name": meta["name"],
                        "object": dict(obj)}, msg_id=f"apply/{uuid.uuid4()}")
 
@@ -117,7 +117,7 @@ async def _run_workload(bus: Bus, runtime: Runtime, obj: dict[str, Any]) -> None
         if await current_object(bus, "Pod", meta["namespace"], meta["name"]) != pod:
             await _publish_object(bus, pod)
     for pod in result.deleted:
-        await _publish_object(bus, pod, "object.delete")
+        await _publish_object(bus, pod, ObjectEvent.DELETE)
 
 
 async def apply(bus: Bus, manifests: list[Manifest],
@@ -167,10 +167,10 @@ async def delete(bus: Bus, manifests: list[Manifest],
                 names = await asyncio.to_thread(runtime.delete_deployment, m.namespace, m.name)
                 for name in names:
                     await _publish_object(bus, {"kind": "Pod", "metadata": {
-                        "name": name, "namespace": m.namespace}}, "object.delete")
+                        "name": name, "namespace": m.namespace}}, ObjectEvent.DELETE)
             elif runtime is not None and m.kind == "Pod":
                 await asyncio.to_thread(runtime.delete_pod, m.namespace, m.name)
-            await _publish_object(bus, before, "object.delete")
+            await _publish_object(bus, before, ObjectEvent.DELETE)
             outcomes.append(Outcome(m, DELETED))
     return outcomes
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -20,14 +20,13 @@ from services.cli.agentcli import cluster_nodes
 from services.cli.controlplane import SERVICES, collect_status
 from services.cli.labcli import current_lab
 from services.cli.service import kube_proxy_replacement
-from services.common import subjects
 from services.common.bus import Bus
+from services.common.contract import AGENT_INPUTS, KIND_POD, ObjectEvent, source_filter
 from services.common.errors import BusError, CiliaError
 from services.common.roles import CLI
 from services.common.runner import STATE_OK
 from services.lab.state import load_lab
 from services.lb.client import read_view
-from services.nodeagent.agent import INPUTS as AGENT_INPUTS
 from services.nodeagent.datapath.errors import DatapathError
 from services.nodeagent.datapath.lbmaps import LbMaps
 
@@ -44,7 +43,7 @@ LOGO = ["    /¯¯\\     ", " /¯¯\\__/¯¯\\  ", " \\__/¯¯\\__/  ", " /¯¯\
         " \\__/¯¯\\__/  ", "    \\__/     "]
 
 
-async def _last_seq(bus: Bus, filters: list[str]) -> int:
+async def _last_seq(bus: Bus, filters: Sequence[str]) -> int:
     snap = await bus.snapshot(filters)
     return max((d.seq for d in snap.values()), default=0)
 
@@ -65,9 +64,9 @@ async def gather(bus: Bus, url: str, lab: str | None) -> dict[str, Any]:
     replies = await collect_status(bus)
     nodes = await cluster_nodes(bus)
     view = await read_view(bus)
-    agent_bus_seq = await _last_seq(bus, AGENT_INPUTS)
-    pods = await bus.snapshot([subjects.source_filter("Pod")])
-    running = sum(1 for d in pods.values() if d.event.type == "object.upsert"
+    agent_bus_seq = await _last_seq(bus, AGENT_INPUTS.filters)
+    pods = await bus.snapshot([source_filter(KIND_POD)])
+    running = sum(1 for d in pods.values() if d.event.type == ObjectEvent.UPSERT
                   and ((d.event.data.get("object") or {}).get("status") or {}).get("podIP"))
     lab_info: dict[str, Any] = {"name": lab, "routing": None}
     kpr: dict[str, dict[str, Any]] = {}

@@ -17,7 +17,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -27,9 +27,9 @@ from nats.js.kv import KeyValue
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 
-from services.common import subjects
 from services.common.buscreds import Credentials
-from services.common.codec import Event, decode, encode
+from services.common.codec import Data, Event, decode, encode
+from services.common.contract import HISTORY_STREAM, HISTORY_SUBJECTS, ConsumerSpec, DeliverFrom
 from services.common.errors import BusError, CodecError, PermissionDenied
 from services.common.rejections import Rejections
 from services.common.tracing import extract_context, inject_headers, tracer
@@ -63,7 +63,6 @@ REFUSED = Counter("cilia_bus_refused_total",
 
 _tracer = tracer("cilia.bus")
 
-DeliverFrom = Literal["all", "new", "last_per_subject"]
 _DELIVER = {"all": api.DeliverPolicy.ALL, "new": api.DeliverPolicy.NEW,
             "last_per_subject": api.DeliverPolicy.LAST_PER_SUBJECT}
 
@@ -160,7 +159,7 @@ class HistoryConfig:
 
     def stream_config(self) -> api.StreamConfig:
         return api.StreamConfig(
-            name=subjects.HISTORY_STREAM, subjects=list(subjects.HISTORY_SUBJECTS),
+            name=HISTORY_STREAM, subjects=list(HISTORY_SUBJECTS),
             retention=api.RetentionPolicy.LIMITS, storage=api.StorageType.FILE,
             max_age=self.max_age_s, max_bytes=self.max_bytes,
             duplicate_window=DUPLICATE_WINDOW_S, num_replicas=self.replicas)
@@ -191,7 +190,7 @@ class Outgoing:
 
     subject: str
     event_type: str
-    data: dict[str, Any]
+    data: Data
     msg_id: str
 
 
@@ -304,17 +303,17 @@ class Bus:
             BusError: the stream is missing and this role may not create it.
         """
         try:
-            info = await self.js.stream_info(subjects.HISTORY_STREAM)
+            info = await self.js.stream_info(HISTORY_STREAM)
         except NotFoundError:
             cfg = (config or HistoryConfig.from_env()).stream_config()
             return await self._admin(
-                f"{JS_API}.STREAM.CREATE.{subjects.HISTORY_STREAM}", self.js.add_stream(cfg),
-                f"the history stream {subjects.HISTORY_STREAM} does not exist and")
+                f"{JS_API}.STREAM.CREATE.{HISTORY_STREAM}", self.js.add_stream(cfg),
+                f"the history stream {HISTORY_STREAM} does not exist and")
         if config is not None:
             return await self._admin(
-                f"{JS_API}.STREAM.UPDATE.{subjects.HISTORY_STREAM}",
+                f"{JS_API}.STREAM.UPDATE.{HISTORY_STREAM}",
                 self.js.update_stream(config.stream_config()),
-                f"to change the history stream {subjects.HISTORY_STREAM}'s retention,")
+                f"to change the history stream {HISTORY_STREAM}'s retention,")
         return info
 
     async def key_value(self, bucket: str, history: int = 1) -> KeyValue:
@@ -363,7 +362,7 @@ class Bus:
             raise PermissionDenied(f"{self.service}: the bus refused to let "
                                    f"{self.creds.describe()} publish to {refused.result()}")
 
-    async def publish(self, subject: str, event_type: str, data: dict[str, Any], *,
+    async def publish(self, subject: str, event_type: str, data: Data, *,
                       msg_id: str) -> api.PubAck:
         """Publish one event to the history stream.
 
@@ -378,7 +377,7 @@ class Bus:
                             "cilia.msg_id": msg_id}):
             headers = inject_headers({MSG_ID: msg_id})
             ack = await self._acked([subject], self.js.publish(
-                subject, payload, stream=subjects.HISTORY_STREAM, headers=headers))
+                subject, payload, stream=HISTORY_STREAM, headers=headers))
         PUBLISHED.labels(self.service, "duplicate" if ack.duplicate else "stored").inc()
         return ack
 
@@ -389,7 +388,7 @@ class Bus:
         object: the event before it counts, as if the bad one had never been stored.
         """
         try:
-            raw = await self.js.get_last_msg(subjects.HISTORY_STREAM, subject)
+            raw = await self.js.get_last_msg(HISTORY_STREAM, subject)
         except NotFoundError:
             return None
         event = _decode_or_none(raw.data or b"", subject)
@@ -422,7 +421,7 @@ class Bus:
                                     "cilia.msg_id": item.msg_id}):
                     headers = inject_headers({MSG_ID: item.msg_id})
                     futures.append(await self.js.publish_async(
-                        item.subject, payload, stream=subjects.HISTORY_STREAM,
+                        item.subject, payload, stream=HISTORY_STREAM,
                         headers=headers))
             return list(await asyncio.gather(*futures))
 
@@ -431,15 +430,19 @@ class Bus:
             PUBLISHED.labels(self.service, "duplicate" if ack.duplicate else "stored").inc()
         return acks
 
-    async def publish_core(self, subject: str, event_type: str, data: dict[str, Any]) -> None:
+    async def publish_core(self, subject: str, event_type: str, data: Data) -> None:
         """Publish one event on core NATS (not stored): flows and other high-volume data."""
         await self.nc.publish(subject, encode(event_type, data), headers=inject_headers({}))
 
-    async def consume(self, filters: Sequence[str], handler: Handler, *,
-                      deliver: DeliverFrom = "all", name: str = "consume",
+    async def consume(self, filters: Sequence[str] | ConsumerSpec, handler: Handler, *,
+                      deliver: DeliverFrom | None = None, name: str | None = None,
                       start_seq: int | None = None, traced: bool = True,
                       idle: Idle | None = None, report: bool = True) -> Subscription:
         """Consume events of the history stream matching ``filters``, in order.
+
+        ``filters`` is a consumer's subscription (:mod:`services.common.contract.consumers`:
+        its filters, where it starts and its name, unless ``deliver`` or ``name`` say
+        otherwise) or a list of filter subjects (from every stored event, by default).
 
         Every message is checked whole (its schema, and that it belongs on its subject)
         before the handler sees it. A bad one is counted per subject family, logged once per
@@ -458,6 +461,12 @@ class Bus:
                 batching handler from finishing its batch or going live.
             report: count and log bad messages (a one-off read-only view says False).
         """
+        if isinstance(filters, ConsumerSpec):
+            deliver = deliver or filters.deliver
+            name = name or filters.name
+            filters = filters.filters
+        deliver = deliver or "all"
+        name = name or "consume"
         queue: asyncio.Queue[Msg] = asyncio.Queue()
 
         async def on_msg(msg: Msg) -> None:
@@ -482,7 +491,7 @@ class Bus:
         if start_seq is not None:
             config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = start_seq
-        return await self.js.subscribe(flist[0], stream=subjects.HISTORY_STREAM, cb=cb,
+        return await self.js.subscribe(flist[0], stream=HISTORY_STREAM, cb=cb,
                                        ordered_consumer=True, config=config)
 
     async def snapshot(self, filters: Sequence[str], timeout: float = 10.0) -> dict[str, Delivery]:

@@ -1,6 +1,7 @@
 """The msgpack event codec: pure functions, no I/O.
 
 Every payload is a msgpack map ``{"v": SCHEMA_VERSION, "type": <event type>, "data": {...}}``.
+The data is a dict or the event type's typed payload (:class:`~services.common.contract.Payload`).
 Encoding and decoding check the data whole against its schema (:mod:`services.common.contract`:
 nested fields, value ranges and, given the subject, that the event belongs there); decoding
 rejects unknown versions and malformed payloads with typed errors so that a consumer can count
@@ -9,6 +10,7 @@ them and go on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,19 +43,30 @@ _ENVELOPE = msgspec.msgpack.Decoder(_Envelope)
 _HEAD = b"\x83" + msgpack.packb("v") + msgpack.packb(SCHEMA_VERSION) + msgpack.packb("type")
 _DATA_KEY = msgpack.packb("data")
 _PLAIN = msgspec.msgpack.Decoder()
+_TYPED = msgspec.msgpack.Encoder()
+
+# What a producer hands the codec: the data as a dict, or the event type's typed payload.
+Data = Mapping[str, Any] | contract.Payload
 
 
-def encode(event_type: str, data: dict[str, Any]) -> bytes:
+def encode(event_type: str, data: Data) -> bytes:
     """Encode one event after checking it whole.
 
     The data is checked as consumers will check it: its msgpack bytes are decoded against
-    the schema (faster than checking the dict itself, and the very same rules).
+    the schema (faster than checking the dict itself, and the very same rules). A typed
+    payload must be the event type's own.
 
     Raises:
         MalformedPayload: the type is unknown or the data does not follow its schema.
     """
     try:
-        packed = msgpack.packb(data, use_bin_type=True)
+        if isinstance(data, contract.Payload):
+            if type(data) is not contract.EVENTS.get(event_type):
+                raise MalformedPayload(f"{event_type}: a {type(data).__name__} is another "
+                                       f"event type's payload")
+            packed = _TYPED.encode(data)
+        else:
+            packed = msgpack.packb(data, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise MalformedPayload(f"{event_type}: cannot be encoded: {exc}") from None
     contract.decode_data(event_type, packed)

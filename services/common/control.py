@@ -1,8 +1,9 @@
 """Control requests whose replies prove who sent them (status heartbeats, recent flows).
 
-A requester publishes ``<request subject>.<nonce>`` with a fresh random nonce; each responder
-publishes its reply on ``cilia.ctl.reply.<its role>.<nonce>``, a subject only that role may
-publish (the server enforces it, see :mod:`services.common.roles`). The requester reads the role
+A requester publishes a request (:class:`~services.common.contract.ControlRequest`) with a
+fresh random nonce; each responder publishes its reply on ``cilia.ctl.reply.<its
+role>.<nonce>``, a subject only that role may publish (the server enforces it, see
+:mod:`services.common.roles`). The requester reads the role
 from the subject and keeps a reply only if its payload speaks for that role (an agent for its
 own node, a service for itself); anything else is counted and ignored. A reply cannot be
 forged by replying to an inbox: there is none.
@@ -21,9 +22,9 @@ from typing import Any
 from nats.aio.msg import Msg
 from prometheus_client import Counter
 
-from services.common import subjects
 from services.common.bus import Bus
 from services.common.codec import decode
+from services.common.contract import ControlRequest, ctl_reply_subject, parse_ctl_reply
 from services.common.errors import CodecError
 from services.common.roles import may_report, role_for_service
 
@@ -31,8 +32,6 @@ log = logging.getLogger(__name__)
 
 NONCE_BYTES = 16                       # 128 random bits per request
 _NONCE = re.compile(r"^[0-9a-f]{1,64}$")
-_REPLY_ROLE_TOKEN = 3                  # cilia.ctl.reply.<role>.<nonce>
-_REPLY_TOKENS = 5
 
 REJECTED = Counter("cilia_ctl_replies_rejected_total",
                    "Control replies ignored: not from the role they claim, or malformed",
@@ -68,30 +67,29 @@ def _reject(reason: str, subject: str, detail: str = "") -> None:
                 f" ({detail})" if detail else "")
 
 
-async def request(bus: Bus, request_prefix: str, event_type: str, claim: Claim,
-                  wait: float) -> list[Reply]:
-    """Publish ``<request_prefix>.<nonce>`` and gather the replies that come within ``wait``.
+async def request(bus: Bus, kind: ControlRequest, claim: Claim, wait: float) -> list[Reply]:
+    """Publish a request of ``kind`` and gather the replies that come within ``wait``.
 
-    Only replies whose payload (``event_type``) speaks for the role in their subject are kept.
+    Only replies whose payload (``kind.reply``) speaks for the role in their subject are kept.
     """
     nonce = secrets.token_hex(NONCE_BYTES)
     replies: list[Reply] = []
 
     async def on_reply(msg: Msg) -> None:
-        tokens = msg.subject.split(".")
-        if msg.reply or len(tokens) != _REPLY_TOKENS or tokens[-1] != nonce:
+        parsed = parse_ctl_reply(msg.subject)
+        if msg.reply or parsed is None or parsed[1] != nonce:
             # A responder publishes on exactly cilia.ctl.reply.<role>.<nonce>, with no reply
             # subject; anything else here was delivered by a JetStream consumer someone pointed
             # at this subject (a stored message, not an answer).
             _reject("not a reply", msg.subject, msg.reply)
             return
-        role = tokens[_REPLY_ROLE_TOKEN]
+        role = parsed[0]
         try:
             event = decode(msg.data)
         except CodecError as exc:
             _reject("malformed", msg.subject, str(exc))
             return
-        if event.type != event_type:
+        if event.type != kind.reply:
             _reject("unexpected type", msg.subject, event.type)
             return
         service, node = claim(event.data)
@@ -101,9 +99,9 @@ async def request(bus: Bus, request_prefix: str, event_type: str, claim: Claim,
             return
         replies.append(Reply(role, event.data))
 
-    sub = await bus.nc.subscribe(subjects.ctl_reply("*", nonce), cb=on_reply)
+    sub = await bus.nc.subscribe(ctl_reply_subject("*", nonce), cb=on_reply)
     try:
-        await bus.nc.publish(f"{request_prefix}.{nonce}", b"")
+        await bus.nc.publish(kind.subject(nonce), b"")
         await asyncio.sleep(wait)
     finally:
         await sub.unsubscribe()
@@ -115,10 +113,10 @@ def responder_role(bus: Bus, service: str, node: str | None) -> str:
     return bus.role or role_for_service(service, node) or service
 
 
-async def serve(bus: Bus, request_prefix: str, role: str,
+async def serve(bus: Bus, kind: ControlRequest, role: str,
                 payload: Callable[[], bytes | Awaitable[bytes]]) -> Any:
-    """Answer every ``<request_prefix>.<nonce>`` with ``payload()`` on ``role``'s reply
-    subject; returns the subscription."""
+    """Answer every request of ``kind`` with ``payload()`` on ``role``'s reply subject;
+    returns the subscription."""
 
     async def on_request(msg: Msg) -> None:
         nonce = msg.subject.rsplit(".", 1)[-1]
@@ -127,6 +125,6 @@ async def serve(bus: Bus, request_prefix: str, role: str,
         body = payload()
         if not isinstance(body, bytes):
             body = await body
-        await bus.nc.publish(subjects.ctl_reply(role, nonce), body)
+        await bus.nc.publish(ctl_reply_subject(role, nonce), body)
 
-    return await bus.nc.subscribe(f"{request_prefix}.*", cb=on_request)
+    return await bus.nc.subscribe(kind.filter, cb=on_request)

@@ -32,7 +32,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common import subjects
+from services.common.contract import (
+    FLOWS_CONTROL,
+    FLOWS_FILTER,
+    HISTORY_STREAM,
+    IDENTITY_FILTER,
+    IPCACHE_SOURCE_CIDR,
+    IPCACHE_SOURCE_K8S,
+    KIND_NODE,
+    KV_IDENTITIES,
+    KV_SERVICES,
+    LB_FILTER,
+    POLICY_FILTER,
+    SOURCE_FILTER,
+    STATUS_CONTROL,
+    agent_publish_filters,
+    ctl_reply_subject,
+    flows_subject,
+    ipcache_filter,
+    source_subject,
+    token,
+)
 
 ADMIN = "admin"
 SOURCE = "source"
@@ -57,7 +77,7 @@ JS_FLOW_CONTROL = "$JS.FC"
 
 def agent_role(node: str) -> str:
     """The role of ``node``'s agent: ``agent-<node token>``."""
-    return f"{AGENT_PREFIX}{subjects.token(node)}"
+    return f"{AGENT_PREFIX}{token(node)}"
 
 
 def is_agent_role(role: str) -> bool:
@@ -126,11 +146,10 @@ def kv_write(bucket: str) -> list[str]:
 
 # What each role publishes beyond reading; agents are added per node in permissions().
 _DATA: dict[str, list[str]] = {
-    SOURCE: ["cilia.src.>"],
-    IDENTITY: ["cilia.identity.>", f"cilia.ipcache.{subjects.IPCACHE_SOURCE_K8S}.>",
-               *kv_write(subjects.KV_IDENTITIES)],
-    POLICY: ["cilia.policy.>", f"cilia.ipcache.{subjects.IPCACHE_SOURCE_CIDR}.>"],
-    LB: ["cilia.lb.>", *kv_write(subjects.KV_SERVICES)],
+    SOURCE: [SOURCE_FILTER],
+    IDENTITY: [IDENTITY_FILTER, ipcache_filter(IPCACHE_SOURCE_K8S), *kv_write(KV_IDENTITIES)],
+    POLICY: [POLICY_FILTER, ipcache_filter(IPCACHE_SOURCE_CIDR)],
+    LB: [LB_FILTER, *kv_write(KV_SERVICES)],
     DNS: [],
     CLI: [],
 }
@@ -150,20 +169,19 @@ def permissions(role: str) -> Permissions:
         raise ValueError(f"unknown bus role {role!r}")
     if role == ADMIN:
         return Permissions(publish=(">",), subscribe=(">",))
-    publish = [*stream_read(subjects.HISTORY_STREAM),
-               subjects.status_request("*"), subjects.flows_request("*")]
-    subscribe = [f"{inbox_prefix(role)}.>", subjects.ctl_reply("*", "*")]
+    publish = [*stream_read(HISTORY_STREAM), STATUS_CONTROL.filter, FLOWS_CONTROL.filter]
+    subscribe = [f"{inbox_prefix(role)}.>", ctl_reply_subject("*", "*")]
     if is_agent_role(role):
-        node = role[len(AGENT_PREFIX):]
-        publish += [f"cilia.agent.*.{node}", f"cilia.agent.*.{node}.>", f"{subjects.FLOWS}.{node}",
-                    subjects.source("Node", "", node), subjects.ctl_reply(role, "*")]
-        subscribe += [subjects.status_request("*"), subjects.flows_request("*")]
+        node = role[len(AGENT_PREFIX):]     # a node token
+        publish += [*agent_publish_filters(node), flows_subject(node),
+                    source_subject(KIND_NODE, "", node), ctl_reply_subject(role, "*")]
+        subscribe += [STATUS_CONTROL.filter, FLOWS_CONTROL.filter]
     else:
         publish += _DATA[role]
         if role in _RESPONDERS:
-            publish.append(subjects.ctl_reply(role, "*"))
-            subscribe.append(subjects.status_request("*"))
+            publish.append(ctl_reply_subject(role, "*"))
+            subscribe.append(STATUS_CONTROL.filter)
     if role == CLI:
         publish += _CLI_EXTRA
-        subscribe.append(f"{subjects.FLOWS}.>")
+        subscribe.append(FLOWS_FILTER)
     return Permissions(publish=tuple(publish), subscribe=tuple(subscribe))

@@ -16,13 +16,15 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from prometheus_client import start_http_server
 
-from services.common import control, subjects
+from services.common import control
 from services.common.bus import Bus, Subscription
 from services.common.codec import encode
+from services.common.contract import STATUS_CONTROL, ControlEvent, ServiceStatus
+from services.common.contract.control import ServiceState
 from services.common.errors import BusError
 from services.common.tracing import setup_tracing, shutdown_tracing
 
@@ -33,7 +35,6 @@ STATUS_COLLECT_S = 0.3     # how long a status request gathers replies
 STATE_STARTING = "starting"
 STATE_OK = "ok"
 STATE_DEGRADED = "degraded"
-STATUS_EVENT = "service.status"
 
 
 class Service(Protocol):
@@ -81,17 +82,15 @@ class Heartbeat:
         self._sub: Any = None
 
     def payload(self) -> bytes:
-        data: dict[str, Any] = {
-            "service": self.service.name, "replica": self.replica, "pid": os.getpid(),
-            "state": self.service.state(), "uptime_s": round(time.monotonic() - self.started, 3),
-            "stats": self.service.stats()}
-        if self.node:
-            data["node"] = self.node
-        return encode(STATUS_EVENT, data)
+        return encode(ControlEvent.STATUS, ServiceStatus(
+            service=self.service.name, replica=self.replica, pid=os.getpid(),
+            state=cast(ServiceState, self.service.state()),     # checked when encoded
+            uptime_s=round(time.monotonic() - self.started, 3), stats=self.service.stats(),
+            node=self.node or None))
 
     async def start(self, bus: Bus) -> None:
         role = control.responder_role(bus, self.service.name, self.node)
-        self._sub = await control.serve(bus, subjects.STATUS, role, self.payload)
+        self._sub = await control.serve(bus, STATUS_CONTROL, role, self.payload)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -104,7 +103,7 @@ async def collect_status(bus: Bus, wait: float = STATUS_COLLECT_S) -> list[dict[
     A reply counts only if its role (proved by its subject) may speak for the service it names.
     """
     replies = [r.data for r in await control.request(
-        bus, subjects.STATUS, STATUS_EVENT, control.status_claim, wait)]
+        bus, STATUS_CONTROL, control.status_claim, wait)]
     return sorted(replies, key=lambda r: (r["service"], r["replica"]))
 
 

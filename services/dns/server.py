@@ -20,12 +20,13 @@ import struct
 from typing import Any, cast
 
 from services.common.bus import Bus, Delivery, Subscription
+from services.common.contract import LB_VIEW
 from services.common.netns import run_in_netns
 from services.common.rejections import Rejections
 from services.common.runner import STATE_OK, STATE_STARTING
 from services.dns.errors import DnsStartError
 from services.dns.records import Zone, respond, zone_from_view
-from services.lb.events import LB_FILTER, LbView
+from services.lb.events import LbView
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class DnsService:
     async def start(self, bus: Bus) -> None:
         loop = asyncio.get_running_loop()
         self._rejections = bus.rejections
-        self._sub = await bus.consume([LB_FILTER], self._on_lb, name="dns")
+        self._sub = await bus.consume(LB_VIEW, self._on_lb, name="dns")
         await self._sub.caught_up.wait()
         self.zone = zone_from_view(self.view)
         self._transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self),

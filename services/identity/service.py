@@ -24,8 +24,29 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from services.common import subjects
 from services.common.bus import Bus, Delivery, Outgoing
+from services.common.contract import (
+    IDENTITY_INPUTS,
+    IDENTITY_OUTPUTS,
+    KIND_NAMESPACE,
+    KIND_POD,
+    KV_IDENTITIES,
+    EndpointDelete,
+    EndpointUpsert,
+    IdentityDelete,
+    IdentityEvent,
+    IdentityUpsert,
+    IpcacheDelete,
+    IpcacheEvent,
+    IpcacheUpsert,
+    ObjectDelete,
+    ObjectUpsert,
+    Payload,
+    identity_subject,
+    ipcache_subject,
+    parse_agent_endpoint,
+    token,
+)
 from services.common.identities import RESERVED, reserved_labels
 from services.common.kvstore import JetStreamStore
 from services.common.labels import Labels
@@ -131,21 +152,16 @@ class IdentityService(BusConsumer):
 
     async def start(self, bus: Bus) -> None:
         self.bus = bus
-        self.allocator = Allocator(JetStreamStore(await bus.key_value(subjects.KV_IDENTITIES)))
+        self.allocator = Allocator(JetStreamStore(await bus.key_value(KV_IDENTITIES)))
         now = time.monotonic()
         for num, labels in (await self.allocator.load()).items():
             self.labels_of[num] = labels
             self.unused_since[num] = now
-        outputs = await bus.consume(
-            ["cilia.identity.>", f"cilia.ipcache.{subjects.IPCACHE_SOURCE_K8S}.>"],
-            self._on_output, deliver="last_per_subject", name="identity-outputs",
-            traced=False)
+        outputs = await bus.consume(IDENTITY_OUTPUTS, self._on_output, traced=False)
         self._subs.append(outputs)
         await outputs.caught_up.wait()
         await self._publish_reserved()
-        sources = await bus.consume(
-            [subjects.source_filter("Namespace"), subjects.source_filter("Pod"),
-             subjects.AGENT_ENDPOINTS], self._on_source, name="identity", idle=self._settle)
+        sources = await bus.consume(IDENTITY_INPUTS, self._on_source, idle=self._settle)
         self._subs.append(sources)
         if sources.caught_up.is_set():
             self._live = True
@@ -173,29 +189,30 @@ class IdentityService(BusConsumer):
     # -- inputs ----------------------------------------------------------------------------
 
     async def _on_output(self, d: Delivery) -> None:
-        self._record(d.event.type, d.event.data)
+        self._record(d.event.payload)
 
-    def _record(self, event_type: str, data: dict[str, Any]) -> None:
+    def _record(self, payload: Payload | None) -> None:
         """Remember what the bus says (from the bus, or from our own publish)."""
-        match event_type:
-            case "identity.upsert":
-                self.published_ids[data["id"]] = data["labels"]
-                waiter = self._learned.get(Labels.parse(data["labels"]).digest())
+        match payload:
+            case IdentityUpsert(id=num, labels=labels):
+                self.published_ids[num] = labels
+                waiter = self._learned.get(Labels.parse(labels).digest())
                 if waiter is not None and not waiter.done():
-                    waiter.set_result(data["id"])
-            case "identity.delete":
-                self.published_ids.pop(data["id"], None)
-            case "ipcache.upsert":
-                self.published_ip[data["prefix"]] = PublishedIp(
-                    data["identity"], data.get("host_ip") or "", data.get("pod") or "")
-            case "ipcache.delete":
-                self.published_ip.pop(data["prefix"], None)
+                    waiter.set_result(num)
+            case IdentityDelete(id=num):
+                self.published_ids.pop(num, None)
+            case IpcacheUpsert():
+                self.published_ip[payload.prefix] = PublishedIp(
+                    payload.identity, payload.host_ip or "", payload.pod or "")
+            case IpcacheDelete(prefix=prefix):
+                self.published_ip.pop(prefix, None)
 
     async def _on_source(self, d: Delivery) -> None:
-        if d.event.type.startswith("endpoint."):
-            self._on_report(d)
-        else:
-            self._on_object(d)
+        match d.event.payload:
+            case EndpointUpsert() | EndpointDelete() as report:
+                self._on_report(d, report)
+            case ObjectUpsert() | ObjectDelete() as obj:
+                self._on_object(obj)
         # Under load (more events pending) fold events into one batch: allocations then run
         # concurrently and publishes are pipelined; when idle, each event is handled at once.
         if d.pending == 0 or (self._live and len(self._dirty) >= MAX_BATCH):
@@ -212,64 +229,61 @@ class IdentityService(BusConsumer):
             self._dirty |= dirty
             raise
 
-    def _on_report(self, d: Delivery) -> None:
+    def _on_report(self, d: Delivery, report: EndpointUpsert | EndpointDelete) -> None:
         """An agent's endpoint report: the subject names the node (the bus lets an agent
         publish only its own node's subjects), so the report counts for that node only."""
-        data = d.event.data
-        node_tok = self._report_node(d)
+        node_tok = self._report_node(d.subject, report)
         if node_tok is None:
             self.reports_rejected += 1
             REPORTS.labels("rejected").inc()
             log.warning("identity: endpoint report on %s (seq %s) is invalid or does not "
                         "match its subject: node %r pod %r/%r ip %r", d.subject, d.seq,
-                        data.get("node"), data.get("namespace"), data.get("pod"),
-                        data.get("ip"))
+                        report.node, report.namespace, report.pod, getattr(report, "ip", None))
             return
-        key = (data["namespace"], data["pod"])
-        if d.event.type == "endpoint.upsert":
+        key = (report.namespace, report.pod)
+        if isinstance(report, EndpointUpsert):
             self.reports.setdefault(key, {})[node_tok] = EndpointReport(
-                data["node"], data["ip"], data["endpoint_id"], data["container_id"])
+                report.node, report.ip, report.endpoint_id, report.container_id)
+            REPORTS.labels("upsert").inc()
         else:
             by_node = self.reports.get(key, {})
             by_node.pop(node_tok, None)
             if not by_node:
                 self.reports.pop(key, None)
-        REPORTS.labels(d.event.type.removeprefix("endpoint.")).inc()
+            REPORTS.labels("delete").inc()
         self._dirty.add(key)
 
     @staticmethod
-    def _report_node(d: Delivery) -> str | None:
+    def _report_node(subject: str, report: EndpointUpsert | EndpointDelete) -> str | None:
         """The node token of a well-formed report whose payload agrees with its subject."""
-        parsed = subjects.parse_agent_endpoint(d.subject)
-        data = d.event.data
+        parsed = parse_agent_endpoint(subject)
         if parsed is None:
             return None
         node_tok, ns_tok, pod_tok = parsed
-        if (subjects.token(data["node"]), subjects.token(data["namespace"]),
-                subjects.token(data["pod"])) != (node_tok, ns_tok, pod_tok):
+        if (token(report.node), token(report.namespace), token(report.pod)) != \
+                (node_tok, ns_tok, pod_tok):
             return None
-        if d.event.type == "endpoint.upsert" and not _is_ipv4(data["ip"]):
+        if isinstance(report, EndpointUpsert) and not _is_ipv4(report.ip):
             return None
         return node_tok
 
-    def _on_object(self, d: Delivery) -> None:
-        data = d.event.data
-        kind, ns, name = data["kind"], data["namespace"], data["name"]
-        deleted = d.event.type == "object.delete"
-        if kind == "Namespace":
-            labels = {} if deleted else dict(data["object"]["metadata"].get("labels") or {})
+    def _on_object(self, event: ObjectUpsert | ObjectDelete) -> None:
+        kind, ns, name = event.kind, event.namespace, event.name
+        if kind == KIND_NAMESPACE:
+            labels: dict[str, str] = {} if isinstance(event, ObjectDelete) \
+                else dict(event.object["metadata"].get("labels") or {})
             if self.namespaces.get(name) != labels:
                 self.namespaces[name] = labels
                 self._dirty.update(k for k in self.pods if k[0] == name)
-        elif kind == "Pod":
+        elif kind == KIND_POD:
             key = (ns, name)
-            if deleted:
+            if isinstance(event, ObjectDelete):
                 self.pods.pop(key, None)
                 # A pod of the same name created later gets its address from a new report,
                 # never from one an agent that went away left behind.
                 self.reports.pop(key, None)
             else:
-                obj = data["object"]
+                obj = event.object
                 status = obj.get("status") or {}
                 self.pods[key] = PodInfo(obj, status.get("podIP"), status.get("hostIP"),
                                          (obj.get("spec") or {}).get("nodeName"))
@@ -317,7 +331,7 @@ class IdentityService(BusConsumer):
         if pod is None:
             return None
         if pod.node:
-            report = self.reports.get(key, {}).get(subjects.token(pod.node))
+            report = self.reports.get(key, {}).get(token(pod.node))
             if report is not None:
                 return report.ip
         return pod.ip
@@ -361,8 +375,8 @@ class IdentityService(BusConsumer):
         for labels, num in await asyncio.gather(*(allocate(ls) for ls in mine)):
             out[labels] = num
             if self.published_ids.get(num) != labels.strings():
-                self._publish(subjects.identity(num), "identity.upsert",
-                              {"id": num, "labels": labels.strings()}, cause)
+                self._publish(identity_subject(num), IdentityEvent.UPSERT,
+                              IdentityUpsert(id=num, labels=labels.strings()), cause)
         await self._flush()
         out.update(await asyncio.gather(*(learn_or_allocate(ls) for ls in theirs)))
         for digest in waiting:
@@ -414,8 +428,8 @@ class IdentityService(BusConsumer):
             self.labels_of[num] = labels
             self.unused_since.pop(num, None)
             if self.published_ids.get(num) != labels.strings():
-                self._publish(subjects.identity(num), "identity.upsert",
-                              {"id": num, "labels": labels.strings()}, cause)
+                self._publish(identity_subject(num), IdentityEvent.UPSERT,
+                              IdentityUpsert(id=num, labels=labels.strings()), cause)
         self._reconcile_ipcache(key, num, cause)
 
     def _reconcile_ipcache(self, key: PodKey, num: int | None, cause: str) -> None:
@@ -428,26 +442,24 @@ class IdentityService(BusConsumer):
             self.pod_prefix.pop(key, None)
             owner = self.published_ip.get(old_prefix)
             if owner is not None and owner.pod == pod_name:
-                self._publish(subjects.ipcache(old_prefix), "ipcache.delete",
-                                    {"prefix": old_prefix, "identity": owner.identity}, cause)
+                self._publish(ipcache_subject(old_prefix), IpcacheEvent.DELETE,
+                              IpcacheDelete(prefix=old_prefix, identity=owner.identity), cause)
         if prefix is None or pod is None or num is None:
             return
         self.pod_prefix[key] = prefix
         want = PublishedIp(num, pod.host_ip or "", pod_name)
         if self.published_ip.get(prefix) != want:
-            data: dict[str, Any] = {"prefix": prefix, "identity": num, "host_ip": want.host_ip,
-                                    "pod": pod_name}
-            if pod.node:
-                data["node"] = pod.node
-            self._publish(subjects.ipcache(prefix), "ipcache.upsert", data, cause)
+            self._publish(ipcache_subject(prefix), IpcacheEvent.UPSERT, IpcacheUpsert(
+                prefix=prefix, identity=num, host_ip=want.host_ip, pod=pod_name,
+                node=pod.node or None), cause)
 
-    def _publish(self, subject: str, event_type: str, data: dict[str, Any], cause: str) -> None:
+    def _publish(self, subject: str, event_type: str, payload: Payload, cause: str) -> None:
         """Queue one event (sent by :meth:`_flush`) and remember it as published."""
         # Deterministic per (cause, subject, type): replicas handling the same source event
         # publish the same id, and JetStream stores it once.
-        self._outbox.append(Outgoing(subject, event_type, data,
+        self._outbox.append(Outgoing(subject, event_type, payload,
                                      f"identity/{cause}/{subject}/{event_type}"))
-        self._record(event_type, data)
+        self._record(payload)
 
     async def _flush(self) -> None:
         assert self.bus is not None
@@ -459,8 +471,8 @@ class IdentityService(BusConsumer):
         for num in sorted(RESERVED):
             labels = reserved_labels(num).strings()
             if self.published_ids.get(num) != labels:
-                self._publish(subjects.identity(num), "identity.upsert",
-                              {"id": num, "labels": labels}, "reserved-v1")
+                self._publish(identity_subject(num), IdentityEvent.UPSERT,
+                              IdentityUpsert(id=num, labels=labels), "reserved-v1")
         await self._flush()
 
     # -- garbage collection ----------------------------------------------------------------
@@ -490,8 +502,8 @@ class IdentityService(BusConsumer):
                                                attributes={"cilia.identity": num}):
                 released = await self.allocator.release(num, labels)
                 if num in self.published_ids:
-                    self._publish(subjects.identity(num), "identity.delete",
-                                  {"id": num, "labels": labels.strings()},
+                    self._publish(identity_subject(num), IdentityEvent.DELETE,
+                                  IdentityDelete(id=num, labels=labels.strings()),
                                   f"gc-{labels.digest()}")
                     await self._flush()
             self.labels_of.pop(num, None)

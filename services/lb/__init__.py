@@ -5,7 +5,8 @@
 - :mod:`.resolve`: backends from EndpointSlices or from the selector over ready pods
 - :mod:`.maglev`: Maglev tables (``build_table``), Cilium's algorithm
 - :mod:`.ids`: service ids, backend ids, ClusterIPs and NodePorts by KV compare-and-set
-- :mod:`.events`: subjects, payloads and :class:`~.events.LbView`, the fold of ``cilia.lb.>``
+- :mod:`.events`: :class:`~.events.LbView`, the fold of ``cilia.lb.>`` (subjects, event types
+  and payloads are the bus contract's, :mod:`services.common.contract.lb`)
 - :mod:`.service`: the ``lb`` service (``python -m services.lb``)
 
 The node side lives in ``services/nodeagent/lbstate.py`` (reducer) and

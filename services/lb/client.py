@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from services.common.bus import Bus, Delivery
-from services.lb.events import LB_FILTER, LbView
+from services.common.contract import LB_VIEW
+from services.lb.events import LbView
 
 READ_TIMEOUT_S = 10.0
 
@@ -17,7 +18,7 @@ async def read_view(bus: Bus, timeout: float = READ_TIMEOUT_S) -> LbView:
     async def fold(d: Delivery) -> None:
         view.apply(d.event.type, d.event.data)
 
-    sub = await bus.consume([LB_FILTER], fold, name="lb-read", report=False)
+    sub = await bus.consume(LB_VIEW, fold, report=False)
     try:
         await asyncio.wait_for(sub.caught_up.wait(), timeout)
     finally:

@@ -1,18 +1,9 @@
-"""The lb service's events: subjects, payload shapes, and :class:`LbView`, their fold. Pure.
+"""The lb service's events folded: :class:`LbView`, what the bus says about services,
+backends and memberships. Pure.
 
-- ``cilia.lb.service.<ns>.<name>``: ``lb.service`` {id, service} and
-  ``lb.service.delete`` {id, namespace, name};
-- ``cilia.lb.backend.<id>``: ``lb.backend`` {id, address, port, protocol, node, pod, state}
-  and ``lb.backend.delete`` {id};
-- ``cilia.lb.members.<service id>``: ``lb.backends`` {service, op ("delta"), added, removed},
-  the pairs ``[service port name, backend id]`` that joined or left;
-- ``cilia.lb.status.<ns>.<name>``: ``lb.status`` {namespace, name, op ("ok", "error",
-  "delete"), error, id}.
-
-``service`` is ``{namespace, name, type, cluster_ip ("" when headless), ports: [{name, port,
-protocol, node_port (0: none)}], external_ips, lb_ips, affinity_timeout (s, 0: none),
-ext_local, int_local}``. Membership is published as deltas; a consumer folds the whole
-``cilia.lb.>`` history in order (``deliver="all"``) to know every service's members.
+The subjects, event types and payloads are the bus contract's
+(:mod:`services.common.contract.lb`). Membership is published as deltas; a consumer folds the
+whole ``cilia.lb.>`` history in order (``deliver="all"``) to know every service's members.
 """
 
 from __future__ import annotations
@@ -20,17 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.subjects import token
-
-LB_FILTER = "cilia.lb.>"
-EV_SERVICE = "lb.service"
-EV_SERVICE_DELETE = "lb.service.delete"
-EV_BACKEND = "lb.backend"
-EV_BACKEND_DELETE = "lb.backend.delete"
-EV_MEMBERS = "lb.backends"
-EV_STATUS = "lb.status"
-OP_DELTA = "delta"
-OP_SET = "set"
+from services.common.contract import OP_SET, LbEvent
 
 Member = tuple[str, int]    # (service port name, backend id)
 Frontend = tuple[str, int, str]   # (address, port, protocol)
@@ -42,22 +23,6 @@ def service_frontends(svc: dict[str, Any]) -> set[Frontend]:
     addrs = [a for a in [svc.get("cluster_ip") or "", *(svc.get("external_ips") or []),
                          *(svc.get("lb_ips") or [])] if a]
     return {(a, int(p["port"]), str(p["protocol"])) for a in addrs for p in svc["ports"]}
-
-
-def service_subject(ns: str, name: str) -> str:
-    return f"cilia.lb.service.{token(ns)}.{token(name)}"
-
-
-def backend_subject(backend_id: int) -> str:
-    return f"cilia.lb.backend.{backend_id}"
-
-
-def members_subject(service_id: int) -> str:
-    return f"cilia.lb.members.{service_id}"
-
-
-def status_subject(ns: str, name: str) -> str:
-    return f"cilia.lb.status.{token(ns)}.{token(name)}"
 
 
 @dataclass
@@ -90,7 +55,7 @@ class LbView:
         """Fold one event; returns the service and backend ids it touched."""
         t = Touched()
         match event_type:
-            case "lb.service":
+            case LbEvent.SERVICE:
                 svc = data["service"]
                 sid = int(data["id"])
                 ref = f"{svc['namespace']}/{svc['name']}"
@@ -104,24 +69,24 @@ class LbView:
                     self.frontends[fe] = sid
                 self.ids[ref] = sid
                 t.services.add(sid)
-            case "lb.service.delete":
+            case LbEvent.SERVICE_DELETE:
                 sid = int(data["id"])
                 svc = self._drop(sid)
                 if svc is not None:
                     self.ids.pop(f"{svc['namespace']}/{svc['name']}", None)
                 self.members.pop(sid, None)
                 t.services.add(sid)
-            case "lb.backend":
+            case LbEvent.BACKEND:
                 bid = int(data["id"])
                 self.backends[bid] = data
                 t.backends.add(bid)
                 t.services |= self.services_of(bid)
-            case "lb.backend.delete":
+            case LbEvent.BACKEND_DELETE:
                 bid = int(data["id"])
                 self.backends.pop(bid, None)
                 t.backends.add(bid)
                 t.services |= self.services_of(bid)
-            case "lb.backends":
+            case LbEvent.MEMBERS:
                 sid = int(data["service"])
                 if data.get("op") == OP_SET:
                     self.members[sid] = set()
@@ -131,7 +96,7 @@ class LbView:
                 for name, bid in data.get("added") or ():
                     cur.add((str(name), int(bid)))
                 t.services.add(sid)
-            case "lb.status":
+            case LbEvent.STATUS:
                 self.status[f"{data['namespace']}/{data['name']}"] = data
         return t
 

@@ -21,28 +21,23 @@ from typing import Any
 import msgpack
 from prometheus_client import Counter
 
-from services.common import subjects
 from services.common.bus import Bus, Delivery, Outgoing
+from services.common.contract import (
+    KV_SERVICES,
+    LB_INPUTS,
+    LB_OUTPUTS,
+    OP_DELTA,
+    LbEvent,
+    ObjectEvent,
+    lb_backend_subject,
+    lb_members_subject,
+    lb_service_subject,
+    lb_status_subject,
+)
 from services.common.kvstore import JetStreamStore
 from services.common.runner import BusConsumer
 from services.lb.errors import AllocationError, LbError
-from services.lb.events import (
-    EV_BACKEND,
-    EV_BACKEND_DELETE,
-    EV_MEMBERS,
-    EV_SERVICE,
-    EV_SERVICE_DELETE,
-    EV_STATUS,
-    LB_FILTER,
-    OP_DELTA,
-    LbView,
-    Member,
-    backend_subject,
-    members_subject,
-    service_frontends,
-    service_subject,
-    status_subject,
-)
+from services.lb.events import LbView, Member, service_frontends
 from services.lb.ids import BACKENDS, NODEPORTS, SERVICES, LbIds, cluster_ip_pool
 from services.lb.model import (
     SERVICE_NAME_LABEL,
@@ -55,7 +50,6 @@ from services.lb.resolve import Backend, resolve_backends, selects
 
 log = logging.getLogger(__name__)
 
-INPUT_KINDS = ("Service", "EndpointSlice", "Pod")
 MAX_BATCH = 256                 # source events folded into one reconciliation under load
 
 ERRORS = Counter("cilia_lb_errors_total", "Services rejected (invalid or conflicting)")
@@ -93,13 +87,11 @@ class LbService(BusConsumer):
 
     async def start(self, bus: Bus) -> None:
         self.bus = bus
-        self.ids = LbIds(JetStreamStore(await bus.key_value(subjects.KV_SERVICES)))
-        outputs = await bus.consume([LB_FILTER], self._on_output, name="lb-outputs",
-                                    traced=False)
+        self.ids = LbIds(JetStreamStore(await bus.key_value(KV_SERVICES)))
+        outputs = await bus.consume(LB_OUTPUTS, self._on_output, traced=False)
         self._subs.append(outputs)
         await outputs.caught_up.wait()
-        sources = await bus.consume([subjects.source_filter(k) for k in INPUT_KINDS],
-                                    self._on_source, name="lb", idle=self._settle)
+        sources = await bus.consume(LB_INPUTS, self._on_source, idle=self._settle)
         self._subs.append(sources)
         if sources.caught_up.is_set():
             await self._go_live("start")
@@ -118,7 +110,7 @@ class LbService(BusConsumer):
     async def _on_source(self, d: Delivery) -> None:
         data = d.event.data
         kind, ns, name = data["kind"], data["namespace"], data["name"]
-        deleted = d.event.type == "object.delete"
+        deleted = d.event.type == ObjectEvent.DELETE
         ref = f"{ns}/{name}"
         if kind == "Service":
             self.specs.pop(ref, None)
@@ -213,7 +205,7 @@ class LbService(BusConsumer):
                     log.exception("lb: Service %s", ref)
                 data = {"namespace": ns, "name": name, "op": "error", "error": str(exc)}
                 if self.view.status.get(ref) != data:
-                    self._publish(status_subject(ns, name), EV_STATUS, data, cause)
+                    self._publish(lb_status_subject(ns, name), LbEvent.STATUS, data, cause)
         self._collect_backends(cause)
         await self._flush()
 
@@ -234,21 +226,21 @@ class LbService(BusConsumer):
                 self._publish_backend(bid, be, cause)
         old_id = self.view.ids.get(ref)
         if old_id is not None and old_id != sid:
-            self._publish(service_subject(ns, name), EV_SERVICE_DELETE,
+            self._publish(lb_service_subject(ns, name), LbEvent.SERVICE_DELETE,
                           {"id": old_id, "namespace": ns, "name": name}, cause)
         if self.view.services.get(sid) != svc:
-            self._publish(service_subject(ns, name), EV_SERVICE, {"id": sid, "service": svc},
-                          cause)
+            self._publish(lb_service_subject(ns, name), LbEvent.SERVICE,
+                          {"id": sid, "service": svc}, cause)
         current = self.view.members.get(sid, set())
         added, removed = desired - current, current - desired
         if added or removed:
-            self._publish(members_subject(sid), EV_MEMBERS,
+            self._publish(lb_members_subject(sid), LbEvent.MEMBERS,
                           {"service": sid, "op": OP_DELTA,
                            "added": [list(m) for m in sorted(added)],
                            "removed": [list(m) for m in sorted(removed)]}, cause)
         status = {"namespace": ns, "name": name, "op": "ok", "id": sid}
         if self.view.status.get(ref) != status:
-            self._publish(status_subject(ns, name), EV_STATUS, status, cause)
+            self._publish(lb_status_subject(ns, name), LbEvent.STATUS, status, cause)
 
     async def _frontends(self, spec: ServiceSpec) -> dict[str, Any]:
         """The published service record, with ClusterIP and NodePorts allocated."""
@@ -300,17 +292,17 @@ class LbService(BusConsumer):
         data = {"id": bid, "address": be.addr.ip, "port": be.addr.port,
                 "protocol": be.addr.protocol, "node": be.node, "pod": be.pod, "state": be.state}
         if self.view.backends.get(bid) != data:
-            self._publish(backend_subject(bid), EV_BACKEND, data, cause)
+            self._publish(lb_backend_subject(bid), LbEvent.BACKEND, data, cause)
 
     async def _remove(self, ref: Ref, cause: str) -> None:
         assert self.ids is not None
         ns, _, name = ref.partition("/")
         sid = self.view.ids.get(ref)
         if sid is not None:
-            self._publish(service_subject(ns, name), EV_SERVICE_DELETE,
+            self._publish(lb_service_subject(ns, name), LbEvent.SERVICE_DELETE,
                           {"id": sid, "namespace": ns, "name": name}, cause)
         if self.view.status.get(ref, {}).get("op", "delete") != "delete":
-            self._publish(status_subject(ns, name), EV_STATUS,
+            self._publish(lb_status_subject(ns, name), LbEvent.STATUS,
                           {"namespace": ns, "name": name, "op": "delete"}, cause)
         await self.ids.release(SERVICES, ref)
         await self.ids.release(cluster_ip_pool(), ref)
@@ -324,7 +316,7 @@ class LbService(BusConsumer):
         """Backends no service refers to any more are deleted (after the membership change)."""
         used = self.view.referenced_backends()
         for bid in sorted(set(self.view.backends) - used):
-            self._publish(backend_subject(bid), EV_BACKEND_DELETE, {"id": bid}, cause)
+            self._publish(lb_backend_subject(bid), LbEvent.BACKEND_DELETE, {"id": bid}, cause)
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -346,4 +338,4 @@ class LbService(BusConsumer):
             self.published += len(outbox)
 
 
-__all__ = ["INPUT_KINDS", "SERVICE_NAME_LABEL", "LbService"]
+__all__ = ["SERVICE_NAME_LABEL", "LbService"]

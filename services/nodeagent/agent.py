@@ -55,9 +55,23 @@ import msgpack
 from opentelemetry import trace as otel
 from prometheus_client import Counter, Gauge
 
-from services.common import control, subjects
+from services.common import control
 from services.common.bus import Bus, Delivery, Outgoing, Subscription
 from services.common.codec import encode
+from services.common.contract import (
+    AGENT_INPUTS,
+    AGENT_LB_INPUTS,
+    FLOWS_CONTROL,
+    KIND_NODE,
+    AgentEvent,
+    AgentRealized,
+    FlowEvent,
+    ObjectEvent,
+    ObjectUpsert,
+    agent_realized_subject,
+    flows_subject,
+    source_subject,
+)
 from services.common.runner import STATE_DEGRADED, STATE_OK, STATE_STARTING
 from services.common.tracing import tracer
 from services.nodeagent import readiness, reports
@@ -95,9 +109,6 @@ from services.nodeagent.state import Dirty, LocalEndpoint, NodeState
 
 log = logging.getLogger(__name__)
 
-INPUTS = ["cilia.identity.>", "cilia.ipcache.>", "cilia.policy.rules.>",
-          "cilia.policy.selector.>", subjects.source_filter("Pod"),
-          subjects.source_filter("Node")]
 MAX_BATCH = 2048            # events folded before patching the maps under load
 FLOW_BATCH_S = 0.1          # flows are published in batches this often
 FLOW_RATE_LIMIT = 2000      # flows per second published at most; the rest are counted
@@ -105,7 +116,6 @@ FLOW_BUFFER = 4096          # recent flows kept for `cilia observe` without --fo
 CT_GC_INTERVAL_S = 10.0     # expired conntrack entries are collected this often
 DRIFT_INTERVAL_S = 60.0     # each written map is compared with the agent's mirror this often
 DRIFT_INTERVAL_ENV = "CILIA_AGENT_DRIFT_INTERVAL_S"   # overrides DRIFT_INTERVAL_S (tests)
-LB_INPUTS = ["cilia.lb.>", subjects.source_filter("Node")]
 DEVICES_ENV = "CILIA_DEVICES"        # the node's external interface, like Cilium's --devices
 DEFAULT_DEVICE = "eth0"              # the lab node's underlay interface
 SNAPSHOT_FILE = "agent-state.msgpack"   # the durable position: folded state + its sequence
@@ -205,19 +215,19 @@ class NodeAgent:
         await reports.resync(bus, self.cfg.name, self.cni.endpoints())
         # Load balancing folds its own inputs from the start (cheap, and independent of the
         # policy state's saved position); its maps are diffed like every other.
-        self._subs.append(await bus.consume(LB_INPUTS, self._on_lb_event,
+        self._subs.append(await bus.consume(AGENT_LB_INPUTS, self._on_lb_event,
                                             name=f"agent-lb {self.cfg.name}",
                                             idle=self._on_lb_idle))
         start = await self._resume(bus)
         self._owners = address_owners(self.node_state)
-        sub = await bus.consume(INPUTS, self._on_event, name=f"agent {self.cfg.name}",
+        sub = await bus.consume(AGENT_INPUTS, self._on_event, name=f"agent {self.cfg.name}",
                                 start_seq=start, idle=self._on_idle)
         self._subs.append(sub)
         if sub.caught_up.is_set():
             self._live = True
             await self.reconcile()
         self._core_subs.append(await control.serve(
-            bus, subjects.FLOWS_REQUEST, control.responder_role(bus, "nodeagent", self.cfg.name),
+            bus, FLOWS_CONTROL, control.responder_role(bus, "nodeagent", self.cfg.name),
             self._flows_reply))
         self._tasks.append(asyncio.create_task(self._drift_loop()))
 
@@ -482,13 +492,13 @@ class NodeAgent:
         obj = {"apiVersion": "v1", "kind": "Node", "metadata": meta,
                "spec": {"podCIDR": self.cfg.pod_cidr},
                "status": {"addresses": [{"type": "InternalIP", "address": self.cfg.node_ip}]}}
-        subject = subjects.source("Node", "", self.cfg.name)
+        subject = source_subject(KIND_NODE, "", self.cfg.name)
         have = await self.bus.last_event(subject)
-        if have is not None and have.type == "object.upsert" and have.data["object"] == obj:
+        if have is not None and have.type == ObjectEvent.UPSERT and have.data["object"] == obj:
             return      # registered already (an agent restart)
         await self.bus.publish(
-            subject, "object.upsert",
-            {"kind": "Node", "namespace": "", "name": self.cfg.name, "object": obj},
+            subject, ObjectEvent.UPSERT,
+            ObjectUpsert(kind=KIND_NODE, namespace="", name=self.cfg.name, object=obj),
             msg_id=f"node/{self.cfg.name}/{uuid.uuid4()}")
 
     # -- endpoints (CNI hooks) -------------------------------------------------------------
@@ -678,10 +688,10 @@ class NodeAgent:
         if rev == self._realized_published:
             return
         self._realized_published = rev
-        data = {"node": self.cfg.name, "revision": rev,
-                "identities": {str(k): v for k, v in self._realized_policy.items()}}
-        subject = subjects.agent_realized(self.cfg.name)
-        await self.bus.publish_batch([Outgoing(subject, "agent.realized", data,
+        data = AgentRealized(node=self.cfg.name, revision=rev, identities={
+            str(k): v for k, v in self._realized_policy.items()})
+        subject = agent_realized_subject(self.cfg.name)
+        await self.bus.publish_batch([Outgoing(subject, AgentEvent.REALIZED, data,
                                                f"agent/{self.cfg.name}/{rev}")])
         otel.get_current_span().set_attribute("cilia.realized_revision", rev)
 
@@ -715,7 +725,7 @@ class NodeAgent:
                 self.recent.extend(batch)
                 if batch and self.bus is not None:
                     self.totals["flows"] += len(batch)
-                    await self.bus.publish_core(subjects.flows(node), "flow",
+                    await self.bus.publish_core(flows_subject(node), FlowEvent.FLOW,
                                                 {"node": node, "flows": batch})
         finally:
             self._stop_flows.set()
@@ -732,7 +742,7 @@ class NodeAgent:
 
     def _flows_reply(self) -> bytes:
         """Answer `cilia observe` (without --follow) with the recent flows of this node."""
-        return encode("flow", {"node": self.cfg.name, "flows": list(self.recent)})
+        return encode(FlowEvent.FLOW, {"node": self.cfg.name, "flows": list(self.recent)})
 
     async def _ct_gc(self) -> None:
         while True:

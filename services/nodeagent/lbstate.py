@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.contract import LbEvent, ObjectEvent
 from services.lb.events import LbView, Touched
 from services.lb.maglev import DEFAULT_TABLE_SIZE, build_table
 from services.lb.resolve import STATE_ACTIVE, STATE_TERMINATING
@@ -44,6 +45,8 @@ LB_MODE_ENV = "CILIA_LB_MODE"    # the agent's mode, like Cilium's loadBalancer.
 PORT_INDEX_BITS = 8              # service ports per service in a frontend id
 MAX_PORTS = 1 << PORT_INDEX_BITS
 NODE_KIND = "Node"
+LB_EVENTS = frozenset(LbEvent)
+OBJECT_EVENTS = frozenset(ObjectEvent)
 NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 # The Node annotation in which each agent publishes its underlay interface's MAC address: the
 # Ethernet source its frames carry, by which other nodes recognise its DSR options.
@@ -95,19 +98,19 @@ class LbNodeState:
 
     def apply(self, subject: str, event_type: str, data: dict[str, Any]) -> LbDirty:
         """Fold one event (``lb.*``, or ``object.upsert``/``object.delete`` of a Node)."""
-        if event_type.startswith("lb."):
+        if event_type in LB_EVENTS:
             t: Touched = self.view.apply(event_type, data)
             return LbDirty(set(t.services), set(t.backends))
-        if event_type.startswith("object.") and data.get("kind") == NODE_KIND:
+        if event_type in OBJECT_EVENTS and data.get("kind") == NODE_KIND:
             name = data["name"]
             addrs: list[str] = []
-            if event_type == "object.upsert":
+            if event_type == ObjectEvent.UPSERT:
                 status = (data.get("object") or {}).get("status") or {}
                 addrs = [a["address"] for a in status.get("addresses") or []
                          if a.get("type") in NODE_ADDRESS_TYPES and "." in a["address"]]
             if name == self.node:
                 addrs = sorted(set(addrs) | set(self.node_addrs.get(name, [])))
-            macs_changed = self._fold_mac(name, data if event_type == "object.upsert" else {})
+            macs_changed = self._fold_mac(name, data if event_type == ObjectEvent.UPSERT else {})
             if self.node_addrs.get(name) != addrs:
                 if addrs or name == self.node:
                     self.node_addrs[name] = addrs

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from services.common.contract import IPCACHE_SOURCE_K8S
 from services.common.identities import ID_INIT
 from services.common.policytypes import PolicyKey, Verdict
-from services.common.subjects import IPCACHE_SOURCE_K8S
 from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
 from services.nodeagent.health import PART_ENDPOINTS, PART_IPCACHE, PART_POLICY
 from services.nodeagent.state import Dirty, LocalEndpoint, NodeState

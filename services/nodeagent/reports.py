@@ -14,34 +14,46 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from services.common import subjects
+import msgspec
+
 from services.common.bus import Bus, Outgoing
+from services.common.contract import (
+    AgentEvent,
+    EndpointDelete,
+    EndpointUpsert,
+    Payload,
+    agent_endpoint_subject,
+    agent_endpoints_filter,
+)
 from services.nodeagent.endpoints import Endpoint
 
-UPSERT = "endpoint.upsert"
-DELETE = "endpoint.delete"
+
+def upsert_event(ep: Endpoint) -> EndpointUpsert:
+    """The report of a created endpoint."""
+    return EndpointUpsert(node=ep.node, namespace=ep.pod_namespace, pod=ep.pod_name,
+                          ip=ep.ipv4, endpoint_id=ep.id, container_id=ep.container_id)
 
 
 def upsert_payload(ep: Endpoint) -> dict[str, Any]:
-    return {"node": ep.node, "namespace": ep.pod_namespace, "pod": ep.pod_name, "ip": ep.ipv4,
-            "endpoint_id": ep.id, "container_id": ep.container_id}
+    """The report of a created endpoint, as a consumer reads its data."""
+    return msgspec.structs.asdict(upsert_event(ep))
 
 
-def _outgoing(node: str, namespace: str, pod: str, event_type: str,
-              data: dict[str, Any]) -> Outgoing:
+def _outgoing(node: str, namespace: str, pod: str, event_type: str, data: Payload) -> Outgoing:
     # A fresh id each time: an endpoint created, rolled back and created again within the
     # de-duplication window must be stored every time.
-    return Outgoing(subjects.agent_endpoint(node, namespace, pod), event_type, data,
+    return Outgoing(agent_endpoint_subject(node, namespace, pod), event_type, data,
                     f"agent/{node}/endpoint/{namespace}/{pod}/{uuid.uuid4()}")
 
 
 def upsert(ep: Endpoint) -> Outgoing:
-    return _outgoing(ep.node, ep.pod_namespace, ep.pod_name, UPSERT, upsert_payload(ep))
+    return _outgoing(ep.node, ep.pod_namespace, ep.pod_name, AgentEvent.ENDPOINT_UPSERT,
+                     upsert_event(ep))
 
 
 def delete(node: str, namespace: str, pod: str) -> Outgoing:
-    return _outgoing(node, namespace, pod, DELETE,
-                     {"node": node, "namespace": namespace, "pod": pod})
+    return _outgoing(node, namespace, pod, AgentEvent.ENDPOINT_DELETE,
+                     EndpointDelete(node=node, namespace=namespace, pod=pod))
 
 
 async def publish(bus: Bus, item: Outgoing) -> None:
@@ -51,15 +63,15 @@ async def publish(bus: Bus, item: Outgoing) -> None:
 async def resync(bus: Bus, node: str, endpoints: Iterable[Endpoint]) -> int:
     """Publish what makes the node's reports on the bus match ``endpoints``; returns how
     many events that took."""
-    have = await bus.snapshot([subjects.agent_endpoints_of(node)])
-    want = {subjects.agent_endpoint(node, ep.pod_namespace, ep.pod_name): ep for ep in endpoints}
+    have = await bus.snapshot([agent_endpoints_filter(node)])
+    want = {agent_endpoint_subject(node, ep.pod_namespace, ep.pod_name): ep for ep in endpoints}
     out: list[Outgoing] = []
     for subject, ep in sorted(want.items()):
         last = have.get(subject)
-        if last is None or last.event.type != UPSERT or last.event.data != upsert_payload(ep):
+        if last is None or last.event.payload != upsert_event(ep):
             out.append(upsert(ep))
     for subject, last in sorted(have.items()):
-        if subject not in want and last.event.type == UPSERT:
+        if subject not in want and last.event.type == AgentEvent.ENDPOINT_UPSERT:
             data = last.event.data
             out.append(delete(node, data["namespace"], data["pod"]))
     if out:

@@ -18,10 +18,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.contract import (
+    IPCACHE_SOURCE_K8S,
+    IdentityEvent,
+    IpcacheEvent,
+    ObjectEvent,
+    PolicyEvent,
+    parse_ipcache_origin,
+)
 from services.common.identities import ID_HOST, ID_INIT, ID_REMOTE_NODE
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_BY_NAME, Direction, PolicyKey, Verdict
-from services.common.subjects import IPCACHE_SOURCE_K8S
 from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
 from services.policy.compiler import SubjectPolicy, expand
 from services.policy.publish import fold_selector
@@ -130,34 +137,35 @@ class NodeState:
         self.revision = max(self.revision, seq)
         dirty = Dirty()
         match event_type:
-            case "identity.upsert":
+            case IdentityEvent.UPSERT:
                 labels = Labels.parse(data["labels"])
                 old = self.identities.get(data["id"])
                 self.identities[data["id"]] = labels
                 if old is not None and old != labels:
                     self._forget_policy(data["id"], dirty)
-            case "identity.delete":
+            case IdentityEvent.DELETE:
                 self.identities.pop(data["id"], None)
                 self._forget_policy(data["id"], dirty)
-            case "ipcache.upsert" | "ipcache.delete":
+            case IpcacheEvent.UPSERT | IpcacheEvent.DELETE:
                 self._ipcache(subject, event_type, data, dirty)
-            case "policy.rules":
+            case PolicyEvent.RULES:
                 self._rules(data, dirty)
-            case "policy.selector":
+            case PolicyEvent.SELECTOR:
                 self._selector(data, dirty)
-            case "object.upsert" | "object.delete":
+            case ObjectEvent.UPSERT | ObjectEvent.DELETE:
                 self._object(event_type, data, dirty)
         return dirty
 
     def _ipcache(self, subject: str, event_type: str, data: dict[str, Any], dirty: Dirty) -> None:
-        origin = subject.split(".")[2] if subject.count(".") >= 3 else "k8s"
+        origin = parse_ipcache_origin(subject)
         prefix = data["prefix"]
-        if event_type == "ipcache.upsert":
+        if event_type == IpcacheEvent.UPSERT:
             rec = IpcacheRecord(data["identity"], data.get("host_ip") or "",
                                 data.get("node") or "", origin, data.get("pod") or "")
             old = self.ipcache.get(prefix)
             # Pod addresses win over CIDR identities for the same prefix, as in Cilium.
-            if old is not None and old.origin == "k8s" and origin != "k8s":
+            if old is not None and old.origin == IPCACHE_SOURCE_K8S \
+                    and origin != IPCACHE_SOURCE_K8S:
                 return
             self.ipcache[prefix] = rec
         else:
@@ -204,13 +212,13 @@ class NodeState:
     def _object(self, event_type: str, data: dict[str, Any], dirty: Dirty) -> None:
         key = f"{data['namespace']}/{data['name']}" if data["namespace"] else data["name"]
         if data["kind"] == POD_KIND:
-            if event_type == "object.upsert":
+            if event_type == ObjectEvent.UPSERT:
                 self.pods[key] = data["object"]
             else:
                 self.pods.pop(key, None)
             dirty.all_subjects = True   # named ports
         elif data["kind"] == NODE_KIND:
-            if event_type == "object.upsert":
+            if event_type == ObjectEvent.UPSERT:
                 ip = node_internal_ip(data["object"])
                 if ip:
                     self.node_ips[data["name"]] = ip

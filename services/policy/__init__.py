@@ -51,11 +51,6 @@ from .publish import (
     CHANNEL_PREFIX,
     CHANNEL_SELECTOR,
     CHANNEL_SUBJECT,
-    EVENT_IPCACHE_DELETE,
-    EVENT_IPCACHE_UPSERT,
-    EVENT_RULES,
-    EVENT_SELECTOR,
-    EVENT_STATUS,
     Message,
     SelectorMirror,
     error_message,
@@ -69,8 +64,7 @@ from .validate import is_policy_document, parse_policy
 
 __all__ = [
     "ALL_PODS", "CHANNEL_POLICY", "CHANNEL_PREFIX", "CHANNEL_SELECTOR", "CHANNEL_SUBJECT",
-    "ENTITIES", "ENTITY_SELECTORS", "EVENT_IPCACHE_DELETE", "EVENT_IPCACHE_UPSERT", "EVENT_RULES",
-    "EVENT_SELECTOR", "EVENT_STATUS", "KIND_CCNP", "KIND_CNP", "KIND_KNP", "POLICY_KINDS",
+    "ENTITIES", "ENTITY_SELECTORS", "KIND_CCNP", "KIND_CNP", "KIND_KNP", "POLICY_KINDS",
     "CIDRError", "CIDRRule", "Changes", "CompiledEntry", "CompiledRule", "DirectionTrace",
     "EndpointSelector", "Expansion", "FQDNSelector", "Message", "NamedPorts", "PeerRule",
     "Policy", "PolicyError", "PolicyRef", "PolicyValidationError", "PortRule", "Repository",

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+# The policy kinds are the bus contract's (re-exported: the policy package's names).
+from services.common.contract import KIND_CCNP as KIND_CCNP
+from services.common.contract import KIND_CNP as KIND_CNP
+from services.common.contract import KIND_KNP as KIND_KNP
+from services.common.contract import POLICY_KINDS as POLICY_KINDS
 from services.common.policytypes import PROTO_NAMES, Direction
 
 from .cidr import CIDRRule
 from .selector import EndpointSelector
-
-KIND_CNP = "CiliumNetworkPolicy"
-KIND_CCNP = "CiliumClusterwideNetworkPolicy"
-KIND_KNP = "NetworkPolicy"
-POLICY_KINDS = (KIND_CNP, KIND_CCNP, KIND_KNP)
 
 
 class Section(StrEnum):

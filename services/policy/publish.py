@@ -1,9 +1,9 @@
 """What the policy service publishes for a :class:`~services.policy.repository.Changes`.
 
 Pure: it turns a change set into msgpack-friendly messages, each with its channel and key, the
-bus subject (:mod:`services.common.subjects`), the event type (:mod:`services.common.schemas`)
-and a ``Nats-Msg-Id`` (``policy:<revision>:<channel>:<key>``, identical on every retry and on a
-replay of the same source stream). The service only has to hand them to ``Bus.publish_batch``
+bus subject and the event type (:mod:`services.common.contract`) and a ``Nats-Msg-Id``
+(``policy:<revision>:<channel>:<key>``, identical on every retry and on a replay of the same
+source stream). The service only has to hand them to ``Bus.publish_batch``
 in order. Per key, a later message supersedes an earlier one, so consumers can keep the last
 message per key and converge.
 
@@ -27,7 +27,15 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from services.common import subjects
+from services.common.contract import (
+    IPCACHE_SOURCE_CIDR,
+    IpcacheEvent,
+    PolicyEvent,
+    ipcache_subject,
+    policy_rules_subject,
+    policy_selector_subject,
+    policy_status_subject,
+)
 
 from .compiler import rule_selectors
 from .errors import PolicyValidationError
@@ -37,13 +45,8 @@ CHANNEL_SELECTOR = "selector"
 CHANNEL_SUBJECT = "subject"
 CHANNEL_PREFIX = "prefix"
 CHANNEL_POLICY = "policy"
-
-
-EVENT_RULES = "policy.rules"
-EVENT_SELECTOR = "policy.selector"
-EVENT_STATUS = "policy.status"
-EVENT_IPCACHE_UPSERT = "ipcache.upsert"
-EVENT_IPCACHE_DELETE = "ipcache.delete"
+_CHANNEL_EVENTS = {CHANNEL_SUBJECT: PolicyEvent.RULES, CHANNEL_SELECTOR: PolicyEvent.SELECTOR,
+                   CHANNEL_POLICY: PolicyEvent.STATUS}
 
 
 class Message(NamedTuple):
@@ -57,22 +60,21 @@ class Message(NamedTuple):
     def event(self) -> str:
         """The event type (schema name) of the payload."""
         if self.channel == CHANNEL_PREFIX:
-            return EVENT_IPCACHE_DELETE if self.payload.get("op") == "delete" \
-                else EVENT_IPCACHE_UPSERT
-        return {CHANNEL_SUBJECT: EVENT_RULES, CHANNEL_SELECTOR: EVENT_SELECTOR,
-                CHANNEL_POLICY: EVENT_STATUS}[self.channel]
+            return IpcacheEvent.DELETE if self.payload.get("op") == "delete" \
+                else IpcacheEvent.UPSERT
+        return _CHANNEL_EVENTS[self.channel]
 
     @property
     def subject(self) -> str:
         """The bus subject."""
         p = self.payload
         if self.channel == CHANNEL_SUBJECT:
-            return subjects.policy_rules(int(self.key))
+            return policy_rules_subject(int(self.key))
         if self.channel == CHANNEL_SELECTOR:
-            return subjects.policy_selector(self.key)
+            return policy_selector_subject(self.key)
         if self.channel == CHANNEL_PREFIX:
-            return subjects.ipcache(self.key, subjects.IPCACHE_SOURCE_CIDR)
-        return subjects.policy_status(p["kind"], p["namespace"], p["name"])
+            return ipcache_subject(self.key, IPCACHE_SOURCE_CIDR)
+        return policy_status_subject(p["kind"], p["namespace"], p["name"])
 
     @property
     def msg_id(self) -> str:

@@ -23,13 +23,20 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from services.common import subjects
 from services.common.bus import Bus, Delivery, Outgoing
+from services.common.contract import (
+    POLICY_INPUTS,
+    POLICY_OUTPUTS,
+    IdentityEvent,
+    IpcacheEvent,
+    ObjectEvent,
+    PolicyEvent,
+)
 from services.common.labels import Labels
 from services.common.runner import BusConsumer
 
 from .errors import PolicyError
-from .model import POLICY_KINDS, PolicyRef
+from .model import PolicyRef
 from .publish import (
     CHANNEL_POLICY,
     CHANNEL_PREFIX,
@@ -45,8 +52,7 @@ from .validate import parse_policy
 log = logging.getLogger(__name__)
 
 REJECTED = Counter("cilia_policy_rejected_total", "Policy objects rejected by validation")
-OUTPUTS = ["cilia.policy.>", f"cilia.ipcache.{subjects.IPCACHE_SOURCE_CIDR}.>"]
-INPUTS = [*(subjects.source_filter(k) for k in sorted(POLICY_KINDS)), "cilia.identity.>"]
+IDENTITY_EVENTS = frozenset(IdentityEvent)
 
 
 class BusView:
@@ -60,16 +66,16 @@ class BusView:
 
     def apply(self, event_type: str, data: dict[str, Any]) -> None:
         match event_type:
-            case "policy.selector":
+            case PolicyEvent.SELECTOR:
                 fold_selector(self.members, data)
-            case "policy.rules":
+            case PolicyEvent.RULES:
                 # Kept when empty too: an empty message is the "computed" mark of an identity.
                 self.subjects[data["identity"]] = data
-            case "ipcache.upsert":
+            case IpcacheEvent.UPSERT:
                 self.prefixes[data["prefix"]] = data["identity"]
-            case "ipcache.delete":
+            case IpcacheEvent.DELETE:
                 self.prefixes.pop(data["prefix"], None)
-            case "policy.status":
+            case PolicyEvent.STATUS:
                 key = f"{data['kind']}/{data['namespace']}/{data['name']}"
                 if data["op"] == "delete":
                     self.policies.pop(key, None)
@@ -168,11 +174,10 @@ class PolicyService(BusConsumer):
 
     async def start(self, bus: Bus) -> None:
         self.bus = bus
-        outputs = await bus.consume(OUTPUTS, self._on_output, name="policy-outputs",
-                                    traced=False)
+        outputs = await bus.consume(POLICY_OUTPUTS, self._on_output, traced=False)
         self._subs.append(outputs)
         await outputs.caught_up.wait()
-        inputs = await bus.consume(INPUTS, self._on_input, name="policy", idle=self._on_idle)
+        inputs = await bus.consume(POLICY_INPUTS, self._on_input, idle=self._on_idle)
         self._subs.append(inputs)
         if inputs.caught_up.is_set():
             await self._resync(0)
@@ -192,7 +197,7 @@ class PolicyService(BusConsumer):
         self.last_seq = d.seq
         data = d.event.data
         before = self.repo.identity_labels(data["id"]) \
-            if d.event.type.startswith("identity.") else None
+            if d.event.type in IDENTITY_EVENTS else None
         try:
             ch = self._reduce(d.event.type, data)
         except PolicyError as exc:
@@ -207,7 +212,7 @@ class PolicyService(BusConsumer):
             elif d.pending == 0:    # a rejected last input must not keep the service starting
                 await self._resync(d.seq)
             return
-        if d.event.type.startswith("identity."):
+        if d.event.type in IDENTITY_EVENTS:
             self._note_identity(data["id"], before, d.seq)
         if self._live:
             if ch:
@@ -231,13 +236,13 @@ class PolicyService(BusConsumer):
     def _reduce(self, event_type: str, data: dict[str, Any]) -> Any:
         """Apply one input event to the repository; returns its Changes."""
         match event_type:
-            case "identity.upsert":
+            case IdentityEvent.UPSERT:
                 return self.repo.add_identity(data["id"], Labels.parse(data["labels"]))
-            case "identity.delete":
+            case IdentityEvent.DELETE:
                 return self.repo.remove_identity(data["id"])
-            case "object.upsert":
+            case ObjectEvent.UPSERT:
                 return self.repo.upsert(parse_policy(data["object"]))
-            case "object.delete":
+            case ObjectEvent.DELETE:
                 return self.repo.delete(PolicyRef(data["kind"], data["namespace"],
                                                   data["name"]))
         return None
@@ -257,6 +262,7 @@ class PolicyService(BusConsumer):
             return
         outgoing = [to_outgoing(m, revision) for m in msgs]
         for item in outgoing:
+            assert isinstance(item.data, dict)      # this service publishes dicts
             self.view.apply(item.event_type, item.data)
         await self.bus.publish_batch(outgoing)
         self.last_revision = revision

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.common import subjects
 from services.common.codec import decode
+from services.common.contract import policy_rules_subject, source_subject
 from services.common.errors import CodecError
 from services.common.policytypes import PROTO_NAMES, Direction, Verdict
 from services.policy.compiler import Expansion, lookup
@@ -95,9 +95,9 @@ def _side(tr: Tracker, side: DirectionTrace, node: str, dport: int, proto: int,
     peer_entry = _entry(tr, scope, "ipcache", f"{peer_ip}/32")
     rules = [str(o) for o in side.deciding]
     policies = {(o.kind, o.namespace, o.name) for o in side.deciding}
-    events = [e for e in (_event(rp.last.get(subjects.source(*p))) for p in sorted(policies))
+    events = [e for e in (_event(rp.last.get(source_subject(*p))) for p in sorted(policies))
               if e is not None]
-    rules_event = _event(rp.last.get(subjects.policy_rules(side.subject)))
+    rules_event = _event(rp.last.get(policy_rules_subject(side.subject)))
     return {"direction": Direction(side.direction).name.lower(), "node": node,
             "subject": side.subject, "peer": side.peer, "verdict": verdict.name,
             "policy_service_verdict": side.verdict.name, "reason": side.reason,

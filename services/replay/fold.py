@@ -6,9 +6,10 @@
   for the cluster-wide view and one per node asked about;
 * the agent's :class:`~services.nodeagent.lbstate.LbNodeState` over the lb inputs.
 
-Each part sees only the subjects its service subscribes to (the very filter lists the services
-use), in stream order, so the folded state is what they held after that sequence. The pure
-renderings of the folded state live in :mod:`services.replay.maps`.
+Each part sees only the subjects its service subscribes to (the very subscriptions the
+services use, :mod:`services.common.contract.consumers`), in stream order, so the folded state
+is what they held after that sequence. The pure renderings of the folded state live in
+:mod:`services.replay.maps`.
 """
 
 from __future__ import annotations
@@ -22,23 +23,27 @@ from functools import lru_cache
 from typing import Any
 
 from services.common.codec import Event, decode
+from services.common.contract import (
+    AGENT_INPUTS,
+    AGENT_LB_INPUTS,
+    POLICY_INPUTS,
+    POLICY_OUTPUTS,
+    ObjectEvent,
+)
 from services.common.errors import CodecError
-from services.nodeagent.agent import INPUTS as AGENT_INPUTS
-from services.nodeagent.agent import LB_INPUTS
 from services.nodeagent.lbstate import LbDirty, LbNodeState
 from services.nodeagent.state import POD_KIND, Dirty, NodeState
 from services.policy.errors import PolicyError
 from services.policy.model import POLICY_KINDS
 from services.policy.repository import Changes, Repository
-from services.policy.service import INPUTS as POLICY_INPUTS
-from services.policy.service import OUTPUTS as POLICY_OUTPUTS
 from services.policy.service import BusView, PolicyService
 
-from .record import Record, matches_any
+from .record import Record
 
 log = logging.getLogger(__name__)
 
 CLUSTER = ""    # node name of the cluster-wide NodeState (no node is local)
+OBJECT_EVENTS = frozenset(ObjectEvent)
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,8 @@ class Route:
 
 @lru_cache(maxsize=65536)
 def route(subject: str) -> Route:
-    return Route(matches_any(subject, POLICY_INPUTS), matches_any(subject, POLICY_OUTPUTS),
-                 matches_any(subject, AGENT_INPUTS), matches_any(subject, LB_INPUTS))
+    return Route(POLICY_INPUTS.matches(subject), POLICY_OUTPUTS.matches(subject),
+                 AGENT_INPUTS.matches(subject), AGENT_LB_INPUTS.matches(subject))
 
 
 @dataclass
@@ -72,7 +77,7 @@ class Step:
 
     @property
     def pod_event(self) -> bool:
-        return self.event.type.startswith("object.") and self.event.data.get("kind") == POD_KIND
+        return self.event.type in OBJECT_EVENTS and self.event.data.get("kind") == POD_KIND
 
 
 @dataclass

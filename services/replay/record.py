@@ -12,7 +12,6 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
-from functools import lru_cache
 
 from .errors import MomentError
 
@@ -61,24 +60,6 @@ def format_time(time_ns: int) -> str:
 
 def to_ns(when: datetime) -> int:
     return round(when.timestamp() * 1_000_000) * 1000
-
-
-# -- subjects -----------------------------------------------------------------------------
-
-@lru_cache(maxsize=65536)
-def subject_matches(subject: str, pattern: str) -> bool:
-    """NATS subject matching: ``*`` is one token, a final ``>`` is one or more tokens."""
-    sub, pat = subject.split("."), pattern.split(".")
-    for i, tok in enumerate(pat):
-        if tok == ">":
-            return len(sub) > i
-        if i >= len(sub) or (tok != "*" and tok != sub[i]):
-            return False
-    return len(sub) == len(pat)
-
-
-def matches_any(subject: str, patterns: Sequence[str]) -> bool:
-    return any(subject_matches(subject, p) for p in patterns)
 
 
 # -- moments ------------------------------------------------------------------------------

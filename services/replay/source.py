@@ -12,8 +12,8 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from services.common import subjects
 from services.common.bus import Bus
+from services.common.contract import HISTORY_STREAM, REPLAY
 
 from .errors import ReplayError
 from .historyfile import HistoryHeader, read_history
@@ -43,9 +43,9 @@ async def read_stream(bus: Bus, since: Moment | None = None,
         ReplayError: the stream does not exist or the read did not finish in time.
     """
     try:
-        info = await bus.js.stream_info(subjects.HISTORY_STREAM)
+        info = await bus.js.stream_info(HISTORY_STREAM)
     except NotFoundError as exc:
-        raise ReplayError(f"the bus has no history stream {subjects.HISTORY_STREAM}") from exc
+        raise ReplayError(f"the bus has no history stream {HISTORY_STREAM}") from exc
     last = info.state.last_seq
     if info.state.messages == 0 or (since is not None and since.seq is not None
                                     and since.seq > last):
@@ -65,7 +65,8 @@ async def read_stream(bus: Bus, since: Moment | None = None,
         if seq >= last or meta.num_pending == 0:
             done.set()
 
-    sub = await bus.js.subscribe(">", stream=subjects.HISTORY_STREAM, cb=on_msg,
+    (subject,) = REPLAY.filters     # the whole stream: one filter
+    sub = await bus.js.subscribe(subject, stream=HISTORY_STREAM, cb=on_msg,
                                  ordered_consumer=True, config=config)
     try:
         # The stream holds at least one message at or after the start: wait for it. (The

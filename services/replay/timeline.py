@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.contract import IdentityEvent, IpcacheEvent, PolicyEvent
 from services.nodeagent.state import LocalEndpoint, NodeState
 from services.policy.compiler import NamedPorts, SubjectPolicy, expand
 from services.policy.model import POLICY_KINDS
@@ -33,6 +34,9 @@ from .maps import (
     node_scope,
 )
 from .record import Record
+
+IDENTITY_EVENTS = frozenset(IdentityEvent)
+IPCACHE_EVENTS = frozenset(IpcacheEvent)
 
 MISSING: Any = None
 ADDED, REMOVED, CHANGED = "added", "removed", "changed"
@@ -320,11 +324,11 @@ def touched_keys(step: Step) -> dict[str, set[str]]:
             out["subjects"] |= {str(i) for i in ch.subjects}
             out["policies"] |= {f"{r.kind}/{r.namespace}/{r.name}"
                                 for r in ch.policies_upserted | ch.policies_deleted}
-    if etype == "policy.status":
+    if etype == PolicyEvent.STATUS:
         out.setdefault("policies", set()).add(policy_key(data))
-    if etype.startswith("identity."):
+    if etype in IDENTITY_EVENTS:
         out["identities"] = {str(data["id"])}
-    if etype.startswith("ipcache."):
+    if etype in IPCACHE_EVENTS:
         out["ipcache"] = {data["prefix"]}
     lb = step.cluster_lb_dirty
     if lb:

@@ -25,8 +25,8 @@ import pytest
 
 from services.cli.controlplane import SERVICES
 from services.common.bus import Delivery
+from services.common.contract import HISTORY_STREAM
 from services.common.roles import ADMIN, CLI
-from services.common.subjects import HISTORY_STREAM
 from services.nodeagent.datapath import open_maps
 from services.nodeagent.datapath.policykeys import decode_policy
 from tests.support.badmessages import Sample, generate, stored

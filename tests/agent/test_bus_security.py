@@ -8,8 +8,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from services.common import subjects
 from services.common.bus import Bus
+from services.common.contract import (
+    HISTORY_STREAM,
+    agent_realized_subject,
+    identity_subject,
+    ipcache_subject,
+    policy_rules_subject,
+    source_subject,
+)
 from services.common.errors import PermissionDenied
 from services.common.roles import CLI, LB, POLICY, SOURCE, agent_role
 from services.nodeagent.datapath import open_maps
@@ -40,7 +47,7 @@ def _node(name: str) -> dict[str, Any]:
 
 
 async def _last_seq(bus: Bus) -> int:
-    return (await bus.js.stream_info(subjects.HISTORY_STREAM)).state.last_seq
+    return (await bus.js.stream_info(HISTORY_STREAM)).state.last_seq
 
 
 async def _refused(bus: Bus, subject: str, event_type: str, data: dict[str, Any]) -> bool:
@@ -71,24 +78,24 @@ def test_an_agent_cannot_publish_policy_and_no_map_changes(lab: Cluster) -> None
         reader = await lab.bus(CLI)
         try:
             seq = await _last_seq(reader)
-            rules = subjects.policy_rules(backend["identity"])
+            rules = policy_rules_subject(backend["identity"])
             # backend's policy emptied (it would be open to everyone), as the agent and as lb
             open_backend = {"identity": backend["identity"], "revision": 10**6, "rules": []}
             results = [await _refused(agent, rules, "policy.rules", open_backend),
                        await _refused(lb, rules, "policy.rules", open_backend),
                        # the database's address given the frontend's identity
-                       await _refused(agent, subjects.ipcache(f"{eps['database']['ipv4']}/32"),
+                       await _refused(agent, ipcache_subject(f"{eps['database']['ipv4']}/32"),
                                       "ipcache.upsert", {
                                           "prefix": f"{eps['database']['ipv4']}/32",
                                           "identity": frontend["identity"]}),
                        # an identity, as the source
-                       await _refused(src, subjects.identity(frontend["identity"]),
+                       await _refused(src, identity_subject(frontend["identity"]),
                                       "identity.upsert", {"id": frontend["identity"],
                                                           "labels": ["k8s:app=backend"]}),
                        # another node's realized report and its Node object, as this agent
-                       await _refused(agent, subjects.agent_realized("other"),
+                       await _refused(agent, agent_realized_subject("other"),
                                       "agent.realized", {"node": "other", "revision": seq}),
-                       await _refused(agent, subjects.source("Node", "", "other"),
+                       await _refused(agent, source_subject("Node", "", "other"),
                                       "object.upsert", _node("other"))]
             return results, seq, await _last_seq(reader)
         finally:
@@ -106,7 +113,7 @@ def test_an_agent_cannot_publish_policy_and_no_map_changes(lab: Cluster) -> None
     async def as_policy() -> None:
         bus = await lab.bus(POLICY, "stand-in")
         try:
-            await bus.publish(subjects.policy_rules(backend["identity"]), "policy.rules",
+            await bus.publish(policy_rules_subject(backend["identity"]), "policy.rules",
                               {"identity": backend["identity"], "revision": 10**6, "rules": []},
                               msg_id=f"control/{uuid.uuid4()}")
         finally:

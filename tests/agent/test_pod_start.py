@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from services.common import subjects
+from services.common import contract
 from services.common.identities import ID_INIT
 from services.common.netns import open_iproute
 from services.common.roles import CLI
@@ -146,7 +146,7 @@ def test_an_allowed_pod_works_as_soon_as_apply_returns(lab: Cluster, target: str
 async def _last_report(lab: Cluster, node: str, namespace: str, pod: str) -> str | None:
     bus = await lab.bus(CLI)
     try:
-        event = await bus.last_event(subjects.agent_endpoint(node, namespace, pod))
+        event = await bus.last_event(contract.agent_endpoint_subject(node, namespace, pod))
     finally:
         await bus.close()
     return event.type if event is not None else None

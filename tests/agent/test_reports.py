@@ -3,8 +3,11 @@ the bus match its endpoints again."""
 
 from __future__ import annotations
 
-from services.common import subjects
 from services.common.bus import Bus
+from services.common.contract import (
+    agent_endpoint_subject,
+    agent_endpoints_filter,
+)
 from services.nodeagent import reports
 from services.nodeagent.endpoints import Endpoint
 
@@ -18,7 +21,7 @@ def _ep(ep_id: int, pod: str, ip: str, node: str = "n1") -> Endpoint:
 
 
 async def _reports(bus: Bus, node: str) -> dict[str, tuple[str, dict[str, object]]]:
-    snap = await bus.snapshot([subjects.agent_endpoints_of(node)])
+    snap = await bus.snapshot([agent_endpoints_filter(node)])
     return {s: (d.event.type, d.event.data) for s, d in snap.items()}
 
 
@@ -32,12 +35,12 @@ async def test_resync_publishes_only_what_differs(bus: Bus) -> None:
     # agent was down... or its report was lost); gone's endpoint is no more.
     assert await reports.resync(bus, "n1", [cart, web]) == 2
     held = await _reports(bus, "n1")
-    assert held[subjects.agent_endpoint("n1", "shop", "cart")] == (
+    assert held[agent_endpoint_subject("n1", "shop", "cart")] == (
         "endpoint.upsert", reports.upsert_payload(cart))
-    assert held[subjects.agent_endpoint("n1", "shop", "web")] == (
+    assert held[agent_endpoint_subject("n1", "shop", "web")] == (
         "endpoint.upsert", reports.upsert_payload(web))
-    assert held[subjects.agent_endpoint("n1", "shop", "gone")][0] == "endpoint.delete"
+    assert held[agent_endpoint_subject("n1", "shop", "gone")][0] == "endpoint.delete"
     # Another node's reports are not this agent's business.
-    assert (await _reports(bus, "n2"))[subjects.agent_endpoint("n2", "shop", "other")][0] == \
+    assert (await _reports(bus, "n2"))[agent_endpoint_subject("n2", "shop", "other")][0] == \
         "endpoint.upsert"
     assert await reports.resync(bus, "n1", [cart, web]) == 0

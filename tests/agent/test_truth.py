@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 from pyroute2 import NetNS
 
-from services.common import subjects
+from services.common import contract
 from services.common.bus import Bus, Outgoing
+from services.common.contract import lb_backend_subject, lb_members_subject, lb_service_subject
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_TCP, Direction, PolicyKey, Verdict
 from services.common.runner import Heartbeat
-from services.lb.events import backend_subject, members_subject, service_subject
 from services.nodeagent.agent import DEVICES_ENV, DRIFT_INTERVAL_ENV, NodeAgent
 from services.nodeagent.datapath import NodeMaps, PinnedMapBackend, Programs, unpin
 from services.nodeagent.datapath import constants as c
@@ -144,7 +144,7 @@ def endpoint(lab: NodeLab, node: str) -> Endpoint:
 
 async def publish_remote_pod(bus: Bus, prefix: str) -> int:
     """An ipcache entry of a pod on another node, as the identity service says it."""
-    ack = await bus.publish(subjects.ipcache(prefix), "ipcache.upsert",
+    ack = await bus.publish(contract.ipcache_subject(prefix), "ipcache.upsert",
                             {"prefix": prefix, "identity": REMOTE_IDENTITY,
                              "host_ip": "172.31.77.2", "node": "other", "pod": "t/remote"},
                             msg_id=f"test/{uuid.uuid4()}")
@@ -189,7 +189,7 @@ async def test_realized_never_runs_ahead_of_the_maps(bus: Bus, nats_url: str, tm
             gates[1].released.set()
             await until("realized", lambda: agent.realized == seq)
             assert node.maps.ipcache.entries()["10.99.0.1/32"].identity == REMOTE_IDENTITY
-            event = await bus.last_event(subjects.agent_realized(node_name))
+            event = await bus.last_event(contract.agent_realized_subject(node_name))
             assert event is not None and event.data["revision"] == seq
             # The pod's identity and computed policy arrive: ADD answers.
             await publish_policy(bus, node_name, pod_ip)
@@ -225,11 +225,11 @@ async def publish_service(bus: Bus, node: str, backend_ip: str) -> None:
            "external_ips": [], "lb_ips": [], "affinity_timeout": 0, "ext_local": False,
            "int_local": False}
     for subject, event_type, data in (
-            (service_subject("t", "web"), "lb.service", {"id": 1, "service": svc}),
-            (backend_subject(1), "lb.backend",
+            (lb_service_subject("t", "web"), "lb.service", {"id": 1, "service": svc}),
+            (lb_backend_subject(1), "lb.backend",
              {"id": 1, "address": backend_ip, "port": 8080, "protocol": "TCP", "node": node,
               "pod": "t/p1", "state": "active"}),
-            (members_subject(1), "lb.backends",
+            (lb_members_subject(1), "lb.backends",
              {"service": 1, "op": "delta", "added": [["http", 1]], "removed": []})):
         await bus.publish(subject, event_type, data, msg_id=f"test/{uuid.uuid4()}")
 
@@ -253,7 +253,7 @@ async def publish_policy(bus: Bus, node: str, pod_ip: str) -> int:
         repo.add_identity(num, labels)
         out.append(Outgoing(f"cilia.identity.{num}", "identity.upsert",
                             {"id": num, "labels": labels.strings()}, f"test/{uuid.uuid4()}"))
-    out.append(Outgoing(subjects.ipcache(f"{pod_ip}/32"), "ipcache.upsert",
+    out.append(Outgoing(contract.ipcache_subject(f"{pod_ip}/32"), "ipcache.upsert",
                         {"prefix": f"{pod_ip}/32", "identity": WEB_ID, "host_ip": NODE_IP,
                          "node": node, "pod": "t/p1"}, f"test/{uuid.uuid4()}"))
     out += [to_outgoing(msg, 1) for msg in messages(repo, repo.upsert(parse_policy(WEB_POLICY)))]

@@ -9,8 +9,12 @@ import msgpack
 import pytest
 from prometheus_client import REGISTRY
 
-from services.common import subjects
 from services.common.bus import Bus, Delivery, HistoryConfig
+from services.common.contract import (
+    HISTORY_STREAM,
+    HISTORY_SUBJECTS,
+    identity_subject,
+)
 from services.common.schemas import SCHEMA_VERSION
 
 HOST = ["reserved:host"]
@@ -18,11 +22,11 @@ HOST = ["reserved:host"]
 
 async def test_the_same_event_published_twice_is_stored_once(bus: Bus) -> None:
     data = {"id": 300, "labels": ["k8s:app=a"]}
-    first = await bus.publish(subjects.identity(300), "identity.upsert", data, msg_id="m-1")
-    again = await bus.publish(subjects.identity(300), "identity.upsert", data, msg_id="m-1")
-    other = await bus.publish(subjects.identity(300), "identity.upsert", data, msg_id="m-2")
+    first = await bus.publish(identity_subject(300), "identity.upsert", data, msg_id="m-1")
+    again = await bus.publish(identity_subject(300), "identity.upsert", data, msg_id="m-1")
+    other = await bus.publish(identity_subject(300), "identity.upsert", data, msg_id="m-2")
     assert not first.duplicate and again.duplicate and not other.duplicate
-    info = await bus.js.stream_info(subjects.HISTORY_STREAM)
+    info = await bus.js.stream_info(HISTORY_STREAM)
     assert info.state.messages == 2
 
 
@@ -37,18 +41,18 @@ async def test_a_bad_message_is_counted_and_consumption_goes_on(bus: Bus) -> Non
             "cilia_bus_messages_total", {"service": "test", "outcome": "rejected"}) or 0.0
 
     before = rejected()
-    await bus.publish(subjects.identity(1), "identity.upsert", {"id": 1, "labels": HOST},
+    await bus.publish(identity_subject(1), "identity.upsert", {"id": 1, "labels": HOST},
                       msg_id="ok-1")
     # Raw publishes bypass the codec: a future schema version and garbage.
     future = msgpack.packb({"v": SCHEMA_VERSION + 1, "type": "identity.upsert",
                             "data": {"id": 2, "labels": HOST}})
-    await bus.js.publish(subjects.identity(2), future, stream=subjects.HISTORY_STREAM)
-    await bus.js.publish(subjects.identity(3), b"\x00\x01", stream=subjects.HISTORY_STREAM)
-    await bus.publish(subjects.identity(4), "identity.upsert", {"id": 4, "labels": HOST},
+    await bus.js.publish(identity_subject(2), future, stream=HISTORY_STREAM)
+    await bus.js.publish(identity_subject(3), b"\x00\x01", stream=HISTORY_STREAM)
+    await bus.publish(identity_subject(4), "identity.upsert", {"id": 4, "labels": HOST},
                       msg_id="ok-4")
     sub = await bus.consume(["cilia.identity.>"], handler)
     await asyncio.wait_for(sub.caught_up.wait(), 5)
-    await bus.publish(subjects.identity(5), "identity.upsert", {"id": 5, "labels": HOST},
+    await bus.publish(identity_subject(5), "identity.upsert", {"id": 5, "labels": HOST},
                       msg_id="ok-5")
     for _ in range(100):
         if 5 in seen:
@@ -61,9 +65,9 @@ async def test_a_bad_message_is_counted_and_consumption_goes_on(bus: Bus) -> Non
 
 async def test_snapshot_returns_the_last_event_per_subject(bus: Bus) -> None:
     for i, labels in enumerate((["k8s:a=1"], ["k8s:b=1"], ["k8s:c=1"])):
-        await bus.publish(subjects.identity(7), "identity.upsert", {"id": 7, "labels": labels},
+        await bus.publish(identity_subject(7), "identity.upsert", {"id": 7, "labels": labels},
                           msg_id=f"s-{i}")
-    await bus.publish(subjects.identity(8), "identity.upsert", {"id": 8, "labels": ["k8s:x=1"]},
+    await bus.publish(identity_subject(8), "identity.upsert", {"id": 8, "labels": ["k8s:x=1"]},
                       msg_id="s-8")
     snap = await bus.snapshot(["cilia.identity.>"])
     assert {s: d.event.data["labels"] for s, d in snap.items()} == {
@@ -74,7 +78,7 @@ async def test_history_retention_comes_from_configuration(bus: Bus) -> None:
     info = await bus.ensure_history(HistoryConfig(max_age_s=3600, max_bytes=10 << 20))
     assert info.config.max_age == 3600
     assert info.config.max_bytes == 10 << 20
-    assert set(info.config.subjects or []) == set(subjects.HISTORY_SUBJECTS)
+    assert set(info.config.subjects or []) == set(HISTORY_SUBJECTS)
 
 
 def _bad_value(num: int) -> bytes:
@@ -84,29 +88,29 @@ def _bad_value(num: int) -> bytes:
 
 
 async def _raw(bus: Bus, subject: str, payload: bytes) -> int:
-    ack = await bus.js.publish(subject, payload, stream=subjects.HISTORY_STREAM)
+    ack = await bus.js.publish(subject, payload, stream=HISTORY_STREAM)
     return ack.seq
 
 
 async def test_a_bad_last_message_never_erases_its_subject(bus: Bus) -> None:
     # Readers of "the last message per subject" fall back to the last valid one.
     for i in (7, 8):
-        await bus.publish(subjects.identity(i), "identity.upsert",
+        await bus.publish(identity_subject(i), "identity.upsert",
                           {"id": i, "labels": [f"k8s:app=v{i}"]}, msg_id=f"ok-{i}")
-    await _raw(bus, subjects.identity(7), _bad_value(7))
-    await _raw(bus, subjects.identity(7), b"garbage")
-    await _raw(bus, subjects.identity(8), _bad_value(8))
+    await _raw(bus, identity_subject(7), _bad_value(7))
+    await _raw(bus, identity_subject(7), b"garbage")
+    await _raw(bus, identity_subject(8), _bad_value(8))
     # a valid event of another object on 8's subject is bad there too
-    await _raw(bus, subjects.identity(8), msgpack.packb(
+    await _raw(bus, identity_subject(8), msgpack.packb(
         {"v": SCHEMA_VERSION, "type": "identity.upsert",
          "data": {"id": 9, "labels": ["k8s:app=v9"]}}))
-    await _raw(bus, subjects.identity(10), b"garbage only")
+    await _raw(bus, identity_subject(10), b"garbage only")
     snap = await bus.snapshot(["cilia.identity.>"])
     assert {s: d.event.data["labels"] for s, d in snap.items()} == {
         "cilia.identity.7": ["k8s:app=v7"], "cilia.identity.8": ["k8s:app=v8"]}
-    last = await bus.last_event(subjects.identity(7))
+    last = await bus.last_event(identity_subject(7))
     assert last is not None and last.data["labels"] == ["k8s:app=v7"]
-    assert await bus.last_event(subjects.identity(10)) is None
+    assert await bus.last_event(identity_subject(10)) is None
 
     seen: dict[str, list[str]] = {}
 
@@ -122,11 +126,11 @@ async def test_a_bad_last_message_never_erases_its_subject(bus: Bus) -> None:
 async def test_a_bad_last_message_still_ends_the_batch(bus: Bus) -> None:
     # Services become live when nothing is pending; a rejected (or failing) last message
     # never reaches the handler, so the bus says "idle" with its sequence instead.
-    await bus.publish(subjects.identity(1), "identity.upsert", {"id": 1, "labels": HOST},
+    await bus.publish(identity_subject(1), "identity.upsert", {"id": 1, "labels": HOST},
                       msg_id="ok-1")
-    await bus.publish(subjects.identity(2), "identity.upsert", {"id": 2, "labels": HOST},
+    await bus.publish(identity_subject(2), "identity.upsert", {"id": 2, "labels": HOST},
                       msg_id="ok-2")
-    last = await _raw(bus, subjects.identity(3), _bad_value(3))
+    last = await _raw(bus, identity_subject(3), _bad_value(3))
     handled: list[tuple[int, int]] = []
     idle: list[int] = []
 
@@ -145,7 +149,7 @@ async def test_a_bad_last_message_still_ends_the_batch(bus: Bus) -> None:
             break
         await asyncio.sleep(0.01)
     assert [i for i, _ in handled] == [1] and handled[0][1] > 0 and idle == [last]
-    late = await _raw(bus, subjects.identity(4), b"garbage")
+    late = await _raw(bus, identity_subject(4), b"garbage")
     for _ in range(100):
         if late in idle:
             break
@@ -159,8 +163,8 @@ async def test_a_bad_last_message_still_ends_the_batch(bus: Bus) -> None:
 async def test_bad_messages_are_logged_once_per_subject(
         bus: Bus, caplog: pytest.LogCaptureFixture) -> None:
     for _ in range(50):
-        await _raw(bus, subjects.identity(3), b"\xc1garbage")
-        await _raw(bus, subjects.identity(4), _bad_value(4))
+        await _raw(bus, identity_subject(3), b"\xc1garbage")
+        await _raw(bus, identity_subject(4), _bad_value(4))
     seen: list[int] = []
 
     async def handler(d: Delivery) -> None:

@@ -23,11 +23,25 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
-from services.common import subjects
 from services.common.bus import Bus
 from services.common.buscreds import BusAccess, Credentials
 from services.common.bussecrets import BusSecrets
 from services.common.codec import encode
+from services.common.contract import (
+    HISTORY_STREAM,
+    IPCACHE_SOURCE_CIDR,
+    KV_IDENTITIES,
+    KV_SERVICES,
+    STATUS_CONTROL,
+    agent_realized_subject,
+    ctl_reply_subject,
+    flows_subject,
+    identity_subject,
+    ipcache_subject,
+    policy_rules_subject,
+    policy_selector_subject,
+    source_subject,
+)
 from services.common.errors import BusError, PermissionDenied
 from services.common.roles import (
     ADMIN,
@@ -77,7 +91,7 @@ async def _stored(sec: SecuredBus, subject: str) -> bool:
     not be a valid event for that subject, only whether the server let it in counts)."""
     reader = await sec.connect(CLI)
     try:
-        await reader.js.get_last_msg(subjects.HISTORY_STREAM, subject)
+        await reader.js.get_last_msg(HISTORY_STREAM, subject)
     except NotFoundError:
         return False
     finally:
@@ -148,17 +162,17 @@ def _subjects_owned() -> dict[str, set[str]]:
     """Subject -> the roles (besides admin) that may publish it, as the issue states it."""
     t = uuid.uuid4().hex[:8]
     return {
-        subjects.source("Pod", "default", f"p{t}"): {SOURCE},
-        subjects.source("Node", "", N1): {SOURCE, A1},
-        subjects.source("Node", "", N2): {SOURCE},
-        subjects.identity(60000 + int(t[:3], 16)): {IDENTITY},
-        subjects.ipcache(f"10.{int(t[:2], 16)}.0.1/32"): {IDENTITY},
-        subjects.ipcache(f"192.0.{int(t[:2], 16)}.0/24", subjects.IPCACHE_SOURCE_CIDR): {POLICY},
-        subjects.policy_rules(60000 + int(t[:3], 16)): {POLICY},
-        subjects.policy_selector(f"s{t}"): {POLICY},
+        source_subject("Pod", "default", f"p{t}"): {SOURCE},
+        source_subject("Node", "", N1): {SOURCE, A1},
+        source_subject("Node", "", N2): {SOURCE},
+        identity_subject(60000 + int(t[:3], 16)): {IDENTITY},
+        ipcache_subject(f"10.{int(t[:2], 16)}.0.1/32"): {IDENTITY},
+        ipcache_subject(f"192.0.{int(t[:2], 16)}.0/24", IPCACHE_SOURCE_CIDR): {POLICY},
+        policy_rules_subject(60000 + int(t[:3], 16)): {POLICY},
+        policy_selector_subject(f"s{t}"): {POLICY},
         f"cilia.lb.service.default.s{t}": {LB},
-        subjects.agent_realized(N1): {A1},
-        subjects.agent_realized(N2): set(),
+        agent_realized_subject(N1): {A1},
+        agent_realized_subject(N2): set(),
         f"cilia.agent.endpoint.{N1}.default.p{t}": {A1},
         f"cilia.agent.endpoint.{N2}.default.p{t}": set(),
     }
@@ -186,9 +200,9 @@ async def test_the_cli_role_publishes_no_data(sec: SecuredBus) -> None:
         for subject in [*_subjects_owned(), "cilia.src.namespace._.x", "cilia.policy.status.x"]:
             assert not await _try(cli, subject), subject
         # nor on core NATS (flows), which the server refuses the same way
-        with cli.refusals.watch([subjects.flows(N1)]) as refused:
-            await cli.publish_core(subjects.flows(N1), "flow", {"node": N1, "flows": []})
-            assert await asyncio.wait_for(refused, 5) == subjects.flows(N1)
+        with cli.refusals.watch([flows_subject(N1)]) as refused:
+            await cli.publish_core(flows_subject(N1), "flow", {"node": N1, "flows": []})
+            assert await asyncio.wait_for(refused, 5) == flows_subject(N1)
         # ...while reading works: the history, and the status of the bus
         assert await cli.snapshot(["cilia.>"]) is not None
         assert (await cli.js.account_info()).streams >= 1
@@ -199,14 +213,14 @@ async def test_the_cli_role_publishes_no_data(sec: SecuredBus) -> None:
 async def test_a_forged_node_is_refused_and_an_agents_own_node_accepted(sec: SecuredBus) -> None:
     agent1, lb = await sec.connect(A1), await sec.connect(LB)
     try:
-        assert not await _try(agent1, subjects.source("Node", "", N2), _node(N2))
-        assert not await _try(lb, subjects.source("Node", "", "evil"), _node("evil"))
-        assert await _try(agent1, subjects.source("Node", "", N1), _node(N1))
+        assert not await _try(agent1, source_subject("Node", "", N2), _node(N2))
+        assert not await _try(lb, source_subject("Node", "", "evil"), _node("evil"))
+        assert await _try(agent1, source_subject("Node", "", N1), _node(N1))
     finally:
         await agent1.close()
         await lb.close()
-    assert await _stored(sec, subjects.source("Node", "", N1))
-    assert not await _stored(sec, subjects.source("Node", "", "evil"))
+    assert await _stored(sec, source_subject("Node", "", N1))
+    assert not await _stored(sec, source_subject("Node", "", "evil"))
 
 
 async def test_only_the_admin_creates_or_changes_streams_and_buckets(sec: SecuredBus) -> None:
@@ -217,10 +231,10 @@ async def test_only_the_admin_creates_or_changes_streams_and_buckets(sec: Secure
                 await bus.key_value(f"new-{uuid.uuid4().hex[:6]}")
             with pytest.raises(PermissionDenied, match="only the admin role may"):
                 await bus.ensure_history(_history())
-            for api_call in (lambda b: b.js.delete_stream(subjects.HISTORY_STREAM),
-                             lambda b: b.js.purge_stream(subjects.HISTORY_STREAM)):
-                with bus.refusals.watch([f"$JS.API.STREAM.DELETE.{subjects.HISTORY_STREAM}",
-                                         f"$JS.API.STREAM.PURGE.{subjects.HISTORY_STREAM}"]
+            for api_call in (lambda b: b.js.delete_stream(HISTORY_STREAM),
+                             lambda b: b.js.purge_stream(HISTORY_STREAM)):
+                with bus.refusals.watch([f"$JS.API.STREAM.DELETE.{HISTORY_STREAM}",
+                                         f"$JS.API.STREAM.PURGE.{HISTORY_STREAM}"]
                                         ) as refused:
                     task = asyncio.ensure_future(api_call(bus))
                     await asyncio.wait_for(refused, 5)
@@ -228,7 +242,7 @@ async def test_only_the_admin_creates_or_changes_streams_and_buckets(sec: Secure
         finally:
             await bus.close()
     # the services' own buckets exist (cilia up made them) and open for their roles
-    for role, bucket in ((IDENTITY, subjects.KV_IDENTITIES), (LB, subjects.KV_SERVICES)):
+    for role, bucket in ((IDENTITY, KV_IDENTITIES), (LB, KV_SERVICES)):
         bus = await sec.connect(role)
         try:
             kv = await bus.key_value(bucket)
@@ -239,19 +253,19 @@ async def test_only_the_admin_creates_or_changes_streams_and_buckets(sec: Secure
     lb = await sec.connect(LB)
     try:
         with pytest.raises(PermissionDenied):
-            await lb.key_value(subjects.KV_IDENTITIES)
+            await lb.key_value(KV_IDENTITIES)
     finally:
         await lb.close()
     # a service whose bucket is missing says so and who makes it, instead of making it
     admin, identity = await sec.connect(ADMIN), await sec.connect(IDENTITY)
     try:
-        assert (await admin.js.stream_info(subjects.HISTORY_STREAM)).state.messages > 0
-        await admin.js.delete_key_value(subjects.KV_IDENTITIES)
+        assert (await admin.js.stream_info(HISTORY_STREAM)).state.messages > 0
+        await admin.js.delete_key_value(KV_IDENTITIES)
         with pytest.raises(PermissionDenied, match=r"the KV bucket cilia-identities does not "
                            r"exist and role identity .* only the admin role may"):
-            await identity.key_value(subjects.KV_IDENTITIES)
+            await identity.key_value(KV_IDENTITIES)
     finally:
-        await admin.key_value(subjects.KV_IDENTITIES)
+        await admin.key_value(KV_IDENTITIES)
         await admin.close()
         await identity.close()
 
@@ -275,8 +289,8 @@ async def test_a_role_cannot_read_another_roles_inbox(sec: SecuredBus) -> None:
             await cli.nc.subscribe(theirs, cb=keep)
             await cli.nc.flush()
             assert await asyncio.wait_for(refused, 5) == theirs
-        await identity.js.stream_info(subjects.HISTORY_STREAM)   # a reply to its inbox
-        await identity.key_value(subjects.KV_IDENTITIES)
+        await identity.js.stream_info(HISTORY_STREAM)   # a reply to its inbox
+        await identity.key_value(KV_IDENTITIES)
         await asyncio.sleep(0.2)
         assert seen == []
     finally:
@@ -311,19 +325,19 @@ async def test_forged_status_replies_are_refused_or_ignored(fresh: SecuredBus,
     async def lb_forges(msg: Msg) -> None:
         nonce = msg.subject.rsplit(".", 1)[1]
         # under the policy role's subject: the server refuses it
-        await lb.nc.publish(subjects.ctl_reply(POLICY, nonce), forged("policy", "forged-1"))
+        await lb.nc.publish(ctl_reply_subject(POLICY, nonce), forged("policy", "forged-1"))
         # under its own subject, claiming to be policy: delivered, and ignored
-        await lb.nc.publish(subjects.ctl_reply(LB, nonce), forged("policy", "forged-2"))
+        await lb.nc.publish(ctl_reply_subject(LB, nonce), forged("policy", "forged-2"))
 
     async def agent_forges(msg: Msg) -> None:
         nonce = msg.subject.rsplit(".", 1)[1]
-        await agent1.nc.publish(subjects.ctl_reply(A2, nonce), forged("nodeagent", "f3", N2))
-        await agent1.nc.publish(subjects.ctl_reply(A1, nonce), forged("nodeagent", "f4", N2))
-        await agent1.nc.publish(subjects.ctl_reply(A1, nonce), forged("identity", "f5"))
+        await agent1.nc.publish(ctl_reply_subject(A2, nonce), forged("nodeagent", "f3", N2))
+        await agent1.nc.publish(ctl_reply_subject(A1, nonce), forged("nodeagent", "f4", N2))
+        await agent1.nc.publish(ctl_reply_subject(A1, nonce), forged("identity", "f5"))
 
     try:
-        await lb.nc.subscribe(subjects.status_request("*"), cb=lb_forges)
-        await agent1.nc.subscribe(subjects.status_request("*"), cb=agent_forges)
+        await lb.nc.subscribe(STATUS_CONTROL.subject("*"), cb=lb_forges)
+        await agent1.nc.subscribe(STATUS_CONTROL.subject("*"), cb=agent_forges)
         await lb.nc.flush()
         await agent1.nc.flush()
         mismatches = _rejected("role mismatch")
@@ -357,18 +371,18 @@ async def test_a_stored_message_pointed_at_a_reply_subject_is_not_a_reply(
     forged_subject = f"cilia.agent.forged.{N1}"
     await agent1.js.publish(forged_subject, encode("service.status", {
         "service": "policy", "replica": "stored", "pid": 1, "state": "ok", "uptime_s": 1.0,
-        "stats": {}}), stream=subjects.HISTORY_STREAM)
+        "stats": {}}), stream=HISTORY_STREAM)
     pointed: list[str] = []
 
     async def point_consumer(msg: Msg) -> None:
         nonce = msg.subject.rsplit(".", 1)[1]
-        info = await agent1.js.add_consumer(subjects.HISTORY_STREAM, api.ConsumerConfig(
-            deliver_subject=subjects.ctl_reply(POLICY, nonce), filter_subject=forged_subject,
+        info = await agent1.js.add_consumer(HISTORY_STREAM, api.ConsumerConfig(
+            deliver_subject=ctl_reply_subject(POLICY, nonce), filter_subject=forged_subject,
             ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.LAST))
         pointed.append(info.name)
 
     try:
-        await agent1.nc.subscribe(subjects.status_request("*"), cb=point_consumer)
+        await agent1.nc.subscribe(STATUS_CONTROL.subject("*"), cb=point_consumer)
         await agent1.nc.flush()
         # long enough for the consumer to be made while replies still count, on a busy machine
         replies = await collect_status(cli, wait=3.0)
@@ -394,15 +408,15 @@ async def test_a_reply_with_a_reply_subject_is_not_an_answer(sec: SecuredBus) ->
     async def answer(msg: Msg) -> None:
         nonce = msg.subject.rsplit(".", 1)[1]
         with policy.refusals.watch([ack]) as refused:
-            await policy.nc.publish(subjects.ctl_reply(POLICY, nonce), body("p1"), reply=ack)
+            await policy.nc.publish(ctl_reply_subject(POLICY, nonce), body("p1"), reply=ack)
             await policy.nc.flush()
             assert await asyncio.wait_for(refused, 5) == ack
-        await admin.nc.publish(subjects.ctl_reply(POLICY, nonce), body("with-reply"),
+        await admin.nc.publish(ctl_reply_subject(POLICY, nonce), body("with-reply"),
                                reply=f"_INBOX_{ADMIN}.stand-in")
-        await policy.nc.publish(subjects.ctl_reply(POLICY, nonce), body("plain-reply"))
+        await policy.nc.publish(ctl_reply_subject(POLICY, nonce), body("plain-reply"))
 
     try:
-        await policy.nc.subscribe(subjects.status_request("*"), cb=answer)
+        await policy.nc.subscribe(STATUS_CONTROL.subject("*"), cb=answer)
         await policy.nc.flush()
         before = _rejected("not a reply")
         replies = await collect_status(cli, wait=1.0)

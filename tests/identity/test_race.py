@@ -8,7 +8,7 @@ import sys
 
 import msgpack
 
-from services.common import subjects
+from services.common import contract
 from services.common.bus import Bus
 from services.common.kvstore import JetStreamStore
 from tests.support.procs import REPO
@@ -17,7 +17,7 @@ SETS = 1000
 
 
 async def test_two_processes_racing_on_1000_label_sets(bus: Bus, nats_url: str) -> None:
-    await bus.key_value(subjects.KV_IDENTITIES)
+    await bus.key_value(contract.KV_IDENTITIES)
     procs = [subprocess.Popen([sys.executable, "-m", "tests.support.alloc_worker", nats_url,
                                str(SETS), str(seed)], cwd=REPO, stdout=subprocess.PIPE)
              for seed in (1, 2)]
@@ -32,7 +32,7 @@ async def test_two_processes_racing_on_1000_label_sets(bus: Bus, nats_url: str) 
     assert len(a) == len(b) == SETS
     assert a == b                                  # one number per set, whoever asked
     assert len(set(a.values())) == SETS            # no number serves two sets
-    store = JetStreamStore(await bus.js.key_value(subjects.KV_IDENTITIES))
+    store = JetStreamStore(await bus.js.key_value(contract.KV_IDENTITIES))
     keys = await store.keys()
     # Exactly one reservation and one master key per set: losers gave theirs back.
     assert sum(k.startswith("id.") for k in keys) == SETS

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 
 from services.cli import source
-from services.common import subjects
+from services.common import contract
 from services.common.bus import Bus
 from services.common.kvstore import JetStreamStore
 from services.common.runner import collect_status
@@ -86,7 +86,7 @@ async def test_label_change_moves_the_pod_and_delete_removes_it(bus: Bus,
     await wait_for(bus, IPC, lambda s: "10.244.1.20/32" not in _ipcache(s))
     # Both identities are unused now: after the 1 s grace period they are released.
     snap = await wait_for(bus, IDENT, lambda s: not {"one", "two"} & set(_ids(s)))
-    keys = set(await JetStreamStore(await bus.js.key_value(subjects.KV_IDENTITIES)).keys())
+    keys = set(await JetStreamStore(await bus.js.key_value(contract.KV_IDENTITIES)).keys())
     assert f"id.{first}" not in keys and f"id.{second}" not in keys
 
 
@@ -127,14 +127,14 @@ async def test_restart_keeps_every_number_and_republishes_nothing(
     assert after["10.244.2.99/32"] == before["10.244.2.4/32"]   # same labels, same number
     # Only the new pod's source event and its ipcache entry were added.
     assert await count(bus, "cilia.>") == stored + 2
-    kv = await bus.js.key_value(subjects.KV_IDENTITIES)
+    kv = await bus.js.key_value(contract.KV_IDENTITIES)
     entry = await kv.get(f"id.{before['10.244.2.1/32']}")
     assert msgpack.unpackb(entry.value)["labels"][0] == "k8s:app=a0"
 
 
 async def _report(bus: Bus, node: str, ns: str, name: str, ip: str | None,
                   payload_node: str | None = None) -> None:
-    subject = subjects.agent_endpoint(node, ns, name)
+    subject = contract.agent_endpoint_subject(node, ns, name)
     if ip is None:
         await bus.publish(subject, "endpoint.delete",
                           {"node": node, "namespace": ns, "pod": name}, msg_id=f"d-{subject}")
@@ -192,10 +192,10 @@ async def test_spoofed_labels_are_dropped_and_counted(bus: Bus, identity_proc: N
     # A source that skips validation and writes a key Kubernetes forbids (one claiming a
     # source) is refused whole by the bus contract: the pod gets no identity at all.
     raw = pod("raw", "other", {"app": "r", "reserved:host": ""}, ip="10.244.1.61")
-    await bus.js.publish(subjects.source("Pod", "other", "raw"), msgpack.packb(
+    await bus.js.publish(contract.source_subject("Pod", "other", "raw"), msgpack.packb(
         {"v": SCHEMA_VERSION, "type": "object.upsert",
          "data": {"kind": "Pod", "namespace": "other", "name": "raw", "object": raw}}),
-        stream=subjects.HISTORY_STREAM)
+        stream=contract.HISTORY_STREAM)
     snap = await wait_for(bus, [*IPC, *IDENT], lambda s: "10.244.1.60/32" in _ipcache(s))
     labels = {d["id"]: d["labels"] for d in live(snap, "identity.upsert")}
     ident = labels[_ipcache(snap)["10.244.1.60/32"]["identity"]]

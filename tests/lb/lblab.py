@@ -17,9 +17,9 @@ from typing import Any
 
 from pyroute2 import NetNS, netns
 
-from services.common import subjects
+from services.common import contract
+from services.common.contract import lb_backend_subject, lb_members_subject, lb_service_subject
 from services.common.policytypes import Direction, PolicyKey, Verdict
-from services.lb.events import backend_subject, members_subject, service_subject
 from services.nodeagent.datapath import (
     EndpointEntry,
     IpcacheEntry,
@@ -220,7 +220,7 @@ class LbLab:
                "metadata": {"name": node.name, "annotations": {
                    NODE_MAC_ANNOTATION: device_mac(UPLINK, node.lab.node_ns)}},
                "status": {"addresses": [{"type": "InternalIP", "address": node.ip}]}}
-        self.publish(subjects.source("Node", "", node.name), "object.upsert",
+        self.publish(contract.source_subject("Node", "", node.name), "object.upsert",
                      {"kind": "Node", "namespace": "", "name": node.name, "object": obj})
 
     def set_mode(self, mode: str) -> None:
@@ -286,17 +286,17 @@ class LbLab:
                "external_ips": [], "lb_ips": [], "affinity_timeout": 0, "ext_local": False,
                "int_local": False}
         svc.update(fields)
-        self.publish(service_subject("default", name), "lb.service", {"id": sid, "service": svc})
+        self.publish(lb_service_subject("default", name), "lb.service", {"id": sid, "service": svc})
 
     def backends(self, sid: int, pods: list[Pod], removed: list[Pod] | None = None,
                  port: int = WHO_PORT, port_name: str = "") -> None:
         """Backends (id = 10000 + last octets) joining, and leaving, service ``sid``."""
         for pod in pods:
             node = next(n for n in self.nodes if pod in n.pods)
-            self.publish(backend_subject(self.bid(pod)), "lb.backend", {
+            self.publish(lb_backend_subject(self.bid(pod)), "lb.backend", {
                 "id": self.bid(pod), "address": pod.ip, "port": port, "protocol": "TCP",
                 "node": node.name, "pod": f"default/{pod.name}", "state": "active"})
-        self.publish(members_subject(sid), "lb.backends", {
+        self.publish(lb_members_subject(sid), "lb.backends", {
             "service": sid, "op": "delta", "added": [[port_name, self.bid(p)] for p in pods],
             "removed": [[port_name, self.bid(p)] for p in removed or []]})
 

@@ -12,7 +12,7 @@ import pytest
 
 from services.cli import source
 from services.common.bus import Bus, Delivery
-from services.lb.events import LB_FILTER
+from services.common.contract import LB_FILTER
 from tests.lb.lblab import LbLab, who
 from tests.lb.lbobjects import echo_pod, service
 from tests.lb.test_lb_service import backends_of, until

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.cli import source
-from services.common import subjects
+from services.common import contract
 from services.common.bus import Bus
 from services.common.kvstore import JetStreamStore
 from services.lb.client import read_view
@@ -138,7 +138,7 @@ async def test_restart_publishes_nothing_and_keeps_numbers(bus: Bus, nats_url: s
 
 
 async def test_ids_are_safe_with_racing_replicas(bus: Bus) -> None:
-    kv = await bus.key_value(subjects.KV_SERVICES)
+    kv = await bus.key_value(contract.KV_SERVICES)
     a, b = LbIds(JetStreamStore(kv)), LbIds(JetStreamStore(kv))
     owners = [f"ns/svc{i}" for i in range(30)]
     got_a, got_b = await asyncio.gather(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.lb.events import backend_subject, members_subject, service_subject
+from services.common.contract import lb_backend_subject, lb_members_subject, lb_service_subject
 from services.nodeagent.datapath import Programs, unpin
 from services.nodeagent.datapath.lbmaps import LbFrontend, LbMaps
 from services.nodeagent.lbstate import LbNodeState, frontend_id, table_id
@@ -28,13 +28,13 @@ def svc(**fields: Any) -> dict[str, Any]:
 
 def feed(state: LbNodeState, sid: int, service: dict[str, Any],
          backends: list[tuple[int, str, str, str]]) -> None:
-    state.apply(service_subject("default", service["name"]), "lb.service",
+    state.apply(lb_service_subject("default", service["name"]), "lb.service",
                 {"id": sid, "service": service})
     for bid, ip, node, st in backends:
-        state.apply(backend_subject(bid), "lb.backend", {
+        state.apply(lb_backend_subject(bid), "lb.backend", {
             "id": bid, "address": ip, "port": 8080, "protocol": "TCP", "node": node,
             "state": st})
-    state.apply(members_subject(sid), "lb.backends", {
+    state.apply(lb_members_subject(sid), "lb.backends", {
         "service": sid, "added": [["http", b[0]] for b in backends], "removed": []})
 
 
@@ -104,9 +104,9 @@ def test_incremental_plans_touch_only_the_changed_service(lb_maps: LbMaps) -> No
     maps.apply(st.plan())
     assert len(maps.maglev_tables()) == 2
     # one backend joins b: only b's table is rewritten, a's is not even diffed
-    st.apply(backend_subject(7), "lb.backend", {"id": 7, "address": "10.244.1.9", "port": 8080,
+    st.apply(lb_backend_subject(7), "lb.backend", {"id": 7, "address": "10.244.1.9", "port": 8080,
                                                 "protocol": "TCP", "node": "n1"})
-    dirty = st.apply(members_subject(6), "lb.backends",
+    dirty = st.apply(lb_members_subject(6), "lb.backends",
                      {"service": 6, "added": [["http", 7]], "removed": []})
     plan = st.plan(dirty)
     assert plan.table_scope == {table_id(frontend_id(6, 0), False)}
@@ -114,7 +114,7 @@ def test_incremental_plans_touch_only_the_changed_service(lb_maps: LbMaps) -> No
     assert 0 < res["maglev"].writes <= 1.2 * M / 3     # Maglev: about 1/3 of b's slots move
     assert set(maps.maglev_tables()[table_id(frontend_id(6, 0), False)]) == {3, 4, 7}
     # service a deleted: its frontend and table go, b stays
-    dirty = st.apply(service_subject("default", "a"), "lb.service.delete", {"id": 5})
+    dirty = st.apply(lb_service_subject("default", "a"), "lb.service.delete", {"id": 5})
     maps.apply(st.plan(dirty))
     assert set(maps.service_entries()) == {LbFrontend("10.96.0.6", 80)}
     assert list(maps.maglev_tables()) == [table_id(frontend_id(6, 0), False)]
@@ -144,7 +144,7 @@ def test_single_backend_needs_one_slot_and_none_means_no_table() -> None:
     plan = st.plan()
     entry = plan.services[LbFrontend("10.96.0.10", 80)]
     assert entry.size_int == 1 and plan.tables[entry.table_int] == [1]
-    st.apply(members_subject(5), "lb.backends", {"service": 5, "added": [],
+    st.apply(lb_members_subject(5), "lb.backends", {"service": 5, "added": [],
                                                  "removed": [["http", 1]]})
     plan = st.plan()
     assert plan.services[LbFrontend("10.96.0.10", 80)].size_int == 0 and not plan.tables

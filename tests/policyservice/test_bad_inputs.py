@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 
 from services.cli import manifests, source
-from services.common import subjects
+from services.common import contract
 from services.common.bus import Bus
 from services.common.runner import STATE_OK, collect_status
 from services.common.schemas import SCHEMA_VERSION
@@ -56,17 +56,17 @@ async def _ready(bus: Bus, names: set[str]) -> list[dict[str, Any]]:
 async def test_services_whose_last_input_is_bad_start_and_readers_see_every_object(
         bus: Bus, nats_url: str, tmp_path: Path) -> None:
     await source.apply(bus, manifests.load(THREE_TIER))
-    pod_subject = subjects.source("Pod", NS, "frontend")
-    cnp_subject = subjects.source("CiliumNetworkPolicy", NS, POLICY)
+    pod_subject = contract.source_subject("Pod", NS, "frontend")
+    cnp_subject = contract.source_subject("CiliumNetworkPolicy", NS, POLICY)
     cnp = await bus.last_event(cnp_subject)
     assert cnp is not None
     for subject, payload in [
             (pod_subject, b"\xc1 garbage"),
-            (subjects.source("Namespace", "", NS), msgpack.packb([1, 2, 3])),
+            (contract.source_subject("Namespace", "", NS), msgpack.packb([1, 2, 3])),
             (cnp_subject, _bad_value(cnp.data)),
-            (subjects.source("Service", NS, "backend"),
+            (contract.source_subject("Service", NS, "backend"),
              msgpack.packb({"v": SCHEMA_VERSION + 1, "type": "object.upsert", "data": {}}))]:
-        await bus.js.publish(subject, payload, stream=subjects.HISTORY_STREAM)
+        await bus.js.publish(subject, payload, stream=contract.HISTORY_STREAM)
     with service("services.identity", nats_url, log=tmp_path / "identity.log"), \
             service("services.policy", nats_url, log=tmp_path / "policy.log"), \
             service("services.lb", nats_url, log=tmp_path / "lb.log"):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from services.cli import manifests, source
-from services.common import subjects
+from services.common import contract
 from services.common.bus import Bus
 from tests.support.busread import count, live, wait_for
 from tests.support.cli import cilia
@@ -153,7 +153,7 @@ async def test_an_invalid_new_version_is_rejected_and_the_old_one_stays(
     assert res.returncode == 1
     assert "spec.ingress[0].toPorts[0].ports[0].port" in res.stderr
     # ...and a source that skips validation gets it rejected by the service.
-    await bus.publish(subjects.source(bad["kind"], "production", bad["metadata"]["name"]),
+    await bus.publish(contract.source_subject(bad["kind"], "production", bad["metadata"]["name"]),
                       "object.upsert", {"kind": bad["kind"], "namespace": "production",
                                         "name": bad["metadata"]["name"], "object": bad},
                       msg_id="bad-1")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common import subjects
+from services.common import contract
 from services.common.bus import Bus
 from services.replay.record import Moment
 from services.replay.source import read_stream
@@ -10,7 +10,7 @@ from services.replay.source import read_stream
 
 async def test_every_read_returns_every_message(bus: Bus) -> None:
     for i in range(5):
-        await bus.publish(subjects.identity(300 + i), "identity.upsert",
+        await bus.publish(contract.identity_subject(300 + i), "identity.upsert",
                           {"id": 300 + i, "labels": [f"k8s:app=a{i}"]}, msg_id=f"rs-{i}")
     # A read once returned nothing when the consumer reported no pending messages before its
     # callback had handled the delivered ones (seen in CI under load): read many times.

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.codec import encode
+from services.common.contract import subject_matches
 from services.replay import (
     HistoryFileError,
     HistoryHeader,
@@ -29,7 +30,6 @@ from services.replay import (
     parse_time,
     read_history,
 )
-from services.replay.record import subject_matches
 from services.replay.spans import build, load_spans, waterfall
 
 T0 = 1_800_000_000 * 10**9

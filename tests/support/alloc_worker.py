@@ -11,7 +11,7 @@ import json
 import random
 import sys
 
-from services.common import subjects
+from services.common import contract
 from services.common.bus import Bus
 from services.common.kvstore import JetStreamStore
 from services.common.labels import Labels
@@ -22,7 +22,7 @@ CONCURRENCY = 32
 
 async def main(url: str, n: int, seed: int) -> None:
     bus = await Bus.connect(url, f"alloc-{seed}")
-    allocator = Allocator(JetStreamStore(await bus.key_value(subjects.KV_IDENTITIES)))
+    allocator = Allocator(JetStreamStore(await bus.key_value(contract.KV_IDENTITIES)))
     await allocator.load()
     names = [f"set-{i}" for i in range(n)]
     random.Random(seed).shuffle(names)

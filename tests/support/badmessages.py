@@ -20,8 +20,33 @@ import msgpack
 import msgspec
 from hypothesis import strategies as st
 
-from services.common import subjects
-from services.common.contract import EVENTS
+from services.common.contract import (
+    EVENTS,
+    HISTORY_SUBJECTS,
+    IPCACHE_SOURCE_CIDR,
+    AgentEvent,
+    ControlEvent,
+    FlowEvent,
+    IdentityEvent,
+    IpcacheEvent,
+    LbEvent,
+    ObjectEvent,
+    PolicyEvent,
+    agent_endpoint_subject,
+    agent_realized_subject,
+    flows_subject,
+    identity_subject,
+    ipcache_subject,
+    lb_backend_subject,
+    lb_members_subject,
+    lb_service_subject,
+    lb_status_subject,
+    matches_any,
+    policy_rules_subject,
+    policy_selector_subject,
+    policy_status_subject,
+    source_subject,
+)
 from services.common.schemas import SCHEMA_VERSION
 
 SEL = "0123456789abcdef"
@@ -71,77 +96,77 @@ def _flow() -> dict[str, Any]:
 
 
 VALID: list[Sample] = [
-    Sample(subjects.source("Pod", "shop", "web-1"), "object.upsert",
+    Sample(source_subject("Pod", "shop", "web-1"), ObjectEvent.UPSERT,
            {"kind": "Pod", "namespace": "shop", "name": "web-1", "object": _pod()}),
-    Sample(subjects.source("Namespace", "", "shop"), "object.upsert",
+    Sample(source_subject("Namespace", "", "shop"), ObjectEvent.UPSERT,
            {"kind": "Namespace", "namespace": "", "name": "shop",
             "object": {"apiVersion": "v1", "kind": "Namespace",
                        "metadata": {"name": "shop", "labels": {"team": "a"}}}}),
-    Sample(subjects.source("Node", "", "node1"), "object.upsert",
+    Sample(source_subject("Node", "", "node1"), ObjectEvent.UPSERT,
            {"kind": "Node", "namespace": "", "name": "node1",
             "object": {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node1"},
                        "spec": {"podCIDR": "10.0.1.0/24"},
                        "status": {"addresses": [{"type": "InternalIP",
                                                  "address": "172.31.0.11"}]}}}),
-    Sample(subjects.source("CiliumNetworkPolicy", "shop", "allow"), "object.upsert",
+    Sample(source_subject("CiliumNetworkPolicy", "shop", "allow"), ObjectEvent.UPSERT,
            {"kind": "CiliumNetworkPolicy", "namespace": "shop", "name": "allow",
             "object": {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
                        "metadata": {"name": "allow", "namespace": "shop"},
                        "spec": {"endpointSelector": {}}}}),
-    Sample(subjects.source("Pod", "shop", "web-1"), "object.delete",
+    Sample(source_subject("Pod", "shop", "web-1"), ObjectEvent.DELETE,
            {"kind": "Pod", "namespace": "shop", "name": "web-1"}),
-    Sample(subjects.identity(300), "identity.upsert",
+    Sample(identity_subject(300), IdentityEvent.UPSERT,
            {"id": 300, "labels": ["k8s:app=web", "k8s:io.kubernetes.pod.namespace=shop"]}),
-    Sample(subjects.identity(2), "identity.upsert", {"id": 2, "labels": ["reserved:world"]}),
-    Sample(subjects.identity(300), "identity.delete", {"id": 300, "labels": ["k8s:app=web"]}),
-    Sample(subjects.ipcache("10.0.1.5/32"), "ipcache.upsert",
+    Sample(identity_subject(2), IdentityEvent.UPSERT, {"id": 2, "labels": ["reserved:world"]}),
+    Sample(identity_subject(300), IdentityEvent.DELETE, {"id": 300, "labels": ["k8s:app=web"]}),
+    Sample(ipcache_subject("10.0.1.5/32"), IpcacheEvent.UPSERT,
            {"prefix": "10.0.1.5/32", "identity": 300, "host_ip": "172.31.0.11",
             "pod": "shop/web-1", "node": "node1"}),
-    Sample(subjects.ipcache("10.0.0.0/8", subjects.IPCACHE_SOURCE_CIDR), "ipcache.upsert",
+    Sample(ipcache_subject("10.0.0.0/8", IPCACHE_SOURCE_CIDR), IpcacheEvent.UPSERT,
            {"prefix": "10.0.0.0/8", "identity": (1 << 24) + 7, "revision": 4}),
-    Sample(subjects.ipcache("10.0.1.5/32"), "ipcache.delete",
+    Sample(ipcache_subject("10.0.1.5/32"), IpcacheEvent.DELETE,
            {"prefix": "10.0.1.5/32", "identity": 300}),
-    Sample(subjects.policy_rules(300), "policy.rules", _rules(300)),
-    Sample(subjects.policy_rules(301), "policy.rules",
+    Sample(policy_rules_subject(300), PolicyEvent.RULES, _rules(300)),
+    Sample(policy_rules_subject(301), PolicyEvent.RULES,
            {"schema": 1, "identity": 301, "revision": 3, "ingress_enforced": False,
             "egress_enforced": False, "rules": []}),
-    Sample(subjects.policy_selector(SEL), "policy.selector",
+    Sample(policy_selector_subject(SEL), PolicyEvent.SELECTOR,
            {"selector": SEL, "revision": 12, "op": "set", "canonical": "{any:app In (web)}",
             "selector_spec": {"id": SEL, "matchExpressions": [
                 {"key": "any:app", "operator": "In", "values": ["web"]}]},
             "members": [300, 301]}),
-    Sample(subjects.policy_selector(SEL2), "policy.selector",
+    Sample(policy_selector_subject(SEL2), PolicyEvent.SELECTOR,
            {"selector": SEL2, "revision": 13, "op": "delta", "added": [302], "removed": []}),
-    Sample(subjects.policy_status("CiliumNetworkPolicy", "shop", "allow"), "policy.status",
+    Sample(policy_status_subject("CiliumNetworkPolicy", "shop", "allow"), PolicyEvent.STATUS,
            {"kind": "CiliumNetworkPolicy", "namespace": "shop", "name": "allow",
             "revision": 12, "op": "set", "rules": 1, "selectors": [SEL, SEL2]}),
-    Sample("cilia.lb.service.shop.web", "lb.service", {"id": 4, "service": _service()}),
-    Sample("cilia.lb.service.shop.web", "lb.service.delete",
+    Sample(lb_service_subject("shop", "web"), LbEvent.SERVICE, {"id": 4, "service": _service()}),
+    Sample(lb_service_subject("shop", "web"), LbEvent.SERVICE_DELETE,
            {"id": 4, "namespace": "shop", "name": "web"}),
-    Sample("cilia.lb.backend.9", "lb.backend",
+    Sample(lb_backend_subject(9), LbEvent.BACKEND,
            {"id": 9, "address": "10.0.1.5", "port": 8080, "protocol": "TCP", "node": "node1",
             "pod": "shop/web-1", "state": "active"}),
-    Sample("cilia.lb.backend.9", "lb.backend.delete", {"id": 9}),
-    Sample("cilia.lb.members.4", "lb.backends",
+    Sample(lb_backend_subject(9), LbEvent.BACKEND_DELETE, {"id": 9}),
+    Sample(lb_members_subject(4), LbEvent.MEMBERS,
            {"service": 4, "op": "delta", "added": [["http", 9]], "removed": []}),
-    Sample("cilia.lb.status.shop.web", "lb.status",
+    Sample(lb_status_subject("shop", "web"), LbEvent.STATUS,
            {"namespace": "shop", "name": "web", "op": "ok", "id": 4}),
-    Sample(subjects.agent_realized("node1"), "agent.realized",
+    Sample(agent_realized_subject("node1"), AgentEvent.REALIZED,
            {"node": "node1", "revision": 40, "identities": {"300": 12}}),
-    Sample("cilia.agent.endpoint.node1.shop.web-1", "endpoint.upsert",
+    Sample(agent_endpoint_subject("node1", "shop", "web-1"), AgentEvent.ENDPOINT_UPSERT,
            {"node": "node1", "namespace": "shop", "pod": "web-1", "ip": "10.0.1.5",
             "endpoint_id": 3, "container_id": "abc"}),
-    Sample("cilia.agent.endpoint.node1.shop.web-1", "endpoint.delete",
+    Sample(agent_endpoint_subject("node1", "shop", "web-1"), AgentEvent.ENDPOINT_DELETE,
            {"node": "node1", "namespace": "shop", "pod": "web-1"}),
-    Sample(subjects.flows("node1"), "flow", {"node": "node1", "flows": [_flow()]}),
-    Sample("", "service.status",
+    Sample(flows_subject("node1"), FlowEvent.FLOW, {"node": "node1", "flows": [_flow()]}),
+    Sample("", ControlEvent.STATUS,
            {"service": "policy", "replica": "h-1", "pid": 42, "state": "ok", "uptime_s": 3.5,
             "stats": {"rejected": 0}}),
 ]
 
 # Where a mutation would not make a payload bad: free-form parts checked elsewhere.
-_FREE = {("object.upsert", "object"), ("object.delete", "object"),
-         ("service.status", "stats")}
+_FREE = {(ObjectEvent.UPSERT, "object"), (ObjectEvent.DELETE, "object"),
+         (ControlEvent.STATUS, "stats")}
 _OTHER_TYPES: dict[type, list[Any]] = {
     int: ["7", [7], {"n": 7}, True, 1.5, -1],   # every number a payload carries is >= 0
     float: ["1.5", [1.5], {"t": 1}],
@@ -290,9 +315,7 @@ _ALIEN = st.one_of(st.integers(-(2 ** 63), 2 ** 64 - 1), st.text(max_size=20),
 
 def stored() -> list[Sample]:
     """The samples of event types the history stream stores (not replies or flows)."""
-    return [s for s in VALID if s.subject.startswith(("cilia.src.", "cilia.identity.",
-                                                      "cilia.ipcache.", "cilia.policy.",
-                                                      "cilia.lb.", "cilia.agent."))]
+    return [s for s in VALID if matches_any(s.subject, HISTORY_SUBJECTS)]
 
 
 BATCH = 50     # messages drawn per hypothesis example (its per-example cost dominates)

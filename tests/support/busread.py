@@ -32,7 +32,7 @@ def live(snap: dict[str, Delivery], event_type: str) -> list[dict[str, Any]]:
 
 async def count(bus: Bus, subject_filter: str) -> int:
     """Messages stored in the history stream under ``subject_filter``."""
-    from services.common import subjects
+    from services.common import contract
 
-    info = await bus.js.stream_info(subjects.HISTORY_STREAM, subjects_filter=subject_filter)
+    info = await bus.js.stream_info(contract.HISTORY_STREAM, subjects_filter=subject_filter)
     return sum((info.state.subjects or {}).values())

@@ -26,10 +26,9 @@ from services.cli import controlplane
 from services.cli.controlplane import SERVICES
 from services.common.bus import Bus
 from services.common.buscreds import BusAccess, Credentials
+from services.common.contract import AGENT_INPUTS, POLICY_INPUTS, ConsumerSpec
 from services.common.embedded import NatsServer, free_port, start_nats
 from services.common.roles import ADMIN, CLI, SERVICE_ROLES
-from services.nodeagent.agent import INPUTS as AGENT_INPUTS
-from services.policy.service import INPUTS as POLICY_INPUTS
 from tests.support.procs import REPO, start_service, stop_process
 from tests.support.wait import wait_until
 
@@ -104,10 +103,10 @@ class Cluster:
 
     def settle(self, timeout: float = 20.0) -> None:
         """Wait until the policy service and every agent handled everything on the bus."""
-        async def last_seq(filters: list[str]) -> int:
+        async def last_seq(consumer: ConsumerSpec) -> int:
             bus = await self.bus(CLI)
             try:
-                snap = await bus.snapshot(filters)
+                snap = await bus.snapshot(consumer.filters)
             finally:
                 await bus.close()
             return max((d.seq for d in snap.values()), default=0)

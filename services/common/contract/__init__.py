@@ -1,10 +1,17 @@
-"""The bus contract: every event type's payload schema, validated whole (msgspec).
+"""The bus contract: the one place that spells the bus.
 
-One module per domain owns its event types (:mod:`.objects`, :mod:`.identity`,
-:mod:`.ipcache`, :mod:`.policy`, :mod:`.lb`, :mod:`.agent`, :mod:`.flows`, :mod:`.control`).
+One module per domain (:mod:`.objects`, :mod:`.identity`, :mod:`.ipcache`, :mod:`.policy`,
+:mod:`.lb`, :mod:`.agent`, :mod:`.flows`, :mod:`.control`) owns its subjects (builders,
+filters and parsers), an enum of its event types (a ``StrEnum``: each value is the wire
+string) and their typed payloads; :mod:`.streams` names the history stream and the KV
+buckets; :mod:`.consumers` holds every consumer's subscription as data. Nothing outside this
+package spells a ``cilia.`` subject or an event type (``tests/bus/test_contract_literals.py``
+fails if something does).
+
 A payload is checked down to its nested fields and value ranges, and against the subject it
 was published on (an event about pod ``a`` on pod ``b``'s subject is malformed). Consumers
-still receive plain dicts; the typed payload rides along (:attr:`Event.payload`).
+receive plain dicts, and the typed payload rides along (:attr:`Event.payload`); a producer
+may hand the codec either a dict or the typed payload.
 
 Usage::
 
@@ -27,11 +34,109 @@ from services.common.errors import MalformedPayload
 
 from . import agent, control, flows, identity, ipcache, lb, objects, policy
 from ._types import Payload, dec_hook
+from .agent import (
+    AGENT_ENDPOINTS_FILTER,
+    AGENT_FILTER,
+    AgentEvent,
+    AgentRealized,
+    EndpointDelete,
+    EndpointUpsert,
+    agent_endpoint_subject,
+    agent_endpoints_filter,
+    agent_publish_filters,
+    agent_realized_subject,
+    parse_agent_endpoint,
+)
+from .consumers import (
+    AGENT_INPUTS,
+    AGENT_LB_INPUTS,
+    CONSUMERS,
+    IDENTITY_INPUTS,
+    IDENTITY_OUTPUTS,
+    LB_INPUTS,
+    LB_OUTPUTS,
+    LB_VIEW,
+    POLICY_INPUTS,
+    POLICY_OUTPUTS,
+    REPLAY,
+    ConsumerSpec,
+    DeliverFrom,
+)
+from .control import (
+    FLOWS_CONTROL,
+    STATUS_CONTROL,
+    ControlEvent,
+    ControlRequest,
+    ServiceStatus,
+    ctl_reply_subject,
+    parse_ctl_reply,
+)
+from .flows import FLOWS_FILTER, FlowBatch, FlowEvent, flows_subject
+from .identity import (
+    IDENTITY_FILTER,
+    IdentityDelete,
+    IdentityEvent,
+    IdentityUpsert,
+    identity_subject,
+)
+from .ipcache import (
+    IPCACHE_FILTER,
+    IPCACHE_SOURCE_CIDR,
+    IPCACHE_SOURCE_K8S,
+    IpcacheDelete,
+    IpcacheEvent,
+    IpcacheUpsert,
+    ipcache_filter,
+    ipcache_subject,
+    parse_ipcache_origin,
+)
+from .lb import (
+    LB_FILTER,
+    OP_DELTA,
+    OP_SET,
+    LbEvent,
+    lb_backend_subject,
+    lb_members_subject,
+    lb_service_subject,
+    lb_status_subject,
+)
+from .objects import (
+    KIND_CCNP,
+    KIND_CNP,
+    KIND_KNP,
+    KIND_NAMESPACE,
+    KIND_NODE,
+    KIND_POD,
+    POLICY_KINDS,
+    SOURCE_FILTER,
+    ObjectDelete,
+    ObjectEvent,
+    ObjectUpsert,
+    source_filter,
+    source_subject,
+)
+from .policy import (
+    POLICY_FILTER,
+    POLICY_RULES_FILTER,
+    POLICY_SELECTOR_FILTER,
+    POLICY_STATUS_FILTER,
+    PolicyEvent,
+    policy_rules_subject,
+    policy_selector_subject,
+    policy_status_subject,
+)
+from .streams import HISTORY_STREAM, HISTORY_SUBJECTS, KV_IDENTITIES, KV_SERVICES
+from .tokens import CLUSTER_SCOPE, ip_token, matches_any, subject_matches, token, untoken
 
 EVENTS: dict[str, type[Payload]] = {
     **objects.EVENTS, **identity.EVENTS, **ipcache.EVENTS, **policy.EVENTS, **lb.EVENTS,
     **agent.EVENTS, **flows.EVENTS, **control.EVENTS,
 }
+
+# Every event type enum: the wire strings that only this package spells.
+EVENT_ENUMS = (ObjectEvent, IdentityEvent, IpcacheEvent, PolicyEvent, LbEvent, AgentEvent,
+               FlowEvent, ControlEvent)
+assert set(EVENTS) == {e for enum in EVENT_ENUMS for e in enum}, "an event type has no schema"
 
 _DECODERS = {name: msgspec.msgpack.Decoder(tp, dec_hook=dec_hook) for name, tp in EVENTS.items()}
 
@@ -118,4 +223,25 @@ def _reason(exc: BaseException) -> str:
     return text
 
 
-__all__ = ["EVENTS", "Payload", "check_subject", "decode_data", "subject_family", "validate"]
+__all__ = [
+    "AGENT_ENDPOINTS_FILTER", "AGENT_FILTER", "AGENT_INPUTS", "AGENT_LB_INPUTS", "CLUSTER_SCOPE",
+    "CONSUMERS", "EVENTS", "EVENT_ENUMS", "FLOWS_CONTROL", "FLOWS_FILTER", "HISTORY_STREAM",
+    "HISTORY_SUBJECTS", "IDENTITY_FILTER", "IDENTITY_INPUTS", "IDENTITY_OUTPUTS", "IPCACHE_FILTER",
+    "IPCACHE_SOURCE_CIDR", "IPCACHE_SOURCE_K8S", "KIND_CCNP", "KIND_CNP", "KIND_KNP",
+    "KIND_NAMESPACE", "KIND_NODE", "KIND_POD", "KV_IDENTITIES", "KV_SERVICES", "LB_FILTER",
+    "LB_INPUTS", "LB_OUTPUTS", "LB_VIEW", "OP_DELTA", "OP_SET", "POLICY_FILTER", "POLICY_INPUTS",
+    "POLICY_KINDS", "POLICY_OUTPUTS", "POLICY_RULES_FILTER", "POLICY_SELECTOR_FILTER",
+    "POLICY_STATUS_FILTER", "REPLAY", "SOURCE_FILTER", "STATUS_CONTROL", "AgentEvent",
+    "AgentRealized", "ConsumerSpec", "ControlEvent", "ControlRequest", "DeliverFrom",
+    "EndpointDelete", "EndpointUpsert", "FlowBatch", "FlowEvent", "IdentityDelete",
+    "IdentityEvent", "IdentityUpsert", "IpcacheDelete", "IpcacheEvent", "IpcacheUpsert", "LbEvent",
+    "ObjectDelete", "ObjectEvent", "ObjectUpsert", "Payload", "PolicyEvent", "ServiceStatus",
+    "agent", "agent_endpoint_subject", "agent_endpoints_filter", "agent_publish_filters",
+    "agent_realized_subject", "check_subject", "control", "ctl_reply_subject", "decode_data",
+    "flows", "flows_subject", "identity", "identity_subject", "ip_token", "ipcache",
+    "ipcache_filter", "ipcache_subject", "lb", "lb_backend_subject", "lb_members_subject",
+    "lb_service_subject", "lb_status_subject", "matches_any", "objects", "parse_agent_endpoint",
+    "parse_ctl_reply", "parse_ipcache_origin", "policy", "policy_rules_subject",
+    "policy_selector_subject", "policy_status_subject", "source_filter", "source_subject",
+    "subject_family", "subject_matches", "token", "untoken", "validate",
+]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from msgspec import Meta
@@ -48,64 +48,69 @@ _IPV4 = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}$")
 _PREFIX_LEN = re.compile(r"^(3[0-2]|[12]?[0-9])$")
 
 
-class DnsLabel(str):
-    """A Kubernetes DNS label (namespaces, container and Service names)."""
+if TYPE_CHECKING:
+    # For the type checker each checked string is a plain ``str``: a producer that builds a
+    # typed payload passes ordinary strings, and the codec checks them when it encodes.
+    DnsLabel = str
+    Namespace = str
+    DnsSubdomain = str
+    OptionalName = str
+    PodRef = str
+    IPv4 = str
+    OptionalIPv4 = str
+    Prefix = str
+    PortName = str
+    LabelText = str
+    SourcedKey = str
+    LabelValue = str
+    SelectorId = str
+    Fqdn = str
+    Token = str
+else:
+    class DnsLabel(str):
+        """A Kubernetes DNS label (namespaces, container and Service names)."""
 
+    class Namespace(str):
+        """A namespace: a DNS label, or "" for a cluster-scoped object."""
 
-class Namespace(str):
-    """A namespace: a DNS label, or "" for a cluster-scoped object."""
+    class DnsSubdomain(str):
+        """A Kubernetes object name (DNS subdomain)."""
 
+    class OptionalName(str):
+        """An object name, or ""."""
 
-class DnsSubdomain(str):
-    """A Kubernetes object name (DNS subdomain)."""
+    class PodRef(str):
+        """``namespace/name`` of a pod, or ""."""
 
+    class IPv4(str):
+        """A dotted-quad IPv4 address."""
 
-class OptionalName(str):
-    """An object name, or ""."""
+    class OptionalIPv4(str):
+        """An IPv4 address, or "" for none."""
 
+    class Prefix(str):
+        """An IPv4 or IPv6 prefix with no host bits set (``10.0.0.0/8``)."""
 
-class PodRef(str):
-    """``namespace/name`` of a pod, or ""."""
+    class PortName(str):
+        """A named port (IANA service name), or "" for none."""
 
+    class LabelText(str):
+        """A label as identities carry it: ``source:key=value`` (or ``reserved:name``)."""
 
-class IPv4(str):
-    """A dotted-quad IPv4 address."""
+    class SourcedKey(str):
+        """A selector key with its source: ``k8s:app``."""
 
+    class LabelValue(str):
+        """A Kubernetes label value."""
 
-class OptionalIPv4(str):
-    """An IPv4 address, or "" for none."""
+    class SelectorId(str):
+        """A selector id: hex digits of SHA-256 over the selector's canonical form."""
 
+    class Fqdn(str):
+        """A DNS name or ``toFQDNs`` pattern."""
 
-class Prefix(str):
-    """An IPv4 or IPv6 prefix with no host bits set (``10.0.0.0/8``)."""
-
-
-class PortName(str):
-    """A named port (IANA service name), or "" for none."""
-
-
-class LabelText(str):
-    """A label as identities carry it: ``source:key=value`` (or ``reserved:name``)."""
-
-
-class SourcedKey(str):
-    """A selector key with its source: ``k8s:app``."""
-
-
-class LabelValue(str):
-    """A Kubernetes label value."""
-
-
-class SelectorId(str):
-    """A selector id: hex digits of SHA-256 over the selector's canonical form."""
-
-
-class Fqdn(str):
-    """A DNS name or ``toFQDNs`` pattern."""
-
-
-class Token(str):
-    """Text usable as one subject token (no spaces, dots or wildcards)."""
+    class Token(str):
+        """Text usable as one subject token (no spaces, dots or wildcards)."""
 
 
 def _text(obj: Any, what: str) -> str:
@@ -313,9 +318,14 @@ def check_identities(nums: Iterable[int], field: str) -> None:
         check_identity(num, field)
 
 
-class Payload(msgspec.Struct, forbid_unknown_fields=True):
+class Payload(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Base of every event payload: unknown fields are an error (the version says what a
-    payload holds)."""
+    payload holds).
+
+    A producer may build the payload itself (a misspelt or missing field fails at once; the
+    values are checked when the codec encodes it). Encoded, an optional field left at its
+    default is absent, as in a producer's dict that leaves the key out.
+    """
 
     def subjects(self) -> tuple[str, ...]:
         """The subjects this payload may be published on (empty: any, for replies)."""

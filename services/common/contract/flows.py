@@ -7,13 +7,26 @@ clock ``time`` and the pods behind both addresses, when known.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
-from services.common import subjects
-
 from ._types import U16, U32, U64, DnsSubdomain, IPv4, Payload, PodRef, PortOrZero, Proto, Seconds
+from .tokens import token
 
-EV_FLOW = "flow"
+
+class FlowEvent(StrEnum):
+    """Event types of flows (the values are the wire strings)."""
+
+    FLOW = "flow"
+
+
+FLOWS = "cilia.flows"               # cilia.flows.<node> (core NATS, not stored)
+FLOWS_FILTER = f"{FLOWS}.>"
+
+
+def flows_subject(node: str) -> str:
+    """``cilia.flows.<node>``: one node's flows."""
+    return f"{FLOWS}.{token(node)}"
 
 
 class Flow(Payload):
@@ -47,7 +60,7 @@ class FlowBatch(Payload):
     flows: list[Flow]
 
     def subjects(self) -> tuple[str, ...]:
-        return (subjects.flows(self.node),)
+        return (flows_subject(self.node),)
 
 
-EVENTS: dict[str, type[Payload]] = {EV_FLOW: FlowBatch}
+EVENTS: dict[str, type[Payload]] = {FlowEvent.FLOW: FlowBatch}

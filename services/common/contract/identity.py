@@ -7,12 +7,24 @@ label set as ``source:key=value`` strings (``reserved:<name>`` for reserved iden
 
 from __future__ import annotations
 
-from services.common import subjects
+from enum import StrEnum
 
 from ._types import ClusterIdentity, LabelText, Payload
 
-EV_UPSERT = "identity.upsert"
-EV_DELETE = "identity.delete"
+
+class IdentityEvent(StrEnum):
+    """Event types of identities (the values are the wire strings)."""
+
+    UPSERT = "identity.upsert"
+    DELETE = "identity.delete"
+
+
+IDENTITY_FILTER = "cilia.identity.>"
+
+
+def identity_subject(num: int) -> str:
+    """``cilia.identity.<id>``."""
+    return f"cilia.identity.{num}"
 
 
 class IdentityUpsert(Payload):
@@ -26,7 +38,7 @@ class IdentityUpsert(Payload):
             raise ValueError("labels: an identity has at least one label")
 
     def subjects(self) -> tuple[str, ...]:
-        return (subjects.identity(self.id),)
+        return (identity_subject(self.id),)
 
 
 class IdentityDelete(Payload):
@@ -36,7 +48,8 @@ class IdentityDelete(Payload):
     labels: list[LabelText] | None = None
 
     def subjects(self) -> tuple[str, ...]:
-        return (subjects.identity(self.id),)
+        return (identity_subject(self.id),)
 
 
-EVENTS: dict[str, type[Payload]] = {EV_UPSERT: IdentityUpsert, EV_DELETE: IdentityDelete}
+EVENTS: dict[str, type[Payload]] = {IdentityEvent.UPSERT: IdentityUpsert,
+                                    IdentityEvent.DELETE: IdentityDelete}

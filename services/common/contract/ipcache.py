@@ -8,7 +8,7 @@ publishes IPv6 CIDR identities, which a datapath that is IPv4 only leaves out of
 
 from __future__ import annotations
 
-from services.common import subjects
+from enum import StrEnum
 
 from ._types import (
     IdentityNum,
@@ -20,14 +20,41 @@ from ._types import (
     Revision,
     check_identity,
 )
+from .tokens import ip_token
 
-EV_UPSERT = "ipcache.upsert"
-EV_DELETE = "ipcache.delete"
-ORIGINS = (subjects.IPCACHE_SOURCE_K8S, subjects.IPCACHE_SOURCE_CIDR)
+
+class IpcacheEvent(StrEnum):
+    """Event types of the ipcache (the values are the wire strings)."""
+
+    UPSERT = "ipcache.upsert"
+    DELETE = "ipcache.delete"
+
+
+IPCACHE_SOURCE_K8S = "k8s"     # pod addresses, owned by the identity service
+IPCACHE_SOURCE_CIDR = "cidr"   # CIDR identities, owned by the policy service
+ORIGINS = (IPCACHE_SOURCE_K8S, IPCACHE_SOURCE_CIDR)
+IPCACHE_FILTER = "cilia.ipcache.>"
+_IPCACHE_PREFIX = "cilia.ipcache."
+
+
+def ipcache_subject(prefix: str, origin: str = IPCACHE_SOURCE_K8S) -> str:
+    """``cilia.ipcache.<origin>.<prefix token>``: each origin owns its own subjects."""
+    return f"{_IPCACHE_PREFIX}{origin}.{ip_token(prefix)}"
+
+
+def ipcache_filter(origin: str) -> str:
+    """Filter of one origin's entries."""
+    return f"{_IPCACHE_PREFIX}{origin}.>"
+
+
+def parse_ipcache_origin(subject: str) -> str:
+    """The origin an ipcache subject names (``k8s`` for a subject too short to name one)."""
+    parts = subject.split(".", 3)
+    return parts[2] if len(parts) > 3 else IPCACHE_SOURCE_K8S
 
 
 def _subjects(prefix: str) -> tuple[str, ...]:
-    return tuple(subjects.ipcache(prefix, origin) for origin in ORIGINS)
+    return tuple(ipcache_subject(prefix, origin) for origin in ORIGINS)
 
 
 class IpcacheUpsert(Payload):
@@ -62,4 +89,5 @@ class IpcacheDelete(Payload):
         return _subjects(self.prefix)
 
 
-EVENTS: dict[str, type[Payload]] = {EV_UPSERT: IpcacheUpsert, EV_DELETE: IpcacheDelete}
+EVENTS: dict[str, type[Payload]] = {IpcacheEvent.UPSERT: IpcacheUpsert,
+                                    IpcacheEvent.DELETE: IpcacheDelete}

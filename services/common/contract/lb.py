@@ -1,4 +1,4 @@
-"""Load balancing (the lb service's output; services/lb/events.py documents the fold).
+"""Load balancing: the lb service's output (:class:`services.lb.events.LbView` is its fold).
 
 * ``lb.service`` {id, service} and ``lb.service.delete`` {id, namespace, name} on
   ``cilia.lb.service.<ns>.<name>``;
@@ -8,15 +8,19 @@
   ``[service port name, backend id]`` pairs that joined or left (``op`` ``set``: the pairs
   replace the whole membership);
 * ``lb.status`` {namespace, name, op, error?, id?} on ``cilia.lb.status.<ns>.<name>``.
+
+``service`` is ``{namespace, name, type, cluster_ip ("" when headless), ports: [{name, port,
+protocol, node_port (0: none)}], external_ips, lb_ips, affinity_timeout (s, 0: none),
+ext_local, int_local}``. Membership is published as deltas; a consumer folds the whole
+``cilia.lb.>`` history in order (``deliver="all"``) to know every service's members.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from msgspec import Meta
-
-from services.lb.events import backend_subject, members_subject, service_subject, status_subject
 
 from ._types import (
     DnsLabel,
@@ -31,13 +35,45 @@ from ._types import (
     PortOrZero,
     Text,
 )
+from .tokens import token
 
-EV_SERVICE = "lb.service"
-EV_SERVICE_DELETE = "lb.service.delete"
-EV_BACKEND = "lb.backend"
-EV_BACKEND_DELETE = "lb.backend.delete"
-EV_MEMBERS = "lb.backends"
-EV_STATUS = "lb.status"
+
+class LbEvent(StrEnum):
+    """Event types of the lb service's output (the values are the wire strings)."""
+
+    SERVICE = "lb.service"
+    SERVICE_DELETE = "lb.service.delete"
+    BACKEND = "lb.backend"
+    BACKEND_DELETE = "lb.backend.delete"
+    MEMBERS = "lb.backends"
+    STATUS = "lb.status"
+
+
+OP_DELTA = "delta"      # lb.backends: the pairs that joined or left
+OP_SET = "set"          # lb.backends: the pairs that make up the whole membership
+
+LB_FILTER = "cilia.lb.>"
+
+
+def lb_service_subject(ns: str, name: str) -> str:
+    """``cilia.lb.service.<ns>.<name>``: a service's frontends."""
+    return f"cilia.lb.service.{token(ns)}.{token(name)}"
+
+
+def lb_backend_subject(backend_id: int) -> str:
+    """``cilia.lb.backend.<id>``: one backend."""
+    return f"cilia.lb.backend.{backend_id}"
+
+
+def lb_members_subject(service_id: int) -> str:
+    """``cilia.lb.members.<service id>``: a service's membership changes."""
+    return f"cilia.lb.members.{service_id}"
+
+
+def lb_status_subject(ns: str, name: str) -> str:
+    """``cilia.lb.status.<ns>.<name>``: what became of one Service object."""
+    return f"cilia.lb.status.{token(ns)}.{token(name)}"
+
 
 SERVICE_ID_MAX = 65535            # services.lb.ids.SERVICE_ID_MAX
 BACKEND_ID_MAX = (1 << 31) - 1    # services.lb.ids.BACKEND_ID_MAX
@@ -83,7 +119,7 @@ class LbServiceEvent(Payload):
     service: ServiceRecord
 
     def subjects(self) -> tuple[str, ...]:
-        return (service_subject(self.service.namespace, self.service.name),)
+        return (lb_service_subject(self.service.namespace, self.service.name),)
 
 
 class LbServiceDelete(Payload):
@@ -94,7 +130,7 @@ class LbServiceDelete(Payload):
     name: DnsSubdomain
 
     def subjects(self) -> tuple[str, ...]:
-        return (service_subject(self.namespace, self.name),)
+        return (lb_service_subject(self.namespace, self.name),)
 
 
 class LbBackend(Payload):
@@ -109,7 +145,7 @@ class LbBackend(Payload):
     state: Literal["active", "terminating"] | None = None
 
     def subjects(self) -> tuple[str, ...]:
-        return (backend_subject(self.id),)
+        return (lb_backend_subject(self.id),)
 
 
 class LbBackendDelete(Payload):
@@ -118,7 +154,7 @@ class LbBackendDelete(Payload):
     id: BackendId
 
     def subjects(self) -> tuple[str, ...]:
-        return (backend_subject(self.id),)
+        return (lb_backend_subject(self.id),)
 
 
 class LbMembers(Payload):
@@ -127,10 +163,10 @@ class LbMembers(Payload):
     service: ServiceId
     added: list[Member]
     removed: list[Member]
-    op: Literal["delta", "set"] | None = None
+    op: Literal["delta", "set"] | None = None     # OP_DELTA (None: the same) or OP_SET
 
     def subjects(self) -> tuple[str, ...]:
-        return (members_subject(self.service),)
+        return (lb_members_subject(self.service),)
 
 
 class LbStatus(Payload):
@@ -147,10 +183,11 @@ class LbStatus(Payload):
             raise ValueError("error: required by op 'error'")
 
     def subjects(self) -> tuple[str, ...]:
-        return (status_subject(self.namespace, self.name),)
+        return (lb_status_subject(self.namespace, self.name),)
 
 
 EVENTS: dict[str, type[Payload]] = {
-    EV_SERVICE: LbServiceEvent, EV_SERVICE_DELETE: LbServiceDelete, EV_BACKEND: LbBackend,
-    EV_BACKEND_DELETE: LbBackendDelete, EV_MEMBERS: LbMembers, EV_STATUS: LbStatus,
+    LbEvent.SERVICE: LbServiceEvent, LbEvent.SERVICE_DELETE: LbServiceDelete,
+    LbEvent.BACKEND: LbBackend, LbEvent.BACKEND_DELETE: LbBackendDelete,
+    LbEvent.MEMBERS: LbMembers, LbEvent.STATUS: LbStatus,
 }

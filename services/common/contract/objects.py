@@ -1,7 +1,8 @@
 """Cluster objects from a source (``cilia apply``, the lab kubelet, a Kubernetes watcher).
 
 ``object.upsert`` {kind, namespace, name, object} and ``object.delete`` {kind, namespace, name,
-object?} on ``cilia.src.<kind>.<namespace>.<name>``.
+object?} on ``cilia.src.<kind>.<namespace>.<name>`` (:func:`source_subject`; the kind
+lower-cased, names as subject tokens).
 
 What the bus checks of an object depends on who answers for it:
 
@@ -21,25 +22,51 @@ enforces on files too.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
 
-from services.common import subjects
 from services.common.objects import KINDS as CORE_KINDS
 from services.common.objects import ObjectError, require_map
 
 from ._types import DnsSubdomain, Namespace, Payload
+from .tokens import token
 
 MAX_DEPTH = 64      # nesting of maps and lists in one object (Kubernetes objects stay far below)
 
-EV_UPSERT = "object.upsert"
-EV_DELETE = "object.delete"
 
+class ObjectEvent(StrEnum):
+    """Event types of cluster objects (the values are the wire strings)."""
+
+    UPSERT = "object.upsert"
+    DELETE = "object.delete"
+
+
+SOURCE_FILTER = "cilia.src.>"       # every cluster object from a source
+_SOURCE_PREFIX = "cilia.src."
+
+
+def source_subject(kind: str, namespace: str, name: str) -> str:
+    """Subject of a cluster object from a source: ``cilia.src.<kind>.<ns>.<name>``."""
+    return f"{_SOURCE_PREFIX}{kind.lower()}.{token(namespace)}.{token(name)}"
+
+
+def source_filter(kind: str) -> str:
+    """Filter of every object of one kind."""
+    return f"{_SOURCE_PREFIX}{kind.lower()}.>"
+
+
+KIND_POD = "Pod"
+KIND_NAMESPACE = "Namespace"
+KIND_NODE = "Node"
+KIND_SERVICE = "Service"
+KIND_ENDPOINTSLICE = "EndpointSlice"
 KIND_CNP = "CiliumNetworkPolicy"
 KIND_CCNP = "CiliumClusterwideNetworkPolicy"
 KIND_KNP = "NetworkPolicy"
+POLICY_KINDS = (KIND_CNP, KIND_CCNP, KIND_KNP)
 # Kind -> namespaced, for the kinds whose owning service reports their errors itself.
 STATUS_REPORTED: dict[str, bool] = {KIND_CNP: True, KIND_CCNP: False, KIND_KNP: True,
-                                    "Service": True, "EndpointSlice": True}
+                                    KIND_SERVICE: True, KIND_ENDPOINTSLICE: True}
 # Kind -> namespaced, for every kind a source may publish.
 NAMESPACED: dict[str, bool] = {**{k: s.namespaced for k, s in CORE_KINDS.items()},
                                **STATUS_REPORTED}
@@ -115,7 +142,7 @@ class ObjectUpsert(Payload):
         check_object(self.kind, self.namespace, self.name, self.object, whole=True)
 
     def subjects(self) -> tuple[str, ...]:
-        return (subjects.source(self.kind, self.namespace, self.name),)
+        return (source_subject(self.kind, self.namespace, self.name),)
 
 
 class ObjectDelete(Payload):
@@ -130,7 +157,8 @@ class ObjectDelete(Payload):
         check_object(self.kind, self.namespace, self.name, self.object, whole=False)
 
     def subjects(self) -> tuple[str, ...]:
-        return (subjects.source(self.kind, self.namespace, self.name),)
+        return (source_subject(self.kind, self.namespace, self.name),)
 
 
-EVENTS: dict[str, type[Payload]] = {EV_UPSERT: ObjectUpsert, EV_DELETE: ObjectDelete}
+EVENTS: dict[str, type[Payload]] = {ObjectEvent.UPSERT: ObjectUpsert,
+                                    ObjectEvent.DELETE: ObjectDelete}

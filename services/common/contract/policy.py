@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
-from services.common import subjects
 from services.common.policytypes import ANY_PORT, PROTO_BY_NAME
 
 from ._types import (
@@ -38,10 +38,38 @@ from ._types import (
     dec_hook,
 )
 from .objects import KIND_CCNP, KIND_CNP, KIND_KNP, NAMESPACED
+from .tokens import token
 
-EV_RULES = "policy.rules"
-EV_SELECTOR = "policy.selector"
-EV_STATUS = "policy.status"
+
+class PolicyEvent(StrEnum):
+    """Event types of the policy service's output (the values are the wire strings)."""
+
+    RULES = "policy.rules"
+    SELECTOR = "policy.selector"
+    STATUS = "policy.status"
+
+
+POLICY_FILTER = "cilia.policy.>"
+POLICY_RULES_FILTER = "cilia.policy.rules.>"
+POLICY_SELECTOR_FILTER = "cilia.policy.selector.>"
+POLICY_STATUS_FILTER = "cilia.policy.status.>"
+
+
+def policy_rules_subject(subject_identity: int) -> str:
+    """``cilia.policy.rules.<identity>``: the compiled policy of one subject identity."""
+    return f"cilia.policy.rules.{subject_identity}"
+
+
+def policy_selector_subject(selector_id: str) -> str:
+    """``cilia.policy.selector.<id>``: one selector's members."""
+    return f"cilia.policy.selector.{selector_id}"
+
+
+def policy_status_subject(kind: str, namespace: str, name: str) -> str:
+    """``cilia.policy.status.<kind>.<ns>.<name>``: what became of one policy object."""
+    return f"cilia.policy.status.{kind.lower()}.{token(namespace)}.{token(name)}"
+
+
 SUBJECT_SCHEMA = 1   # services.policy.compiler.SUBJECT_SCHEMA
 
 PolicyKind = Literal["CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy"]
@@ -152,7 +180,7 @@ class PolicyRules(Payload):
                 raise ValueError(f"{flag}: {given} contradicts the rules ({value})")
 
     def subjects(self) -> tuple[str, ...]:
-        return (subjects.policy_rules(self.identity),)
+        return (policy_rules_subject(self.identity),)
 
 
 class SelectorExpression(Payload):
@@ -203,7 +231,7 @@ class PolicySelector(Payload):
                              f"selector {self.selector!r}")
 
     def subjects(self) -> tuple[str, ...]:
-        return (subjects.policy_selector(self.selector),)
+        return (policy_selector_subject(self.selector),)
 
 
 class PolicyStatus(Payload):
@@ -224,8 +252,9 @@ class PolicyStatus(Payload):
             raise ValueError("error: required by op 'error'")
 
     def subjects(self) -> tuple[str, ...]:
-        return (subjects.policy_status(self.kind, self.namespace, self.name),)
+        return (policy_status_subject(self.kind, self.namespace, self.name),)
 
 
-EVENTS: dict[str, type[Payload]] = {EV_RULES: PolicyRules, EV_SELECTOR: PolicySelector,
-                                    EV_STATUS: PolicyStatus}
+EVENTS: dict[str, type[Payload]] = {PolicyEvent.RULES: PolicyRules,
+                                    PolicyEvent.SELECTOR: PolicySelector,
+                                    PolicyEvent.STATUS: PolicyStatus}
