@@ -9,8 +9,14 @@ STAMP  := $(VENV)/.installed
 demo: host venv
 	$(BIN)/cilia demo
 
-test: host venv lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider tests
+# Every tier: unit first (guarded as in `make unit`), then bus, kernel and lab.
+test: host venv lint typecheck unit
+	$(BIN)/pytest -q -p no:cacheprovider tests/bus tests/kernel tests/lab
+
+# The pure tier alone (< 30 s): no conftest, no capabilities, no bcc, no nats-server.
+unit: venv
+	setpriv --bounding-set=-all --inh-caps=-all -- \
+	  $(BIN)/pytest -q -p no:cacheprovider --noconftest -p tests.support.unitguard tests/unit
 
 lint: venv
 	$(BIN)/ruff check services tests bench

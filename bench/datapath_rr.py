@@ -35,7 +35,7 @@ from services.nodeagent.datapath import (
     detach,
     unpin,
 )
-from tests.datapath.netlab import NodeLab
+from tests.support.netlab import NodeLab
 
 PORT = 7777
 ID_CLIENT, ID_SERVER = 5001, 5002

@@ -2,7 +2,7 @@
 cilia's eBPF service translation against kube-proxy's iptables rules, side by side.
 
 Two labs of one node with a client pod and a backend pod each, built only from network
-namespaces (tests/datapath/netlab.py). In the cilia lab the pod programs translate the VIP
+namespaces (tests/support/netlab.py). In the cilia lab the pod programs translate the VIP
 (lb maps filled with N frontends). In the baseline lab no program is attached and the same N
 services are kube-proxy nat rules (bench/kubeproxy_baseline.py) loaded with iptables-restore
 inside the lab's node namespace, never in the root namespace. The measured service is the
@@ -35,8 +35,8 @@ from services.nodeagent.datapath.lbmaps import (
     LbPlan,
     LbServiceEntry,
 )
-from tests.datapath.netlab import NodeLab
-from tests.lb.lblab import LbLab
+from tests.support.netlab import NodeLab
+from tests.support.lblab import LbLab
 
 PORT = 9090
 WARMUP = 20

@@ -1,9 +1,11 @@
-"""Session-wide fixtures: one isolated nats-server with JetStream on a free port.
+"""Fixtures every tier shares: one isolated nats-server with JetStream on a free port, a
+uniquely named node whose pins are removed, an OTLP receiver.
 
 This server is open (no TLS, no users): the tests that use it check what a message means to a
 codec, a service or a reducer, and an open bus lets them publish any event on any subject and
 reset the streams between tests. Who may publish what is tested on a bus secured exactly as
-`cilia up` secures it (``tests/support/securebus.py``, ``tests/bus/test_security.py``), and every
+`cilia up` secures it (``tests/support/securebus.py``,
+``tests/bus/common/test_security.py``), and every
 end-to-end test runs on one (``tests/support/cluster.py``).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,6 +24,8 @@ from nats.js.errors import NotFoundError
 from services.common import contract
 from services.common.bus import Bus, HistoryConfig
 from services.common.embedded import NatsServer, start_nats
+from services.nodeagent.datapath import unpin
+from tests.support.otlp import Receiver
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +78,22 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
         yield b
     finally:
         await b.close()
+
+
+@pytest.fixture
+def node_name() -> Iterator[str]:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    try:
+        yield name
+    finally:
+        unpin(name)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A real OTLP/HTTP receiver (the tracing tests')."""
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.close()
