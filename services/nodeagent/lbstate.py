@@ -7,7 +7,7 @@ here, on the agent, from the backend set: the bus carries only membership deltas
 tables. Agent use::
 
     lb = LbNodeState("node1", node_ips=["172.31.0.11"], lb_mode="snat")
-    maps = LbMaps("node1")                      # services.nodeagent.datapath.lbmaps
+    maps = LbMaps("node1")                      # services.nodeagent.datapath.lb
     for each event on cilia.lb.> and cilia.src.node.> (in order, deliver="all"):
         dirty = lb.apply(subject, event_type, data)
         if dirty:                               # or batch several and merge the Dirty sets
@@ -26,19 +26,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.subjects import source_filter
 from services.lb.events import LbView, Touched
 from services.lb.maglev import DEFAULT_TABLE_SIZE, build_table
 from services.lb.resolve import STATE_ACTIVE, STATE_TERMINATING
-from services.nodeagent.datapath.encode import EncodeError
-from services.nodeagent.datapath.lbmaglev import table_id
-from services.nodeagent.datapath.lbmaps import (
-    LbBackendEntry,
-    LbFrontend,
-    LbPlan,
-    LbServiceEntry,
-    mac_bytes,
-)
+from services.nodeagent.datapath.errors import EncodeError
+from services.nodeagent.datapath.lb import LbPlan
+from services.nodeagent.datapath.maps.lb_backends import LbBackendEntry
+from services.nodeagent.datapath.maps.lb_maglev_slots import table_id
+from services.nodeagent.datapath.maps.lb_node_macs import mac_bytes
+from services.nodeagent.datapath.maps.lb_services import LbFrontend, LbServiceEntry
 
+# What the reducer folds (the agent's lb subscription; replay routes the same subjects to it).
+LB_INPUTS = ["cilia.lb.>", source_filter("Node")]
 LB_MODES = ("snat", "dsr")
 PORT_INDEX_BITS = 8              # service ports per service in a frontend id
 MAX_PORTS = 1 << PORT_INDEX_BITS

@@ -21,12 +21,16 @@ from typing import Any
 from services.common.identities import ID_HOST, ID_INIT, ID_REMOTE_NODE
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_BY_NAME, Direction, PolicyKey, Verdict
-from services.common.subjects import IPCACHE_SOURCE_K8S
-from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
+from services.common.subjects import IPCACHE_SOURCE_K8S, source_filter
+from services.nodeagent.datapath.maps.endpoints import EndpointEntry
+from services.nodeagent.datapath.maps.ipcache import IpcacheEntry
 from services.policy.compiler import SubjectPolicy, expand
 from services.policy.publish import fold_selector
 
 SNAPSHOT_VERSION = 1   # version of NodeState.snapshot()'s layout
+# What the reducer folds (the agent's subscription; replay routes the same subjects to it).
+INPUTS = ["cilia.identity.>", "cilia.ipcache.>", "cilia.policy.rules.>",
+          "cilia.policy.selector.>", source_filter("Pod"), source_filter("Node")]
 NODE_KIND = "Node"
 POD_KIND = "Pod"
 

@@ -39,42 +39,12 @@ from .publish import (
     fold_selector,
     messages,
 )
+from .reducer import INPUTS, OUTPUTS, BusView, reduce_input
 from .repository import Repository
-from .validate import parse_policy
 
 log = logging.getLogger(__name__)
 
 REJECTED = Counter("cilia_policy_rejected_total", "Policy objects rejected by validation")
-OUTPUTS = ["cilia.policy.>", f"cilia.ipcache.{subjects.IPCACHE_SOURCE_CIDR}.>"]
-INPUTS = [*(subjects.source_filter(k) for k in sorted(POLICY_KINDS)), "cilia.identity.>"]
-
-
-class BusView:
-    """What the bus currently says about the policy service's outputs (a fold of them)."""
-
-    def __init__(self) -> None:
-        self.members: dict[str, set[int]] = {}
-        self.subjects: dict[int, dict[str, Any]] = {}
-        self.prefixes: dict[str, int] = {}
-        self.policies: dict[str, dict[str, Any]] = {}
-
-    def apply(self, event_type: str, data: dict[str, Any]) -> None:
-        match event_type:
-            case "policy.selector":
-                fold_selector(self.members, data)
-            case "policy.rules":
-                # Kept when empty too: an empty message is the "computed" mark of an identity.
-                self.subjects[data["identity"]] = data
-            case "ipcache.upsert":
-                self.prefixes[data["prefix"]] = data["identity"]
-            case "ipcache.delete":
-                self.prefixes.pop(data["prefix"], None)
-            case "policy.status":
-                key = f"{data['kind']}/{data['namespace']}/{data['name']}"
-                if data["op"] == "delete":
-                    self.policies.pop(key, None)
-                else:
-                    self.policies[key] = data
 
 
 def _same_rules(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -230,17 +200,7 @@ class PolicyService(BusConsumer):
 
     def _reduce(self, event_type: str, data: dict[str, Any]) -> Any:
         """Apply one input event to the repository; returns its Changes."""
-        match event_type:
-            case "identity.upsert":
-                return self.repo.add_identity(data["id"], Labels.parse(data["labels"]))
-            case "identity.delete":
-                return self.repo.remove_identity(data["id"])
-            case "object.upsert":
-                return self.repo.upsert(parse_policy(data["object"]))
-            case "object.delete":
-                return self.repo.delete(PolicyRef(data["kind"], data["namespace"],
-                                                  data["name"]))
-        return None
+        return reduce_input(self.repo, event_type, data)
 
     async def _resync(self, revision: int) -> None:
         self._live = True
