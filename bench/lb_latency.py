@@ -29,12 +29,9 @@ from contextlib import contextmanager
 from bench._common import summary_ms, write
 from bench.kubeproxy_baseline import KpService, rules, synthetic, vip_of
 from services.lb.maglev import DEFAULT_TABLE_SIZE, build_table
-from services.nodeagent.datapath.lbmaps import (
-    LbBackendEntry,
-    LbFrontend,
-    LbPlan,
-    LbServiceEntry,
-)
+from services.nodeagent.datapath.lb import LbPlan
+from services.nodeagent.datapath.maps.lb_backends import LbBackendEntry
+from services.nodeagent.datapath.maps.lb_services import LbFrontend, LbServiceEntry
 from tests.datapath.netlab import NodeLab
 from tests.lb.lblab import LbLab
 

@@ -23,20 +23,17 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from services.common import subjects
 from services.common.bus import Bus, Delivery, Outgoing
 from services.common.labels import Labels
 from services.common.runner import BusConsumer
 
 from .errors import PolicyError
-from .model import POLICY_KINDS, PolicyRef
 from .publish import (
     CHANNEL_POLICY,
     CHANNEL_PREFIX,
     CHANNEL_SELECTOR,
     CHANNEL_SUBJECT,
     Message,
-    fold_selector,
     messages,
 )
 from .reducer import INPUTS, OUTPUTS, BusView, reduce_input

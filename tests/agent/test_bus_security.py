@@ -13,7 +13,7 @@ from services.common.bus import Bus
 from services.common.errors import PermissionDenied
 from services.common.roles import CLI, LB, POLICY, SOURCE, agent_role
 from services.nodeagent.datapath import open_maps
-from services.nodeagent.datapath.lbmaps import LbMaps
+from services.nodeagent.datapath.lb import LbMaps
 from tests.support.cluster import Cluster
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "three-tier"

@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 from services.common.identities import ID_HOST, ID_REMOTE_NODE, ID_WORLD
 from services.lab import CLUSTER_POD_CIDR, WORLD_IPS, plan_lab
 from services.nodeagent.datapath import attached_programs, open_maps
-from services.nodeagent.datapath.encode import ipcache_keys
+from services.nodeagent.datapath.maps.ipcache import ipcache_keys
 from services.nodeagent.datapath.overlay import (
     OVERLAY_DEVICE,
     OVERLAY_PORT,

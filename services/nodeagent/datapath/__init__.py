@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from services.nodeagent.datapath._lazy import kernel
+from services.nodeagent.datapath._lazy import load_kernel
 from services.nodeagent.datapath.backend import MapBackend, MemoryMapBackend
 from services.nodeagent.datapath.errors import (
     AttachError,
@@ -85,7 +85,7 @@ _KERNEL_NAMES = frozenset({
 
 def __getattr__(name: str) -> Any:
     if name in _KERNEL_NAMES:
-        return getattr(kernel(), name)
+        return getattr(load_kernel(), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,4 +1,4 @@
-"""The one door from the pure datapath to the kernel: :func:`kernel` imports
+"""The one door from the pure datapath to the kernel: :func:`load_kernel` imports
 :mod:`services.nodeagent.datapath.kernel` (bcc, the bpf syscalls, pyroute2) on first use.
 
 Everything else in the datapath package (map modules, views, encoders, the reconciler, the
@@ -14,6 +14,9 @@ from types import ModuleType
 KERNEL_MODULE = "services.nodeagent.datapath.kernel"
 
 
-def kernel() -> ModuleType:
-    """The kernel access package, imported on the first call."""
+def load_kernel() -> ModuleType:
+    """The kernel access package, imported on the first call.
+
+    (Not named ``kernel``: importing the subpackage binds that name on the datapath package.)
+    """
     return importlib.import_module(KERNEL_MODULE)

@@ -29,16 +29,16 @@ from services.nodeagent.datapath.maps import (
     lb_services,
 )
 from services.nodeagent.datapath.maps._spec import GROUP_LB
+from services.nodeagent.datapath.maps.conntrack import CT_LIFETIME_TCP
 from services.nodeagent.datapath.maps.lb_backends import LbBackendEntry
 from services.nodeagent.datapath.maps.lb_ct import LbCtEntry
 from services.nodeagent.datapath.maps.lb_maglev_slots import read_slots, table_id
+from services.nodeagent.datapath.maps.lb_services import PART as PART_LB
 from services.nodeagent.datapath.maps.lb_services import (
     LbFrontend,
     LbServiceEntry,
     frontend_text,
 )
-from services.nodeagent.datapath.maps.lb_services import PART as PART_LB
-from services.nodeagent.datapath.maps.conntrack import CT_LIFETIME_TCP
 from services.nodeagent.datapath.nodemaps import BackendFactory, MapSet
 from services.nodeagent.datapath.reconciler import ReconcileResult
 

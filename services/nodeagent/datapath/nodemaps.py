@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from services.nodeagent.datapath import constants as c
-from services.nodeagent.datapath._lazy import kernel
+from services.nodeagent.datapath._lazy import load_kernel
 from services.nodeagent.datapath.backend import MapBackend, MemoryMapBackend
 from services.nodeagent.datapath.maps import conntrack, endpoints, ipcache, metrics, policy
 from services.nodeagent.datapath.maps import registry as reg
@@ -41,7 +41,7 @@ def pinned_factory(node: str) -> BackendFactory:
     pins = c.pin_dir(node)
 
     def make(spec: MapSpec[Any]) -> MapBackend:
-        backend: MapBackend = kernel().PinnedMapBackend(pins / spec.name, spec.key_size,
+        backend: MapBackend = load_kernel().PinnedMapBackend(pins / spec.name, spec.key_size,
                                                         spec.value_size)
         return backend
 

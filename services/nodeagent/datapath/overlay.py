@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from services.common.identities import ID_HOST, ID_REMOTE_NODE, ID_WORLD
 from services.nodeagent.datapath import constants as c
-from services.nodeagent.datapath._lazy import kernel
+from services.nodeagent.datapath._lazy import load_kernel
 
 if TYPE_CHECKING:
     from services.nodeagent.datapath.kernel import Programs
@@ -91,7 +91,7 @@ def load_overlay(node: str) -> Programs:
     Raises:
         ProgramLoadError, VerifierError: as :class:`Programs`.
     """
-    programs: Programs = kernel().Programs(node, c.BPF_SRC_DIR / PROGRAM_SOURCE,
+    programs: Programs = load_kernel().Programs(node, c.BPF_SRC_DIR / PROGRAM_SOURCE,
                                            names=(PROG_TO_OVERLAY, PROG_FROM_OVERLAY))
     return programs
 
@@ -102,14 +102,14 @@ def attach_overlay(programs: Programs, netns: str | None) -> int:
     Raises:
         AttachError: the device is missing (the lab was not made with ``--routing tunnel``).
     """
-    ifindex: int = kernel().attach(programs, OVERLAY_DEVICE, netns, ingress=PROG_FROM_OVERLAY,
+    ifindex: int = load_kernel().attach(programs, OVERLAY_DEVICE, netns, ingress=PROG_FROM_OVERLAY,
                                    egress=PROG_TO_OVERLAY)
     return ifindex
 
 
 def detach_overlay(netns: str | None) -> None:
     """Remove the overlay programs from the VXLAN device (a missing device is fine)."""
-    kernel().detach(OVERLAY_DEVICE, netns)
+    load_kernel().detach(OVERLAY_DEVICE, netns)
 
 
 def setup_overlay(node: str, netns: str | None, routing: str) -> Programs | None:

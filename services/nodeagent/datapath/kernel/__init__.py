@@ -3,7 +3,7 @@ buffer), the bpf(2) syscalls, and pyroute2 (attaching programs).
 
 This package is the only part of :mod:`services.nodeagent.datapath` that imports bcc or
 pyroute2, and nothing imports it eagerly: the pure side reaches it through
-:func:`services.nodeagent.datapath._lazy.kernel` (and the datapath package's lazy names, such
+:func:`services.nodeagent.datapath._lazy.load_kernel` (and the datapath package's lazy names, such
 as ``datapath.Programs``), so it is loaded only when a program or a pinned map is actually
 opened. Reducers, encoders, views and replay import without it.
 """

@@ -9,8 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from services.nodeagent.datapath._byteorder import be16_to_port, be32_to_ip, ip_to_be32
-from services.nodeagent.datapath._byteorder import port_to_be16
+from services.nodeagent.datapath._byteorder import (
+    be16_to_port,
+    be32_to_ip,
+    ip_to_be32,
+    port_to_be16,
+)
 from services.nodeagent.datapath.backend import MapBackend
 from services.nodeagent.datapath.errors import EncodeError
 from services.nodeagent.datapath.maps._codec import (

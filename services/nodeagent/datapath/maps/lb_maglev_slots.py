@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from services.nodeagent.datapath.backend import MapBackend
-from services.nodeagent.datapath.errors import MapError, MapFullError
+from services.nodeagent.datapath.errors import MapFullError
 from services.nodeagent.datapath.maps._spec import GROUP_LB, MapSpec, Twin, U32Key, u32
 from services.nodeagent.datapath.maps.lb_services import PART
 from services.nodeagent.datapath.reconciler import ReconcileResult
