@@ -19,8 +19,6 @@ from services.nodeagent.datapath.errors import MapError, MapFullError
 _FULL_ERRNOS = frozenset({errno.E2BIG, errno.ENOSPC, errno.ENOMEM})
 
 
-
-
 class MapBackend(Protocol):
     """Storage of one map as raw bytes."""
 
