@@ -28,7 +28,7 @@ from services.common.policytypes import PROTO_TCP, Direction
 from services.common.roles import ADMIN, SOURCE
 from services.nodeagent.datapath import open_maps
 from services.nodeagent.datapath.constants import PORT_BITS
-from services.nodeagent.datapath.policykeys import PortPrefix, encode_prefix
+from services.nodeagent.datapath.maps.policy import PortPrefix, encode_prefix
 from tests.support.cluster import Cluster, temp_cluster
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "three-tier"

@@ -29,14 +29,11 @@ from contextlib import contextmanager
 from bench._common import summary_ms, write
 from bench.kubeproxy_baseline import KpService, rules, synthetic, vip_of
 from services.lb.maglev import DEFAULT_TABLE_SIZE, build_table
-from services.nodeagent.datapath.lbmaps import (
-    LbBackendEntry,
-    LbFrontend,
-    LbPlan,
-    LbServiceEntry,
-)
-from tests.support.netlab import NodeLab
+from services.nodeagent.datapath.lb import LbPlan
+from services.nodeagent.datapath.maps.lb_backends import LbBackendEntry
+from services.nodeagent.datapath.maps.lb_services import LbFrontend, LbServiceEntry
 from tests.support.lblab import LbLab
+from tests.support.netlab import NodeLab
 
 PORT = 9090
 WARMUP = 20

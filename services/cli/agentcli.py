@@ -1,9 +1,11 @@
-"""Node-level commands: ``endpoint list``, ``bpf ipcache|policy|metrics list/get``,
-``observe``.
+"""Node-level commands: ``endpoint list``, ``bpf <map> list`` for every map of the registry
+that has a renderer, ``bpf policy get``, ``observe``.
 
 Map contents are read from the kernel (the pinned maps under /sys/fs/bpf/cilia/<node>), so
 they show what the datapath holds even while an agent is down. Names and labels come from the
-bus.
+bus. Each ``bpf <map> list`` command is the map module's renderer
+(:class:`~services.nodeagent.datapath.maps.spec.Renderer`): its rows for ``-o json`` and its
+table.
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ from services.common.contract import (
 )
 from services.common.errors import CiliaError, CodecError
 from services.common.identities import ID_INIT, RESERVED
-from services.common.policytypes import ANY_PEER, PROTO_NAMES, Direction
+from services.common.policytypes import ANY_PEER
 from services.nodeagent.datapath import DatapathError, open_maps
-from services.nodeagent.datapath.constants import FORWARD_REASON_LIMIT, PIN_ROOT
+from services.nodeagent.datapath.constants import PIN_ROOT
+from services.nodeagent.datapath.maps import metrics, policy, registry
+from services.nodeagent.datapath.maps.spec import MapSpec, Renderer, Row
+from services.nodeagent.datapath.nodemaps import close_backend, pinned_factory
 
 OBSERVE_COLLECT_S = 0.5
 
@@ -128,80 +133,71 @@ def bpf_group() -> None:
     """What the kernel maps hold."""
 
 
-@bpf_group.group("ipcache")
-def bpf_ipcache() -> None:
-    """The ipcache map (prefix -> identity)."""
+def _renderer(spec: MapSpec[Any]) -> Renderer[Any]:
+    if spec.renderer is None:
+        raise TypeError(f"map {spec.name!r} has no renderer")
+    return spec.renderer
 
 
-@bpf_ipcache.command("list")
-@click.option("--node", default=None)
-@output_option
-@pass_ctx
-def bpf_ipcache_list(ctx: CliContext, node: str | None, output: str) -> None:
-    """List the ipcache of each node, from the kernel."""
-    rows = []
+def map_rows(ctx: CliContext, spec: MapSpec[Any], node: str | None) -> list[Row]:
+    """The rows of one map's renderer for every node with maps here (or one), each with its
+    node first (what ``bpf <map> list -o json`` prints)."""
+    renderer = _renderer(spec)
+    rows: list[Row] = []
     for name in nodes_with_maps(ctx, node):
-        with _open(name) as maps:
-            for prefix, entry in sorted(maps.ipcache.entries().items()):
-                rows.append({"node": name, "prefix": prefix, "identity": entry.identity,
-                             "tunnel_endpoint": entry.tunnel_endpoint or "0.0.0.0"})
-    if output == "json":
-        print_json(rows)
-        return
-    click.echo(tabulate([[r["prefix"], f"identity={r['identity']} encryptkey=0 "
-                          f"tunnelendpoint={r['tunnel_endpoint']}", r["node"]] for r in rows],
-                        headers=["IP PREFIX/ADDRESS", "IDENTITY", "NODE"], tablefmt="plain"))
-
-
-@bpf_group.group("metrics")
-def bpf_metrics() -> None:
-    """The datapath's verdict counters."""
-
-
-def metrics_rows(ctx: CliContext, node: str | None) -> list[dict[str, Any]]:
-    """The verdict counters of every node with maps here (or one), by reason and direction."""
-    rows = []
-    for name in nodes_with_maps(ctx, node):
-        with _open(name) as maps:
+        try:
+            backend = pinned_factory(name)(spec)
             try:
-                metrics = maps.metrics()
-            except DatapathError as exc:
-                raise click.ClickException(f"node {name}: {exc}") from exc
-            try:
-                counts = metrics.by_reason()
+                rows += [{"node": name, **r} for r in renderer.rows(spec.open(backend))]
             finally:
-                metrics.close()
-        rows += [{"node": name, "reason": r.reason, "reason_code": r.code,
-                  "verdict": "FORWARDED" if r.code < FORWARD_REASON_LIMIT else "DROPPED",
-                  "direction": r.direction, "packets": r.packets, "bytes": r.bytes}
-                 for r in counts]
+                close_backend(backend)
+        except DatapathError as exc:
+            raise click.ClickException(f"node {name}: {exc}") from exc
     return rows
 
 
-def render_metrics(rows: list[dict[str, Any]]) -> str:
-    return tabulate([[r["reason"], r["direction"].upper(), r["packets"], r["bytes"],
-                      r["node"]] for r in rows],
-                    headers=["REASON", "DIRECTION", "PACKETS", "BYTES", "NODE"],
-                    tablefmt="plain")
+def render_map(spec: MapSpec[Any], rows: list[Row]) -> str:
+    """The table of ``bpf <map> list`` for rows of :func:`map_rows`."""
+    renderer = _renderer(spec)
+    return tabulate([renderer.cells(r) for r in rows], headers=list(renderer.headers),
+                    tablefmt="plain", disable_numparse=not renderer.numparse)
 
 
-@bpf_metrics.command("list")
-@click.option("--node", default=None)
-@output_option
-@pass_ctx
-def bpf_metrics_list(ctx: CliContext, node: str | None, output: str) -> None:
-    """Packets and bytes by verdict reason and direction, from the kernel (like
-    `cilium-dbg bpf metrics list`): every drop, and the new flows forwarded."""
-    rows = metrics_rows(ctx, node)
-    if output == "json":
-        print_json(rows)
-        return
-    click.echo(render_metrics(rows))
+def metrics_rows(ctx: CliContext, node: str | None) -> list[Row]:
+    """The verdict counters of every node with maps here (or one), by reason and direction."""
+    return map_rows(ctx, metrics.SPEC, node)
 
 
-@bpf_group.group("policy")
-def bpf_policy() -> None:
-    """The policy map."""
+def render_metrics(rows: list[Row]) -> str:
+    return render_map(metrics.SPEC, rows)
+
+
+def _map_group(spec: MapSpec[Any]) -> click.Group:
+    """``bpf <command>`` with its ``list`` command, from the map's renderer."""
+    renderer = _renderer(spec)
+
+    @click.group(renderer.command, help=renderer.help)
+    def group() -> None:
+        pass
+
+    @group.command("list", help=renderer.list_help)
+    @click.option("--node", default=None)
+    @output_option
+    @pass_ctx
+    def list_command(ctx: CliContext, node: str | None, output: str) -> None:
+        rows = map_rows(ctx, spec, node)
+        if output == "json":
+            print_json(rows)
+            return
+        click.echo(render_map(spec, rows))
+
+    return group
+
+
+MAP_GROUPS = {spec.name: _map_group(spec) for spec in registry.rendered()}
+for _group in MAP_GROUPS.values():
+    bpf_group.add_command(_group)
+bpf_policy = MAP_GROUPS[policy.NAME]
 
 
 def _find_endpoint(ctx: CliContext, target: str, node: str | None) -> tuple[str, int, int]:
@@ -224,17 +220,13 @@ def bpf_policy_get(ctx: CliContext, endpoint: str, node: str | None, output: str
     labels, _ = ctx.run(_names)
     with _open(where) as maps:
         entries = maps.policy.entries(identity)
-    rows = [{"verdict": v.name.capitalize(), "direction": Direction(k.direction).name.lower(),
-             "peer": k.peer, "labels": _labels_of(labels, k.peer),
-             "port": "ANY" if k.port == 0 else (str(k.port) if k.port == k.end_port
-                                                else f"{k.port}-{k.end_port}"),
-             "proto": PROTO_NAMES.get(k.proto, str(k.proto))} for k, v in entries]
+    rows = [policy.entry_row(k, v, _labels_of(labels, k.peer)) for k, v in entries]
     if output == "json":
         print_json(rows)
         return
     click.echo(tabulate(
         [[r["verdict"], r["direction"].capitalize(), r["peer"], "\n".join(r["labels"]),
-          "ANY" if r["port"] == "ANY" and r["proto"] == "ANY" else f"{r['port']}/{r['proto']}"]
+          policy.port_proto(r)]
          for r in rows],
         headers=["POLICY", "DIRECTION", "IDENTITY", "LABELS (source:key[=value])",
                  "PORT/PROTO"], tablefmt="plain", disable_numparse=True))

@@ -67,7 +67,7 @@ from services.lab.podexec import exec_in_netns
 from services.lab.state import load_lab
 from services.lb.client import read_view
 from services.nodeagent.datapath.errors import DatapathError
-from services.nodeagent.datapath.lbmaps import LbMaps
+from services.nodeagent.datapath.lb import LbMaps
 
 KUBE_DNS = Path(__file__).resolve().parents[2] / "examples" / "kube-dns" / "kube-dns.yaml"
 KUBE_DNS_REF = "kube-system/kube-dns"

@@ -17,10 +17,10 @@ from services.cli._context import CliContext, output_option, pass_ctx, print_jso
 from services.common.bus import Bus
 from services.lb.client import read_view
 from services.lb.events import LbView
-from services.nodeagent.datapath import attached_programs
+from services.nodeagent import datapath
+from services.nodeagent.datapath.constants import PROG_FROM_NETDEV, PROG_TO_NETDEV
 from services.nodeagent.datapath.errors import DatapathError
-from services.nodeagent.datapath.lbmaps import LbMaps
-from services.nodeagent.datapath.lbnodeport import PROG_FROM_NETDEV, PROG_TO_NETDEV
+from services.nodeagent.datapath.lb import LbMaps
 from services.nodeagent.lbstate import PORT_INDEX_BITS
 
 ANY_ADDRESS = "0.0.0.0"
@@ -136,7 +136,7 @@ def kube_proxy_replacement(node: str, device: str, netns: str | None = None,
     # calls this from one): ask from a worker thread.
     with ThreadPoolExecutor(max_workers=1) as pool:
         try:
-            hooks = pool.submit(attached_programs, device, netns).result()
+            hooks = pool.submit(datapath.attached_programs, device, netns).result()
         except DatapathError:
             hooks = {}
     enabled = hooks == {"ingress": PROG_FROM_NETDEV, "egress": PROG_TO_NETDEV}

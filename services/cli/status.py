@@ -28,7 +28,7 @@ from services.common.runner import STATE_OK
 from services.lab.state import load_lab
 from services.lb.client import read_view
 from services.nodeagent.datapath.errors import DatapathError
-from services.nodeagent.datapath.lbmaps import LbMaps
+from services.nodeagent.datapath.lb import LbMaps
 
 AGENT = "nodeagent"
 DNS = "dns"

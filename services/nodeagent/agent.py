@@ -74,28 +74,23 @@ from services.common.contract import (
 )
 from services.common.runner import STATE_DEGRADED, STATE_OK, STATE_STARTING
 from services.common.tracing import tracer
-from services.nodeagent import readiness, reports
+from services.nodeagent import datapath, readiness, reports
 from services.nodeagent.cniserver import CniServer
 from services.nodeagent.datapath import (
     DatapathError,
-    FlowReader,
     FlowRecord,
+    LbMaps,
     NodeMaps,
-    Programs,
     ReconcileResult,
-    attach,
-    detach,
+    check_pins,
 )
-from services.nodeagent.datapath.lbmaps import LbMaps, check_lb_pins
-from services.nodeagent.datapath.lbnodeport import NodePortProgram, device_mac
-from services.nodeagent.datapath.maps import check_pins
+from services.nodeagent.datapath.maps import registry
 from services.nodeagent.datapath.overlay import setup_overlay
 from services.nodeagent.endpoints import Endpoint, NodeConfig
 from services.nodeagent.health import (
     NODE_PARTS,
     PART_CONNTRACK,
     PART_DATAPATH,
-    PART_ENDPOINTS,
     PART_IPCACHE,
     PART_LB,
     PART_LB_CT,
@@ -162,7 +157,7 @@ class NodeAgent:
         self.lb_state = LbNodeState(node.name, node_ips=[node.node_ip],
                                     lb_mode=os.environ.get(LB_MODE_ENV, "snat"))
         self.lb_maps: LbMaps | None = None
-        self.nodeport: NodePortProgram | None = None
+        self.nodeport: datapath.NodePortProgram | None = None
         self.underlay_mac = ""      # of the NodePort device: other nodes trust its DSR options
         self._lb_dirty: LbDirty | None = None      # None: everything (the first reconcile)
         self.cni = CniServer(node, hooks=self)
@@ -170,9 +165,9 @@ class NodeAgent:
         self.readiness = readiness.Readiness(
             node.name, lambda ep: readiness.missing(self.node_state, self.maps, ep))
         self.bus: Bus | None = None
-        self.programs: Programs | None = None
+        self.programs: datapath.Programs | None = None
         self.maps: NodeMaps | None = None
-        self.overlay: Programs | None = None
+        self.overlay: datapath.Programs | None = None
         self.health = DatapathHealth()
         self.local: dict[str, LocalEndpoint] = {}
         self._dirty = Dirty(ipcache=True, endpoints=True, all_subjects=True)
@@ -269,14 +264,13 @@ class NodeAgent:
         """Load the programs and open the pinned maps; on failure the agent stays up, says
         why (the verifier log is in the message) and tries again later. True when up."""
         node = self.cfg.name
-        programs: Programs | None = None
+        programs: datapath.Programs | None = None
         maps: NodeMaps | None = None
         lb_maps: LbMaps | None = None
         try:
             # A stale pin from an incompatible build fails here, before anything compiles.
             await asyncio.to_thread(check_pins, node)
-            await asyncio.to_thread(check_lb_pins, node)
-            programs = await asyncio.to_thread(Programs, node)
+            programs = await asyncio.to_thread(datapath.Programs, node)
             maps = NodeMaps(node)
             lb_maps = LbMaps(node)   # ClusterIPs work with or without a device
             # tunnel mode: the VXLAN device's programs (identity in the VNI)
@@ -320,12 +314,12 @@ class NodeAgent:
             return
         try:
             if self.nodeport is None:
-                self.nodeport = await asyncio.to_thread(NodePortProgram, self.cfg.name)
+                self.nodeport = await asyncio.to_thread(datapath.NodePortProgram, self.cfg.name)
             await asyncio.to_thread(self.nodeport.attach, device or DEFAULT_DEVICE,
                                     self.cfg.netns, self.cfg.node_ip,
                                     self.lb_state.lb_mode == "dsr")
-            self.underlay_mac = await asyncio.to_thread(device_mac, device or DEFAULT_DEVICE,
-                                                        self.cfg.netns)
+            self.underlay_mac = await asyncio.to_thread(datapath.device_mac,
+                                                        device or DEFAULT_DEVICE, self.cfg.netns)
         except DatapathError as exc:
             message = f"NodePort programs not attached: {exc}"
             log.error("%s", message)
@@ -368,10 +362,10 @@ class NodeAgent:
         Returns the entries put back per map.
         """
         checks: list[tuple[str, str, Callable[[], int]]] = []
-        if self.maps is not None:
-            checks += [(name, name, r.repair) for name, r in self.maps.reconcilers().items()]
-        if self.lb_maps is not None:
-            checks += [(PART_LB, name, fn) for name, fn in self.lb_maps.repairers().items()]
+        for mapset in (self.maps, self.lb_maps):
+            if mapset is not None:      # each written map, with the part it belongs to
+                checks += [(registry.spec(name).part, name, repair)
+                           for name, repair in mapset.repairers().items()]
         repaired: dict[str, int] = {}
         for part, name, repair in checks:
             async with self._lock:      # one map at a time: patches go on in between
@@ -400,7 +394,7 @@ class NodeAgent:
             self._retry_later(PART_LB, delay, self.reconcile_lb)
             return
         if self.maps is not None:
-            self.maps.reconcilers()[part].invalidate()   # a partial write: read it again
+            self.maps.written()[part].invalidate()   # a partial write: read it again
         self._full.add(part)
         self._retry_later(RETRY_NODE, delay, self.reconcile)
 
@@ -505,7 +499,8 @@ class NodeAgent:
 
     async def _attach(self, ep: Endpoint) -> None:
         if self.programs is not None:
-            await asyncio.to_thread(attach, self.programs, ep.host_ifname, ep.node_netns)
+            await asyncio.to_thread(datapath.attach, self.programs, ep.host_ifname,
+                                    ep.node_netns)
         self.local[ep.ipv4] = LocalEndpoint(ep.id, ep.ipv4, ep.host_ifindex, ep.host_ifname,
                                             f"{ep.pod_namespace}/{ep.pod_name}")
 
@@ -554,7 +549,7 @@ class NodeAgent:
     async def on_endpoint_deleted(self, ep: Endpoint) -> None:
         self.local.pop(ep.ipv4, None)
         if self.programs is not None:
-            await asyncio.to_thread(detach, ep.host_ifname, ep.node_netns)
+            await asyncio.to_thread(datapath.detach, ep.host_ifname, ep.node_netns)
         await self._purge(ep.ipv4)
         self._dirty.endpoints = True
         self._dirty.all_subjects = True
@@ -635,21 +630,14 @@ class NodeAgent:
     def _write_node(self, maps: NodeMaps, plan: NodePlan) -> dict[str, WriteOutcome]:
         """Write each part of ``plan`` (worker thread: it sees only the plan and the maps).
         A part's failure is returned, not raised: the other parts are written all the same."""
-        writes: dict[str, Callable[[], dict[str, ReconcileResult]]] = {}
-        if plan.ipcache is not None:
-            ipcache = plan.ipcache
-            writes[PART_IPCACHE] = lambda: {PART_IPCACHE: maps.ipcache.reconcile(ipcache)}
-        if plan.endpoints is not None:
-            endpoints = plan.endpoints
-            writes[PART_ENDPOINTS] = lambda: {
-                PART_ENDPOINTS: maps.endpoints.reconcile(endpoints)}
-        if plan.policy is not None:
-            policy = plan.policy
-            scope = None if policy.subjects is None else sorted(policy.subjects)
-            writes[PART_POLICY] = lambda: {
-                PART_POLICY: maps.policy.reconcile(policy.desired, subjects=scope)}
         out: dict[str, WriteOutcome] = {}
-        for part, write in writes.items():
+        for part, patch in plan.patches().items():
+            view = maps.writer(part)
+
+            def write(view: Any = view, patch: Any = patch, part: str = part,
+                      ) -> dict[str, ReconcileResult]:
+                return {part: view.reconcile(patch.desired, patch.scope)}
+
             try:
                 out[part] = self._traced(part, plan.revision, write)[part]
             except DatapathError as exc:
@@ -706,7 +694,7 @@ class NodeAgent:
             loop.call_soon_threadsafe(queue.put_nowait, rec)
 
         def reader() -> None:
-            with FlowReader(node) as fr:
+            with datapath.FlowReader(node) as fr:
                 fr.run(push, self._stop_flows)
 
         thread = asyncio.create_task(asyncio.to_thread(reader))

@@ -17,15 +17,16 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from services.nodeagent.datapath import constants as c
+from services.nodeagent.datapath.maps import conntrack, endpoints, ipcache, lb_ct, policy
+from services.nodeagent.datapath.maps.lb_services import PART as LB_MAPS_PART
 
 # Parts with an error of their own (the node maps' names are their pin names).
-PART_IPCACHE = c.MAP_IPCACHE
-PART_ENDPOINTS = c.MAP_ENDPOINTS
-PART_POLICY = c.MAP_POLICY
-PART_LB = "lb"                      # lb_services + lb_backends + lb_maglev_slots, one plan
-PART_CONNTRACK = c.MAP_CONNTRACK    # the conntrack collector
-PART_LB_CT = c.MAP_LB_CT            # the LB conntrack collector
+PART_IPCACHE = ipcache.NAME
+PART_ENDPOINTS = endpoints.NAME
+PART_POLICY = policy.NAME
+PART_LB = LB_MAPS_PART              # lb_services + lb_backends + lb_maglev_slots, one plan
+PART_CONNTRACK = conntrack.NAME     # the conntrack collector
+PART_LB_CT = lb_ct.NAME             # the LB conntrack collector
 PART_NODEPORT = "nodeport"          # NodePort programs on the node's device
 PART_DATAPATH = "datapath"          # programs compiled and loaded, pins opened
 NODE_PARTS = (PART_IPCACHE, PART_ENDPOINTS, PART_POLICY)

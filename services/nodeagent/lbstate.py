@@ -7,7 +7,7 @@ here, on the agent, from the backend set: the bus carries only membership deltas
 tables. Agent use::
 
     lb = LbNodeState("node1", node_ips=["172.31.0.11"], lb_mode="snat")
-    maps = LbMaps("node1")                      # services.nodeagent.datapath.lbmaps
+    maps = LbMaps("node1")                      # services.nodeagent.datapath.lb
     for each event on cilia.lb.> and cilia.src.node.> (in order, deliver="all"):
         dirty = lb.apply(subject, event_type, data)
         if dirty:                               # or batch several and merge the Dirty sets
@@ -30,15 +30,12 @@ from services.common.contract import LbEvent, ObjectEvent
 from services.lb.events import LbView, Touched
 from services.lb.maglev import DEFAULT_TABLE_SIZE, build_table
 from services.lb.resolve import STATE_ACTIVE, STATE_TERMINATING
-from services.nodeagent.datapath.encode import EncodeError
-from services.nodeagent.datapath.lbmaglev import table_id
-from services.nodeagent.datapath.lbmaps import (
-    LbBackendEntry,
-    LbFrontend,
-    LbPlan,
-    LbServiceEntry,
-    mac_bytes,
-)
+from services.nodeagent.datapath.errors import EncodeError
+from services.nodeagent.datapath.lb import LbPlan
+from services.nodeagent.datapath.maps.lb_backends import LbBackendEntry
+from services.nodeagent.datapath.maps.lb_maglev_slots import table_id
+from services.nodeagent.datapath.maps.lb_node_macs import mac_bytes
+from services.nodeagent.datapath.maps.lb_services import LbFrontend, LbServiceEntry
 
 LB_MODES = ("snat", "dsr")
 LB_MODE_ENV = "CILIA_LB_MODE"    # the agent's mode, like Cilium's loadBalancer.mode (snat default)

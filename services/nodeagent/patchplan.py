@@ -19,11 +19,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from services.common.contract import IPCACHE_SOURCE_K8S
 from services.common.identities import ID_INIT
 from services.common.policytypes import PolicyKey, Verdict
-from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
+from services.nodeagent.datapath.maps.endpoints import EndpointEntry
+from services.nodeagent.datapath.maps.ipcache import IpcacheEntry
 from services.nodeagent.health import PART_ENDPOINTS, PART_IPCACHE, PART_POLICY
 from services.nodeagent.state import Dirty, LocalEndpoint, NodeState
 
@@ -34,6 +36,15 @@ class PolicyPatch:
 
     desired: Mapping[PolicyKey, Verdict]
     subjects: frozenset[int] | None
+
+
+@dataclass(frozen=True)
+class MapPatch:
+    """What one written map must hold: ``desired`` covers ``scope`` (the keys or partitions
+    the map's view reconciles; None: the whole map)."""
+
+    desired: Mapping[Any, Any]
+    scope: frozenset[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,18 @@ class NodePlan:
 
     def __bool__(self) -> bool:
         return bool(self.parts)
+
+    def patches(self) -> dict[str, MapPatch]:
+        """The plan's parts as map patches, by map name (a node part is named after its map),
+        in write order."""
+        out: dict[str, MapPatch] = {}
+        if self.ipcache is not None:
+            out[PART_IPCACHE] = MapPatch(self.ipcache)
+        if self.endpoints is not None:
+            out[PART_ENDPOINTS] = MapPatch(self.endpoints)
+        if self.policy is not None:
+            out[PART_POLICY] = MapPatch(self.policy.desired, self.policy.subjects)
+        return out
 
 
 def plan_node(state: NodeState, dirty: Dirty, endpoints: Iterable[LocalEndpoint],

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Histogram
 
 from services.common.identities import ID_INIT
-from services.nodeagent.datapath import NodeMaps
-from services.nodeagent.datapath.encode import encode_endpoints
-from services.nodeagent.datapath.policykeys import encode_policy, policy_partition
+from services.nodeagent.datapath.maps.endpoints import encode_endpoints
+from services.nodeagent.datapath.maps.policy import encode_policy, policy_partition
+from services.nodeagent.datapath.nodemaps import NodeMaps
 from services.nodeagent.endpoints import EndpointNotReadyError
 from services.nodeagent.state import LocalEndpoint, NodeState
 

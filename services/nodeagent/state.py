@@ -29,7 +29,8 @@ from services.common.contract import (
 from services.common.identities import ID_HOST, ID_INIT, ID_REMOTE_NODE
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_BY_NAME, Direction, PolicyKey, Verdict
-from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
+from services.nodeagent.datapath.maps.endpoints import EndpointEntry
+from services.nodeagent.datapath.maps.ipcache import IpcacheEntry
 from services.policy.compiler import SubjectPolicy, expand
 from services.policy.publish import fold_selector
 

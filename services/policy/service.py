@@ -27,60 +27,25 @@ from services.common.bus import Bus, Delivery, Outgoing
 from services.common.contract import (
     POLICY_INPUTS,
     POLICY_OUTPUTS,
-    IdentityEvent,
-    IpcacheEvent,
-    ObjectEvent,
-    PolicyEvent,
 )
 from services.common.labels import Labels
 from services.common.runner import BusConsumer
 
 from .errors import PolicyError
-from .model import PolicyRef
 from .publish import (
     CHANNEL_POLICY,
     CHANNEL_PREFIX,
     CHANNEL_SELECTOR,
     CHANNEL_SUBJECT,
     Message,
-    fold_selector,
     messages,
 )
+from .reducer import IDENTITY_EVENTS, BusView, reduce_input
 from .repository import Repository
-from .validate import parse_policy
 
 log = logging.getLogger(__name__)
 
 REJECTED = Counter("cilia_policy_rejected_total", "Policy objects rejected by validation")
-IDENTITY_EVENTS = frozenset(IdentityEvent)
-
-
-class BusView:
-    """What the bus currently says about the policy service's outputs (a fold of them)."""
-
-    def __init__(self) -> None:
-        self.members: dict[str, set[int]] = {}
-        self.subjects: dict[int, dict[str, Any]] = {}
-        self.prefixes: dict[str, int] = {}
-        self.policies: dict[str, dict[str, Any]] = {}
-
-    def apply(self, event_type: str, data: dict[str, Any]) -> None:
-        match event_type:
-            case PolicyEvent.SELECTOR:
-                fold_selector(self.members, data)
-            case PolicyEvent.RULES:
-                # Kept when empty too: an empty message is the "computed" mark of an identity.
-                self.subjects[data["identity"]] = data
-            case IpcacheEvent.UPSERT:
-                self.prefixes[data["prefix"]] = data["identity"]
-            case IpcacheEvent.DELETE:
-                self.prefixes.pop(data["prefix"], None)
-            case PolicyEvent.STATUS:
-                key = f"{data['kind']}/{data['namespace']}/{data['name']}"
-                if data["op"] == "delete":
-                    self.policies.pop(key, None)
-                else:
-                    self.policies[key] = data
 
 
 def _same_rules(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -235,17 +200,7 @@ class PolicyService(BusConsumer):
 
     def _reduce(self, event_type: str, data: dict[str, Any]) -> Any:
         """Apply one input event to the repository; returns its Changes."""
-        match event_type:
-            case IdentityEvent.UPSERT:
-                return self.repo.add_identity(data["id"], Labels.parse(data["labels"]))
-            case IdentityEvent.DELETE:
-                return self.repo.remove_identity(data["id"])
-            case ObjectEvent.UPSERT:
-                return self.repo.upsert(parse_policy(data["object"]))
-            case ObjectEvent.DELETE:
-                return self.repo.delete(PolicyRef(data["kind"], data["namespace"],
-                                                  data["name"]))
-        return None
+        return reduce_input(self.repo, event_type, data)
 
     async def _resync(self, revision: int) -> None:
         self._live = True

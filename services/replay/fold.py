@@ -1,7 +1,7 @@
 """Folding a history with the reducers the services and the agents run.
 
-* the policy service's own :class:`~services.policy.service.PolicyService` (its repository and
-  its input reducer) over the service's inputs, and its :class:`BusView` over its outputs;
+* the policy service's own reducers (:mod:`services.policy.reducer`): its input reducer into a
+  repository over the service's inputs, and its :class:`BusView` over its outputs;
 * the node agent's :class:`~services.nodeagent.state.NodeState` over the agent's inputs, one
   for the cluster-wide view and one per node asked about;
 * the agent's :class:`~services.nodeagent.lbstate.LbNodeState` over the lb inputs.
@@ -35,8 +35,8 @@ from services.nodeagent.lbstate import LbDirty, LbNodeState
 from services.nodeagent.state import POD_KIND, Dirty, NodeState
 from services.policy.errors import PolicyError
 from services.policy.model import POLICY_KINDS
+from services.policy.reducer import BusView, reduce_input
 from services.policy.repository import Changes, Repository
-from services.policy.service import BusView, PolicyService
 
 from .record import Record
 
@@ -92,7 +92,7 @@ class Replay:
     """The control plane and some nodes, folded from a history up to :attr:`seq`."""
 
     def __init__(self, nodes: Iterable[str] = ()) -> None:
-        self.policy = PolicyService()      # constructed only for its reducer; never started
+        self._repo = Repository()          # the policy service's, folded by its reducer
         self.outputs = BusView()
         self.cluster = NodeState(CLUSTER)
         self.cluster_lb = LbNodeState(CLUSTER)
@@ -108,7 +108,7 @@ class Replay:
 
     @property
     def repo(self) -> Repository:
-        return self.policy.repo
+        return self._repo
 
     def fold(self, records: Sequence[Record]) -> None:
         """Fold records in order (no change tracking)."""
@@ -155,7 +155,7 @@ class Replay:
         data = step.event.data
         key = policy_key(data) if data.get("kind") in POLICY_KINDS else ""
         try:
-            step.changes = self.policy._reduce(step.event.type, data)
+            step.changes = reduce_input(self._repo, step.event.type, data)
         except PolicyError as exc:
             # The service logs it, publishes an error status and keeps the previous version.
             step.rejected = str(exc)

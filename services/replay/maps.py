@@ -6,7 +6,8 @@ subjects (compiled rules), ipcache (with origin), services, backends. Node maps
 (``node/<name>``): the desired ipcache, endpoints and policy maps, plus lb frontends and
 backends, computed by the agent's reducers. A node's local endpoints come from its Pod objects
 (``spec.nodeName``, ``status.podIP``); the CNI's endpoint id and ifindex are not on the bus and
-show as 0.
+show as 0. Which node maps are shown, and how, is each map module's ``flat`` rendering, in the
+order of :func:`services.nodeagent.datapath.maps.registry.replayed`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,18 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from services.common.identities import ID_INIT
-from services.common.policytypes import PROTO_NAMES, Direction, PolicyKey, Verdict
-from services.nodeagent.datapath.encode import EndpointEntry, IpcacheEntry
+from services.common.policytypes import Direction, PolicyKey, Verdict
+from services.nodeagent.datapath.maps import (
+    endpoints,
+    ipcache,
+    lb_backends,
+    lb_services,
+    policy,
+    registry,
+)
+from services.nodeagent.datapath.maps.endpoints import EndpointEntry
+from services.nodeagent.datapath.maps.ipcache import IpcacheEntry
+from services.nodeagent.datapath.maps.spec import FlatContext
 from services.nodeagent.state import LocalEndpoint, NodeState
 from services.policy.model import PolicyRef
 
@@ -26,7 +37,7 @@ FlatMap = dict[str, Any]
 CLUSTER_SCOPE = "cluster"
 CLUSTER_MAPS = ("identities", "policies", "selectors", "subjects", "ipcache", "services",
                 "backends")
-NODE_MAPS = ("ipcache", "endpoints", "policy", "lb_services", "lb_backends")
+NODE_MAPS = tuple(spec.name for spec in registry.replayed())
 UNKNOWN = 0     # endpoint id and ifindex: the CNI's, not on the bus
 
 
@@ -197,47 +208,48 @@ def desired(nf: NodeFold) -> tuple[dict[str, IpcacheEntry], dict[str, EndpointEn
 
 def policy_key(k: PolicyKey) -> str:
     """``<subject> <ingress|egress> <peer|any> <PROTO>/<port[-end]|any>``."""
-    direction = Direction(k.direction).name.lower()
-    peer = str(k.peer) if k.peer else "any"
-    proto = PROTO_NAMES.get(k.proto, str(k.proto)) if k.proto else "ANY"
-    port = "any" if not k.port else (str(k.port) if k.end_port in (0, k.port)
-                                     else f"{k.port}-{k.end_port}")
-    return f"{k.subject} {direction} {peer} {proto}/{port}"
+    return policy.flat_key(k)
+
+
+_NO_CONTEXT = FlatContext()
 
 
 def flat_ipcache(entries: dict[str, IpcacheEntry]) -> FlatMap:
-    return {p: {"identity": e.identity, "tunnel_endpoint": e.tunnel_endpoint}
-            for p, e in sorted(entries.items())}
+    return ipcache.flat(entries, _NO_CONTEXT)
 
 
 def flat_endpoints(entries: dict[str, EndpointEntry], eps: Iterable[LocalEndpoint]) -> FlatMap:
-    pods = {ep.ip: ep.pod for ep in eps}
-    return {ip: {"pod": pods.get(ip, ""), "identity": e.identity,
-                 "enforce_ingress": e.enforce_ingress, "enforce_egress": e.enforce_egress}
-            for ip, e in sorted(entries.items())}
+    return endpoints.flat(entries, FlatContext(pods={ep.ip: ep.pod for ep in eps}))
 
 
 def flat_policy(entries: dict[PolicyKey, Verdict]) -> FlatMap:
-    return {policy_key(k): v.name for k, v in sorted(entries.items())}
+    return policy.flat(entries, _NO_CONTEXT)
 
 
 def lb_maps(nf: NodeFold) -> tuple[FlatMap, FlatMap]:
+    """A node's lb frontends and backends as replay shows them."""
     plan = nf.lb.plan()
-    fronts = {f"{f.address}:{f.port}/{f.protocol}": {
-        "frontend_id": e.svc_id, "backends": e.size_int, "external": e.external,
-        "affinity_timeout": e.affinity_timeout} for f, e in sorted(plan.services.items())}
-    bes = {str(bid): {"address": f"{b.address}:{b.port}/{b.protocol}", "local": b.local,
-                      "terminating": b.terminating} for bid, b in sorted(plan.backends.items())}
-    return fronts, bes
+    return (lb_services.flat(plan.services, _NO_CONTEXT),
+            lb_backends.flat(plan.backends, _NO_CONTEXT))
+
+
+def desired_entries(nf: NodeFold) -> dict[str, Any]:
+    """Each replayed node map's desired entries (typed, as the agent's), by map name."""
+    ipc, eps, pol = desired(nf)
+    plan = nf.lb.plan()
+    return {ipcache.NAME: ipc, endpoints.NAME: eps, policy.NAME: pol,
+            lb_services.NAME: plan.services, lb_backends.NAME: plan.backends}
 
 
 def node_maps(rp: Replay, node: str) -> dict[str, FlatMap]:
     nf = rp.node(node)
-    ipc, eps_entries, pol = desired(nf)
-    fronts, bes = lb_maps(nf)
-    return {"ipcache": flat_ipcache(ipc),
-            "endpoints": flat_endpoints(eps_entries, local_endpoints(nf.state, node)),
-            "policy": flat_policy(pol), "lb_services": fronts, "lb_backends": bes}
+    entries = desired_entries(nf)
+    ctx = FlatContext(pods={ep.ip: ep.pod for ep in local_endpoints(nf.state, node)})
+    out: dict[str, FlatMap] = {}
+    for spec in registry.replayed():
+        if spec.flat is not None:
+            out[spec.name] = spec.flat(entries[spec.name], ctx)
+    return out
 
 
 def all_maps(rp: Replay) -> dict[str, dict[str, FlatMap]]:

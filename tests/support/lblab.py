@@ -28,8 +28,8 @@ from services.nodeagent.datapath import (
     attach,
     unpin,
 )
-from services.nodeagent.datapath.lbmaps import LbMaps
-from services.nodeagent.datapath.lbnodeport import NodePortProgram, device_mac
+from services.nodeagent.datapath.kernel.nodeport import NodePortProgram, device_mac
+from services.nodeagent.datapath.lb import LbMaps
 from services.nodeagent.lbstate import NODE_MAC_ANNOTATION, LbNodeState
 from tests.support.netlab import ALLOWED_TIMEOUT_S, NodeLab, Pod, UdpEcho, in_netns
 

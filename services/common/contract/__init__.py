@@ -5,8 +5,8 @@ One module per domain (:mod:`.objects`, :mod:`.identity`, :mod:`.ipcache`, :mod:
 filters and parsers), an enum of its event types (a ``StrEnum``: each value is the wire
 string) and their typed payloads; :mod:`.streams` names the history stream and the KV
 buckets; :mod:`.consumers` holds every consumer's subscription as data. Nothing outside this
-package spells a ``cilia.`` subject or an event type (``tests/unit/contract/test_contract_literals.py``
-fails if something does).
+package spells a ``cilia.`` subject or an event type
+(``tests/unit/contract/test_contract_literals.py`` fails if something does).
 
 A payload is checked down to its nested fields and value ranges, and against the subject it
 was published on (an event about pod ``a`` on pod ``b``'s subject is malformed). Consumers

@@ -1,7 +1,9 @@
-"""Named constants of the datapath, shared by the C build flags and the Python side.
+"""Named constants of the datapath that belong to no single map: where pins and sources live,
+the programs' names, verdicts and reasons (``lib/events.h``), port bits.
 
-The C headers under ``services/nodeagent/bpf/lib`` receive the sizes and lifetimes below as
-``-D`` flags (see :func:`build_cflags`), so this module is their single source of truth.
+Each map's own constants (its pin name, capacity, flags, lifetimes) live in its module under
+:mod:`services.nodeagent.datapath.maps`; the ``-D`` flags the C headers receive come from
+there (:func:`services.nodeagent.datapath.maps.registry.build_cflags`).
 """
 
 from __future__ import annotations
@@ -16,69 +18,14 @@ PROGRAM_SOURCE = "bpf_lxc.c"
 PROG_FROM_POD = "cil_from_pod"   # tc ingress of the host-side veth: the pod's egress policy
 PROG_TO_POD = "cil_to_pod"       # tc egress of the host-side veth: the pod's ingress policy
 
-# Pinned map file names (under the node's pin directory).
-MAP_IPCACHE = "ipcache"
-MAP_ENDPOINTS = "endpoints"
-MAP_POLICY = "policy"
-MAP_CONNTRACK = "conntrack"
-MAP_EVENTS = "events"
-MAP_METRICS = "metrics"
-MAP_FRAGMENTS = "fragments"     # first fragments' ports (lib/frag.h)
-# Service load balancing (lib/lb.h; services/nodeagent/datapath/lbmaps.py).
-MAP_LB_SERVICES = "lb_services"
-MAP_LB_BACKENDS = "lb_backends"
-MAP_LB_MAGLEV = "lb_maglev_slots"
-MAP_LB_CT = "lb_ct"
-MAP_LB_AFFINITY = "lb_affinity"
-MAP_LB_CONFIG = "lb_config"
-MAP_LB_NODE_MACS = "lb_node_macs"   # underlay MACs of cluster nodes (DSR senders)
-LB_MAPS = (MAP_LB_SERVICES, MAP_LB_BACKENDS, MAP_LB_MAGLEV, MAP_LB_CT, MAP_LB_AFFINITY,
-           MAP_LB_CONFIG, MAP_LB_NODE_MACS)
-ALL_MAPS = (MAP_IPCACHE, MAP_ENDPOINTS, MAP_POLICY, MAP_CONNTRACK, MAP_EVENTS, MAP_METRICS,
-            MAP_FRAGMENTS, *LB_MAPS)
+# The underlay programs (bpf_nodeport.c): NodePort/LoadBalancer/externalIP frontends.
+NODEPORT_SOURCE = "bpf_nodeport.c"
+PROG_FROM_NETDEV = "cil_from_netdev"   # tc ingress of the underlay interface
+PROG_TO_NETDEV = "cil_to_netdev"       # tc egress of the underlay interface
 
-# Map capacities (entries) and the ring buffer size (bytes, a power of two pages).
-IPCACHE_MAX = 65536
-ENDPOINTS_MAX = 4096
-POLICY_MAX = 65536
-CT_MAX = 131072
-FRAG_MAX = 8192                # datagrams in fragments tracked at once (LRU)
-EVENTS_BYTES = 1 << 22
-LB_SERVICES_MAX = 65536        # frontends (VIP, port, protocol)
-LB_BACKENDS_MAX = 65536
-LB_MAGLEV_MAX = 1 << 22        # Maglev slots of all tables together (an array: 16 MiB)
-LB_CT_MAX = 131072             # LB conntrack (LRU): chosen backends and reverse NAT
-LB_AFFINITY_MAX = 65536        # sessionAffinity ClientIP entries (LRU)
-LB_NODES_MAX = 4096            # cluster nodes whose underlay MAC may send DSR options
-# NodePort SNAT source ports (lb_config). Above Linux's default ephemeral range (32768-60999)
-# so that a port the node's own connections use is never taken for a translated flow.
-SNAT_PORT_MIN = 61000
-SNAT_PORT_MAX = 65535
-LB_CFG_F_DSR = 0x1             # lb_config.flags: honour DSR options from cluster nodes
+# Verdict counters (lib/metrics.h): reasons below this are forwards, the rest drops.
+FORWARD_REASON_LIMIT = 128
 
-# Per-CPU verdict counters (lib/metrics.h): slot = reason * 2 + direction; slot 0 counts
-# events the ring buffer could not take.
-METRICS_SLOTS = 512
-METRICS_SLOT_EVENTS_LOST = 0
-FORWARD_REASON_LIMIT = 128     # reasons below this are forwards, the rest drops
-
-# Conntrack lifetimes in seconds, and how coarse the kernel's deadline refresh is.
-CT_LIFETIME_TCP = 21600        # established TCP (Cilium's default: 6 h)
-CT_LIFETIME_SYN = 60           # TCP not yet answered
-CT_LIFETIME_NONTCP = 60        # UDP, ICMP and other protocols
-CT_LIFETIME_CLOSE = 10         # TCP after FIN or RST
-CT_REFRESH_MS = 1000           # deadline moves only when it would move by more than this
-
-# Endpoint enforcement flags (lib/endpoints.h).
-ENDPOINT_F_ENFORCE_INGRESS = 0x1
-ENDPOINT_F_ENFORCE_EGRESS = 0x2
-
-# Conntrack entry flags (lib/conntrack.h).
-CT_F_SEEN_REPLY = 0x1
-CT_F_CLOSING = 0x2
-
-# LPM bits of the policy key that are always matched (subject, peer, direction, proto).
-POLICY_FIXED_PREFIX_BITS = 80
 PORT_BITS = 16
 MAX_PORT = (1 << PORT_BITS) - 1
 
@@ -128,28 +75,3 @@ def pin_dir(node: str) -> Path:
     if not node or "/" in node or node in (".", ".."):
         raise ValueError(f"node name {node!r} is not a valid pin directory name")
     return PIN_ROOT / node
-
-
-def build_cflags(node_pin_dir: Path) -> list[str]:
-    """The ``-D`` flags that configure the C sources for one node."""
-    defines = {
-        "CILIA_PIN_DIR": f'"{node_pin_dir}"',
-        "CILIA_IPCACHE_MAX": IPCACHE_MAX,
-        "CILIA_ENDPOINTS_MAX": ENDPOINTS_MAX,
-        "CILIA_POLICY_MAX": POLICY_MAX,
-        "CILIA_CT_MAX": CT_MAX,
-        "CILIA_FRAG_MAX": FRAG_MAX,
-        "CILIA_EVENTS_BYTES": EVENTS_BYTES,
-        "CILIA_CT_LIFETIME_TCP": CT_LIFETIME_TCP,
-        "CILIA_CT_LIFETIME_SYN": CT_LIFETIME_SYN,
-        "CILIA_CT_LIFETIME_NONTCP": CT_LIFETIME_NONTCP,
-        "CILIA_CT_LIFETIME_CLOSE": CT_LIFETIME_CLOSE,
-        "CILIA_CT_REFRESH_MS": CT_REFRESH_MS,
-        "CILIA_LB_SERVICES_MAX": LB_SERVICES_MAX,
-        "CILIA_LB_BACKENDS_MAX": LB_BACKENDS_MAX,
-        "CILIA_LB_MAGLEV_MAX": LB_MAGLEV_MAX,
-        "CILIA_LB_CT_MAX": LB_CT_MAX,
-        "CILIA_LB_AFFINITY_MAX": LB_AFFINITY_MAX,
-        "CILIA_LB_NODES_MAX": LB_NODES_MAX,
-    }
-    return [f"-D{name}={value}" for name, value in defines.items()]

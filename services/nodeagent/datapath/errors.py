@@ -22,6 +22,10 @@ class MapFullError(MapError):
     """The map has no room for another entry (E2BIG / ENOSPC / ENOMEM)."""
 
 
+class EncodeError(DatapathError, ValueError):
+    """A desired entry is malformed; the message names the entry and the field."""
+
+
 class ProgramLoadError(DatapathError):
     """Compiling or loading a BPF program failed; ``log`` holds the compiler/verifier output."""
 

@@ -9,14 +9,20 @@ mode; the kernel routes remote pod CIDRs into it. ``bpf/bpf_overlay.c`` runs on 
   (:data:`MARK_MAGIC_IDENTITY`), which the destination pod's ``cil_to_pod`` trusts instead of
   looking the source up in its ipcache.
 
-The pure helpers below are the Python side of ``lib/overlay.h`` (tests and tools use them).
+The pure helpers below are the Python side of ``lib/overlay.h`` (tests and tools use them);
+loading and attaching the programs goes through the lazily imported kernel access.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from services.common.identities import ID_HOST, ID_REMOTE_NODE, ID_WORLD
 from services.nodeagent.datapath import constants as c
-from services.nodeagent.datapath.loader import Programs, attach, detach
+from services.nodeagent.datapath._lazy import load_kernel
+
+if TYPE_CHECKING:
+    from services.nodeagent.datapath.kernel import Programs
 
 ROUTING_NATIVE = "native"     # remote pod CIDRs via the other nodes' addresses
 ROUTING_TUNNEL = "tunnel"     # remote pod CIDRs through the VXLAN device
@@ -85,8 +91,9 @@ def load_overlay(node: str) -> Programs:
     Raises:
         ProgramLoadError, VerifierError: as :class:`Programs`.
     """
-    return Programs(node, c.BPF_SRC_DIR / PROGRAM_SOURCE,
-                    names=(PROG_TO_OVERLAY, PROG_FROM_OVERLAY))
+    programs: Programs = load_kernel().Programs(node, c.BPF_SRC_DIR / PROGRAM_SOURCE,
+                                           names=(PROG_TO_OVERLAY, PROG_FROM_OVERLAY))
+    return programs
 
 
 def attach_overlay(programs: Programs, netns: str | None) -> int:
@@ -95,13 +102,14 @@ def attach_overlay(programs: Programs, netns: str | None) -> int:
     Raises:
         AttachError: the device is missing (the lab was not made with ``--routing tunnel``).
     """
-    return attach(programs, OVERLAY_DEVICE, netns, ingress=PROG_FROM_OVERLAY,
-                  egress=PROG_TO_OVERLAY)
+    ifindex: int = load_kernel().attach(programs, OVERLAY_DEVICE, netns, ingress=PROG_FROM_OVERLAY,
+                                   egress=PROG_TO_OVERLAY)
+    return ifindex
 
 
 def detach_overlay(netns: str | None) -> None:
     """Remove the overlay programs from the VXLAN device (a missing device is fine)."""
-    detach(OVERLAY_DEVICE, netns)
+    load_kernel().detach(OVERLAY_DEVICE, netns)
 
 
 def setup_overlay(node: str, netns: str | None, routing: str) -> Programs | None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from services.common.identities import ID_WORLD
 from services.common.policytypes import PROTO_ICMP, PROTO_TCP, PROTO_UDP, PolicyKey, Verdict
 from services.nodeagent.datapath import EndpointEntry, IpcacheEntry, NodeMaps, Programs, unpin
-from services.nodeagent.datapath.testrun import ipv4_packet, passes
+from services.nodeagent.datapath.kernel.testrun import ipv4_packet, passes
 from tests.unit.datapath.test_dp_policykeys import reference
 
 pytestmark = pytest.mark.datapath

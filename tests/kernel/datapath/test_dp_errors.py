@@ -17,7 +17,7 @@ from services.nodeagent.datapath import (
     VerifierError,
 )
 from services.nodeagent.datapath.errors import ProgramLoadError
-from services.nodeagent.datapath.loader import expand_includes
+from services.nodeagent.datapath.kernel.programs import expand_includes
 
 pytestmark = pytest.mark.datapath
 

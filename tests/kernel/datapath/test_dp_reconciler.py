@@ -22,8 +22,9 @@ from services.nodeagent.datapath import (
     Programs,
     Reconciler,
 )
-from services.nodeagent.datapath.encode import encode_endpoints, encode_ipcache, ipcache_keys
-from services.nodeagent.datapath.metrics import possible_cpus
+from services.nodeagent.datapath.maps.endpoints import encode_endpoints
+from services.nodeagent.datapath.maps.ipcache import encode_ipcache, ipcache_keys
+from services.nodeagent.datapath.maps.metrics import possible_cpus
 
 
 def kv(i: int, v: int = 0) -> tuple[bytes, bytes]:

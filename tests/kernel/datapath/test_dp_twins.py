@@ -1,13 +1,24 @@
-"""Every ctypes twin matches its C struct: gcc compiles the real headers and reports layout."""
+"""Every ctypes twin matches its C struct: gcc compiles the real headers and reports layout.
+
+The twins are the registry's (each map module's, plus the BPF stack's), and every map the
+headers pin is in the registry with the same type, key, value and capacity.
+"""
 
 from __future__ import annotations
 
 import ctypes as ct
+import re
 import subprocess
 from pathlib import Path
 
 from services.nodeagent.datapath.constants import BPF_SRC_DIR
-from services.nodeagent.datapath.twins import ALL_TWINS
+from services.nodeagent.datapath.maps import registry
+
+ALL_TWINS = registry.all_twins()
+# BPF_TABLE_PINNED("type", key, value, name, max_entries, CILIA_PIN_DIR "/pin"[, flags])
+PINNED_TABLE = re.compile(r'BPF_TABLE_PINNED\(\s*"(\w+)",\s*(struct \w+|u32),\s*struct (\w+),'
+                          r'\s*\w+,\s*(\w+),\s*CILIA_PIN_DIR "/(\w+)"')
+PINNED_RINGBUF = re.compile(r'"maps/ringbuf:" CILIA_PIN_DIR "/(\w+)"')
 
 
 def _layout_program() -> str:
@@ -49,3 +60,26 @@ def test_every_struct_in_the_headers_has_a_twin() -> None:
                 declared.add(line.split()[1])
     declared.discard("cilia_events_table_t")   # bcc's table descriptor, not kernel data
     assert declared == {t.C_STRUCT for t in ALL_TWINS}
+
+
+def test_every_pinned_map_of_the_headers_is_in_the_registry_as_declared() -> None:
+    declared: dict[str, tuple[str, str, str, str, str]] = {}
+    for header in (BPF_SRC_DIR / "lib").glob("*.h"):
+        text = header.read_text()
+        for mtype, key, value, max_entries, pin in PINNED_TABLE.findall(text):
+            declared[pin] = (header.name, mtype, key.removeprefix("struct "), value,
+                             max_entries)
+        for pin in PINNED_RINGBUF.findall(text):
+            declared[pin] = (header.name, "ringbuf", "", "", "")
+    assert set(declared) == set(registry.ALL_MAPS)
+    for spec in registry.REGISTRY:
+        header, mtype, key, value, max_entries = declared[spec.name]
+        assert (header, mtype) == (spec.header, spec.map_type), spec.name
+        if spec.key is None:
+            continue
+        assert key == (spec.key.C_STRUCT or "u32"), spec.name
+        assert value == spec.value.C_STRUCT, spec.name
+        if max_entries.isdigit():
+            assert int(max_entries) == spec.max_entries, spec.name
+        elif max_entries in spec.cflags:
+            assert spec.cflags[max_entries] == spec.max_entries, spec.name

@@ -27,7 +27,7 @@ from services.common.bus import Delivery
 from services.common.contract import HISTORY_STREAM
 from services.common.roles import ADMIN, CLI
 from services.nodeagent.datapath import open_maps
-from services.nodeagent.datapath.policykeys import decode_policy
+from services.nodeagent.datapath.maps.policy import decode_policy
 from tests.support.badmessages import Sample, generate, stored
 from tests.support.cluster import Cluster, temp_cluster
 from tests.support.procs import REPO, stop_process

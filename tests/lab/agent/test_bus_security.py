@@ -19,7 +19,7 @@ from services.common.contract import (
 from services.common.errors import PermissionDenied
 from services.common.roles import CLI, LB, POLICY, SOURCE, agent_role
 from services.nodeagent.datapath import open_maps
-from services.nodeagent.datapath.lbmaps import LbMaps
+from services.nodeagent.datapath.lb import LbMaps
 from tests.support.cluster import Cluster
 from tests.support.procs import REPO
 

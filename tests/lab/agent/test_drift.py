@@ -19,10 +19,13 @@ from services.common.identities import ID_WORLD
 from services.common.policytypes import PROTO_TCP, Direction, PolicyKey, Verdict
 from services.nodeagent.agent import DRIFT_INTERVAL_ENV
 from services.nodeagent.datapath import IpcacheEntry, NodeMaps
-from services.nodeagent.datapath.encode import encode_endpoints, encode_ipcache, ipcache_keys
-from services.nodeagent.datapath.lbmaglev import read_slots, write_slots
-from services.nodeagent.datapath.lbmaps import LbMaps, decode_services, encode_backends
-from services.nodeagent.datapath.policykeys import encode_policy, encode_prefix
+from services.nodeagent.datapath.lb import LbMaps
+from services.nodeagent.datapath.maps.endpoints import encode_endpoints
+from services.nodeagent.datapath.maps.ipcache import encode_ipcache, ipcache_keys
+from services.nodeagent.datapath.maps.lb_backends import encode_backends
+from services.nodeagent.datapath.maps.lb_maglev_slots import read_slots, write_slots
+from services.nodeagent.datapath.maps.lb_services import decode_services
+from services.nodeagent.datapath.maps.policy import encode_policy, encode_prefix
 from tests.support.cluster import Cluster, temp_cluster
 from tests.support.procs import REPO
 

@@ -34,8 +34,14 @@ from services.common.runner import Heartbeat
 from services.nodeagent.agent import DEVICES_ENV, DRIFT_INTERVAL_ENV, NodeAgent
 from services.nodeagent.datapath import NodeMaps, PinnedMapBackend, Programs, unpin
 from services.nodeagent.datapath import constants as c
-from services.nodeagent.datapath.lbmaps import LbBackendEntry, LbFrontend, LbMaps
-from services.nodeagent.datapath.twins import LbBackendKey, LbBackendValue
+from services.nodeagent.datapath.lb import LbMaps
+from services.nodeagent.datapath.maps import lb_backends
+from services.nodeagent.datapath.maps.lb_backends import (
+    LbBackendEntry,
+    LbBackendKey,
+    LbBackendValue,
+)
+from services.nodeagent.datapath.maps.lb_services import LbFrontend
 from services.nodeagent.endpoints import Endpoint, NodeConfig
 from services.policy import Repository, messages, parse_policy
 from services.policy.service import to_outgoing
@@ -202,7 +208,7 @@ async def test_realized_never_runs_ahead_of_the_maps(bus: Bus, nats_url: str, tm
 
 def _fill_backends(node: str, skip: int = 0) -> int:
     """Fill the node's pinned ``lb_backends`` to max_entries with backends nobody uses."""
-    with PinnedMapBackend(c.pin_dir(node) / c.MAP_LB_BACKENDS, ct.sizeof(LbBackendKey),
+    with PinnedMapBackend(c.pin_dir(node) / lb_backends.NAME, ct.sizeof(LbBackendKey),
                           ct.sizeof(LbBackendValue)) as pin:
         room = pin.max_entries - len(pin.read_all()) - skip
         value = LbBackendValue(addr=0x0A0A0A0A, port=80, proto=6).to_bytes()
@@ -212,7 +218,7 @@ def _fill_backends(node: str, skip: int = 0) -> int:
 
 
 def _drop_junk(node: str) -> None:
-    with PinnedMapBackend(c.pin_dir(node) / c.MAP_LB_BACKENDS, ct.sizeof(LbBackendKey),
+    with PinnedMapBackend(c.pin_dir(node) / lb_backends.NAME, ct.sizeof(LbBackendKey),
                           ct.sizeof(LbBackendValue)) as pin:
         pin.delete([k for k in pin.read_all()
                     if LbBackendKey.from_buffer_copy(k).id >= JUNK_BACKEND_ID])

@@ -31,8 +31,8 @@ from services.nodeagent.datapath import (
     attached_programs,
     detach,
 )
-from services.nodeagent.datapath.constants import CT_LIFETIME_TCP
-from services.nodeagent.datapath.loader import TC_PARENT_EGRESS, TC_PARENT_INGRESS
+from services.nodeagent.datapath.kernel.programs import TC_PARENT_EGRESS, TC_PARENT_INGRESS
+from services.nodeagent.datapath.maps.conntrack import CT_LIFETIME_TCP
 from tests.lab.datapath.conftest import ID_POD1, ID_POD2, ID_POD3, Env
 from tests.support.netlab import (
     ALLOWED_TIMEOUT_S,

@@ -217,7 +217,7 @@ def test_terminating_backend_keeps_its_flows_and_takes_no_new_ones(svc: LbLab) -
 
 
 def test_agent_restart_rewrites_nothing(svc: LbLab) -> None:
-    from services.nodeagent.datapath.lbmaps import LbMaps
+    from services.nodeagent.datapath.lb import LbMaps
     from services.nodeagent.lbstate import LbNodeState
 
     node = svc.nodes[0]

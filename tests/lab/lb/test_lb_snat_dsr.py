@@ -16,9 +16,8 @@ from services.nodeagent.datapath import FlowReader
 from services.nodeagent.datapath.constants import (
     DROP_NAT_NO_MAPPING,
     DROP_UNKNOWN_SENDER,
-    SNAT_PORT_MAX,
-    SNAT_PORT_MIN,
 )
+from services.nodeagent.datapath.maps.lb_config import SNAT_PORT_MAX, SNAT_PORT_MIN
 from tests.support.frames import ETH_P_IP, eth, ipv4, mac, send, tcp_header
 from tests.support.lblab import (
     EXT_IP,

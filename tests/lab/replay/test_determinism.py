@@ -11,8 +11,8 @@ import pytest
 
 from services.common.policytypes import Verdict
 from services.nodeagent.datapath import NodeMaps
-from services.nodeagent.datapath.lbmaps import LbMaps
-from services.nodeagent.datapath.policykeys import decode_policy, encode_policy
+from services.nodeagent.datapath.lb import LbMaps
+from services.nodeagent.datapath.maps.policy import decode_policy, encode_policy
 from services.replay import Replay, read_history
 from services.replay.maps import desired
 from tests.support.cluster import Cluster, temp_cluster

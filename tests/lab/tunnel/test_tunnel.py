@@ -22,7 +22,7 @@ from services.common.identities import ID_HOST, ID_REMOTE_NODE, ID_WORLD
 from services.common.netns import open_iproute
 from services.lab import CLUSTER_POD_CIDR, WORLD_IPS, plan_lab
 from services.nodeagent.datapath import attached_programs, open_maps
-from services.nodeagent.datapath.encode import ipcache_keys
+from services.nodeagent.datapath.maps.ipcache import ipcache_keys
 from services.nodeagent.datapath.overlay import (
     OVERLAY_DEVICE,
     OVERLAY_PORT,

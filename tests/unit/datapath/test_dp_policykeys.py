@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from services.common.policytypes import ANY_PEER, ANY_PROTO, PolicyKey, Verdict
 from services.nodeagent.datapath import EncodeError, decide, expand_policy, port_range_prefixes
-from services.nodeagent.datapath.policykeys import (
+from services.nodeagent.datapath.maps.policy import (
     decode_policy,
     encode_policy,
     policy_partition,

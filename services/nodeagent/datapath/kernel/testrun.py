@@ -12,10 +12,10 @@ import ipaddress
 import struct
 
 from services.common.policytypes import PROTO_ICMP, PROTO_TCP
-from services.nodeagent.datapath import _bpfsys
 from services.nodeagent.datapath import constants as c
 from services.nodeagent.datapath.errors import DatapathError
-from services.nodeagent.datapath.loader import Programs
+from services.nodeagent.datapath.kernel import _bpfsys
+from services.nodeagent.datapath.kernel.programs import Programs
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2

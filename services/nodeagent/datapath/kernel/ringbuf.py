@@ -1,4 +1,5 @@
-"""Verdict events from the pinned ring buffer as Python flow records.
+"""Verdict events from the pinned ``events`` ring buffer as Python flow records (kernel
+access; the records and their decoding are :mod:`services.nodeagent.datapath.maps.events`).
 
 The reader opens the ring buffer by its pin, so it works in a restarted agent without
 recompiling anything. :meth:`FlowReader.poll` blocks up to a timeout and returns the records
@@ -13,75 +14,25 @@ import ctypes as ct
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from bcc.libbcc import _RINGBUF_CB_TYPE
 from bcc.libbcc import lib as bcclib
 
-from services.common.policytypes import PROTO_NAMES, Direction
-from services.nodeagent.datapath import _bpfsys
 from services.nodeagent.datapath import constants as c
-from services.nodeagent.datapath._byteorder import be16_to_port, be32_to_ip
 from services.nodeagent.datapath.errors import DatapathError
-from services.nodeagent.datapath.twins import FlowEvent
+from services.nodeagent.datapath.kernel import _bpfsys
+from services.nodeagent.datapath.maps import events
+from services.nodeagent.datapath.maps.events import FlowRecord, decode_event
 
 DEFAULT_POLL_MS = 100
-
-
-@dataclass(frozen=True)
-class FlowRecord:
-    """One verdict of the datapath (a new flow forwarded, or a packet dropped)."""
-
-    time_ns: int            # CLOCK_MONOTONIC (bpf_ktime_get_ns)
-    verdict: str            # "FORWARDED" | "DROPPED"
-    reason: int
-    reason_name: str
-    direction: str          # policy direction of the endpoint: "ingress" | "egress"
-    src_identity: int
-    dst_identity: int
-    src_ip: str
-    dst_ip: str
-    src_port: int           # ICMP: the echo id for requests, 0 for replies
-    dst_port: int
-    proto: int
-    proto_name: str
-    ifindex: int
-    endpoint_id: int
-    tcp_flags: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def decode_event(raw: bytes) -> FlowRecord:
-    """A ``struct flow_event`` as a record (pure)."""
-    ev = FlowEvent.from_buffer_copy(raw[:ct.sizeof(FlowEvent)])
-    return FlowRecord(
-        time_ns=ev.timestamp_ns,
-        verdict=c.VERDICT_NAMES.get(ev.verdict, str(ev.verdict)),
-        reason=ev.reason,
-        reason_name=c.REASON_NAMES.get(ev.reason, f"reason {ev.reason}"),
-        direction=Direction(ev.direction).name.lower() if ev.direction in (0, 1) else "?",
-        src_identity=ev.src_identity,
-        dst_identity=ev.dst_identity,
-        src_ip=be32_to_ip(ev.saddr),
-        dst_ip=be32_to_ip(ev.daddr),
-        src_port=be16_to_port(ev.sport),
-        dst_port=be16_to_port(ev.dport),
-        proto=ev.proto,
-        proto_name=PROTO_NAMES.get(ev.proto, str(ev.proto)),
-        ifindex=ev.ifindex,
-        endpoint_id=ev.endpoint_id,
-        tcp_flags=ev.tcp_flags,
-    )
 
 
 class FlowReader:
     """Consumer of one node's pinned verdict ring buffer."""
 
     def __init__(self, node: str) -> None:
-        path = c.pin_dir(node) / c.MAP_EVENTS
+        path = c.pin_dir(node) / events.NAME
         try:
             self._fd = _bpfsys.obj_get(str(path))
         except OSError as exc:

@@ -1,32 +1,52 @@
-"""The Maglev slot array (``lb_maglev_slots``): tables placed in runs of consecutive slots.
+"""The lb_maglev_slots map (``lib/lb.h``): an array of backend ids in which Maglev tables are
+placed in runs of consecutive slots.
 
 A table of size ``M`` > 1 lives at ``[base, base + M)`` of one BPF array (4 bytes a slot, no
 per-entry overhead), and the frontend's ``table_*`` field holds ``base``; a table of one
-backend takes no slot, its field holds the backend id. This module places tables (logical
-table ids from :mod:`services.nodeagent.lbstate`), diffs each against what the kernel holds
-(one compact ``array`` per table, read from the map once), writes only changed slots, and
-rebuilds the placement of a restarted agent from the frontends in ``lb_services``.
+backend takes no slot, its field holds the backend id. :class:`MaglevSlots` (the map's view)
+places tables (logical table ids from :mod:`services.nodeagent.lbstate`), diffs each against
+what the kernel holds (one compact ``array`` per table, read from the map once), writes only
+changed slots, and rebuilds the placement of a restarted agent from the frontends in
+``lb_services``. Bulk slot reads and writes go through the backend's array calls when it has
+them (the pinned backend batches them into few syscalls).
 """
 
 from __future__ import annotations
 
-import ctypes as ct
-import errno
 import sys
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
-from bcc.libbcc import lib as bcclib
-
-from services.nodeagent.datapath import _bpfsys
-from services.nodeagent.datapath.backend import MapBackend, PinnedMapBackend
-from services.nodeagent.datapath.errors import MapError, MapFullError
+from services.nodeagent.datapath.backend import MapBackend
+from services.nodeagent.datapath.errors import MapFullError
+from services.nodeagent.datapath.maps.lb_services import PART
+from services.nodeagent.datapath.maps.spec import GROUP_LB, MapSpec, Twin, U32Key, u32
 from services.nodeagent.datapath.reconciler import ReconcileResult
 
+NAME = "lb_maglev_slots"
+MAX_ENTRIES = 1 << 22          # Maglev slots of all tables together (an array: 16 MiB)
 SLOT_BYTES = 4
-BATCH_MIN = 8          # fewer writes go element by element
-BATCH_CHUNK = 16384    # slots per batched syscall
 _ORDER = sys.byteorder
+
+
+# struct lb_maglev_value (lib/lb.h)
+class LbMaglevValue(Twin):
+    C_STRUCT, C_HEADER = "lb_maglev_value", "lb.h"
+    _fields_ = (("backend_id", u32),)
+
+
+@runtime_checkable
+class SlotArray(Protocol):
+    """A backend that reads and writes runs of ``u32`` array slots in bulk."""
+
+    def read_u32_slots(self, base: int, size: int) -> list[int]:
+        """Slots ``[base, base + size)``."""
+        ...
+
+    def write_u32_slots(self, items: Sequence[tuple[int, int]]) -> None:
+        """Write (slot, value) pairs."""
+        ...
 
 
 def table_id(frontend_id: int, external: bool) -> int:
@@ -133,10 +153,7 @@ class MaglevSlots:
             written = self._contents.get(base)
             if written is None or len(written) != size:
                 continue
-            try:
-                kernel = read_slots(self.backend, base, size)
-            except OSError as exc:
-                raise MapError(self.backend.name, "lookup", f"{exc.strerror}") from exc
+            kernel = read_slots(self.backend, base, size)
             writes = [(base + i, bid) for i, bid in enumerate(written) if kernel[i] != bid]
             if writes:
                 write_slots(self.backend, writes)
@@ -157,50 +174,23 @@ class MaglevSlots:
 
 
 def write_slots(backend: MapBackend, items: Sequence[tuple[int, int]]) -> None:
-    """Write (slot, backend id) pairs: one batched syscall per chunk on a pinned array."""
-    if isinstance(backend, PinnedMapBackend) and len(items) >= BATCH_MIN:
-        for i in range(0, len(items), BATCH_CHUNK):
-            part = items[i:i + BATCH_CHUNK]
-            keys = array("I", [slot for slot, _ in part]).tobytes()
-            values = array("I", [bid for _, bid in part]).tobytes()
-            try:
-                _bpfsys.update_batch(backend.fd, keys, values, len(part))
-            except OSError as exc:
-                raise MapError(backend.name, "update", f"{exc.strerror}") from exc
+    """Write (slot, backend id) pairs (in bulk where the backend can)."""
+    if isinstance(backend, SlotArray):
+        backend.write_u32_slots(items)
         return
     backend.update([(_key(slot), bid.to_bytes(SLOT_BYTES, _ORDER)) for slot, bid in items])
 
 
-def _lookup_batch(fd: int, base: int, size: int) -> list[int] | None:
-    """Slots by BPF_MAP_LOOKUP_BATCH (an array resumes after the ``in_batch`` index)."""
-    keys = (ct.c_uint32 * size)()
-    values = (ct.c_uint32 * size)()
-    count = ct.c_uint32(size)
-    token_in = ct.c_uint32(base - 1)
-    token_out = ct.c_uint32(0)
-    ret = bcclib.bpf_lookup_batch(fd, ct.byref(token_in) if base else None,
-                                  ct.byref(token_out), keys, values, ct.byref(count))
-    if ret < 0 and ct.get_errno() != errno.ENOENT:
-        return None
-    if count.value != size or (size and keys[0] != base):
-        return None
-    return list(values)
-
-
 def read_slots(backend: MapBackend, base: int, size: int) -> list[int]:
     """Slots ``[base, base + size)`` of the array (never the whole array)."""
-    if isinstance(backend, PinnedMapBackend):
-        got = _lookup_batch(backend.fd, base, size)
-        if got is not None:
-            return got
-        key = ct.create_string_buffer(SLOT_BYTES)
-        val = ct.create_string_buffer(SLOT_BYTES)
-        out = []
-        for slot in range(base, base + size):
-            ct.memmove(key, _key(slot), SLOT_BYTES)
-            out.append(int.from_bytes(val.raw, _ORDER) if _bpfsys.lookup(backend.fd, key, val)
-                       else 0)
-        return out
+    if isinstance(backend, SlotArray):
+        return backend.read_u32_slots(base, size)
     data: Mapping[bytes, bytes] = backend.read_all()
     return [int.from_bytes(data.get(_key(s), bytes(SLOT_BYTES)), _ORDER)
             for s in range(base, base + size)]
+
+
+SPEC: MapSpec[MaglevSlots] = MapSpec(
+    name=NAME, header="lb.h", map_type="array", key=U32Key, value=LbMaglevValue,
+    max_entries=MAX_ENTRIES, cflags={"CILIA_LB_MAGLEV_MAX": MAX_ENTRIES}, view=MaglevSlots,
+    group=GROUP_LB, part=PART)

@@ -1,4 +1,4 @@
-"""Compile and load the veth programs with bcc; attach them with pyroute2.
+"""Compile and load programs with bcc; attach them with pyroute2 (kernel access).
 
 ``cil_from_pod`` goes on tc ingress of a pod's host-side veth and ``cil_to_pod`` on its tc
 egress (clsact qdisc, direct-action bpf filters). Attaching again replaces the filters, so
@@ -14,7 +14,6 @@ import errno
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from services.common.netns import open_iproute
 from services.nodeagent.datapath import constants as c
 from services.nodeagent.datapath.errors import AttachError, ProgramLoadError, VerifierError
-from services.nodeagent.datapath.maps import NodeMaps
+from services.nodeagent.datapath.maps.registry import build_cflags
 
 # clsact hook points (TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS)).
 TC_PARENT_INGRESS = 0xFFFFFFF2
@@ -97,7 +96,7 @@ class Programs:
         text = expand_includes(src_path)
         self.digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         self.pin_dir.mkdir(parents=True, exist_ok=True)
-        cflags = c.build_cflags(self.pin_dir)
+        cflags = build_cflags(self.pin_dir)
         try:
             with _capture_stderr() as log:
                 self.bpf = BPF(text=text.encode(), cflags=cflags)
@@ -223,18 +222,3 @@ def attached_programs(ifname: str, netns: str | None = None) -> dict[str, str]:
                 if name:
                     out[hook] = name
     return out
-
-
-def open_maps(node: str) -> NodeMaps:
-    """Open the node's pinned maps (no compilation; works while no agent runs)."""
-    return NodeMaps(node)
-
-
-def is_pinned(node: str) -> bool:
-    return all((c.pin_dir(node) / name).exists() for name in c.ALL_MAPS)
-
-
-def unpin(node: str) -> None:
-    """Remove the node's pins (``lab down``). Programs still attached keep their maps until
-    their interfaces go away."""
-    shutil.rmtree(c.pin_dir(node), ignore_errors=True)

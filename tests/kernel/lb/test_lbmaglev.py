@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from services.nodeagent.datapath import MapFullError, Programs, unpin
-from services.nodeagent.datapath import constants as c
-from services.nodeagent.datapath.lbmaglev import MaglevSlots, read_slots, write_slots
-from services.nodeagent.datapath.lbmaps import LbMaps
+from services.nodeagent.datapath.lb import LbMaps
+from services.nodeagent.datapath.maps import lb_maglev_slots
+from services.nodeagent.datapath.maps.lb_maglev_slots import MaglevSlots, read_slots, write_slots
 from services.nodeagent.datapath.reconciler import ReconcileResult
 
 pytestmark = pytest.mark.datapath
@@ -30,9 +30,9 @@ def maps() -> Iterator[LbMaps]:
 
 
 def test_batched_reads_and_writes_at_any_offset(maps: LbMaps) -> None:
-    arr = maps._backends[c.MAP_LB_MAGLEV]
+    arr = maps._backends[lb_maglev_slots.NAME]
     n = arr.max_entries
-    assert n == c.LB_MAGLEV_MAX
+    assert n == lb_maglev_slots.MAX_ENTRIES
     write_slots(arr, [(5000 + i, 1000 + i) for i in range(100)])
     assert read_slots(arr, 5000, 100) == [1000 + i for i in range(100)]
     assert read_slots(arr, 0, 3) == [0, 0, 0]
@@ -41,7 +41,7 @@ def test_batched_reads_and_writes_at_any_offset(maps: LbMaps) -> None:
 
 
 def test_placement_reuses_released_runs_and_reports_a_full_array(maps: LbMaps) -> None:
-    slots = MaglevSlots(maps._backends[c.MAP_LB_MAGLEV])
+    slots = MaglevSlots(maps._backends[lb_maglev_slots.NAME])
     res = ReconcileResult()
     slots.put(10, [1, 2, 3] * 5, res)
     first = slots.value_of(10)
@@ -54,11 +54,11 @@ def test_placement_reuses_released_runs_and_reports_a_full_array(maps: LbMaps) -
     slots.put(14, [9], res)
     assert slots.value_of(14) == 9 and slots.tables([14]) == {14: [9]}
     with pytest.raises(MapFullError, match="no room"):
-        slots.put(16, [1, 2] * (c.LB_MAGLEV_MAX // 2 + 1), res)
+        slots.put(16, [1, 2] * (lb_maglev_slots.MAX_ENTRIES // 2 + 1), res)
 
 
 def test_repair_puts_back_slots_that_drifted(maps: LbMaps) -> None:
-    arr = maps._backends[c.MAP_LB_MAGLEV]
+    arr = maps._backends[lb_maglev_slots.NAME]
     slots = MaglevSlots(arr)
     res = ReconcileResult()
     slots.put(20, [1, 2, 3, 4] * 4, res)

@@ -10,7 +10,8 @@ import pytest
 
 from services.common.contract import lb_backend_subject, lb_members_subject, lb_service_subject
 from services.nodeagent.datapath import Programs, unpin
-from services.nodeagent.datapath.lbmaps import LbFrontend, LbMaps
+from services.nodeagent.datapath.lb import LbMaps
+from services.nodeagent.datapath.maps.lb_services import LbFrontend
 from services.nodeagent.lbstate import LbNodeState, frontend_id, table_id
 
 M = 251
@@ -123,7 +124,7 @@ def test_incremental_plans_touch_only_the_changed_service(lb_maps: LbMaps) -> No
 
 def test_a_bad_frontend_or_backend_never_blocks_the_others(lb_maps: LbMaps) -> None:
     # Issue 10: a backend port 70000 made every later lb map patch fail on every node.
-    from services.nodeagent.datapath.lbmaps import LbBackendEntry
+    from services.nodeagent.datapath.maps.lb_backends import LbBackendEntry
     st = LbNodeState("n1", maglev_size=M)
     feed(st, 5, svc(name="a", cluster_ip="10.96.0.5", external_ips=[]),
          [(1, "10.244.1.2", "n1", "active"), (2, "10.244.1.3", "n1", "active")])

@@ -20,21 +20,18 @@ from bcc import BPF
 
 from services.common.netns import open_iproute
 from services.nodeagent.datapath import constants as c
-from services.nodeagent.datapath._byteorder import ip_to_be32
-from services.nodeagent.datapath.backend import PinnedMapBackend
+from services.nodeagent.datapath.constants import NODEPORT_SOURCE, PROG_FROM_NETDEV, PROG_TO_NETDEV
 from services.nodeagent.datapath.errors import AttachError, ProgramLoadError, VerifierError
-from services.nodeagent.datapath.loader import (
+from services.nodeagent.datapath.kernel.pinned import PinnedMapBackend
+from services.nodeagent.datapath.kernel.programs import (
     _capture_stderr,
     attach_fds,
     detach,
     expand_includes,
 )
-from services.nodeagent.datapath.twins import LbConfig
-
-NODEPORT_SOURCE = "bpf_nodeport.c"
-PROG_FROM_NETDEV = "cil_from_netdev"   # tc ingress of the underlay interface
-PROG_TO_NETDEV = "cil_to_netdev"       # tc egress of the underlay interface
-_CONFIG_KEY = (0).to_bytes(4, "little")
+from services.nodeagent.datapath.maps import lb_config
+from services.nodeagent.datapath.maps.lb_config import LbConfigMap, LbSettings
+from services.nodeagent.datapath.maps.registry import build_cflags
 
 
 class NodePortProgram:
@@ -55,7 +52,7 @@ class NodePortProgram:
         self.pin_dir.mkdir(parents=True, exist_ok=True)
         try:
             with _capture_stderr() as log:
-                self.bpf = BPF(text=text.encode(), cflags=c.build_cflags(self.pin_dir))
+                self.bpf = BPF(text=text.encode(), cflags=build_cflags(self.pin_dir))
         except Exception as exc:
             raise ProgramLoadError(src.name, f"compilation failed: {exc}", "".join(log)) from exc
         self.fds: dict[str, int] = {}
@@ -72,7 +69,7 @@ class NodePortProgram:
             raise
 
     def set_config(self, node_ip: str, dsr: bool = False, snat_ports: tuple[int, int] = (
-            c.SNAT_PORT_MIN, c.SNAT_PORT_MAX)) -> None:
+            lb_config.SNAT_PORT_MIN, lb_config.SNAT_PORT_MAX)) -> None:
         """Write ``lb_config``: the address SNAT'd traffic to remote backends leaves with (this
         node's), the SNAT source port range, and whether DSR options from cluster nodes are
         honoured (``CILIA_LB_MODE=dsr``).
@@ -80,14 +77,15 @@ class NodePortProgram:
         Raises:
             ValueError: the port range is empty or outside 1-65535.
         """
-        low, high = snat_ports
-        if not 0 < low <= high <= c.MAX_PORT:
-            raise ValueError(f"lb_config: field snat_ports={snat_ports!r} is not a range "
-                             f"within 1-{c.MAX_PORT}")
-        cfg = LbConfig(node_ip=ip_to_be32(node_ip), flags=c.LB_CFG_F_DSR if dsr else 0,
-                       snat_port_min=low, snat_port_max=high)
-        with PinnedMapBackend(self.pin_dir / c.MAP_LB_CONFIG, 4, len(bytes(LbConfig()))) as m:
-            m.update([(_CONFIG_KEY, cfg.to_bytes())])
+        settings = LbSettings(node_ip, dsr, snat_ports)
+        lb_config.encode_config(settings)      # a bad range fails before the pin is opened
+        spec = lb_config.SPEC
+        config = LbConfigMap(PinnedMapBackend(self.pin_dir / spec.name, spec.key_size,
+                                              spec.value_size))
+        try:
+            config.write(settings)
+        finally:
+            config.close()
 
     def attach(self, ifname: str, netns: str | None = None, node_ip: str | None = None,
                dsr: bool = False) -> int:
