@@ -34,7 +34,7 @@ from tests.support import clifork
 from tests.support.procs import REPO, start_service, stop_process
 from tests.support.wait import wait_until
 
-CILIA = str(Path(sys.executable).parent / "cilia")
+CILIA = clifork.CILIA
 CONNECT = str(Path(sys.executable).parent / "cilia-connect")
 SETTLE_POLL_S = 0.1     # between two status requests while settling (each gathers 0.3 s)
 
