@@ -54,7 +54,7 @@ def run(args: list[str], *, env: dict[str, str], cwd: str | Path,
         socket.send_fds(sock, [request], [devnull.fileno(), out.fileno(), err.fileno()])
         sock.shutdown(socket.SHUT_WR)
         reader = sock.makefile("r")
-        pid = int(reader.readline())
+        pid = _number(reader.readline(), argv)
         sock.settimeout(timeout)
         try:
             line = reader.readline()
@@ -62,11 +62,17 @@ def run(args: list[str], *, env: dict[str, str], cwd: str | Path,
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             raise subprocess.TimeoutExpired(argv, timeout) from None
-        code = int(line)
+        code = _number(line, argv)
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(argv, code, out.read().decode(errors="replace"),
                                            err.read().decode(errors="replace"))
+
+
+def _number(line: str, argv: list[str]) -> int:
+    if not line.strip():
+        raise RuntimeError(f"the cilia fork server went away while running {argv[1:]}")
+    return int(line)
 
 
 def _ensure_server() -> str:
