@@ -2,7 +2,9 @@
 
 Starting a lab costs seconds; ``test_tunnel`` compares the modes and ``test_established``
 runs in each, on the same two labs. A module removes what it applied before it ends (also
-when a test fails), so the modules run in any order.
+when a test fails), so the modules run in any order. (This directory is no Python package:
+pytest ends "package" fixtures here with the session; tunnel is the last directory of
+tests/lab, so that is right after its tests.)
 """
 
 from __future__ import annotations
