@@ -36,3 +36,19 @@ async def count(bus: Bus, subject_filter: str) -> int:
 
     info = await bus.js.stream_info(contract.HISTORY_STREAM, subjects_filter=subject_filter)
     return sum((info.state.subjects or {}).values())
+
+
+async def services_ready(bus: Bus, services: set[str], timeout: float = 30.0) -> None:
+    """Wait until a replica of each of ``services`` answers status requests as ready (the
+    services made the history stream by then: a command may publish)."""
+    from services.common.runner import STATE_OK, collect_status
+
+    deadline = time.monotonic() + timeout
+    while True:
+        replies = await collect_status(bus)
+        if services <= {r["service"] for r in replies if r["state"] == STATE_OK}:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {sorted(services)} to be ready: "
+                                 f"{replies}")
+        await asyncio.sleep(0.05)

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,14 +27,16 @@ from services.cli import controlplane
 from services.cli.controlplane import SERVICES
 from services.common.bus import Bus
 from services.common.buscreds import BusAccess, Credentials
-from services.common.contract import AGENT_INPUTS, POLICY_INPUTS, ConsumerSpec
+from services.common.contract import AGENT_INPUTS, POLICY_INPUTS
 from services.common.embedded import NatsServer, free_port, start_nats
 from services.common.roles import ADMIN, CLI, SERVICE_ROLES
+from tests.support import clifork
 from tests.support.procs import REPO, start_service, stop_process
 from tests.support.wait import wait_until
 
-CILIA = str(Path(sys.executable).parent / "cilia")
+CILIA = clifork.CILIA
 CONNECT = str(Path(sys.executable).parent / "cilia-connect")
+SETTLE_POLL_S = 0.1     # between two status requests while settling (each gathers 0.3 s)
 
 
 @dataclass
@@ -64,8 +67,8 @@ class Cluster:
         return await Bus.connect(self.url, name, creds=self.creds(role))
 
     def cilia(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([CILIA, *args], cwd=REPO, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+        """``cilia *args`` in this cluster's environment (forked from a warm CLI: clifork)."""
+        return clifork.run(list(args), env=self.env, cwd=REPO, timeout=timeout)
 
     def ok(self, *args: str) -> str:
         res = self.cilia(*args)
@@ -102,25 +105,37 @@ class Cluster:
         return out
 
     def settle(self, timeout: float = 20.0) -> None:
-        """Wait until the policy service and every agent handled everything on the bus."""
-        async def last_seq(consumer: ConsumerSpec) -> int:
+        """Wait until the policy service and every agent handled everything on the bus.
+
+        Asks the services for their status on one bus connection, as ``cilia status`` does,
+        instead of starting the CLI for each poll: a CLI start costs a second of CPU that the
+        services being waited for need on a loaded machine.
+        """
+        from services.common.runner import collect_status
+
+        async def caught_up(bus: Bus, service: str, key: str, filters: list[str]) -> None:
+            snap = await bus.snapshot(filters)
+            seq = max((d.seq for d in snap.values()), default=0)
+            deadline = time.monotonic() + timeout
+            while True:
+                stats = [r["stats"] for r in await collect_status(bus)
+                         if r["service"] == service]
+                if all(s[key] >= seq for s in stats):
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"timed out waiting for {service} to catch up "
+                                         f"with seq {seq}: {stats}")
+                await asyncio.sleep(SETTLE_POLL_S)
+
+        async def run() -> None:
             bus = await self.bus(CLI)
             try:
-                snap = await bus.snapshot(consumer.filters)
+                await caught_up(bus, "policy", "seq", POLICY_INPUTS.filters)
+                await caught_up(bus, "nodeagent", "realized", AGENT_INPUTS.filters)
             finally:
                 await bus.close()
-            return max((d.seq for d in snap.values()), default=0)
 
-        def stats(service: str) -> list[dict[str, Any]]:
-            return [s["stats"] for s in self.json("status")["services"]
-                    if s["service"] == service]
-
-        policy_seq = asyncio.run(last_seq(POLICY_INPUTS))
-        self.wait("policy service caught up",
-                  lambda: all(s["seq"] >= policy_seq for s in stats("policy")), timeout)
-        agent_seq = asyncio.run(last_seq(AGENT_INPUTS))
-        self.wait("agents caught up",
-                  lambda: all(s["realized"] >= agent_seq for s in stats("nodeagent")), timeout)
+        asyncio.run(run())
 
 
 @contextmanager
@@ -159,8 +174,7 @@ def cluster(tmp: Path, nodes: int = 1, extra_env: dict[str, str] | None = None,
             raise AssertionError(f"lab up failed: {res.stdout}{res.stderr}\n{logs}")
         yield c
     finally:
-        down = subprocess.run([CILIA, "lab", "down", "--name", lab], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=120)
+        down = c.cilia("lab", "down", "--name", lab, timeout=120)
         for proc in c.procs:
             stop_process(proc)
         if server is not None:

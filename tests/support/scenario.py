@@ -13,7 +13,7 @@ from typing import Any
 
 from services.common.bus import Bus, Delivery
 from services.common.embedded import start_nats
-from tests.support.busread import wait_for
+from tests.support.busread import services_ready, wait_for
 from tests.support.cli import cilia
 from tests.support.procs import start_service, stop_process
 
@@ -106,6 +106,14 @@ async def _pods_settled(url: str) -> int:
         await bus.close()
 
 
+async def _ready(url: str) -> None:
+    bus = await Bus.connect(url, "test")
+    try:
+        await services_ready(bus, {"identity", "policy"})
+    finally:
+        await bus.close()
+
+
 def _policy_stats(url: str, env: dict[str, str]) -> dict[str, Any]:
     res = cilia("--nats-url", url, "status", "-o", "json", env=env)
     assert res.returncode == 0, res.stderr
@@ -130,6 +138,7 @@ def record_incident(tmp: Path) -> tuple[Incident, Any]:
         server.stop()
 
     try:
+        asyncio.run(_ready(server.url))
         (tmp / "pods.yaml").write_text(pods_yaml())
         res = cilia("--nats-url", server.url, "apply", "-f", str(tmp / "pods.yaml"), env=env)
         assert res.returncode == 0, res.stderr

@@ -74,6 +74,14 @@ def apply_policy(lab: Cluster) -> None:
     lab.settle()
 
 
+def remove_policy(lab: Cluster) -> None:
+    """Delete the example's policy (if it is there) and wait until the maps are open again."""
+    lab.cilia("delete", "-f", str(EXAMPLES / "policy.yaml"))
+    lab.wait("policy gone", lambda: not enforced(lab, "backend")
+             and not enforced(lab, "database"))
+    lab.settle()
+
+
 def verdicts(lab: Cluster, where: Placement) -> dict[tuple[str, str, str], str]:
     """Probe every pair of :data:`EXPECTED` with a real connection from the source pod
     (probes run side by side: most of their time is the CLI starting and the timeouts)."""

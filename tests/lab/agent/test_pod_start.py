@@ -23,7 +23,7 @@ from services.nodeagent.datapath import EndpointEntry, open_maps
 from tests.support.cluster import CILIA, Cluster, temp_cluster
 from tests.support.procs import stop_process
 
-READY_TIMEOUT_S = 8     # the agents' ADD wait in this module (the default is longer)
+READY_TIMEOUT_S = 5     # the agents' ADD wait in this module (the default is longer)
 POLICY_PROC = 1         # index of the policy service in Cluster.procs (SERVICES order)
 CLIENT_RUN_S = 4.0      # how long the client's connect loop is watched
 PROBE_DURING_ADD_S = 1.5   # a probe inside the sandbox while ADD waits (< READY_TIMEOUT_S)

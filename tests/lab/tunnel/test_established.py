@@ -8,7 +8,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from services.lab.plan import pod_netns_name
 from services.nodeagent.datapath import open_maps
-from tests.support.cluster import Cluster, temp_cluster
+from tests.support.cluster import Cluster
 from tests.support.netlab import EchoServer, in_netns
 from tests.support.threetier import NS, deploy
 
@@ -64,9 +63,9 @@ spec:
 
 
 @pytest.fixture(scope="module", params=["native", "tunnel"])
-def lab(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    with temp_cluster(nodes=2, routing=request.param, prefix="cilia-established-") as c:
-        yield c
+def lab(request: pytest.FixtureRequest) -> Cluster:
+    """The package's lab of each routing mode (conftest.py)."""
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]
 
 
 class Ticker:

@@ -7,15 +7,13 @@ lab for the verdict comparison.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
+import pytest
 from pyroute2 import IPRoute
 
 from services.common.identities import ID_HOST, ID_REMOTE_NODE, ID_WORLD
@@ -38,16 +36,16 @@ from tests.support.capture import (
     vxlan_packets,
     vxlan_payload,
 )
-from tests.support.cluster import CONNECT, Cluster, cluster
+from tests.support.cluster import CONNECT, Cluster
 from tests.support.threetier import (
     EXPECTED,
-    NO_DRIFT_CHECK,
     NS,
     PORTS,
     Placement,
     apply_policy,
     deploy,
     placement,
+    remove_policy,
     verdicts,
 )
 
@@ -96,6 +94,13 @@ def ipcache_without(node: str, ips: Sequence[str]) -> Iterator[None]:
     finally:
         backend.update(list(saved.items()))
         maps.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tunnel_without_the_policy_afterwards(tunnel: Cluster) -> Iterator[None]:
+    """The tunnel lab is the package's (test_established): the policy goes at the end."""
+    yield
+    remove_policy(tunnel)
 
 
 def test_lab_has_a_vxlan_device_per_node_with_the_overlay_programs(tunnel: Cluster) -> None:
@@ -213,7 +218,8 @@ def _check_receiver_drop_identity(lab: Cluster, where: Placement) -> None:
     assert "policy denied" in flow["reason_name"]
 
 
-def test_policy_verdicts_are_identical_in_native_and_tunnel_mode(tunnel: Cluster) -> None:
+def test_policy_verdicts_are_identical_in_native_and_tunnel_mode(tunnel: Cluster,
+                                                                 native: Cluster) -> None:
     where = placement(tunnel)
     apply_policy(tunnel)
     in_tunnel = verdicts(tunnel, where)
@@ -222,28 +228,26 @@ def test_policy_verdicts_are_identical_in_native_and_tunnel_mode(tunnel: Cluster
     host_in_tunnel = _node_to_backend(tunnel, where)
     assert host_in_tunnel == ("timeout", ID_REMOTE_NODE)
 
-    tmp = Path(tempfile.mkdtemp(prefix="cilia-native-"))
+    native_where = deploy(native)
+    assert native_where.nodes == {a: n.replace(tunnel.lab, native.lab)
+                                  for a, n in where.nodes.items()}
     try:
-        with cluster(tmp, nodes=2, routing="native", extra_env=NO_DRIFT_CHECK) as native:
-            native_where = deploy(native)
-            assert native_where.nodes == {a: n.replace(tunnel.lab, native.lab)
-                                          for a, n in where.nodes.items()}
-            apply_policy(native)
-            assert verdicts(native, native_where) == in_tunnel
-            _check_receiver_drop_identity(native, native_where)
-            assert _node_to_backend(native, native_where) == host_in_tunnel
-            # Without a tunnel the receiver needs the source in its ipcache: without the
-            # entry the allowed frontend is world to the backend's node, and dropped.
-            with ipcache_without(native_where.nodes["backend"], [native_where.ips["frontend"]]):
-                since = time.time()
-                assert native.connect("deploy/frontend", NS, native_where.ips["backend"],
-                                      PORTS["backend"]) == "timeout"
-                flow = _flow(native, native_where.nodes["backend"],
-                             native_where.ips["frontend"], native_where.ips["backend"],
-                             PORTS["backend"], "DROPPED", since)
-                assert flow["src_identity"] == ID_WORLD
+        apply_policy(native)
+        assert verdicts(native, native_where) == in_tunnel
+        _check_receiver_drop_identity(native, native_where)
+        assert _node_to_backend(native, native_where) == host_in_tunnel
+        # Without a tunnel the receiver needs the source in its ipcache: without the
+        # entry the allowed frontend is world to the backend's node, and dropped.
+        with ipcache_without(native_where.nodes["backend"], [native_where.ips["frontend"]]):
+            since = time.time()
+            assert native.connect("deploy/frontend", NS, native_where.ips["backend"],
+                                  PORTS["backend"]) == "timeout"
+            flow = _flow(native, native_where.nodes["backend"],
+                         native_where.ips["frontend"], native_where.ips["backend"],
+                         PORTS["backend"], "DROPPED", since)
+            assert flow["src_identity"] == ID_WORLD
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_policy(native)     # the native lab is the package's (test_established)
 
 
 def test_only_nodes_of_the_cluster_can_assert_an_identity(tunnel: Cluster) -> None:
