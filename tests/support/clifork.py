@@ -15,6 +15,7 @@ The server is started at the first command and stopped by :func:`stop` (a sessio
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -114,6 +115,9 @@ def stop() -> None:
         os.rmdir(sockdir)
 
 
+atexit.register(stop)     # a bench or script that has no session fixture stops it too
+
+
 # The server side, run as ``python -m tests.support.clifork SOCKET``.
 
 def _child(request: dict[str, Any], fds: list[int], inherited: list[socket.socket]) -> None:
@@ -161,12 +165,14 @@ def _serve(path: str) -> None:
         stopping = True
 
     signal.signal(signal.SIGTERM, on_term)
+    parent = os.getppid()     # the process that started this server: when it is gone, stop
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
     print("ready", flush=True)
     children: dict[int, socket.socket] = {}
     while not stopping or children:
+        stopping = stopping or os.getppid() != parent
         if not stopping:
             ready, _, _ = select.select([listener], [], [], REAP_POLL_S)
         else:
