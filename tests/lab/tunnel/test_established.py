@@ -146,6 +146,14 @@ def _entries_of(node: str, ip: str) -> list[Any]:
         return [e for e in maps.conntrack.entries() if ip in (e.src, e.dst)]
 
 
+def _apply_pod(lab: Cluster, manifest: Path, name: str) -> str:
+    """Apply a one-pod manifest and wait for its endpoint; returns the pod's address."""
+    lab.ok("apply", "-f", str(manifest))
+    pod = f"{NS}/{name}"
+    lab.wait(f"{name} has an endpoint", lambda: any(e["pod"] == pod for e in lab.endpoints()))
+    return next(e["ipv4"] for e in lab.endpoints() if e["pod"] == pod)
+
+
 def test_a_reused_address_starts_without_conntrack_entries(lab: Cluster,
                                                            tmp_path: Path) -> None:
     where = deploy(lab)
@@ -153,10 +161,7 @@ def test_a_reused_address_starts_without_conntrack_entries(lab: Cluster,
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
     first.write_text(REUSE_POD.format(name="reuse-a", ns=NS, node=node))
     second.write_text(REUSE_POD.format(name="reuse-b", ns=NS, node=node))
-    lab.ok("apply", "-f", str(first))
-    lab.wait("reuse-a has an endpoint",
-             lambda: any(e["pod"] == f"{NS}/reuse-a" for e in lab.endpoints()))
-    addr = next(e["ipv4"] for e in lab.endpoints() if e["pod"] == f"{NS}/reuse-a")
+    addr = _apply_pod(lab, first, "reuse-a")
     assert lab.connect("deploy/frontend", NS, addr, 80) == "OK"
     assert _entries_of(node, addr), "the pod's flows are tracked"
 
@@ -169,11 +174,7 @@ def test_a_reused_address_starts_without_conntrack_entries(lab: Cluster,
     assert _entries_of(node, addr), "a stale entry names the free address"
 
     before = time.monotonic_ns()
-    lab.ok("apply", "-f", str(second))
-    lab.wait("reuse-b has an endpoint",
-             lambda: any(e["pod"] == f"{NS}/reuse-b" for e in lab.endpoints()))
-    assert next(e["ipv4"] for e in lab.endpoints() if e["pod"] == f"{NS}/reuse-b") == addr, \
-        "the address was reused"
+    assert _apply_pod(lab, second, "reuse-b") == addr, "the address was reused"
     inherited = [e for e in _entries_of(node, addr) if e.created_ns < before]
     assert inherited == [], "the new pod inherited conntrack entries"
     lab.ok("delete", "-f", str(second))
@@ -189,10 +190,7 @@ def test_a_deleted_remote_pod_leaves_no_conntrack_entries_on_other_nodes(
     there = next(n for n in where.nodes.values() if n != here)
     manifest = tmp_path / "remote.yaml"
     manifest.write_text(REUSE_POD.format(name="remote-a", ns=NS, node=there))
-    lab.ok("apply", "-f", str(manifest))
-    lab.wait("remote-a has an endpoint",
-             lambda: any(e["pod"] == f"{NS}/remote-a" for e in lab.endpoints()))
-    addr = next(e["ipv4"] for e in lab.endpoints() if e["pod"] == f"{NS}/remote-a")
+    addr = _apply_pod(lab, manifest, "remote-a")
     assert lab.connect("deploy/frontend", NS, addr, 80) == "OK"
     assert _entries_of(here, addr), "the frontend's node tracks the flow"
 
