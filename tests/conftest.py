@@ -25,17 +25,7 @@ from services.common import contract
 from services.common.bus import Bus, HistoryConfig
 from services.common.embedded import NatsServer, start_nats
 from services.nodeagent.datapath import unpin
-from tests.support import clifork
 from tests.support.otlp import Receiver
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _cli_fork_server() -> Iterator[None]:
-    """The fork server that end-to-end tests run ``cilia`` from, stopped at the end."""
-    try:
-        yield
-    finally:
-        clifork.stop()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ the real CLI's, in a process of its own; only the interpreter start and the impo
 
 ``CILIA_TEST_CLI_EXEC=1`` makes :func:`run` start the executable instead, as before.
 
-The server is started at the first command and stopped by :func:`stop` (a session fixture).
+The server is started at the first command and stopped by :func:`stop` at exit; it also stops
+by itself when the process that started it is gone.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def stop() -> None:
         os.rmdir(sockdir)
 
 
-atexit.register(stop)     # a bench or script that has no session fixture stops it too
+atexit.register(stop)
 
 
 # The server side, run as ``python -m tests.support.clifork SOCKET``.

@@ -30,6 +30,7 @@ from services.common.buscreds import BusAccess, Credentials
 from services.common.contract import AGENT_INPUTS, POLICY_INPUTS
 from services.common.embedded import NatsServer, free_port, start_nats
 from services.common.roles import ADMIN, CLI, SERVICE_ROLES
+from services.common.runner import collect_status
 from tests.support import clifork
 from tests.support.procs import REPO, start_service, stop_process
 from tests.support.wait import wait_until
@@ -111,8 +112,6 @@ class Cluster:
         instead of starting the CLI for each poll: a CLI start costs a second of CPU that the
         services being waited for need on a loaded machine.
         """
-        from services.common.runner import collect_status
-
         async def caught_up(bus: Bus, service: str, key: str, filters: list[str]) -> None:
             snap = await bus.snapshot(filters)
             seq = max((d.seq for d in snap.values()), default=0)
@@ -120,7 +119,7 @@ class Cluster:
             while True:
                 stats = [r["stats"] for r in await collect_status(bus)
                          if r["service"] == service]
-                if all(s[key] >= seq for s in stats):
+                if stats and all(s[key] >= seq for s in stats):   # none answering: not yet
                     return
                 if time.monotonic() > deadline:
                     raise AssertionError(f"timed out waiting for {service} to catch up "

@@ -19,6 +19,7 @@ ALL_TWINS = registry.all_twins()
 PINNED_TABLE = re.compile(r'BPF_TABLE_PINNED\(\s*"(\w+)",\s*(struct \w+|u32),\s*struct (\w+),'
                           r'\s*\w+,\s*(\w+),\s*CILIA_PIN_DIR "/(\w+)"')
 PINNED_RINGBUF = re.compile(r'"maps/ringbuf:" CILIA_PIN_DIR "/(\w+)"')
+NUMERIC_DEFINE = re.compile(r"^#define\s+(\w+)\s+(\d+)\s*$", re.M)
 
 
 def _layout_program() -> str:
@@ -64,8 +65,10 @@ def test_every_struct_in_the_headers_has_a_twin() -> None:
 
 def test_every_pinned_map_of_the_headers_is_in_the_registry_as_declared() -> None:
     declared: dict[str, tuple[str, str, str, str, str]] = {}
+    defines: dict[str, int] = {}     # the headers' own numeric macros
     for header in (BPF_SRC_DIR / "lib").glob("*.h"):
         text = header.read_text()
+        defines.update((name, int(value)) for name, value in NUMERIC_DEFINE.findall(text))
         for mtype, key, value, max_entries, pin in PINNED_TABLE.findall(text):
             declared[pin] = (header.name, mtype, key.removeprefix("struct "), value,
                              max_entries)
@@ -81,5 +84,6 @@ def test_every_pinned_map_of_the_headers_is_in_the_registry_as_declared() -> Non
         assert value == spec.value.C_STRUCT, spec.name
         if max_entries.isdigit():
             assert int(max_entries) == spec.max_entries, spec.name
-        elif max_entries in spec.cflags:
-            assert spec.cflags[max_entries] == spec.max_entries, spec.name
+        else:   # a macro: the registry's -D flag, or the header's own #define
+            size = spec.cflags.get(max_entries, defines.get(max_entries))
+            assert size == spec.max_entries, (spec.name, max_entries)

@@ -32,7 +32,7 @@ from services.common.labels import Labels
 from services.common.policytypes import PROTO_TCP, Direction, PolicyKey, Verdict
 from services.common.runner import Heartbeat
 from services.nodeagent.agent import DEVICES_ENV, DRIFT_INTERVAL_ENV, NodeAgent
-from services.nodeagent.datapath import NodeMaps, PinnedMapBackend, Programs, unpin
+from services.nodeagent.datapath import NodeMaps, PinnedMapBackend, Programs
 from services.nodeagent.datapath import constants as c
 from services.nodeagent.datapath.lb import LbMaps
 from services.nodeagent.datapath.maps import lb_backends
@@ -101,14 +101,11 @@ def lab() -> Iterator[NodeLab]:
 
 
 @pytest.fixture
-def node_name(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def node_name(node_name: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The shared unique node (its pins removed at the end), with the agent's defaults."""
     monkeypatch.delenv(DEVICES_ENV, raising=False)      # NodePort programs go on eth0
     monkeypatch.delenv(DRIFT_INTERVAL_ENV, raising=False)
-    name = f"truth-{uuid.uuid4().hex[:6]}"
-    try:
-        yield name
-    finally:
-        unpin(name)
+    return node_name
 
 
 async def until(what: str, check: Callable[[], bool], timeout: float = WAIT_S) -> None:
