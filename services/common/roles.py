@@ -36,20 +36,17 @@ from services.common.contract import (
     FLOWS_CONTROL,
     FLOWS_FILTER,
     HISTORY_STREAM,
-    IDENTITY_FILTER,
-    IPCACHE_SOURCE_CIDR,
-    IPCACHE_SOURCE_K8S,
+    IDENTITY_OUTPUTS,
     KIND_NODE,
     KV_IDENTITIES,
     KV_SERVICES,
-    LB_FILTER,
-    POLICY_FILTER,
+    LB_OUTPUTS,
+    POLICY_OUTPUTS,
     SOURCE_FILTER,
     STATUS_CONTROL,
     agent_publish_filters,
     ctl_reply_subject,
     flows_subject,
-    ipcache_filter,
     source_subject,
     token,
 )
@@ -147,9 +144,10 @@ def kv_write(bucket: str) -> list[str]:
 # What each role publishes beyond reading; agents are added per node in permissions().
 _DATA: dict[str, list[str]] = {
     SOURCE: [SOURCE_FILTER],
-    IDENTITY: [IDENTITY_FILTER, ipcache_filter(IPCACHE_SOURCE_K8S), *kv_write(KV_IDENTITIES)],
-    POLICY: [POLICY_FILTER, ipcache_filter(IPCACHE_SOURCE_CIDR)],
-    LB: [LB_FILTER, *kv_write(KV_SERVICES)],
+    # a service publishes exactly the outputs it reads back as its own (the contract's lists)
+    IDENTITY: [*IDENTITY_OUTPUTS.filters, *kv_write(KV_IDENTITIES)],
+    POLICY: [*POLICY_OUTPUTS.filters],
+    LB: [*LB_OUTPUTS.filters, *kv_write(KV_SERVICES)],
     DNS: [],
     CLI: [],
 }

@@ -164,7 +164,7 @@ class PolicyService(BusConsumer):
         before = self.repo.identity_labels(data["id"]) \
             if d.event.type in IDENTITY_EVENTS else None
         try:
-            ch = self._reduce(d.event.type, data)
+            ch = reduce_input(self.repo, d.event.type, data)
         except PolicyError as exc:
             REJECTED.inc()
             self.rejected += 1
@@ -197,10 +197,6 @@ class PolicyService(BusConsumer):
         self.last_seq = max(self.last_seq, seq)
         if not self._live:
             await self._resync(seq)
-
-    def _reduce(self, event_type: str, data: dict[str, Any]) -> Any:
-        """Apply one input event to the repository; returns its Changes."""
-        return reduce_input(self.repo, event_type, data)
 
     async def _resync(self, revision: int) -> None:
         self._live = True

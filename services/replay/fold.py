@@ -92,7 +92,7 @@ class Replay:
     """The control plane and some nodes, folded from a history up to :attr:`seq`."""
 
     def __init__(self, nodes: Iterable[str] = ()) -> None:
-        self._repo = Repository()          # the policy service's, folded by its reducer
+        self.repo = Repository()           # the policy service's, folded by its reducer
         self.outputs = BusView()
         self.cluster = NodeState(CLUSTER)
         self.cluster_lb = LbNodeState(CLUSTER)
@@ -105,10 +105,6 @@ class Replay:
         self.skipped = 0
         self.failed = 0
         self._skipped_subjects: set[str] = set()
-
-    @property
-    def repo(self) -> Repository:
-        return self._repo
 
     def fold(self, records: Sequence[Record]) -> None:
         """Fold records in order (no change tracking)."""
@@ -155,7 +151,7 @@ class Replay:
         data = step.event.data
         key = policy_key(data) if data.get("kind") in POLICY_KINDS else ""
         try:
-            step.changes = reduce_input(self._repo, step.event.type, data)
+            step.changes = reduce_input(self.repo, step.event.type, data)
         except PolicyError as exc:
             # The service logs it, publishes an error status and keeps the previous version.
             step.rejected = str(exc)

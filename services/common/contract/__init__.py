@@ -126,7 +126,7 @@ from .policy import (
     policy_status_subject,
 )
 from .streams import HISTORY_STREAM, HISTORY_SUBJECTS, KV_IDENTITIES, KV_SERVICES
-from .tokens import CLUSTER_SCOPE, ip_token, matches_any, subject_matches, token, untoken
+from .tokens import CLUSTER_SCOPE, ip_token, matches_any, subject_matches, token
 
 EVENTS: dict[str, type[Payload]] = {
     **objects.EVENTS, **identity.EVENTS, **ipcache.EVENTS, **policy.EVENTS, **lb.EVENTS,
@@ -243,5 +243,5 @@ __all__ = [
     "lb_service_subject", "lb_status_subject", "matches_any", "objects", "parse_agent_endpoint",
     "parse_ctl_reply", "parse_ipcache_origin", "policy", "policy_rules_subject",
     "policy_selector_subject", "policy_status_subject", "source_filter", "source_subject",
-    "subject_family", "subject_matches", "token", "untoken", "validate",
+    "subject_family", "subject_matches", "token", "validate",
 ]

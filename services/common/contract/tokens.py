@@ -21,9 +21,6 @@ def token(name: str) -> str:
     return name.replace(".", "_") if name else CLUSTER_SCOPE
 
 
-def untoken(tok: str) -> str:
-    """The name a :func:`token` encodes."""
-    return "" if tok == CLUSTER_SCOPE else tok.replace("_", ".")
 
 
 def ip_token(prefix: str) -> str:
