@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 
 from services.nodeagent.datapath import constants as c
 from services.nodeagent.datapath._lazy import load_kernel
-from services.nodeagent.datapath.backend import MapBackend, MemoryMapBackend
+from services.nodeagent.datapath.backend import MapBackend
 from services.nodeagent.datapath.maps import conntrack, endpoints, ipcache, metrics, policy
 from services.nodeagent.datapath.maps import registry as reg
 from services.nodeagent.datapath.maps.spec import GROUP_NODE, MapSpec
@@ -48,26 +48,10 @@ def pinned_factory(node: str) -> BackendFactory:
     return make
 
 
-def memory_factory() -> BackendFactory:
-    """In-memory backends with each map's sizes and capacity (pure tests)."""
-    return lambda spec: MemoryMapBackend(spec.name, spec.key_size, spec.value_size,
-                                         spec.max_entries)
-
-
 def close_backend(backend: MapBackend) -> None:
     close = getattr(backend, "close", None)
     if close is not None:
         close()
-
-
-def open_view(node: str, spec: MapSpec[V], factory: BackendFactory | None = None) -> V:
-    """One map's typed view over its pin (or ``factory``'s backend); close the view's
-    backend when done (``close_backend(view.backend)``, or the view's ``close``).
-
-    Raises:
-        MapError: the pin is missing or has other sizes.
-    """
-    return spec.open((factory or pinned_factory(node))(spec))
 
 
 def check_pins(node: str, specs: Iterable[MapSpec[Any]] | None = None) -> None:
