@@ -106,8 +106,10 @@ class LbMaps(MapSet):
         macs = (None if plan.node_macs is None
                 else lb_node_macs.encode_node_macs(plan.node_macs))
         backends = self.backends.reconciler
-        # first pass: add and change backends, remove none (frontends may still use them)
-        out = {"backends": backends.reconcile({**backends.actual(), **bes})}
+        # first pass: add and change backends, remove none (frontends may still use them).
+        # Scoped to the wanted keys, so a retry after a full map re-reads the map and never
+        # writes back entries someone else deleted meanwhile.
+        out = {"backends": backends.reconcile(bes, keys=set(bes))}
         mag = ReconcileResult()
         for logical, slots in sorted(plan.tables.items()):
             self.maglev.put(logical, slots, mag)
