@@ -24,11 +24,12 @@ from services.common.schemas import SCHEMA_VERSION
 
 @dataclass(frozen=True)
 class Event:
-    """A decoded event: its type and its validated data (``payload``: the typed form)."""
+    """A decoded event: its type, its validated data as a dict, and ``payload``: the typed
+    form, which consumers fold."""
 
     type: str
     data: dict[str, Any]
-    payload: contract.Payload | None = field(default=None, compare=False, repr=False)
+    payload: contract.Payload = field(compare=False, repr=False)
 
 
 class _Envelope(msgspec.Struct):

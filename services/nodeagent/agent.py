@@ -561,7 +561,7 @@ class NodeAgent:
     # -- bus -------------------------------------------------------------------------------
 
     async def _on_event(self, d: Delivery) -> None:
-        self._dirty.merge(self.node_state.apply(d.subject, d.event.type, d.event.data, d.seq))
+        self._dirty.merge(self.node_state.apply(d.subject, d.event.payload, d.seq))
         self._folded += 1
         # Patch when idle (nothing pending), or every MAX_BATCH events under load once live;
         # never while replaying history at start, which would write intermediate states.

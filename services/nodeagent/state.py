@@ -20,12 +20,16 @@ from typing import Any
 
 from services.common.contract import (
     IPCACHE_SOURCE_K8S,
-    IdentityEvent,
-    IpcacheEvent,
-    ObjectEvent,
-    PolicyEvent,
+    IdentityDelete,
+    IdentityUpsert,
+    IpcacheDelete,
+    IpcacheUpsert,
+    ObjectDelete,
+    ObjectUpsert,
+    Payload,
     parse_ipcache_origin,
 )
+from services.common.contract.policy import PolicyRules, PolicySelector
 from services.common.identities import ID_HOST, ID_INIT, ID_REMOTE_NODE
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_BY_NAME, Direction, PolicyKey, Verdict
@@ -133,44 +137,46 @@ class NodeState:
 
     # -- folding events ---------------------------------------------------------------------
 
-    def apply(self, subject: str, event_type: str, data: dict[str, Any], seq: int) -> Dirty:
-        """Fold one event; returns what it may have changed."""
+    def apply(self, subject: str, payload: Payload, seq: int) -> Dirty:
+        """Fold one event (its typed payload, as the contract decoded it on ``subject``);
+        returns what it may have changed."""
         self.revision = max(self.revision, seq)
         dirty = Dirty()
-        match event_type:
-            case IdentityEvent.UPSERT:
-                labels = Labels.parse(data["labels"])
-                old = self.identities.get(data["id"])
-                self.identities[data["id"]] = labels
+        match payload:
+            case IdentityUpsert(id=ident):
+                labels = Labels.parse(payload.labels)
+                old = self.identities.get(ident)
+                self.identities[ident] = labels
                 if old is not None and old != labels:
-                    self._forget_policy(data["id"], dirty)
-            case IdentityEvent.DELETE:
-                self.identities.pop(data["id"], None)
-                self._forget_policy(data["id"], dirty)
-            case IpcacheEvent.UPSERT | IpcacheEvent.DELETE:
-                self._ipcache(subject, event_type, data, dirty)
-            case PolicyEvent.RULES:
-                self._rules(data, dirty)
-            case PolicyEvent.SELECTOR:
-                self._selector(data, dirty)
-            case ObjectEvent.UPSERT | ObjectEvent.DELETE:
-                self._object(event_type, data, dirty)
+                    self._forget_policy(ident, dirty)
+            case IdentityDelete(id=ident):
+                self.identities.pop(ident, None)
+                self._forget_policy(ident, dirty)
+            case IpcacheUpsert() | IpcacheDelete():
+                self._ipcache(subject, payload, dirty)
+            case PolicyRules():
+                self._rules(payload, dirty)
+            case PolicySelector():
+                sid = fold_selector(self.members, payload)
+                dirty.subjects |= self.subjects_of_selector.get(sid, set())
+            case ObjectUpsert() | ObjectDelete():
+                self._object(payload, dirty)
         return dirty
 
-    def _ipcache(self, subject: str, event_type: str, data: dict[str, Any], dirty: Dirty) -> None:
+    def _ipcache(self, subject: str, payload: IpcacheUpsert | IpcacheDelete,
+                 dirty: Dirty) -> None:
         origin = parse_ipcache_origin(subject)
-        prefix = data["prefix"]
-        if event_type == IpcacheEvent.UPSERT:
-            rec = IpcacheRecord(data["identity"], data.get("host_ip") or "",
-                                data.get("node") or "", origin, data.get("pod") or "")
-            old = self.ipcache.get(prefix)
+        prefix = payload.prefix
+        old = self.ipcache.get(prefix)
+        if isinstance(payload, IpcacheUpsert):
+            rec = IpcacheRecord(payload.identity, payload.host_ip or "", payload.node or "",
+                                origin, payload.pod or "")
             # Pod addresses win over CIDR identities for the same prefix, as in Cilium.
             if old is not None and old.origin == IPCACHE_SOURCE_K8S \
                     and origin != IPCACHE_SOURCE_K8S:
                 return
             self.ipcache[prefix] = rec
         else:
-            old = self.ipcache.get(prefix)
             if old is None or old.origin != origin:
                 return
             del self.ipcache[prefix]
@@ -178,9 +184,10 @@ class NodeState:
         dirty.endpoints = True
         dirty.all_subjects = True   # local identities and named ports may have moved
 
-    def _rules(self, data: dict[str, Any], dirty: Dirty) -> None:
-        ident = data["identity"]
-        sp = SubjectPolicy.from_dict(data) if data["rules"] else None   # before any change
+    def _rules(self, payload: PolicyRules, dirty: Dirty) -> None:
+        ident = payload.identity
+        # before any change
+        sp = SubjectPolicy.from_payload(payload) if payload.rules else None
         old = self.subjects.get(ident)
         if old is not None:
             for sid in old.selector_ids():
@@ -191,7 +198,7 @@ class NodeState:
                 self.subjects_of_selector[sid].add(ident)
         else:
             self.subjects.pop(ident, None)
-        self.subject_revision[ident] = data["revision"]
+        self.subject_revision[ident] = payload.revision
         dirty.subjects.add(ident)
         dirty.endpoints = True      # enforcement flags follow the rules
 
@@ -206,25 +213,22 @@ class NodeState:
             dirty.subjects.add(ident)
             dirty.endpoints = True
 
-    def _selector(self, data: dict[str, Any], dirty: Dirty) -> None:
-        sid = fold_selector(self.members, data)
-        dirty.subjects |= self.subjects_of_selector.get(sid, set())
-
-    def _object(self, event_type: str, data: dict[str, Any], dirty: Dirty) -> None:
-        key = f"{data['namespace']}/{data['name']}" if data["namespace"] else data["name"]
-        if data["kind"] == POD_KIND:
-            if event_type == ObjectEvent.UPSERT:
-                self.pods[key] = data["object"]
+    def _object(self, payload: ObjectUpsert | ObjectDelete, dirty: Dirty) -> None:
+        name = payload.name
+        key = f"{payload.namespace}/{name}" if payload.namespace else name
+        if payload.kind == POD_KIND:
+            if isinstance(payload, ObjectUpsert):
+                self.pods[key] = payload.object
             else:
                 self.pods.pop(key, None)
             dirty.all_subjects = True   # named ports
-        elif data["kind"] == NODE_KIND:
-            if event_type == ObjectEvent.UPSERT:
-                ip = node_internal_ip(data["object"])
+        elif payload.kind == NODE_KIND:
+            if isinstance(payload, ObjectUpsert):
+                ip = node_internal_ip(payload.object)
                 if ip:
-                    self.node_ips[data["name"]] = ip
+                    self.node_ips[name] = ip
             else:
-                self.node_ips.pop(data["name"], None)
+                self.node_ips.pop(name, None)
             dirty.ipcache = True
 
     # -- desired map contents ---------------------------------------------------------------

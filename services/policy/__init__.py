@@ -8,7 +8,7 @@ Typical use (the service wiring)::
     for m in messages(repo, ch):            # in order, e.g. via Bus.publish_batch:
         Outgoing(m.subject, m.event, m.payload, m.msg_id)
 
-The agent side rebuilds ``SubjectPolicy.from_dict(payload)`` and selector members from the
+The agent side rebuilds ``SubjectPolicy.from_payload(payload)`` and selector members from the
 published messages and calls :func:`expand`; ``cilia policy trace`` calls :func:`trace`.
 """
 

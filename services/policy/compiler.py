@@ -33,6 +33,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import msgpack
+
+from services.common.contract.policy import CompiledRuleDoc, PolicyRules, RuleEntry, compiled_rule
 from services.common.policytypes import ANY_PEER, ANY_PORT, ANY_PROTO, Direction, PolicyKey, Verdict
 
 from .cidr import cidr_selector
@@ -113,16 +116,26 @@ class CompiledRule:
                 "entries": [e.to_dict() for e in self.entries]}
 
     @classmethod
+    def from_doc(cls, doc: CompiledRuleDoc) -> CompiledRule:
+        """Rebuild from the bus's typed rule (:func:`~services.common.contract.policy.
+        compiled_rule`)."""
+        def entry(e: RuleEntry) -> CompiledEntry:
+            origin = RuleOrigin(doc.kind, doc.namespace, doc.name, doc.rule, e.section, e.index)
+            return CompiledEntry(origin, e.any_peer, tuple(e.selectors),
+                                 tuple(PortRule(*p) for p in e.ports), tuple(e.fqdns))
+        return cls(RuleOrigin(doc.kind, doc.namespace, doc.name, doc.rule, "", -1),
+                   doc.subject, doc.default_deny_ingress, doc.default_deny_egress,
+                   tuple(entry(e) for e in doc.entries))
+
+    @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> CompiledRule:
-        """Rebuild from :meth:`to_dict` output (as received from the bus)."""
-        def entry(e: Mapping[str, Any]) -> CompiledEntry:
-            origin = RuleOrigin(doc["kind"], doc["namespace"], doc["name"], doc["rule"],
-                                e["section"], e["index"])
-            return CompiledEntry(origin, e["any_peer"], tuple(e["selectors"]),
-                                 tuple(PortRule(*p) for p in e["ports"]), tuple(e["fqdns"]))
-        return cls(RuleOrigin(doc["kind"], doc["namespace"], doc["name"], doc["rule"], "", -1),
-                   doc["subject"], doc["default_deny_ingress"], doc["default_deny_egress"],
-                   tuple(entry(e) for e in doc["entries"]))
+        """Rebuild from :meth:`to_dict` output (an agent's saved state), checked as the bus
+        checks it.
+
+        Raises:
+            msgspec.ValidationError: ``doc`` is not a compiled rule.
+        """
+        return cls.from_doc(compiled_rule(msgpack.packb(doc)))
 
 
 @dataclass(frozen=True)
@@ -149,8 +162,15 @@ class SubjectPolicy:
                 "rules": [r.to_dict() for r in self.rules]}
 
     @classmethod
+    def from_payload(cls, payload: PolicyRules) -> SubjectPolicy:
+        """Rebuild from a ``policy.rules`` message's typed payload."""
+        return cls(payload.identity,
+                   tuple(CompiledRule.from_doc(compiled_rule(r)) for r in payload.rules),
+                   payload.revision)
+
+    @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SubjectPolicy:
-        """Rebuild from :meth:`to_dict` output (as received from the bus)."""
+        """Rebuild from :meth:`to_dict` output (an agent's saved state)."""
         return cls(doc["identity"], tuple(CompiledRule.from_dict(r) for r in doc["rules"]),
                    doc["revision"])
 

@@ -35,7 +35,9 @@ from services.common.contract import (
     policy_rules_subject,
     policy_selector_subject,
     policy_status_subject,
+    validate,
 )
+from services.common.contract.policy import PolicySelector
 
 from .compiler import rule_selectors
 from .errors import PolicyValidationError
@@ -132,22 +134,22 @@ def error_message(exc: PolicyValidationError, revision: int) -> Message:
                                          "error": str(exc)})
 
 
-def fold_selector(members: dict[str, set[int]], payload: dict[str, Any]) -> str:
+def fold_selector(members: dict[str, set[int]], payload: PolicySelector) -> str:
     """Apply one selector message (``set``, ``delta`` or ``delete``) to ``members``.
 
     The one definition of what a selector message means, for every consumer. Returns the
     selector id.
     """
-    sid, op = payload["selector"], payload["op"]
+    sid, op = payload.selector, payload.op
     if op == "set":
-        members[sid] = set(payload.get("members") or ())
+        members[sid] = set(payload.members or ())
     elif op == "delta":
         cur = members.setdefault(sid, set())
-        cur |= set(payload.get("added") or ())
-        cur -= set(payload.get("removed") or ())
+        cur |= set(payload.added or ())
+        cur -= set(payload.removed or ())
     else:
         members.pop(sid, None)
-    return str(sid)
+    return sid
 
 
 class SelectorMirror:
@@ -165,7 +167,9 @@ class SelectorMirror:
         """Apply one message."""
         p = msg.payload
         if msg.channel == CHANNEL_SELECTOR:
-            fold_selector(self.members, {"selector": msg.key, **p})
+            sel = validate(PolicyEvent.SELECTOR, {"selector": msg.key, **p})
+            assert isinstance(sel, PolicySelector)
+            fold_selector(self.members, sel)
         elif msg.channel == CHANNEL_SUBJECT:
             if p["rules"]:
                 self.subjects[int(msg.key)] = p

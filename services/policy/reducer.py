@@ -8,9 +8,16 @@ the very same subjects (the contract's ``POLICY_INPUTS`` and ``POLICY_OUTPUTS``)
 
 from __future__ import annotations
 
-from typing import Any
-
-from services.common.contract import IdentityEvent, IpcacheEvent, ObjectEvent, PolicyEvent
+from services.common.contract import (
+    IdentityDelete,
+    IdentityUpsert,
+    IpcacheDelete,
+    IpcacheUpsert,
+    ObjectDelete,
+    ObjectUpsert,
+    Payload,
+)
+from services.common.contract.policy import PolicyRules, PolicySelector, PolicyStatus
 from services.common.labels import Labels
 
 from .model import PolicyRef
@@ -18,51 +25,50 @@ from .publish import fold_selector
 from .repository import Changes, Repository
 from .validate import parse_policy
 
-# The input event types of the policy service (identity events and its policy objects).
-IDENTITY_EVENTS = frozenset(IdentityEvent)
-
 
 class BusView:
     """What the bus currently says about the policy service's outputs (a fold of them)."""
 
     def __init__(self) -> None:
         self.members: dict[str, set[int]] = {}
-        self.subjects: dict[int, dict[str, Any]] = {}
+        self.subjects: dict[int, PolicyRules] = {}
         self.prefixes: dict[str, int] = {}
-        self.policies: dict[str, dict[str, Any]] = {}
+        self.policies: dict[str, PolicyStatus] = {}
 
-    def apply(self, event_type: str, data: dict[str, Any]) -> None:
-        match event_type:
-            case PolicyEvent.SELECTOR:
-                fold_selector(self.members, data)
-            case PolicyEvent.RULES:
+    def apply(self, payload: Payload) -> None:
+        """Fold one output event (its typed payload)."""
+        match payload:
+            case PolicySelector():
+                fold_selector(self.members, payload)
+            case PolicyRules():
                 # Kept when empty too: an empty message is the "computed" mark of an identity.
-                self.subjects[data["identity"]] = data
-            case IpcacheEvent.UPSERT:
-                self.prefixes[data["prefix"]] = data["identity"]
-            case IpcacheEvent.DELETE:
-                self.prefixes.pop(data["prefix"], None)
-            case PolicyEvent.STATUS:
-                key = f"{data['kind']}/{data['namespace']}/{data['name']}"
-                if data["op"] == "delete":
+                self.subjects[payload.identity] = payload
+            case IpcacheUpsert():
+                self.prefixes[payload.prefix] = payload.identity
+            case IpcacheDelete():
+                self.prefixes.pop(payload.prefix, None)
+            case PolicyStatus():
+                key = f"{payload.kind}/{payload.namespace}/{payload.name}"
+                if payload.op == "delete":
                     self.policies.pop(key, None)
                 else:
-                    self.policies[key] = data
+                    self.policies[key] = payload
 
 
-def reduce_input(repo: Repository, event_type: str, data: dict[str, Any]) -> Changes | None:
-    """Apply one input event to the repository; returns its Changes (None: not an input).
+def reduce_input(repo: Repository, payload: Payload) -> Changes | None:
+    """Apply one input event (its typed payload) to the repository; returns its Changes
+    (None: not an input).
 
     Raises:
         PolicyError: the policy object is invalid (the repository keeps its previous version).
     """
-    match event_type:
-        case IdentityEvent.UPSERT:
-            return repo.add_identity(data["id"], Labels.parse(data["labels"]))
-        case IdentityEvent.DELETE:
-            return repo.remove_identity(data["id"])
-        case ObjectEvent.UPSERT:
-            return repo.upsert(parse_policy(data["object"]))
-        case ObjectEvent.DELETE:
-            return repo.delete(PolicyRef(data["kind"], data["namespace"], data["name"]))
+    match payload:
+        case IdentityUpsert():
+            return repo.add_identity(payload.id, Labels.parse(payload.labels))
+        case IdentityDelete():
+            return repo.remove_identity(payload.id)
+        case ObjectUpsert():
+            return repo.upsert(parse_policy(payload.object))
+        case ObjectDelete():
+            return repo.delete(PolicyRef(payload.kind, payload.namespace, payload.name))
     return None

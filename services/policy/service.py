@@ -27,10 +27,14 @@ from services.common.bus import Bus, Delivery, Outgoing
 from services.common.contract import (
     POLICY_INPUTS,
     POLICY_OUTPUTS,
+    IdentityDelete,
+    IdentityUpsert,
+    ObjectUpsert,
 )
 from services.common.labels import Labels
 from services.common.runner import BusConsumer
 
+from .compiler import SubjectPolicy
 from .errors import PolicyError
 from .publish import (
     CHANNEL_POLICY,
@@ -40,17 +44,12 @@ from .publish import (
     Message,
     messages,
 )
-from .reducer import IDENTITY_EVENTS, BusView, reduce_input
+from .reducer import BusView, reduce_input
 from .repository import Repository
 
 log = logging.getLogger(__name__)
 
 REJECTED = Counter("cilia_policy_rejected_total", "Policy objects rejected by validation")
-
-
-def _same_rules(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return {k: v for k, v in a.items() if k != "revision"} == \
-        {k: v for k, v in b.items() if k != "revision"}
 
 
 def resync_messages(repo: Repository, view: BusView,
@@ -80,14 +79,15 @@ def resync_messages(repo: Repository, view: BusView,
             out.append(Message(CHANNEL_SELECTOR, sid, {
                 "selector": sid, "op": "delta", "added": sorted(members - have),
                 "removed": sorted(have - members)}))
-    want_subjects = {i: sp.to_dict() for i, sp in repo.computed_subjects().items()}
-    for ident, doc in sorted(want_subjects.items()):
-        have_doc = view.subjects.get(ident)
-        if have_doc is None or not _same_rules(have_doc, doc) \
-                or have_doc["revision"] < fresh_after.get(ident, 0):
-            out.append(Message(CHANNEL_SUBJECT, str(ident), doc))
+    want_subjects = repo.computed_subjects()
+    for ident, sp in sorted(want_subjects.items()):
+        have_rules = view.subjects.get(ident)
+        # the same rules (a revision is not part of a SubjectPolicy's equality)
+        if have_rules is None or SubjectPolicy.from_payload(have_rules) != sp \
+                or have_rules.revision < fresh_after.get(ident, 0):
+            out.append(Message(CHANNEL_SUBJECT, str(ident), sp.to_dict()))
     for ident in sorted(set(view.subjects) - set(want_subjects)):
-        if view.subjects[ident]["rules"]:
+        if view.subjects[ident].rules:
             out.append(Message(CHANNEL_SUBJECT, str(ident),
                                repo.subject_policy(ident).to_dict()))
     for sid in sorted(set(view.members) - set(want_selectors)):
@@ -100,7 +100,8 @@ def resync_messages(repo: Repository, view: BusView,
                      for p in repo.policies()}
     for key, policy in sorted(want_policies.items()):
         ref = policy.ref
-        if view.policies.get(key, {}).get("op") != "set":
+        have_status = view.policies.get(key)
+        if have_status is None or have_status.op != "set":
             out.append(Message(CHANNEL_POLICY, str(ref), {
                 "kind": ref.kind, "namespace": ref.namespace, "name": ref.name, "op": "set",
                 "rules": len(policy.rules)}))
@@ -156,29 +157,29 @@ class PolicyService(BusConsumer):
                 **(self.bus.rejections.stats() if self.bus else {"rejected": self.rejected})}
 
     async def _on_output(self, d: Delivery) -> None:
-        self.view.apply(d.event.type, d.event.data)
+        self.view.apply(d.event.payload)
 
     async def _on_input(self, d: Delivery) -> None:
         self.last_seq = d.seq
-        data = d.event.data
-        before = self.repo.identity_labels(data["id"]) \
-            if d.event.type in IDENTITY_EVENTS else None
+        payload = d.event.payload
+        ident = payload.id if isinstance(payload, IdentityUpsert | IdentityDelete) else None
+        before = None if ident is None else self.repo.identity_labels(ident)
         try:
-            ch = reduce_input(self.repo, d.event.type, data)
+            ch = reduce_input(self.repo, payload)
         except PolicyError as exc:
             REJECTED.inc()
             self.rejected += 1
             if self.bus is not None:    # counted with the bus's rejections, logged once
                 self.bus.rejections.reject(d.subject, d.seq, exc)
-            if self._live:
+            if self._live and isinstance(payload, ObjectUpsert):
                 await self._send([Message(CHANNEL_POLICY, "", {
-                    "kind": data["kind"], "namespace": data["namespace"],
-                    "name": data["name"], "op": "error", "error": str(exc)})], d.seq)
+                    "kind": payload.kind, "namespace": payload.namespace,
+                    "name": payload.name, "op": "error", "error": str(exc)})], d.seq)
             elif d.pending == 0:    # a rejected last input must not keep the service starting
                 await self._resync(d.seq)
             return
-        if d.event.type in IDENTITY_EVENTS:
-            self._note_identity(data["id"], before, d.seq)
+        if ident is not None:
+            self._note_identity(ident, before, d.seq)
         if self._live:
             if ch:
                 await self._send(messages(self.repo, ch), d.seq)
@@ -211,9 +212,7 @@ class PolicyService(BusConsumer):
         assert self.bus is not None
         if not msgs:
             return
-        outgoing = [to_outgoing(m, revision) for m in msgs]
-        for item in outgoing:
-            assert isinstance(item.data, dict)      # this service publishes dicts
-            self.view.apply(item.event_type, item.data)
-        await self.bus.publish_batch(outgoing)
+        # The view learns these when they come back (its consumer folds every output); it is
+        # read only by the resync before the service goes live.
+        await self.bus.publish_batch([to_outgoing(m, revision) for m in msgs])
         self.last_revision = revision

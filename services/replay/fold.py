@@ -135,11 +135,11 @@ class Replay:
         if r.policy_in:
             self._policy_input(step)
         if r.policy_out:
-            self.outputs.apply(event.type, data)
+            self.outputs.apply(event.payload)
         if r.agent:
-            self.cluster.apply(rec.subject, event.type, data, rec.seq)
+            self.cluster.apply(rec.subject, event.payload, rec.seq)
             for name, nf in self.nodes.items():
-                step.dirty[name] = nf.state.apply(rec.subject, event.type, data, rec.seq)
+                step.dirty[name] = nf.state.apply(rec.subject, event.payload, rec.seq)
         if r.lb:
             step.cluster_lb_dirty = self.cluster_lb.apply(rec.subject, event.type, data)
             for name, nf in self.nodes.items():
@@ -151,7 +151,7 @@ class Replay:
         data = step.event.data
         key = policy_key(data) if data.get("kind") in POLICY_KINDS else ""
         try:
-            step.changes = reduce_input(self.repo, step.event.type, data)
+            step.changes = reduce_input(self.repo, step.event.payload)
         except PolicyError as exc:
             # The service logs it, publishes an error status and keeps the previous version.
             step.rejected = str(exc)

@@ -73,11 +73,12 @@ def _policy(rp: Replay, key: str) -> Any:
         error = rp.rejected.get(key)
         return None if error is None else {"rules": 0, "revision": 0, "status": "Rejected",
                                            "error": error}
-    st = rp.outputs.policies.get(key, {})
-    status = {"set": "OK", "error": "Rejected"}.get(st.get("op", ""), "Pending")
-    error = rp.rejected.get(key) or (st.get("error") if st.get("op") == "error" else "")
+    st = rp.outputs.policies.get(key)
+    op = "" if st is None else st.op
+    status = {"set": "OK", "error": "Rejected"}.get(op, "Pending")
+    error = rp.rejected.get(key) or (st.error if st is not None and op == "error" else "")
     # The revision users see is the one the service published (the input's sequence).
-    return {"rules": len(policy.rules), "revision": int(st.get("revision") or 0),
+    return {"rules": len(policy.rules), "revision": 0 if st is None else st.revision,
             "status": status, "error": error or ""}
 
 

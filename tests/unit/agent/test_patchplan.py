@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.common.contract import validate
 from services.common.identities import ID_INIT
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_TCP, Direction, PolicyKey, Verdict
@@ -56,7 +57,7 @@ def _state() -> NodeState:
         out = to_outgoing(msg, 10)
         events.append((out.subject, out.event_type, out.data))
     for seq, (subject, event_type, data) in enumerate(events, 1):
-        state.apply(subject, event_type, data, seq)
+        state.apply(subject, validate(event_type, data), seq)
     return state
 
 
@@ -70,10 +71,11 @@ def test_a_plan_is_the_state_of_its_revision_and_nothing_folded_later() -> None:
     assert plan.local_subjects == {DB, API} and plan.policy_revisions == {DB: 10, API: 0}
     assert plan.endpoint_identities == {DB_IP: DB, API_IP: API}
     # The state goes on folding (a new pod, and the db pod gone): the plan does not move.
-    state.apply("cilia.ipcache.k8s.y", "ipcache.upsert",
+    state.apply("cilia.ipcache.k8s.y", validate("ipcache.upsert",
                 {"prefix": "10.244.1.9/32", "identity": API, "host_ip": "", "node": "n1",
-                 "pod": "prod/api2"}, rev + 1)
-    state.apply("cilia.ipcache.k8s.x", "ipcache.delete", {"prefix": f"{DB_IP}/32"}, rev + 2)
+                 "pod": "prod/api2"}), rev + 1)
+    state.apply("cilia.ipcache.k8s.x", validate("ipcache.delete", {"prefix": f"{DB_IP}/32"}),
+                rev + 2)
     assert plan.revision == rev and "10.244.1.9/32" not in plan.ipcache  # type: ignore[operator]
     assert f"{DB_IP}/32" in plan.ipcache  # type: ignore[operator]
     later = plan_node(state, Dirty(), EPS, plan.local_subjects)
@@ -148,10 +150,10 @@ def test_an_address_whose_pod_goes_or_changes_is_reassigned() -> None:
     plan = plan_node(state, Dirty(ipcache=True), EPS, None)
     assert plan.owners == before
     # api's pod goes, db's address now belongs to a new pod of the same identity
-    state.apply("cilia.ipcache.k8s.x", "ipcache.delete", {"prefix": f"{API_IP}/32"}, 90)
-    state.apply("cilia.ipcache.k8s.x", "ipcache.upsert",
+    state.apply("cilia.ipcache.k8s.x", validate("ipcache.delete", {"prefix": f"{API_IP}/32"}), 90)
+    state.apply("cilia.ipcache.k8s.x", validate("ipcache.upsert",
                 {"prefix": f"{DB_IP}/32", "identity": DB, "host_ip": "172.31.0.11",
-                 "node": "n1", "pod": "prod/db-2"}, 91)
+                 "node": "n1", "pod": "prod/db-2"}), 91)
     after = plan_node(state, Dirty(ipcache=True), EPS, None).owners
     assert after is not None
     assert reassigned(before, after) == [DB_IP, API_IP]

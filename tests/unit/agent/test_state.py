@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgpack
 
+from services.common.contract import validate
 from services.common.identities import ID_HOST, ID_INIT, ID_REMOTE_NODE
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_TCP, Direction, PolicyKey, Verdict
@@ -41,13 +42,13 @@ def _fold(state: NodeState) -> None:
                 {"prefix": "10.244.2.5/32", "identity": 301, "host_ip": "172.31.0.12",
                  "node": "n2", "pod": "prod/api"}),
                ("cilia.src.node._.n1", "object.upsert", {"kind": "Node", "namespace": "",
-                "name": "n1", "object": {"status": {"addresses": [
+                "name": "n1", "object": {"metadata": {"name": "n1"}, "status": {"addresses": [
                     {"type": "InternalIP", "address": "172.31.0.11"}]}}}),
                ("cilia.src.node._.n2", "object.upsert", {"kind": "Node", "namespace": "",
-                "name": "n2", "object": {"status": {"addresses": [
+                "name": "n2", "object": {"metadata": {"name": "n2"}, "status": {"addresses": [
                     {"type": "InternalIP", "address": "172.31.0.12"}]}}})]
     for seq, (subject, event_type, data) in enumerate(events, 1):
-        state.apply(subject, event_type, data, seq)
+        state.apply(subject, validate(event_type, data), seq)
 
 
 def test_desired_maps_of_a_node() -> None:
@@ -80,19 +81,19 @@ def test_snapshot_round_trip_through_msgpack() -> None:
 
 
 def _rules(state: NodeState, ident: int, seq: int, rules: list[object] | None = None) -> None:
-    state.apply(f"cilia.policy.rules.{ident}", "policy.rules",
-                {"identity": ident, "revision": seq, "rules": rules or []}, seq)
+    state.apply(f"cilia.policy.rules.{ident}", validate("policy.rules",
+                {"identity": ident, "revision": seq, "rules": rules or []}), seq)
 
 
 def _ipcache(state: NodeState, ip: str, ident: int, pod: str, seq: int) -> None:
-    state.apply(f"cilia.ipcache.k8s.{ip.replace('.', '-')}_32", "ipcache.upsert",
+    state.apply(f"cilia.ipcache.k8s.{ip.replace('.', '-')}_32", validate("ipcache.upsert",
                 {"prefix": f"{ip}/32", "identity": ident, "host_ip": "172.31.0.11",
-                 "node": "n1", "pod": pod}, seq)
+                 "node": "n1", "pod": pod}), seq)
 
 
 def _identity(state: NodeState, ident: int, app: str, seq: int) -> None:
-    state.apply(f"cilia.identity.{ident}", "identity.upsert",
-                {"id": ident, "labels": _labels(app).strings()}, seq)
+    state.apply(f"cilia.identity.{ident}", validate("identity.upsert",
+                {"id": ident, "labels": _labels(app).strings()}), seq)
 
 
 INIT_DENY_ALL = (ID_INIT, True, True)
@@ -129,7 +130,7 @@ def test_a_message_computed_for_other_labels_does_not_count() -> None:
     _ipcache(state, ep.ip, 400, "prod/web", 3)
     assert _ep(state, ep) == (400, False, False)
     # The number is released and reused for another label set: not computed any more.
-    state.apply("cilia.identity.400", "identity.delete", {"id": 400}, 4)
+    state.apply("cilia.identity.400", validate("identity.delete", {"id": 400}), 4)
     _identity(state, 400, "db", 5)
     assert _ep(state, ep) == INIT_DENY_ALL
     assert state.realized({400}) == {400: 0}
@@ -148,6 +149,6 @@ def test_an_address_owned_by_another_pod_gives_no_identity() -> None:
     assert _ep(state, ep) == INIT_DENY_ALL
     assert state.local_identities([ep]) == {ID_INIT}
     # A CIDR identity for a pod address is not a pod identity either.
-    state.apply("cilia.ipcache.cidr.10-244-1-7_32", "ipcache.upsert",
-                {"prefix": "10.244.1.7/32", "identity": 16777217}, 99)
+    state.apply("cilia.ipcache.cidr.10-244-1-7_32", validate("ipcache.upsert",
+                {"prefix": "10.244.1.7/32", "identity": 16777217}), 99)
     assert _ep(state, LocalEndpoint(3, "10.244.1.7", 9, "lxc3", "prod/x")) == INIT_DENY_ALL

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from services.common.contract import validate
 from services.common.policytypes import PROTO_TCP, Direction, PolicyKey, Verdict
 from services.policy import (
     CHANNEL_PREFIX,
@@ -153,7 +154,7 @@ def _view_after(repo_msgs: list[Any], revision: int) -> BusView:
     view = BusView()
     for m in repo_msgs:
         out = to_outgoing(m, revision)
-        view.apply(out.event_type, out.data)
+        view.apply(validate(out.event_type, out.data))
     return view
 
 
