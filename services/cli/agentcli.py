@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -22,7 +23,7 @@ from tabulate import tabulate
 
 from services.cli._context import CliContext, output_option, pass_ctx, print_json
 from services.common import control
-from services.common.bus import Bus
+from services.common.bus import Bus, Delivery
 from services.common.codec import decode
 from services.common.contract import (
     FLOWS_CONTROL,
@@ -30,9 +31,9 @@ from services.common.contract import (
     IDENTITY_FILTER,
     IPCACHE_FILTER,
     KIND_NODE,
-    IdentityEvent,
-    IpcacheEvent,
-    ObjectEvent,
+    IdentityUpsert,
+    IpcacheUpsert,
+    ObjectUpsert,
     flows_subject,
     source_filter,
 )
@@ -51,8 +52,7 @@ OBSERVE_COLLECT_S = 0.5
 async def cluster_nodes(bus: Bus) -> list[str]:
     """The nodes registered on the bus (each agent publishes its Node object)."""
     snap = await bus.snapshot([source_filter(KIND_NODE)])
-    return sorted(d.event.data["name"] for d in snap.values()
-                  if d.event.type == ObjectEvent.UPSERT)
+    return sorted(p.name for d in snap.values() if isinstance(p := d.event.payload, ObjectUpsert))
 
 
 def nodes_with_maps(ctx: CliContext, node: str | None) -> list[str]:
@@ -69,14 +69,19 @@ def _open(node: str) -> Any:
         raise click.ClickException(f"node {node}: {exc}") from exc
 
 
+def names_of(snap: Mapping[str, Delivery]) -> tuple[dict[int, list[str]], dict[str, str]]:
+    """identity -> labels, and pod IP -> namespace/name, from a snapshot of the identities
+    and the ipcache (other events in it are left alone)."""
+    payloads = [d.event.payload for d in snap.values()]
+    labels = {p.id: sorted(p.labels) for p in payloads if isinstance(p, IdentityUpsert)}
+    pods = {p.prefix.split("/")[0]: p.pod or "" for p in payloads
+            if isinstance(p, IpcacheUpsert)}
+    return labels, pods
+
+
 async def _names(bus: Bus) -> tuple[dict[int, list[str]], dict[str, str]]:
     """identity -> labels, and pod IP -> namespace/name, from the bus."""
-    snap = await bus.snapshot([IDENTITY_FILTER, IPCACHE_FILTER])
-    labels = {d.event.data["id"]: sorted(d.event.data["labels"]) for d in snap.values()
-              if d.event.type == IdentityEvent.UPSERT}
-    pods = {d.event.data["prefix"].split("/")[0]: d.event.data.get("pod") or ""
-            for d in snap.values() if d.event.type == IpcacheEvent.UPSERT}
-    return labels, pods
+    return names_of(await bus.snapshot([IDENTITY_FILTER, IPCACHE_FILTER]))
 
 
 def _labels_of(labels: dict[int, list[str]], ident: int) -> list[str]:

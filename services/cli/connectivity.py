@@ -55,7 +55,7 @@ from services.common.contract import (
     IPCACHE_FILTER,
     POLICY_INPUTS,
     ConsumerSpec,
-    IpcacheEvent,
+    IpcacheUpsert,
 )
 from services.common.errors import CiliaError
 from services.common.objects import ObjectError
@@ -185,8 +185,8 @@ class Runner:
 
         async def ipcache(bus: Bus) -> set[str]:
             snap = await bus.snapshot([IPCACHE_FILTER])
-            return {str(d.event.data["prefix"]).split("/")[0] for d in snap.values()
-                    if d.event.type == IpcacheEvent.UPSERT}
+            return {p.prefix.split("/")[0] for d in snap.values()
+                    if isinstance(p := d.event.payload, IpcacheUpsert)}
 
         _wait("pod identities in the ipcache",
               lambda: set(pods.values()) <= self.ctx.run(ipcache), READY_TIMEOUT_S)

@@ -13,18 +13,15 @@ from typing import Any
 import click
 
 from services.cli._context import CliContext, output_option, pass_ctx, print_json
-from services.cli.agentcli import _labels_of, _open, nodes_with_maps
+from services.cli.agentcli import _labels_of, _open, names_of, nodes_with_maps
 from services.common.bus import Bus
 from services.common.contract import (
     IDENTITY_FILTER,
     IPCACHE_FILTER,
     KIND_POD,
-    AgentEvent,
-    IdentityEvent,
-    IpcacheEvent,
-    ObjectEvent,
+    EndpointUpsert,
+    ObjectUpsert,
     agent_endpoints_filter,
-    parse_agent_endpoint,
     source_subject,
     token,
 )
@@ -39,15 +36,9 @@ async def _bus_view(bus: Bus, nodes: list[str]) -> dict[str, Any]:
     """Identity labels, ipcache pod names, endpoint reports and Pod objects, from the bus."""
     snap = await bus.snapshot([IDENTITY_FILTER, IPCACHE_FILTER,
                                *(agent_endpoints_filter(n) for n in nodes)])
-    labels = {d.event.data["id"]: sorted(d.event.data["labels"]) for d in snap.values()
-              if d.event.type == IdentityEvent.UPSERT}
-    ipcache = {d.event.data["prefix"].split("/")[0]: d.event.data.get("pod") or ""
-               for d in snap.values() if d.event.type == IpcacheEvent.UPSERT}
-    reports = {}
-    for subject, d in snap.items():
-        parsed = parse_agent_endpoint(subject)
-        if parsed is not None and d.event.type == AgentEvent.ENDPOINT_UPSERT:
-            reports[(parsed[0], d.event.data["ip"])] = d.event.data
+    labels, ipcache = names_of(snap)
+    reports = {(token(p.node), p.ip): p for d in snap.values()
+               if isinstance(p := d.event.payload, EndpointUpsert)}
     return {"labels": labels, "ipcache": ipcache, "reports": reports}
 
 
@@ -57,8 +48,8 @@ async def _pod_objects(bus: Bus, pods: list[str]) -> dict[str, dict[str, Any]]:
     for pod in pods:
         namespace, _, name = pod.partition("/")
         event = await bus.last_event(source_subject(KIND_POD, namespace, name))
-        if event is not None and event.type == ObjectEvent.UPSERT:
-            out[pod] = event.data["object"]
+        if event is not None and isinstance(event.payload, ObjectUpsert):
+            out[pod] = event.payload.object
     return out
 
 
@@ -76,8 +67,7 @@ def endpoint_details(ctx: CliContext, target: str, node: str | None) -> list[dic
             entries = maps.endpoints.entries()
         for ip, ep in sorted(entries.items(), key=lambda kv: kv[1].endpoint_id):
             report = view["reports"].get((token(name), ip))
-            pod = (f"{report['namespace']}/{report['pod']}" if report
-                   else view["ipcache"].get(ip, ""))
+            pod = f"{report.namespace}/{report.pod}" if report else view["ipcache"].get(ip, "")
             if _matches(target, ep.endpoint_id, ip, pod):
                 found.append((name, ip, ep, report, pod))
     objects = ctx.run(lambda bus: _pod_objects(bus, sorted({f[4] for f in found if f[4]})))
@@ -89,7 +79,7 @@ def endpoint_details(ctx: CliContext, target: str, node: str | None) -> list[dic
             "id": ep.endpoint_id,
             "status": {
                 "external-identifiers": {
-                    "container-id": report["container_id"] if report else "",
+                    "container-id": report.container_id if report else "",
                     "k8s-namespace": pod.partition("/")[0], "k8s-pod-name": pod.partition("/")[2],
                     "pod-name": pod},
                 "identity": {"id": ep.identity, "labels": _labels_of(view["labels"],

@@ -16,24 +16,24 @@ from services.common.contract import (
     IPCACHE_SOURCE_K8S,
     KIND_POD,
     POLICY_STATUS_FILTER,
-    IdentityEvent,
-    IpcacheEvent,
-    ObjectEvent,
+    IdentityUpsert,
+    IpcacheUpsert,
+    ObjectUpsert,
     ipcache_filter,
     policy_status_subject,
     source_filter,
 )
+from services.common.contract.policy import PolicyStatus
 from services.common.labels import Labels
 from services.common.policytypes import PROTO_BY_NAME
 from services.common.roles import SOURCE
 from services.policy import (
     POLICY_KINDS,
     PolicyError,
-    PolicyRef,
     Repository,
-    parse_policy,
     trace,
 )
+from services.policy.reducer import reduce_input
 from services.policy.trace import pod_labels
 
 NamedPortMap = dict[int, dict[str, set[tuple[int, int]]]]
@@ -80,21 +80,17 @@ async def load_repository(bus: Bus) -> tuple[Repository, NamedPortMap]:
     current = await bus.snapshot([IDENTITY_FILTER, ipcache_filter(IPCACHE_SOURCE_K8S),
                                   source_filter(KIND_POD)])
     for d in current.values():
-        if d.event.type == IdentityEvent.UPSERT:
-            repo.add_identity(d.event.data["id"], Labels.parse(d.event.data["labels"]))
+        if isinstance(d.event.payload, IdentityUpsert):
+            reduce_input(repo, d.event.payload)
     for d in await _history(bus, [source_filter(k) for k in sorted(POLICY_KINDS)]):
-        data = d.event.data
         try:
-            if d.event.type == ObjectEvent.UPSERT:
-                repo.upsert(parse_policy(data["object"]))
-            else:
-                repo.delete(PolicyRef(data["kind"], data["namespace"], data["name"]))
+            reduce_input(repo, d.event.payload)
         except PolicyError:
             continue   # the policy service rejected it too; its previous version stays
-    ip_identity = {d.event.data["prefix"].split("/")[0]: d.event.data["identity"]
-                   for d in current.values() if d.event.type == IpcacheEvent.UPSERT}
-    pods = [d.event.data["object"] for d in current.values()
-            if d.event.type == ObjectEvent.UPSERT]
+    payloads = [d.event.payload for d in current.values()]
+    ip_identity = {p.prefix.split("/")[0]: p.identity for p in payloads
+                   if isinstance(p, IpcacheUpsert)}
+    pods = [p.object for p in payloads if isinstance(p, ObjectUpsert)]
     return repo, _named_ports(pods, ip_identity)
 
 
@@ -112,22 +108,28 @@ def policy_import(ctx: CliContext, files: tuple[str, ...]) -> None:
     source.echo_outcomes(ctx.run(lambda bus: source.apply(bus, items), role=SOURCE))
 
 
+def _status(s: PolicyStatus | None) -> dict[str, Any]:
+    """What ``policy get`` shows of a policy's status (the service's last word on it)."""
+    if s is None:
+        return {"revision": None, "status": "Pending", "error": None, "rules": None}
+    return {"revision": s.revision,
+            "status": {"set": "OK", "error": "Rejected"}.get(s.op, "Pending"),
+            "error": s.error, "rules": s.rules}
+
+
 async def _policies(bus: Bus) -> list[dict[str, Any]]:
     status = await bus.snapshot([POLICY_STATUS_FILTER])
     objects = await bus.snapshot([source_filter(k) for k in sorted(POLICY_KINDS)])
     rows = []
     for d in objects.values():
-        if d.event.type != ObjectEvent.UPSERT:
+        obj = d.event.payload
+        if not isinstance(obj, ObjectUpsert):
             continue
-        data = d.event.data
-        st = status.get(policy_status_subject(data["kind"], data["namespace"], data["name"]))
-        s = st.event.data if st else {}
-        rows.append({"kind": data["kind"], "namespace": data["namespace"],
-                     "name": data["name"], "revision": s.get("revision"),
-                     "status": {"set": "OK", "error": "Rejected"}.get(s.get("op", ""),
-                                                                      "Pending"),
-                     "error": s.get("error"), "rules": s.get("rules"),
-                     "object": data["object"]})
+        st = status.get(policy_status_subject(obj.kind, obj.namespace, obj.name))
+        s = st.event.payload if st else None
+        rows.append({"kind": obj.kind, "namespace": obj.namespace, "name": obj.name,
+                     **_status(s if isinstance(s, PolicyStatus) else None),
+                     "object": obj.object})
     return sorted(rows, key=lambda r: (r["namespace"], r["kind"], r["name"]))
 
 

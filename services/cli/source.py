@@ -25,7 +25,7 @@ from services.cli.manifests import (
     with_last_applied,
 )
 from services.common.bus import Bus
-from services.common.contract import ObjectEvent, source_subject
+from services.common.contract import ObjectEvent, ObjectUpsert, source_subject
 from services.common.tracing import tracer
 
 _tracer = tracer("cilia.cli")
@@ -77,7 +77,7 @@ async def current_object(bus: Bus, kind: str, namespace: str,
                          name: str) -> dict[str, object] | None:
     """The object the bus holds for (kind, namespace, name), or None."""
     event = await bus.last_event(source_subject(kind, namespace, name))
-    return event.data["object"] if event is not None and event.type == ObjectEvent.UPSERT \
+    return event.payload.object if event is not None and isinstance(event.payload, ObjectUpsert) \
         else None
 
 

@@ -488,7 +488,8 @@ class NodeAgent:
                "status": {"addresses": [{"type": "InternalIP", "address": self.cfg.node_ip}]}}
         subject = source_subject(KIND_NODE, "", self.cfg.name)
         have = await self.bus.last_event(subject)
-        if have is not None and have.type == ObjectEvent.UPSERT and have.data["object"] == obj:
+        if have is not None and isinstance(have.payload, ObjectUpsert) \
+                and have.payload.object == obj:
             return      # registered already (an agent restart)
         await self.bus.publish(
             subject, ObjectEvent.UPSERT,

@@ -71,9 +71,9 @@ async def resync(bus: Bus, node: str, endpoints: Iterable[Endpoint]) -> int:
         if last is None or last.event.payload != upsert_event(ep):
             out.append(upsert(ep))
     for subject, last in sorted(have.items()):
-        if subject not in want and last.event.type == AgentEvent.ENDPOINT_UPSERT:
-            data = last.event.data
-            out.append(delete(node, data["namespace"], data["pod"]))
+        gone = last.event.payload
+        if subject not in want and isinstance(gone, EndpointUpsert):
+            out.append(delete(node, gone.namespace, gone.pod))
     if out:
         await bus.publish_batch(out)
     return len(out)

@@ -29,6 +29,7 @@ from services.common.contract import (
     Payload,
     parse_ipcache_origin,
 )
+from services.common.contract.objects import object_key
 from services.common.contract.policy import PolicyRules, PolicySelector
 from services.common.identities import ID_HOST, ID_INIT, ID_REMOTE_NODE
 from services.common.labels import Labels
@@ -215,7 +216,7 @@ class NodeState:
 
     def _object(self, payload: ObjectUpsert | ObjectDelete, dirty: Dirty) -> None:
         name = payload.name
-        key = f"{payload.namespace}/{name}" if payload.namespace else name
+        key = object_key(payload)
         if payload.kind == POD_KIND:
             if isinstance(payload, ObjectUpsert):
                 self.pods[key] = payload.object

@@ -20,7 +20,6 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
 from services.common.codec import Event, decode
 from services.common.contract import (
@@ -28,8 +27,10 @@ from services.common.contract import (
     AGENT_LB_INPUTS,
     POLICY_INPUTS,
     POLICY_OUTPUTS,
-    ObjectEvent,
+    ObjectDelete,
+    ObjectUpsert,
 )
+from services.common.contract.policy import PolicyStatus
 from services.common.errors import CodecError
 from services.nodeagent.lbstate import LbDirty, LbNodeState
 from services.nodeagent.state import POD_KIND, Dirty, NodeState
@@ -43,7 +44,6 @@ from .record import Record
 log = logging.getLogger(__name__)
 
 CLUSTER = ""    # node name of the cluster-wide NodeState (no node is local)
-OBJECT_EVENTS = frozenset(ObjectEvent)
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ class Step:
 
     @property
     def pod_event(self) -> bool:
-        return self.event.type in OBJECT_EVENTS and self.event.data.get("kind") == POD_KIND
+        p = self.event.payload
+        return isinstance(p, ObjectUpsert | ObjectDelete) and p.kind == POD_KIND
 
 
 @dataclass
@@ -131,7 +132,7 @@ class Replay:
         self.events += 1
         r = route(rec.subject)
         step = Step(rec, event, r)
-        data = event.data
+        data = event.data      # the lb reducers still take the dict
         if r.policy_in:
             self._policy_input(step)
         if r.policy_out:
@@ -148,8 +149,9 @@ class Replay:
         return step
 
     def _policy_input(self, step: Step) -> None:
-        data = step.event.data
-        key = policy_key(data) if data.get("kind") in POLICY_KINDS else ""
+        p = step.event.payload
+        key = policy_ref_key(p) if isinstance(p, ObjectUpsert | ObjectDelete) \
+            and p.kind in POLICY_KINDS else ""
         try:
             step.changes = reduce_input(self.repo, step.event.payload)
         except PolicyError as exc:
@@ -200,8 +202,9 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-def policy_key(data: dict[str, Any]) -> str:
-    return f"{data['kind']}/{data['namespace']}/{data['name']}"
+def policy_ref_key(p: ObjectUpsert | ObjectDelete | PolicyStatus) -> str:
+    """``kind/namespace/name`` of a policy object or of its status."""
+    return f"{p.kind}/{p.namespace}/{p.name}"
 
 
 def replay_to(records: Sequence[Record], nodes: Iterable[str] = ()) -> Replay:

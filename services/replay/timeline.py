@@ -13,12 +13,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.contract import IdentityEvent, IpcacheEvent, PolicyEvent
-from services.nodeagent.state import LocalEndpoint, NodeState
+from services.common.contract import (
+    IdentityDelete,
+    IdentityUpsert,
+    IpcacheDelete,
+    IpcacheUpsert,
+    ObjectDelete,
+    ObjectUpsert,
+)
+from services.common.contract.objects import object_key
+from services.common.contract.policy import PolicyStatus
+from services.nodeagent.state import POD_KIND, LocalEndpoint, NodeState
 from services.policy.compiler import NamedPorts, SubjectPolicy, expand
 from services.policy.model import POLICY_KINDS
 
-from .fold import Replay, Step, no_cyclic_gc, policy_key
+from .fold import Replay, Step, no_cyclic_gc, policy_ref_key
 from .maps import (
     CLUSTER_SCOPE,
     FlatMap,
@@ -34,9 +43,6 @@ from .maps import (
     node_scope,
 )
 from .record import Record
-
-IDENTITY_EVENTS = frozenset(IdentityEvent)
-IPCACHE_EVENTS = frozenset(IpcacheEvent)
 
 MISSING: Any = None
 ADDED, REMOVED, CHANGED = "added", "removed", "changed"
@@ -138,13 +144,12 @@ class NamedPortsCache:
 
     def update(self, state: NodeState, step: Step) -> bool:
         """Note an event already folded into ``state``; True if named ports changed."""
-        data = step.event.data
-        if step.pod_event:
-            key = f"{data['namespace']}/{data['name']}" if data["namespace"] else data["name"]
-            return self._refresh(state, key)
-        if step.event.type.startswith("ipcache."):
+        p = step.event.payload
+        if isinstance(p, ObjectUpsert | ObjectDelete) and p.kind == POD_KIND:
+            return self._refresh(state, object_key(p))
+        if isinstance(p, IpcacheUpsert | IpcacheDelete):
             changed = False
-            for key in list(self._pods_of_prefix.get(data["prefix"], ())):
+            for key in list(self._pods_of_prefix.get(p.prefix, ())):
                 changed |= self._refresh(state, key)
             return changed
         return False
@@ -232,8 +237,9 @@ class Tracker:
                                self._pods[node] if focus is None else focus.pods)
 
     def _note_pod(self, node: str, step: Step) -> None:
-        data = step.event.data
-        key = f"{data['namespace']}/{data['name']}" if data["namespace"] else data["name"]
+        p = step.event.payload
+        assert isinstance(p, ObjectUpsert | ObjectDelete)     # a pod event
+        key = object_key(p)
         pod = self.rp.nodes[node].state.pods.get(key)
         if pod is not None and (pod.get("spec") or {}).get("nodeName") == node:
             self._pods[node].add(key)
@@ -309,27 +315,27 @@ class Tracker:
 
 def touched_keys(step: Step) -> dict[str, set[str]]:
     """The control-plane entries an event may have changed, per map."""
-    data, etype = step.event.data, step.event.type
+    p = step.event.payload
     out: dict[str, set[str]] = {}
     ch = step.changes
     if step.route.policy_in:
         out["selectors"] = set()
         out["subjects"] = set()
         out["policies"] = set()
-        if data.get("kind") in POLICY_KINDS:
-            out["policies"].add(policy_key(data))
+        if isinstance(p, ObjectUpsert | ObjectDelete) and p.kind in POLICY_KINDS:
+            out["policies"].add(policy_ref_key(p))
         if ch:
             out["selectors"] |= set(ch.selectors_added) | ch.selectors_removed | \
                 set(ch.selector_deltas)
             out["subjects"] |= {str(i) for i in ch.subjects}
             out["policies"] |= {f"{r.kind}/{r.namespace}/{r.name}"
                                 for r in ch.policies_upserted | ch.policies_deleted}
-    if etype == PolicyEvent.STATUS:
-        out.setdefault("policies", set()).add(policy_key(data))
-    if etype in IDENTITY_EVENTS:
-        out["identities"] = {str(data["id"])}
-    if etype in IPCACHE_EVENTS:
-        out["ipcache"] = {data["prefix"]}
+    if isinstance(p, PolicyStatus):
+        out.setdefault("policies", set()).add(policy_ref_key(p))
+    if isinstance(p, IdentityUpsert | IdentityDelete):
+        out["identities"] = {str(p.id)}
+    if isinstance(p, IpcacheUpsert | IpcacheDelete):
+        out["ipcache"] = {p.prefix}
     lb = step.cluster_lb_dirty
     if lb:
         out["services"] = {str(i) for i in lb.services}

@@ -160,5 +160,10 @@ class ObjectDelete(Payload):
         return (source_subject(self.kind, self.namespace, self.name),)
 
 
+def object_key(payload: ObjectUpsert | ObjectDelete) -> str:
+    """``namespace/name`` of a namespaced object, ``name`` of a cluster-scoped one."""
+    return f"{payload.namespace}/{payload.name}" if payload.namespace else payload.name
+
+
 EVENTS: dict[str, type[Payload]] = {ObjectEvent.UPSERT: ObjectUpsert,
                                     ObjectEvent.DELETE: ObjectDelete}
