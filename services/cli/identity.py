@@ -9,15 +9,14 @@ from tabulate import tabulate
 
 from services.cli._context import CliContext, output_option, pass_ctx, print_json
 from services.common.bus import Bus
-from services.common.contract import IDENTITY_FILTER, IdentityEvent
+from services.common.contract import IDENTITY_FILTER, IdentityUpsert
 
 
 async def list_identities(bus: Bus) -> list[dict[str, Any]]:
     """Every live identity, by number: ``[{"id": 1, "labels": ["reserved:host"]}, ...]``."""
     snap = await bus.snapshot([IDENTITY_FILTER])
-    rows = [d.event.data for d in snap.values() if d.event.type == IdentityEvent.UPSERT]
-    return sorted(({"id": r["id"], "labels": sorted(r["labels"])} for r in rows),
-                  key=lambda r: r["id"])
+    ids = [p for d in snap.values() if isinstance(p := d.event.payload, IdentityUpsert)]
+    return [{"id": p.id, "labels": sorted(p.labels)} for p in sorted(ids, key=lambda p: p.id)]
 
 
 def format_identities(rows: list[dict[str, Any]]) -> str:

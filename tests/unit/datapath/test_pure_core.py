@@ -1,6 +1,7 @@
 """The pure core loads without the kernel libraries: reducers, the policy compiler and selector
 cache, Maglev, the lb view, replay's fold and the map modules import with bcc and pyroute2
-blocked (and, but for replay's bus reader, without nats); ``cilia --help`` works without bcc.
+blocked (and, but for replay's bus reader, without nats); ``cilia --help`` works without bcc;
+a pod's DNS lookup loads neither nats nor the DNS server.
 
 Each check runs in a fresh interpreter whose ``sys.modules`` marks the blocked libraries as
 missing, so an import of one of them anywhere on the way fails the check.
@@ -51,3 +52,13 @@ def test_cilia_help_works_with_bcc_blocked() -> None:
     assert res.returncode == 0, res.stderr
     assert "Usage:" in res.stdout
     assert "bpf" in res.stdout
+
+
+def test_a_pods_dns_lookup_loads_neither_the_bus_nor_the_server() -> None:
+    """``python -m services.dns lookup`` runs in every pod that resolves a name; only
+    ``serve`` needs nats and the server."""
+    code = ("import sys; sys.modules['nats'] = None; sys.modules['bcc'] = None; "
+            "import services.dns.__main__; "
+            "assert 'services.dns.server' not in sys.modules")
+    res = _python(code)
+    assert res.returncode == 0, res.stderr
