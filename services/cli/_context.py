@@ -30,8 +30,8 @@ class CliContext(BusConfig):
         errors become a clean CLI error."""
 
         async def main() -> T:
-            bus = await Bus.connect(self.url(), service, timeout=3.0,
-                                    creds=self.credentials(role))
+            url, creds = self.endpoint(role)
+            bus = await Bus.connect(url, service, timeout=3.0, creds=creds)
             try:
                 return await fn(bus)
             finally:

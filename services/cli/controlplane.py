@@ -8,7 +8,6 @@ environment.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import subprocess
@@ -19,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from services.common.bus import NATS_URL_ENV, Bus, HistoryConfig
+from services.common.busconfig import CONTROL_PLANE_FILE
 from services.common.buscreds import BusAccess, Credentials
 from services.common.bussecrets import BusSecrets, bus_secrets
 from services.common.contract import KV_IDENTITIES, KV_SERVICES
 from services.common.embedded import NatsServer, reload_nats, start_nats
 from services.common.errors import BusError, CiliaError
+from services.common.paths import read_json, write_json_atomic
 from services.common.processes import (
     BUS_PROCESS,
     ProcessRecord,
@@ -49,14 +50,6 @@ def _spawn(name: str, cmd: list[str], log_dir: Path, env: dict[str, str]) -> Pro
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     return ProcessRecord(name, proc.pid, cmd)
-
-
-def read_state(state_file: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(state_file.read_text())
-        return data
-    except (OSError, ValueError):
-        return None
 
 
 def start_embedded_bus(state_dir: Path, port: int = EMBEDDED_PORT,
@@ -95,8 +88,8 @@ def up(state_dir: Path, nats_url: str | None, port: int = EMBEDDED_PORT,
     Raises:
         CiliaError: already running, or a part failed to start.
     """
-    state_file = state_dir / "up.json"
-    previous = read_state(state_file)
+    state_file = state_dir / CONTROL_PLANE_FILE
+    previous = read_json(state_file)
     if previous and any(is_running(ProcessRecord(**p)) for p in previous["processes"]):
         raise CiliaError(f"the control plane is already running (see {state_file}); "
                          "run 'cilia down' first")
@@ -108,7 +101,7 @@ def up(state_dir: Path, nats_url: str | None, port: int = EMBEDDED_PORT,
 
     def save() -> None:
         state["processes"] = [asdict(r) for r in records]
-        state_file.write_text(json.dumps(state, indent=2))
+        write_json_atomic(state_file, state)
 
     try:
         if nats_url is None:
@@ -189,7 +182,7 @@ def add_node_roles(state_dir: Path, url: str, access: BusAccess | None,
         CiliaError: an agent's credentials are missing, or the reload did not take effect.
     """
     wanted = [agent_role(n) for n in nodes]
-    state = read_state(state_dir / "up.json") or {}
+    state = read_json(state_dir / CONTROL_PLANE_FILE) or {}
     server = next((ProcessRecord(**p) for p in state.get("processes", [])
                    if p["name"] == BUS_PROCESS), None)
     if not (state.get("embedded") and state.get("nats_url") == url and state.get("bus_dir")
@@ -228,8 +221,8 @@ async def _wait_accepted(url: str, access: BusAccess, new_roles: list[str]) -> N
 
 def down(state_dir: Path, purge: bool = False) -> list[str]:
     """Stop exactly what ``up`` started; with ``purge`` also remove the embedded store."""
-    state_file = state_dir / "up.json"
-    state = read_state(state_file)
+    state_file = state_dir / CONTROL_PLANE_FILE
+    state = read_json(state_file)
     if state is None:
         return []
     stopped = stop_records([ProcessRecord(**p) for p in state["processes"]])

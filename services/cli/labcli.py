@@ -17,6 +17,7 @@ from services.common.bus import NATS_URL_ENV, Bus, Outgoing
 from services.common.buscreds import Credentials
 from services.common.contract import KIND_NODE, KIND_POD, ObjectDelete, ObjectEvent, source_subject
 from services.common.errors import CiliaError
+from services.common.paths import read_json
 from services.common.roles import CLI, SOURCE, agent_role
 from services.lab import DEFAULT_LAB, Kubelet, LabError, exec_in_pod, list_labs, load_lab
 from services.lab import down as lab_down
@@ -64,7 +65,7 @@ def start_lab(ctx: CliContext, name: str, nodes: int, routing: str = "native") -
 
     ``routing`` is ``native`` or ``tunnel`` (VXLAN, the source identity in the VNI).
     """
-    if ctx.explicit_url is None and controlplane.read_state(ctx.control_plane_file) is None:
+    if ctx.explicit_url is None and read_json(ctx.control_plane_file) is None:
         controlplane.up(ctx.state_dir, None)
     url = ctx.url()
     os.environ[NATS_URL_ENV] = url          # the agents inherit it

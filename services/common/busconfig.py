@@ -9,7 +9,6 @@ starts that join the bus (the cluster DNS pods).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from services.common.bus import NATS_URL_ENV, nats_url
 from services.common.buscreds import BusAccess, Credentials
+from services.common.paths import read_json
 
 CONTROL_PLANE_FILE = "up.json"     # what `cilia up` started, in the state directory
 
@@ -34,28 +34,40 @@ class BusConfig:
         return self.state_dir / CONTROL_PLANE_FILE
 
     def _recorded(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(self.control_plane_file.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data
+        return read_json(self.control_plane_file) or {}
+
+    def _url(self, recorded: dict[str, Any] | None) -> str:
+        if self.explicit_url or os.environ.get(NATS_URL_ENV):
+            return nats_url(self.explicit_url)
+        return nats_url((recorded if recorded is not None else self._recorded()).get("nats_url"))
 
     def url(self) -> str:
         """``--nats-url``/``$CILIA_NATS_URL``, else the one ``cilia up`` recorded, else default."""
-        if self.explicit_url or os.environ.get(NATS_URL_ENV):
-            return nats_url(self.explicit_url)
-        return nats_url(self._recorded().get("nats_url"))
+        return self._url(None)
 
     def access(self) -> BusAccess | None:
         """The bus's credentials and TLS files: what ``cilia up`` recorded for the bus in use,
         each overridden by the options (or ``$CILIA_NATS_*``); None for an open bus."""
+        return self._access(self._recorded())
+
+    def _access(self, recorded: dict[str, Any]) -> BusAccess | None:
         explicit = self.explicit_access or BusAccess.from_env()
-        recorded = self._recorded()
         base = (BusAccess.from_json(recorded.get("bus"))
-                if recorded.get("nats_url") == self.url() else None)
+                if recorded.get("nats_url") == self._url(recorded) else None)
         if base is None or explicit is None:
             return explicit or base
         return replace(base, **{k: v for k, v in explicit.to_json().items() if v})
+
+    def endpoint(self, role: str) -> tuple[str, Credentials]:
+        """The bus's URL and ``role``'s credentials on it, from one read of the record.
+
+        Raises:
+            BusError: the credentials directory has none for the role.
+        """
+        recorded = self._recorded()
+        access = self._access(recorded)
+        return (self._url(recorded),
+                access.credentials(role) if access else Credentials(role=role))
 
     def credentials(self, role: str) -> Credentials:
         """The credentials of ``role`` on the bus in use.
@@ -63,9 +75,9 @@ class BusConfig:
         Raises:
             BusError: the credentials directory has none for the role.
         """
-        access = self.access()
-        return access.credentials(role) if access else Credentials(role=role)
+        return self.endpoint(role)[1]
 
     def role_env(self, role: str) -> dict[str, str]:
         """The environment of a process this one starts that runs as ``role``."""
-        return {NATS_URL_ENV: self.url(), **self.credentials(role).env()}
+        url, creds = self.endpoint(role)
+        return {NATS_URL_ENV: url, **creds.env()}

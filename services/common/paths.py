@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 STATE_DIR_ENV = "CILIA_STATE_DIR"
 DEFAULT_STATE_DIR = "/var/lib/cilia"
@@ -30,6 +31,16 @@ def state_root() -> Path:
 def run_root() -> Path:
     """Root of cilia's runtime files: sockets (env ``CILIA_RUN_DIR``, default /run/cilia)."""
     return Path(os.environ.get(RUN_DIR_ENV, DEFAULT_RUN_DIR))
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A state file's JSON object; None when it is missing or not a JSON object (a state
+    file is written whole, so it is either there or not)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def write_json_atomic(path: Path, data: object) -> None:
