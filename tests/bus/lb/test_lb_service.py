@@ -186,7 +186,7 @@ async def test_a_pod_event_dirties_only_the_services_selecting_it() -> None:
     from datetime import datetime
 
     from services.common.bus import Delivery
-    from services.common.codec import Event
+    from services.common.codec import decode, encode
     from services.lb.service import LbService
 
     svc = LbService()       # not live yet: events are only folded
@@ -195,7 +195,7 @@ async def test_a_pod_event_dirties_only_the_services_selecting_it() -> None:
         meta = obj["metadata"]
         data = {"kind": obj["kind"], "namespace": meta["namespace"], "name": meta["name"],
                 "object": obj}
-        event = Event("object.delete" if deleted else "object.upsert", data)
+        event = decode(encode("object.delete" if deleted else "object.upsert", data))
         # pending > 0: the event is folded, not reconciled yet
         await svc._on_source(Delivery("s", event, 1, datetime.now(), {}, 5))
 
