@@ -114,17 +114,12 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
         time.sleep(POLL_S)
 
 
-async def _last_seq(bus: Bus, filters: Sequence[str]) -> int:
-    snap = await bus.snapshot(filters)
-    return max((d.seq for d in snap.values()), default=0)
-
-
 async def settle(bus: Bus, timeout: float = SETTLE_TIMEOUT_S) -> None:
     """Wait until the policy service, then every agent, handled everything on the bus."""
     deadline = time.monotonic() + timeout
 
     async def until(what: str, consumer: ConsumerSpec, service: str, key: str) -> None:
-        target = await _last_seq(bus, consumer.filters)
+        target = await bus.last_seq(consumer.filters)
         while True:
             stats = [r["stats"] for r in await collect_status(bus, SETTLE_COLLECT_S)
                      if r["service"] == service]

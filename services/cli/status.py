@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
@@ -21,7 +21,7 @@ from services.cli.controlplane import SERVICES, collect_status
 from services.cli.labcli import current_lab
 from services.cli.service import kube_proxy_replacement
 from services.common.bus import Bus
-from services.common.contract import AGENT_INPUTS, KIND_POD, ObjectEvent, source_filter
+from services.common.contract import AGENT_INPUTS, KIND_POD, ObjectUpsert
 from services.common.errors import BusError, CiliaError
 from services.common.roles import CLI
 from services.common.runner import STATE_OK
@@ -43,11 +43,6 @@ LOGO = ["    /¯¯\\     ", " /¯¯\\__/¯¯\\  ", " \\__/¯¯\\__/  ", " /¯¯\
         " \\__/¯¯\\__/  ", "    \\__/     "]
 
 
-async def _last_seq(bus: Bus, filters: Sequence[str]) -> int:
-    snap = await bus.snapshot(filters)
-    return max((d.seq for d in snap.values()), default=0)
-
-
 async def gather(bus: Bus, url: str, lab: str | None) -> dict[str, Any]:
     """Everything ``status`` shows, as data (what ``-o json`` prints)."""
     version = bus.nc.connected_server_version
@@ -64,10 +59,11 @@ async def gather(bus: Bus, url: str, lab: str | None) -> dict[str, Any]:
     replies = await collect_status(bus)
     nodes = await cluster_nodes(bus)
     view = await read_view(bus)
-    agent_bus_seq = await _last_seq(bus, AGENT_INPUTS.filters)
-    pods = await bus.snapshot([source_filter(KIND_POD)])
-    running = sum(1 for d in pods.values() if d.event.type == ObjectEvent.UPSERT
-                  and ((d.event.data.get("object") or {}).get("status") or {}).get("podIP"))
+    agent_inputs = await bus.snapshot(AGENT_INPUTS.filters)     # pods included
+    agent_bus_seq = max((d.seq for d in agent_inputs.values()), default=0)
+    running = sum(1 for d in agent_inputs.values()
+                  if isinstance(p := d.event.payload, ObjectUpsert) and p.kind == KIND_POD
+                  and (p.object.get("status") or {}).get("podIP"))
     lab_info: dict[str, Any] = {"name": lab, "routing": None}
     kpr: dict[str, dict[str, Any]] = {}
     if lab:

@@ -494,6 +494,11 @@ class Bus:
         return await self.js.subscribe(flist[0], stream=HISTORY_STREAM, cb=cb,
                                        ordered_consumer=True, config=config)
 
+    async def last_seq(self, filters: Sequence[str]) -> int:
+        """The stream sequence of the newest current event under ``filters`` (0: none): how
+        far a consumer of them must have come to have handled everything."""
+        return max((d.seq for d in (await self.snapshot(filters)).values()), default=0)
+
     async def snapshot(self, filters: Sequence[str], timeout: float = 10.0) -> dict[str, Delivery]:
         """The last valid event of every subject matching ``filters``: the current state the
         bus holds (a subject whose messages are all bad is absent)."""
