@@ -20,6 +20,8 @@ from typing import Any
 
 from services.common.contract import (
     IPCACHE_SOURCE_K8S,
+    KIND_NODE,
+    KIND_POD,
     IdentityDelete,
     IdentityUpsert,
     IpcacheDelete,
@@ -40,8 +42,6 @@ from services.policy.compiler import SubjectPolicy, expand
 from services.policy.publish import fold_selector
 
 SNAPSHOT_VERSION = 1   # version of NodeState.snapshot()'s layout
-NODE_KIND = "Node"
-POD_KIND = "Pod"
 
 
 @dataclass(frozen=True)
@@ -217,13 +217,13 @@ class NodeState:
     def _object(self, payload: ObjectUpsert | ObjectDelete, dirty: Dirty) -> None:
         name = payload.name
         key = object_key(payload)
-        if payload.kind == POD_KIND:
+        if payload.kind == KIND_POD:
             if isinstance(payload, ObjectUpsert):
                 self.pods[key] = payload.object
             else:
                 self.pods.pop(key, None)
             dirty.all_subjects = True   # named ports
-        elif payload.kind == NODE_KIND:
+        elif payload.kind == KIND_NODE:
             if isinstance(payload, ObjectUpsert):
                 ip = node_internal_ip(payload.object)
                 if ip:

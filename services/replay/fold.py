@@ -25,6 +25,7 @@ from services.common.codec import Event, decode
 from services.common.contract import (
     AGENT_INPUTS,
     AGENT_LB_INPUTS,
+    KIND_POD,
     POLICY_INPUTS,
     POLICY_OUTPUTS,
     ObjectDelete,
@@ -33,7 +34,7 @@ from services.common.contract import (
 from services.common.contract.policy import PolicyStatus
 from services.common.errors import CodecError
 from services.nodeagent.lbstate import LbDirty, LbNodeState
-from services.nodeagent.state import POD_KIND, Dirty, NodeState
+from services.nodeagent.state import Dirty, NodeState
 from services.policy.errors import PolicyError
 from services.policy.model import POLICY_KINDS
 from services.policy.reducer import BusView, reduce_input
@@ -78,7 +79,7 @@ class Step:
     @property
     def pod_event(self) -> bool:
         p = self.event.payload
-        return isinstance(p, ObjectUpsert | ObjectDelete) and p.kind == POD_KIND
+        return isinstance(p, ObjectUpsert | ObjectDelete) and p.kind == KIND_POD
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.contract import (
+    KIND_POD,
     IdentityDelete,
     IdentityUpsert,
     IpcacheDelete,
@@ -23,7 +24,7 @@ from services.common.contract import (
 )
 from services.common.contract.objects import object_key
 from services.common.contract.policy import PolicyStatus
-from services.nodeagent.state import POD_KIND, LocalEndpoint, NodeState
+from services.nodeagent.state import LocalEndpoint, NodeState
 from services.policy.compiler import NamedPorts, SubjectPolicy, expand
 from services.policy.model import POLICY_KINDS
 
@@ -145,7 +146,7 @@ class NamedPortsCache:
     def update(self, state: NodeState, step: Step) -> bool:
         """Note an event already folded into ``state``; True if named ports changed."""
         p = step.event.payload
-        if isinstance(p, ObjectUpsert | ObjectDelete) and p.kind == POD_KIND:
+        if isinstance(p, ObjectUpsert | ObjectDelete) and p.kind == KIND_POD:
             return self._refresh(state, object_key(p))
         if isinstance(p, IpcacheUpsert | IpcacheDelete):
             changed = False
