@@ -141,9 +141,9 @@ class Replay:
             for name, nf in self.nodes.items():
                 step.dirty[name] = nf.state.apply(rec.subject, event.type, data, rec.seq)
         if r.lb:
-            step.cluster_lb_dirty = self.cluster_lb.apply(rec.subject, event.type, data)
+            step.cluster_lb_dirty = self.cluster_lb.apply(event.payload)
             for name, nf in self.nodes.items():
-                step.lb_dirty[name] = nf.lb.apply(rec.subject, event.type, data)
+                step.lb_dirty[name] = nf.lb.apply(event.payload)
         self.last[rec.subject] = rec
         return step
 
