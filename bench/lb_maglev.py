@@ -18,12 +18,14 @@ import statistics
 import time
 from typing import Any
 
+import msgspec
+
 from bench._common import nats, write
 from services.cli import source
 from services.cli.manifests import Manifest, validate_document
 from services.common.bus import Bus, Delivery
 from services.common.codec import encode
-from services.common.contract import LB_FILTER, lb_members_subject
+from services.common.contract import LB_FILTER, LbEvent, Payload, lb_members_subject
 from services.lb.events import LbView
 from services.lb.maglev import DEFAULT_TABLE_SIZE, build_table, remapped_fraction
 from services.lb.service import LbService
@@ -139,10 +141,10 @@ async def bus_bytes(services: int) -> dict[str, Any]:
             events = await _lb_events_after(bus, before)
             change = sum(len(encode(d.event.type, d.event.data)) for d in events)
             view: LbView = svc.view
-            full = sum(len(encode("lb.service", {"id": sid, "service": s}))
+            full = sum(len(encode(LbEvent.SERVICE, {"id": sid, "service": _plain(s)}))
                        for sid, s in view.services.items())
-            full += sum(len(encode("lb.backend", b)) for b in view.backends.values())
-            full += sum(len(encode("lb.backends", {
+            full += sum(len(encode(LbEvent.BACKEND, _plain(b))) for b in view.backends.values())
+            full += sum(len(encode(LbEvent.MEMBERS, {
                 "service": sid, "op": "set", "added": [list(m) for m in mem], "removed": []}))
                 for sid, mem in view.members.items())
         finally:
@@ -154,6 +156,13 @@ async def bus_bytes(services: int) -> dict[str, Any]:
             "bytes_per_change": change, "bytes_full_republish": full,
             "bytes_one_maglev_table": DEFAULT_TABLE_SIZE * SLOT_BYTES,
             "members_subject_of_changed_service": lb_members_subject(view.ids["bench/svc-0"])}
+
+
+def _plain(record: Payload) -> dict[str, Any]:
+    """A record the view folded, as a dict again (its checked strings are str subclasses,
+    which the typed encoder does not take back)."""
+    out: dict[str, Any] = msgspec.to_builtins(record, enc_hook=str)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,6 +56,7 @@ from services.common.contract import (
     POLICY_INPUTS,
     ConsumerSpec,
     IpcacheUpsert,
+    ServiceRecord,
 )
 from services.common.errors import CiliaError
 from services.common.objects import ObjectError
@@ -186,7 +187,7 @@ class Runner:
         _wait("pod identities in the ipcache",
               lambda: set(pods.values()) <= self.ctx.run(ipcache), READY_TIMEOUT_S)
         refs = [f"{NAMESPACE}/{s}" for s in SERVICES] + [KUBE_DNS_REF]
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, ServiceRecord] = {}
 
         def services_known() -> bool:
             view = self.ctx.run(read_view)
@@ -198,8 +199,8 @@ class Runner:
                          for r in self.ctx.run(collect_status))
         if lb_running:
             _wait("the test services from the lb service", services_known, READY_TIMEOUT_S)
-            frontends = {(str(svc["cluster_ip"]), int(port["port"]))
-                         for svc in found.values() for port in svc["ports"]}
+            frontends = {(str(svc.cluster_ip), port.port)
+                         for svc in found.values() for port in svc.ports}
             _wait("service frontends in every node's maps",
                   lambda: all(frontends <= self._kernel_frontends(n) for n in self.nodes),
                   READY_TIMEOUT_S)
@@ -209,8 +210,8 @@ class Runner:
         self.ctx.run(settle)
         ours = {s: found[f"{NAMESPACE}/{s}"] for s in SERVICES if f"{NAMESPACE}/{s}" in found}
         return Env(pod_ips=pods,
-                   cluster_ips={s: str(svc["cluster_ip"]) for s, svc in ours.items()},
-                   node_ports={s: int(svc["ports"][0]["node_port"]) for s, svc in ours.items()},
+                   cluster_ips={s: str(svc.cluster_ip) for s, svc in ours.items()},
+                   node_ports={s: svc.ports[0].node_port for s, svc in ours.items()},
                    node_ips=self.node_ips, world_ips=[str(ip) for ip in WORLD_IPS],
                    nodes=len(self.nodes))
 

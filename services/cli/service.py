@@ -15,6 +15,7 @@ from tabulate import tabulate
 
 from services.cli._context import CliContext, output_option, pass_ctx, print_json
 from services.common.bus import Bus
+from services.common.contract import ServicePortRecord, ServiceRecord
 from services.lb.client import read_view
 from services.lb.events import LbView
 from services.nodeagent import datapath
@@ -26,18 +27,18 @@ from services.nodeagent.lbstate import PORT_INDEX_BITS
 ANY_ADDRESS = "0.0.0.0"
 
 
-def frontends(svc: dict[str, Any], port: dict[str, Any]) -> list[tuple[str, str]]:
+def frontends(svc: ServiceRecord, port: ServicePortRecord) -> list[tuple[str, str]]:
     """(frontend, type) rows of one service port, as Cilium lists them."""
-    proto = port["protocol"]
+    proto = port.protocol
     rows = []
-    if svc.get("cluster_ip"):
-        rows.append((f"{svc['cluster_ip']}:{port['port']}/{proto}", "ClusterIP"))
-    for ip in svc.get("external_ips") or []:
-        rows.append((f"{ip}:{port['port']}/{proto}", "ExternalIPs"))
-    for ip in svc.get("lb_ips") or []:
-        rows.append((f"{ip}:{port['port']}/{proto}", "LoadBalancer"))
-    if port.get("node_port"):
-        rows.append((f"{ANY_ADDRESS}:{port['node_port']}/{proto}", "NodePort"))
+    if svc.cluster_ip:
+        rows.append((f"{svc.cluster_ip}:{port.port}/{proto}", "ClusterIP"))
+    for ip in svc.external_ips:
+        rows.append((f"{ip}:{port.port}/{proto}", "ExternalIPs"))
+    for ip in svc.lb_ips:
+        rows.append((f"{ip}:{port.port}/{proto}", "LoadBalancer"))
+    if port.node_port:
+        rows.append((f"{ANY_ADDRESS}:{port.node_port}/{proto}", "NodePort"))
     return rows
 
 
@@ -47,21 +48,21 @@ def service_rows(view: LbView) -> list[dict[str, Any]]:
     for sid in sorted(view.services):
         svc = view.services[sid]
         members = view.members.get(sid, set())
-        for port in svc["ports"]:
-            bes = []
+        for port in svc.ports:
+            bes: list[dict[str, Any]] = []
             for name, bid in sorted(members, key=lambda m: m[1]):
                 be = view.backends.get(bid)
-                if name == port["name"] and be is not None:
-                    bes.append({"id": bid, "address": f"{be['address']}:{be['port']}",
-                                "protocol": be["protocol"], "state": be.get("state", "active"),
-                                "node": be.get("node", ""), "pod": be.get("pod", "")})
+                if name == port.name and be is not None:
+                    bes.append({"id": bid, "address": f"{be.address}:{be.port}",
+                                "protocol": be.protocol, "state": be.state or "active",
+                                "node": be.node or "", "pod": be.pod or ""})
             bes.sort(key=lambda b: tuple(int(x) for x in b["address"].replace(":", ".").split(".")))
             for frontend, kind in frontends(svc, port):
                 rows.append({"id": sid, "frontend": frontend, "type": kind,
-                             "service": f"{svc['namespace']}/{svc['name']}",
-                             "port_name": port["name"], "backends": bes,
-                             "session_affinity": bool(svc.get("affinity_timeout")),
-                             "external_traffic_policy": "Local" if svc.get("ext_local")
+                             "service": f"{svc.namespace}/{svc.name}",
+                             "port_name": port.name, "backends": bes,
+                             "session_affinity": bool(svc.affinity_timeout),
+                             "external_traffic_policy": "Local" if svc.ext_local
                              else "Cluster"})
     return rows
 
@@ -97,8 +98,8 @@ def service_list(ctx: CliContext, output: str) -> None:
         return
     click.echo(render_services(rows))
     for ref, st in sorted(view.status.items()):
-        if st.get("op") == "error":
-            click.echo(f"rejected {ref}: {st.get('error', '')}", err=True)
+        if st.op == "error":
+            click.echo(f"rejected {ref}: {st.error or ''}", err=True)
 
 
 def lb_map_rows(maps: LbMaps, node: str) -> list[dict[str, Any]]:

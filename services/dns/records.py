@@ -47,15 +47,14 @@ def zone_from_view(view: LbView) -> dict[str, tuple[str, ...]]:
     """Every name the server answers, from the lb view plus the external host's names."""
     zone: dict[str, tuple[str, ...]] = dict(EXTERNAL_RECORDS)
     for sid, svc in view.services.items():
-        if svc.get("cluster_ip"):
-            addrs: tuple[str, ...] = (str(svc["cluster_ip"]),)
+        if svc.cluster_ip:
+            addrs: tuple[str, ...] = (str(svc.cluster_ip),)
         else:   # headless: the backends themselves
-            found = {str(view.backends[bid]["address"])
-                     for _, bid in view.members.get(sid, set())
-                     if bid in view.backends
-                     and view.backends[bid].get("state", BACKEND_ACTIVE) == BACKEND_ACTIVE}
+            found = {str(be.address) for _, bid in view.members.get(sid, set())
+                     if (be := view.backends.get(bid)) is not None
+                     and (be.state or BACKEND_ACTIVE) == BACKEND_ACTIVE}
             addrs = tuple(sorted(found, key=ipaddress.IPv4Address))
-        zone[service_name(svc["namespace"], svc["name"])] = addrs
+        zone[service_name(svc.namespace, svc.name)] = addrs
     return zone
 
 

@@ -116,7 +116,7 @@ class DnsService:
         return reply
 
     async def _on_lb(self, d: Delivery) -> None:
-        if self.view.apply(d.event.type, d.event.data):
+        if self.view.apply(d.event.payload):
             self.zone = zone_from_view(self.view)
 
     async def start(self, bus: Bus) -> None:

@@ -16,7 +16,7 @@ async def read_view(bus: Bus, timeout: float = READ_TIMEOUT_S) -> LbView:
     view = LbView()
 
     async def fold(d: Delivery) -> None:
-        view.apply(d.event.type, d.event.data)
+        view.apply(d.event.payload)
 
     sub = await bus.consume(LB_VIEW, fold, report=False)
     try:

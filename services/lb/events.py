@@ -9,20 +9,28 @@ whole ``cilia.lb.>`` history in order (``deliver="all"``) to know every service'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from services.common.contract import OP_SET, LbEvent
+from services.common.contract import (
+    OP_SET,
+    LbBackend,
+    LbBackendDelete,
+    LbMembers,
+    LbServiceDelete,
+    LbServiceEvent,
+    LbStatus,
+    Payload,
+    ServiceRecord,
+)
 
 Member = tuple[str, int]    # (service port name, backend id)
 Frontend = tuple[str, int, str]   # (address, port, protocol)
 
 
-def service_frontends(svc: dict[str, Any]) -> set[Frontend]:
+def service_frontends(svc: ServiceRecord) -> set[Frontend]:
     """The address frontends of a service record (ClusterIP, externalIPs, LB IPs x ports);
     NodePorts are unique by allocation and not listed."""
-    addrs = [a for a in [svc.get("cluster_ip") or "", *(svc.get("external_ips") or []),
-                         *(svc.get("lb_ips") or [])] if a]
-    return {(a, int(p["port"]), str(p["protocol"])) for a in addrs for p in svc["ports"]}
+    addrs = [a for a in (svc.cluster_ip, *svc.external_ips, *svc.lb_ips) if a]
+    return {(a, p.port, p.protocol) for a in addrs for p in svc.ports}
 
 
 @dataclass
@@ -41,24 +49,33 @@ class Touched:
 
 
 class LbView:
-    """What the bus says about services, backends and memberships (a fold of ``cilia.lb.>``)."""
+    """What the bus says about services, backends and memberships (a fold of ``cilia.lb.>``).
+
+    It keeps the contract's typed records as they arrived (decoded payloads: compare them, do
+    not hand them to the codec again).
+    """
 
     def __init__(self) -> None:
-        self.services: dict[int, dict[str, Any]] = {}
+        self.services: dict[int, ServiceRecord] = {}
         self.ids: dict[str, int] = {}                 # "ns/name" -> service id
-        self.backends: dict[int, dict[str, Any]] = {}
+        self.backends: dict[int, LbBackend] = {}
         self.members: dict[int, set[Member]] = {}
-        self.status: dict[str, dict[str, Any]] = {}
+        self.status: dict[str, LbStatus] = {}         # "ns/name" -> the last status
         self.frontends: dict[Frontend, int] = {}    # address frontend -> service id
 
-    def apply(self, event_type: str, data: dict[str, Any]) -> Touched:
-        """Fold one event; returns the service and backend ids it touched."""
+    def apply(self, payload: Payload | None) -> Touched:
+        """Fold one event's typed payload (``Event.payload``; other services' payloads are
+        ignored); returns the service and backend ids it touched.
+
+        Raises:
+            ValueError: no payload (decoding always sets one: a caller's mistake).
+        """
         t = Touched()
-        match event_type:
-            case LbEvent.SERVICE:
-                svc = data["service"]
-                sid = int(data["id"])
-                ref = f"{svc['namespace']}/{svc['name']}"
+        match payload:
+            case None:
+                raise ValueError("an lb event without its typed payload")
+            case LbServiceEvent(id=sid, service=svc):
+                ref = f"{svc.namespace}/{svc.name}"
                 old = self.ids.get(ref)
                 if old is not None and old != sid:
                     self._drop(old)
@@ -69,38 +86,32 @@ class LbView:
                     self.frontends[fe] = sid
                 self.ids[ref] = sid
                 t.services.add(sid)
-            case LbEvent.SERVICE_DELETE:
-                sid = int(data["id"])
-                svc = self._drop(sid)
-                if svc is not None:
-                    self.ids.pop(f"{svc['namespace']}/{svc['name']}", None)
+            case LbServiceDelete(id=sid):
+                gone = self._drop(sid)
+                if gone is not None:
+                    self.ids.pop(f"{gone.namespace}/{gone.name}", None)
                 self.members.pop(sid, None)
                 t.services.add(sid)
-            case LbEvent.BACKEND:
-                bid = int(data["id"])
-                self.backends[bid] = data
+            case LbBackend(id=bid):
+                self.backends[bid] = payload
                 t.backends.add(bid)
                 t.services |= self.services_of(bid)
-            case LbEvent.BACKEND_DELETE:
-                bid = int(data["id"])
+            case LbBackendDelete(id=bid):
                 self.backends.pop(bid, None)
                 t.backends.add(bid)
                 t.services |= self.services_of(bid)
-            case LbEvent.MEMBERS:
-                sid = int(data["service"])
-                if data.get("op") == OP_SET:
+            case LbMembers(service=sid):
+                if payload.op == OP_SET:
                     self.members[sid] = set()
                 cur = self.members.setdefault(sid, set())
-                for name, bid in data.get("removed") or ():
-                    cur.discard((str(name), int(bid)))
-                for name, bid in data.get("added") or ():
-                    cur.add((str(name), int(bid)))
+                cur.difference_update(payload.removed)
+                cur.update(payload.added)
                 t.services.add(sid)
-            case LbEvent.STATUS:
-                self.status[f"{data['namespace']}/{data['name']}"] = data
+            case LbStatus():
+                self.status[f"{payload.namespace}/{payload.name}"] = payload
         return t
 
-    def _drop(self, sid: int) -> dict[str, Any] | None:
+    def _drop(self, sid: int) -> ServiceRecord | None:
         svc = self.services.pop(sid, None)
         if svc is not None:
             for fe in service_frontends(svc):

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.contract.lb import Protocol, ServiceType
 from services.lb.errors import ServiceSpecError
 
 # Where ClusterIPs come from when a Service gives none (Kubernetes' kubeadm default range).
@@ -23,8 +24,8 @@ NODEPORT_MIN, NODEPORT_MAX = 30000, 32767     # kube-apiserver --service-node-po
 DEFAULT_AFFINITY_TIMEOUT_S = 10800            # sessionAffinityConfig.clientIP default (3 h)
 MAX_AFFINITY_TIMEOUT_S = 86400
 MAX_PORT = 65535
-PROTOCOLS = ("TCP", "UDP", "SCTP")
-SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+PROTOCOLS: tuple[Protocol, ...] = ("TCP", "UDP", "SCTP")
+SERVICE_TYPES: tuple[ServiceType, ...] = ("ClusterIP", "NodePort", "LoadBalancer")
 HEADLESS = "None"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"   # EndpointSlice -> its Service
 MAX_NAME = 253                                      # an object name (DNS subdomain)
@@ -35,7 +36,7 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9
 class ServicePort:
     name: str
     port: int
-    protocol: str
+    protocol: Protocol
     target_port: int | str        # a number, or the name of a container port
     node_port: int | None         # None: allocate one (NodePort/LoadBalancer) / not exposed
 
@@ -44,7 +45,7 @@ class ServicePort:
 class ServiceSpec:
     namespace: str
     name: str
-    type: str
+    type: ServiceType
     cluster_ip: str | None        # None: allocate one; "None": headless (no frontend)
     ports: tuple[ServicePort, ...]
     selector: tuple[tuple[str, str], ...] | None
@@ -81,7 +82,7 @@ class SliceEndpoint:
 class SlicePort:
     name: str
     port: int
-    protocol: str
+    protocol: Protocol
 
 
 @dataclass(frozen=True)
@@ -122,12 +123,12 @@ def _ipv4(value: Any, path: str, ref: str) -> str:
         raise ServiceSpecError(f"{value!r} is not an IPv4 address", path, ref) from None
 
 
-def _protocol(value: Any, path: str, ref: str) -> str:
+def _protocol(value: Any, path: str, ref: str) -> Protocol:
     proto = "TCP" if value is None else value
-    if proto not in PROTOCOLS:
-        raise ServiceSpecError(f"must be one of {', '.join(PROTOCOLS)}, got {proto!r}",
-                               path, ref)
-    return str(proto)
+    for known in PROTOCOLS:
+        if proto == known:
+            return known
+    raise ServiceSpecError(f"must be one of {', '.join(PROTOCOLS)}, got {proto!r}", path, ref)
 
 
 def _meta(obj: Mapping[str, Any], kind: str) -> tuple[str, str, str]:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
+from services.common.contract.lb import BackendState, Protocol
 from services.lb.model import EndpointSlice, ServicePort, ServiceSpec
 
-STATE_ACTIVE = "active"             # ready: takes new connections
-STATE_TERMINATING = "terminating"   # serving but terminating: keeps existing connections only
-BACKEND_STATES = (STATE_ACTIVE, STATE_TERMINATING)
+STATE_ACTIVE: Final = "active"             # ready: takes new connections
+STATE_TERMINATING: Final = "terminating"   # serving but terminating: keeps existing ones only
+BACKEND_STATES: tuple[BackendState, ...] = (STATE_ACTIVE, STATE_TERMINATING)
 _DONE_PHASES = ("Succeeded", "Failed")
 
 
@@ -24,7 +25,7 @@ class BackendAddr:
 
     ip: str
     port: int
-    protocol: str
+    protocol: Protocol
 
     def key(self) -> str:
         """Stable name: ``10.244.1.5:8080/TCP`` (seeds the Maglev permutation)."""
@@ -34,7 +35,7 @@ class BackendAddr:
 @dataclass(frozen=True)
 class Backend:
     addr: BackendAddr
-    state: str
+    state: BackendState
     node: str
     pod: str        # namespace/name, "" if unknown
 
@@ -83,6 +84,7 @@ def _from_pods(svc: ServiceSpec, sport: ServicePort,
 def _from_slices(svc: ServiceSpec, sport: ServicePort,
                  slices: Iterable[EndpointSlice]) -> list[Backend]:
     out: dict[BackendAddr, Backend] = {}
+    state: BackendState
     for sl in slices:
         for p in sl.ports:
             if p.name != sport.name or p.protocol != sport.protocol:

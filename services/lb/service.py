@@ -18,21 +18,26 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-import msgpack
+import msgspec
 from prometheus_client import Counter
 
 from services.common.bus import Bus, Delivery, Outgoing
 from services.common.contract import (
+    EVENTS,
     KV_SERVICES,
     LB_INPUTS,
     LB_OUTPUTS,
     OP_DELTA,
-    LbEvent,
+    LbBackend,
+    LbBackendDelete,
+    LbMembers,
+    LbServiceDelete,
+    LbServiceEvent,
+    LbStatus,
     ObjectEvent,
-    lb_backend_subject,
-    lb_members_subject,
-    lb_service_subject,
-    lb_status_subject,
+    Payload,
+    ServicePortRecord,
+    ServiceRecord,
 )
 from services.common.kvstore import JetStreamStore
 from services.common.runner import BusConsumer
@@ -55,10 +60,12 @@ MAX_BATCH = 256                 # source events folded into one reconciliation u
 ERRORS = Counter("cilia_lb_errors_total", "Services rejected (invalid or conflicting)")
 
 Ref = str   # "ns/name"
+_EVENT_TYPES = {payload: event_type for event_type, payload in EVENTS.items()}   # one each
+_ENCODER = msgspec.msgpack.Encoder()
 
 
-def _digest(data: dict[str, Any]) -> str:
-    return hashlib.sha1(msgpack.packb(data, use_bin_type=True)).hexdigest()[:12]
+def _digest(payload: Payload) -> str:
+    return hashlib.sha1(_ENCODER.encode(payload)).hexdigest()[:12]
 
 
 class LbService(BusConsumer):
@@ -105,7 +112,7 @@ class LbService(BusConsumer):
     # -- inputs ----------------------------------------------------------------------------
 
     async def _on_output(self, d: Delivery) -> None:
-        self.view.apply(d.event.type, d.event.data)
+        self.view.apply(d.event.payload)
 
     async def _on_source(self, d: Delivery) -> None:
         data = d.event.data
@@ -187,7 +194,7 @@ class LbService(BusConsumer):
         they asked for may be free now)."""
         if any(ref not in self.services for ref in refs):
             refs = set(refs) | {r for r, st in self.view.status.items()
-                                if st.get("op") == "error" and r in self.services}
+                                if st.op == "error" and r in self.services}
         for ref in sorted(refs, key=lambda r: (r in self.services, r)):
             obj = self.services.get(ref)
             try:
@@ -203,9 +210,11 @@ class LbService(BusConsumer):
                     log.warning("lb: %s", exc)
                 else:
                     log.exception("lb: Service %s", ref)
-                data = {"namespace": ns, "name": name, "op": "error", "error": str(exc)}
-                if self.view.status.get(ref) != data:
-                    self._publish(lb_status_subject(ns, name), LbEvent.STATUS, data, cause)
+                # an error status needs words: an exception without any is named by its type
+                status = LbStatus(namespace=ns, name=name, op="error",
+                                  error=str(exc) or type(exc).__name__)
+                if self.view.status.get(ref) != status:
+                    self._publish(status, cause)
         self._collect_backends(cause)
         await self._flush()
 
@@ -226,23 +235,19 @@ class LbService(BusConsumer):
                 self._publish_backend(bid, be, cause)
         old_id = self.view.ids.get(ref)
         if old_id is not None and old_id != sid:
-            self._publish(lb_service_subject(ns, name), LbEvent.SERVICE_DELETE,
-                          {"id": old_id, "namespace": ns, "name": name}, cause)
+            self._publish(LbServiceDelete(id=old_id, namespace=ns, name=name), cause)
         if self.view.services.get(sid) != svc:
-            self._publish(lb_service_subject(ns, name), LbEvent.SERVICE,
-                          {"id": sid, "service": svc}, cause)
+            self._publish(LbServiceEvent(id=sid, service=svc), cause)
         current = self.view.members.get(sid, set())
         added, removed = desired - current, current - desired
         if added or removed:
-            self._publish(lb_members_subject(sid), LbEvent.MEMBERS,
-                          {"service": sid, "op": OP_DELTA,
-                           "added": [list(m) for m in sorted(added)],
-                           "removed": [list(m) for m in sorted(removed)]}, cause)
-        status = {"namespace": ns, "name": name, "op": "ok", "id": sid}
+            self._publish(LbMembers(service=sid, added=sorted(added), removed=sorted(removed),
+                                    op=OP_DELTA), cause)
+        status = LbStatus(namespace=ns, name=name, op="ok", id=sid)
         if self.view.status.get(ref) != status:
-            self._publish(lb_status_subject(ns, name), LbEvent.STATUS, status, cause)
+            self._publish(status, cause)
 
-    async def _frontends(self, spec: ServiceSpec) -> dict[str, Any]:
+    async def _frontends(self, spec: ServiceSpec) -> ServiceRecord:
         """The published service record, with ClusterIP and NodePorts allocated."""
         assert self.ids is not None
         ref = spec.ref
@@ -266,44 +271,43 @@ class LbService(BusConsumer):
                     node_port = await self.ids.allocate(NODEPORTS, owner, p.node_port)
                 except LbError as exc:
                     raise type(exc)(f"Service {ref}: spec.ports[{i}].nodePort: {exc}") from exc
-            ports.append({"name": p.name, "port": p.port, "protocol": p.protocol,
-                          "node_port": node_port})
+            ports.append(ServicePortRecord(name=p.name, port=p.port, protocol=p.protocol,
+                                           node_port=node_port))
         for stale in self.node_port_owners.get(ref, set()) - owners:
             await self.ids.release(NODEPORTS, stale)
         self.node_port_owners[ref] = owners
-        return {"namespace": spec.namespace, "name": spec.name, "type": spec.type,
-                "cluster_ip": cluster_ip, "ports": ports,
-                "external_ips": list(spec.external_ips), "lb_ips": list(spec.lb_ips),
-                "affinity_timeout": spec.affinity_timeout, "ext_local": spec.ext_local,
-                "int_local": spec.int_local}
+        return ServiceRecord(namespace=spec.namespace, name=spec.name, type=spec.type,
+                             cluster_ip=cluster_ip, ports=ports,
+                             external_ips=list(spec.external_ips), lb_ips=list(spec.lb_ips),
+                             affinity_timeout=spec.affinity_timeout, ext_local=spec.ext_local,
+                             int_local=spec.int_local)
 
-    def _check_frontends(self, ref: Ref, sid: int, svc: dict[str, Any]) -> None:
+    def _check_frontends(self, ref: Ref, sid: int, svc: ServiceRecord) -> None:
         """An address:port/protocol serves one service only (Kubernetes does not check
         externalIPs or LoadBalancer IPs across Services; a datapath must)."""
         for addr, port, proto in sorted(service_frontends(svc)):
             owner = self.view.frontends.get((addr, port, proto))
             if owner is not None and owner != sid:
-                other = self.view.services.get(owner, {})
+                other = self.view.services[owner]   # a frontend's owner is a known service
                 raise AllocationError(
                     f"Service {ref}: frontend {addr}:{port}/{proto} is already used by "
-                    f"Service {other.get('namespace')}/{other.get('name')}")
+                    f"Service {other.namespace}/{other.name}")
 
     def _publish_backend(self, bid: int, be: Backend, cause: str) -> None:
-        data = {"id": bid, "address": be.addr.ip, "port": be.addr.port,
-                "protocol": be.addr.protocol, "node": be.node, "pod": be.pod, "state": be.state}
-        if self.view.backends.get(bid) != data:
-            self._publish(lb_backend_subject(bid), LbEvent.BACKEND, data, cause)
+        backend = LbBackend(id=bid, address=be.addr.ip, port=be.addr.port,
+                            protocol=be.addr.protocol, node=be.node, pod=be.pod, state=be.state)
+        if self.view.backends.get(bid) != backend:
+            self._publish(backend, cause)
 
     async def _remove(self, ref: Ref, cause: str) -> None:
         assert self.ids is not None
         ns, _, name = ref.partition("/")
         sid = self.view.ids.get(ref)
         if sid is not None:
-            self._publish(lb_service_subject(ns, name), LbEvent.SERVICE_DELETE,
-                          {"id": sid, "namespace": ns, "name": name}, cause)
-        if self.view.status.get(ref, {}).get("op", "delete") != "delete":
-            self._publish(lb_status_subject(ns, name), LbEvent.STATUS,
-                          {"namespace": ns, "name": name, "op": "delete"}, cause)
+            self._publish(LbServiceDelete(id=sid, namespace=ns, name=name), cause)
+        st = self.view.status.get(ref)
+        if st is not None and st.op != "delete":
+            self._publish(LbStatus(namespace=ns, name=name, op="delete"), cause)
         await self.ids.release(SERVICES, ref)
         await self.ids.release(cluster_ip_pool(), ref)
         owners = self.node_port_owners.pop(ref, None)
@@ -316,19 +320,22 @@ class LbService(BusConsumer):
         """Backends no service refers to any more are deleted (after the membership change)."""
         used = self.view.referenced_backends()
         for bid in sorted(set(self.view.backends) - used):
-            self._publish(lb_backend_subject(bid), LbEvent.BACKEND_DELETE, {"id": bid}, cause)
+            self._publish(LbBackendDelete(id=bid), cause)
 
     # -- publishing ------------------------------------------------------------------------
 
-    def _publish(self, subject: str, event_type: str, data: dict[str, Any], cause: str) -> None:
-        """Queue one event and fold it into the view at once (the view is what we published).
+    def _publish(self, payload: Payload, cause: str) -> None:
+        """Queue one event on its subject and fold it into the view at once (the view is what
+        we published).
 
         The message id is deterministic per cause and content: replicas handling the same
         source event publish the same ids, and JetStream stores each once.
         """
-        self._outbox.append(Outgoing(subject, event_type, data,
-                                     f"lb/{cause}/{subject}/{event_type}/{_digest(data)}"))
-        self.view.apply(event_type, data)
+        event_type = _EVENT_TYPES[type(payload)]
+        subject = payload.subjects()[0]
+        self._outbox.append(Outgoing(subject, event_type, payload,
+                                     f"lb/{cause}/{subject}/{event_type}/{_digest(payload)}"))
+        self.view.apply(payload)
 
     async def _flush(self) -> None:
         assert self.bus is not None

@@ -401,7 +401,7 @@ class NodeAgent:
     # -- load balancing --------------------------------------------------------------------
 
     async def _on_lb_event(self, d: Delivery) -> None:
-        dirty = self.lb_state.apply(d.subject, d.event.type, d.event.data)
+        dirty = self.lb_state.apply(d.event.payload)
         if self._lb_dirty is not None:
             self._lb_dirty.merge(dirty)
         if d.pending == 0:

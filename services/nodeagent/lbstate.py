@@ -9,7 +9,7 @@ tables. Agent use::
     lb = LbNodeState("node1", node_ips=["172.31.0.11"], lb_mode="snat")
     maps = LbMaps("node1")                      # services.nodeagent.datapath.lb
     for each event on cilia.lb.> and cilia.src.node.> (in order, deliver="all"):
-        dirty = lb.apply(subject, event_type, data)
+        dirty = lb.apply(event.payload)
         if dirty:                               # or batch several and merge the Dirty sets
             maps.apply(lb.plan(dirty))
     maps.apply(lb.plan())                       # full reconcile (start, periodic resync)
@@ -23,10 +23,11 @@ and ``... | 1`` for traffic from outside, the latter only when it differs
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.contract import LbEvent, ObjectEvent
+from services.common.contract import KIND_NODE, ObjectDelete, ObjectUpsert, Payload
 from services.lb.events import LbView, Touched
 from services.lb.maglev import DEFAULT_TABLE_SIZE, build_table
 from services.lb.resolve import STATE_ACTIVE, STATE_TERMINATING
@@ -41,9 +42,6 @@ LB_MODES = ("snat", "dsr")
 LB_MODE_ENV = "CILIA_LB_MODE"    # the agent's mode, like Cilium's loadBalancer.mode (snat default)
 PORT_INDEX_BITS = 8              # service ports per service in a frontend id
 MAX_PORTS = 1 << PORT_INDEX_BITS
-NODE_KIND = "Node"
-LB_EVENTS = frozenset(LbEvent)
-OBJECT_EVENTS = frozenset(ObjectEvent)
 NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 # The Node annotation in which each agent publishes its underlay interface's MAC address: the
 # Ethernet source its frames carry, by which other nodes recognise its DSR options.
@@ -93,35 +91,45 @@ class LbNodeState:
 
     # -- folding ------------------------------------------------------------------------------
 
-    def apply(self, subject: str, event_type: str, data: dict[str, Any]) -> LbDirty:
-        """Fold one event (``lb.*``, or ``object.upsert``/``object.delete`` of a Node)."""
-        if event_type in LB_EVENTS:
-            t: Touched = self.view.apply(event_type, data)
-            return LbDirty(set(t.services), set(t.backends))
-        if event_type in OBJECT_EVENTS and data.get("kind") == NODE_KIND:
-            name = data["name"]
-            addrs: list[str] = []
-            if event_type == ObjectEvent.UPSERT:
-                status = (data.get("object") or {}).get("status") or {}
-                addrs = [a["address"] for a in status.get("addresses") or []
-                         if a.get("type") in NODE_ADDRESS_TYPES and "." in a["address"]]
-            if name == self.node:
-                addrs = sorted(set(addrs) | set(self.node_addrs.get(name, [])))
-            macs_changed = self._fold_mac(name, data if event_type == ObjectEvent.UPSERT else {})
-            if self.node_addrs.get(name) != addrs:
-                if addrs or name == self.node:
-                    self.node_addrs[name] = addrs
-                else:
-                    self.node_addrs.pop(name, None)
-                return LbDirty(nodes=True)
-            if macs_changed:
-                return LbDirty(nodes=True)
+    def apply(self, payload: Payload | None) -> LbDirty:
+        """Fold one event's typed payload (an lb event's, or a Node's ``object.upsert`` or
+        ``object.delete``; others are ignored).
+
+        Raises:
+            ValueError: no payload (decoding always sets one: a caller's mistake).
+        """
+        match payload:
+            case ObjectUpsert(kind=kind, name=name, object=obj) if kind == KIND_NODE:
+                return self._fold_node(name, obj)
+            case ObjectDelete(kind=kind, name=name) if kind == KIND_NODE:
+                return self._fold_node(name, None)
+        t: Touched = self.view.apply(payload)
+        return LbDirty(set(t.services), set(t.backends))
+
+    def _fold_node(self, name: str, obj: Mapping[str, Any] | None) -> LbDirty:
+        """A Node object (None: deleted): the addresses its NodePorts listen on, its MAC."""
+        addrs: list[str] = []
+        if obj is not None:
+            status = obj.get("status") or {}
+            addrs = [a["address"] for a in status.get("addresses") or []
+                     if a.get("type") in NODE_ADDRESS_TYPES and "." in a["address"]]
+        if name == self.node:
+            addrs = sorted(set(addrs) | set(self.node_addrs.get(name, [])))
+        macs_changed = self._fold_mac(name, obj or {})
+        if self.node_addrs.get(name) != addrs:
+            if addrs or name == self.node:
+                self.node_addrs[name] = addrs
+            else:
+                self.node_addrs.pop(name, None)
+            return LbDirty(nodes=True)
+        if macs_changed:
+            return LbDirty(nodes=True)
         return LbDirty()
 
-    def _fold_mac(self, name: str, data: dict[str, Any]) -> bool:
+    def _fold_mac(self, name: str, obj: Mapping[str, Any]) -> bool:
         """Record a Node's underlay MAC (a malformed one is ignored: it could never match a
         frame); True if it changed."""
-        meta = (data.get("object") or {}).get("metadata") or {}
+        meta = obj.get("metadata") or {}
         mac = str((meta.get("annotations") or {}).get(NODE_MAC_ANNOTATION) or "").lower()
         try:
             mac_bytes(f"node {name}", mac)
@@ -149,11 +157,11 @@ class LbNodeState:
         out = []
         for name, bid in self.view.members.get(sid, ()):
             be = self.view.backends.get(bid)
-            if name != port_name or be is None or be.get("state", STATE_ACTIVE) != STATE_ACTIVE:
+            if name != port_name or be is None or (be.state or STATE_ACTIVE) != STATE_ACTIVE:
                 continue
-            if local_only and be.get("node") != self.node:
+            if local_only and be.node != self.node:
                 continue
-            out.append((f"{be['address']}:{be['port']}/{be['protocol']}", bid))
+            out.append((f"{be.address}:{be.port}/{be.protocol}", bid))
         return sorted(out)
 
     def _table(self, members: list[tuple[str, int]]) -> list[int]:
@@ -179,25 +187,25 @@ class LbNodeState:
             return fronts, tables
         node_ips = self.all_node_ips()
         dsr = self.lb_mode == "dsr"
-        for idx, port in enumerate(svc["ports"][:MAX_PORTS]):
+        for idx, port in enumerate(svc.ports[:MAX_PORTS]):
             fid = frontend_id(sid, idx)
-            t_int = self._table(self._members(sid, port["name"], bool(svc.get("int_local"))))
-            t_ext = self._table(self._members(sid, port["name"], bool(svc.get("ext_local"))))
+            t_int = self._table(self._members(sid, port.name, svc.int_local))
+            t_ext = self._table(self._members(sid, port.name, svc.ext_local))
             tid_int = table_id(fid, False)
             tid_ext = tid_int if t_ext == t_int else table_id(fid, True)
             tables[tid_int] = t_int
             tables[tid_ext] = t_ext
-            proto = port["protocol"]
-            timeout = int(svc.get("affinity_timeout") or 0)
-            internal = LbServiceEntry(fid, tid_int, len(t_int), tid_ext, len(t_ext), timeout)
+            proto = port.protocol
+            internal = LbServiceEntry(fid, tid_int, len(t_int), tid_ext, len(t_ext),
+                                      svc.affinity_timeout)
             external = internal._replace(external=True, dsr=dsr)
-            if svc.get("cluster_ip"):
-                fronts[LbFrontend(svc["cluster_ip"], port["port"], proto)] = internal
-            for ip in [*svc.get("external_ips", []), *svc.get("lb_ips", [])]:
-                fronts[LbFrontend(ip, port["port"], proto)] = external
-            if port.get("node_port"):
+            if svc.cluster_ip:
+                fronts[LbFrontend(svc.cluster_ip, port.port, proto)] = internal
+            for ip in [*svc.external_ips, *svc.lb_ips]:
+                fronts[LbFrontend(ip, port.port, proto)] = external
+            if port.node_port:
                 for ip in node_ips:
-                    fronts[LbFrontend(ip, port["node_port"], proto)] = external
+                    fronts[LbFrontend(ip, port.node_port, proto)] = external
         return fronts, {t: s for t, s in tables.items() if s}
 
     def backends(self) -> dict[int, LbBackendEntry]:
@@ -207,9 +215,9 @@ class LbNodeState:
             be = self.view.backends.get(bid)
             if be is None:
                 continue
-            out[bid] = LbBackendEntry(be["address"], be["port"], be["protocol"],
-                                      local=be.get("node") == self.node,
-                                      terminating=be.get("state") == STATE_TERMINATING)
+            out[bid] = LbBackendEntry(be.address, be.port, be.protocol,
+                                      local=be.node == self.node,
+                                      terminating=be.state == STATE_TERMINATING)
         return out
 
     def plan(self, dirty: LbDirty | None = None) -> LbPlan:

@@ -133,7 +133,6 @@ class Replay:
         self.events += 1
         r = route(rec.subject)
         step = Step(rec, event, r)
-        data = event.data      # the lb reducers still take the dict
         if r.policy_in:
             self._policy_input(step)
         if r.policy_out:
@@ -143,9 +142,9 @@ class Replay:
             for name, nf in self.nodes.items():
                 step.dirty[name] = nf.state.apply(rec.subject, event.payload, rec.seq)
         if r.lb:
-            step.cluster_lb_dirty = self.cluster_lb.apply(rec.subject, event.type, data)
+            step.cluster_lb_dirty = self.cluster_lb.apply(event.payload)
             for name, nf in self.nodes.items():
-                step.lb_dirty[name] = nf.lb.apply(rec.subject, event.type, data)
+                step.lb_dirty[name] = nf.lb.apply(event.payload)
         self.last[rec.subject] = rec
         return step
 

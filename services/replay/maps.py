@@ -128,11 +128,11 @@ def _service(rp: Replay, key: str) -> Any:
     if svc is None:
         return None
     members = sorted(view.members.get(int(key), ()))
-    return {"service": f"{svc.get('namespace')}/{svc.get('name')}",
-            "type": svc.get("type", ""), "cluster_ip": svc.get("cluster_ip", ""),
-            "ports": [f"{p.get('port')}/{p.get('protocol')}"
-                      + (f" nodePort {p['node_port']}" if p.get("node_port") else "")
-                      for p in svc.get("ports") or []],
+    return {"service": f"{svc.namespace}/{svc.name}",
+            "type": svc.type, "cluster_ip": svc.cluster_ip,
+            "ports": [f"{p.port}/{p.protocol}"
+                      + (f" nodePort {p.node_port}" if p.node_port else "")
+                      for p in svc.ports],
             "backends": [f"{name}:{bid}" for name, bid in members]}
 
 
@@ -144,9 +144,8 @@ def _backend(rp: Replay, key: str) -> Any:
     b = rp.cluster_lb.view.backends.get(int(key))
     if b is None:
         return None
-    return {"address": f"{b.get('address')}:{b.get('port')}/{b.get('protocol')}",
-            "node": b.get("node") or "", "pod": b.get("pod") or "",
-            "state": b.get("state") or "active"}
+    return {"address": f"{b.address}:{b.port}/{b.protocol}",
+            "node": b.node or "", "pod": b.pod or "", "state": b.state or "active"}
 
 
 _CLUSTER: dict[str, tuple[Callable[[Replay], Iterable[str]], Callable[[Replay, str], Any]]] = {

@@ -274,9 +274,12 @@ class LbLab:
             node.lbmaps.flush_flows()
 
     def publish(self, subject: str, event_type: str, data: dict[str, Any]) -> None:
-        """Deliver one lb event to every node's reducer and reconcile its maps."""
+        """Deliver one lb event to every node's reducer (checked and typed, as the bus does)
+        and reconcile its maps."""
+        payload = contract.validate(event_type, data)
+        contract.check_subject(event_type, payload, subject)
         for node in self.nodes:
-            dirty = node.state.apply(subject, event_type, data)
+            dirty = node.state.apply(payload)
             if dirty:
                 node.lbmaps.apply(node.state.plan(dirty))
 

@@ -18,7 +18,7 @@ ext_local, int_local}``. Membership is published as deltas; a consumer folds the
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from msgspec import Meta
 
@@ -49,8 +49,8 @@ class LbEvent(StrEnum):
     STATUS = "lb.status"
 
 
-OP_DELTA = "delta"      # lb.backends: the pairs that joined or left
-OP_SET = "set"          # lb.backends: the pairs that make up the whole membership
+OP_DELTA: Final = "delta"      # lb.backends: the pairs that joined or left
+OP_SET: Final = "set"          # lb.backends: the pairs that make up the whole membership
 
 LB_FILTER = "cilia.lb.>"
 
@@ -84,6 +84,7 @@ ServiceId = Annotated[int, Meta(ge=1, le=SERVICE_ID_MAX)]
 BackendId = Annotated[int, Meta(ge=1, le=BACKEND_ID_MAX)]
 Protocol = Literal["TCP", "UDP", "SCTP"]
 ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer"]
+BackendState = Literal["active", "terminating"]   # services.lb.resolve.BACKEND_STATES
 # [service port name, backend id]
 Member = tuple[PortName, BackendId]
 
@@ -142,7 +143,7 @@ class LbBackend(Payload):
     protocol: Protocol
     node: OptionalName | None = None
     pod: PodRef | None = None
-    state: Literal["active", "terminating"] | None = None
+    state: BackendState | None = None
 
     def subjects(self) -> tuple[str, ...]:
         return (lb_backend_subject(self.id),)

@@ -46,8 +46,19 @@ async def until(bus: Bus, pred, timeout: float = TIMEOUT_S) -> LbView:  # type: 
 
 def backends_of(view: LbView, ref: str) -> set[str]:
     sid = view.ids[ref]
-    return {f"{view.backends[b]['address']}:{view.backends[b]['port']}"
+    return {f"{view.backends[b].address}:{view.backends[b].port}"
             for _, b in view.members.get(sid, set()) if b in view.backends}
+
+
+def op_of(view: LbView, ref: str) -> str | None:
+    """The op of a Service's last status (None: no status)."""
+    st = view.status.get(ref)
+    return None if st is None else st.op
+
+
+def error_of(view: LbView, ref: str) -> str:
+    """The error of a Service's last status ("" when none)."""
+    return view.status[ref].error or ""
 
 
 async def test_clusterip_service_from_selector_and_incremental_backend(
@@ -59,11 +70,11 @@ async def test_clusterip_service_from_selector_and_incremental_backend(
                        and len(backends_of(v, "default/web")) == 3)
     sid = view.ids["default/web"]
     svc = view.services[sid]
-    assert ipaddress.IPv4Address(svc["cluster_ip"]) in SERVICE_CIDR
-    assert svc["type"] == "ClusterIP" and svc["ports"][0]["node_port"] == 0
+    assert ipaddress.IPv4Address(svc.cluster_ip) in SERVICE_CIDR
+    assert svc.type == "ClusterIP" and svc.ports[0].node_port == 0
     assert backends_of(view, "default/web") == {"10.244.1.10:8080", "10.244.1.11:8080",
                                                 "10.244.1.12:8080"}
-    assert view.status["default/web"]["op"] == "ok"
+    assert view.status["default/web"].op == "ok"
     before = await count(bus, "cilia.lb.>")
     # one more pod: its backend and one membership delta, nothing else
     await source.apply(bus, manifests(echo_pod("e3", "10.244.1.13")))
@@ -74,7 +85,7 @@ async def test_clusterip_service_from_selector_and_incremental_backend(
     # a pod deleted: the delta removes it and its backend goes away
     await source.delete(bus, manifests(echo_pod("e0", "10.244.1.10")))
     view = await until(bus, lambda v: "10.244.1.10:8080" not in backends_of(v, "default/web"))
-    assert not any(b["address"] == "10.244.1.10" for b in view.backends.values())
+    assert not any(b.address == "10.244.1.10" for b in view.backends.values())
 
 
 async def test_nodeport_allocation_and_conflicts(bus: Bus, lb_proc: None) -> None:
@@ -83,25 +94,25 @@ async def test_nodeport_allocation_and_conflicts(bus: Bus, lb_proc: None) -> Non
         service("np2", type_="NodePort", selector={"app": "echo"},
                 ports=[{"port": 80, "nodePort": 31000}])))
     view = await until(bus, lambda v: {"default/np1", "default/np2"} <= set(v.ids))
-    np1 = view.services[view.ids["default/np1"]]["ports"][0]["node_port"]
+    np1 = view.services[view.ids["default/np1"]].ports[0].node_port
     assert 30000 <= np1 <= 32767
-    assert view.services[view.ids["default/np2"]]["ports"][0]["node_port"] == 31000
-    cip = view.services[view.ids["default/np1"]]["cluster_ip"]
+    assert view.services[view.ids["default/np2"]].ports[0].node_port == 31000
+    cip = view.services[view.ids["default/np1"]].cluster_ip
     # np3 asks for np2's NodePort and np1's ClusterIP: clear errors, nothing published for it
     await source.apply(bus, manifests(
         service("np3", type_="NodePort", ports=[{"port": 80, "nodePort": 31000}]),
         service("ip3", clusterIP=cip)))
-    view = await until(bus, lambda v: v.status.get("default/np3", {}).get("op") == "error"
-                       and v.status.get("default/ip3", {}).get("op") == "error")
-    assert "31000 is already allocated to default/np2" in view.status["default/np3"]["error"]
-    assert "spec.ports[0].nodePort" in view.status["default/np3"]["error"]
-    assert f"{cip} is already allocated to default/np1" in view.status["default/ip3"]["error"]
+    view = await until(bus, lambda v: op_of(v, "default/np3") == "error"
+                       and op_of(v, "default/ip3") == "error")
+    assert "31000 is already allocated to default/np2" in error_of(view, "default/np3")
+    assert "spec.ports[0].nodePort" in error_of(view, "default/np3")
+    assert f"{cip} is already allocated to default/np1" in error_of(view, "default/ip3")
     assert "default/np3" not in view.ids and "default/ip3" not in view.ids
     # once np2 is gone its port is free again, and np3 gets it without being re-applied
     await source.delete(bus, manifests(service("np2")))
-    view = await until(bus, lambda v: v.status.get("default/np3", {}).get("op") == "ok")
+    view = await until(bus, lambda v: op_of(v, "default/np3") == "ok")
     assert "default/np2" not in view.ids
-    assert view.services[view.ids["default/np3"]]["ports"][0]["node_port"] == 31000
+    assert view.services[view.ids["default/np3"]].ports[0].node_port == 31000
 
 
 async def test_endpointslices_win_over_selector(bus: Bus, lb_proc: None) -> None:
@@ -112,7 +123,7 @@ async def test_endpointslices_win_over_selector(bus: Bus, lb_proc: None) -> None
                                                    "terminating": True})])))
     view = await until(bus, lambda v: "default/db" in v.ids
                        and backends_of(v, "default/db") == {"10.1.0.1:9090", "10.1.0.2:9090"})
-    states = {b["address"]: b["state"] for b in view.backends.values()}
+    states = {b.address: b.state for b in view.backends.values()}
     assert states == {"10.1.0.1": "active", "10.1.0.2": "terminating"}
 
 
@@ -157,9 +168,9 @@ async def test_shared_external_frontend_is_a_conflict(bus: Bus, lb_proc: None) -
         service("third", selector={"app": "echo"}, externalIPs=["192.0.2.7"],
                 ports=[{"port": 443}])))
     view = await until(bus, lambda v: "default/second" in v.status and "default/third" in v.ids)
-    assert view.status["default/second"]["op"] == "error"
+    assert view.status["default/second"].op == "error"
     assert "192.0.2.7:80/TCP is already used by Service default/first" in \
-        view.status["default/second"]["error"]
+        error_of(view, "default/second")
     assert "default/second" not in view.ids        # another port on the same IP is fine
 
 
@@ -173,7 +184,7 @@ async def test_objects_deleted_while_down_are_cleaned_up_once(bus: Bus, nats_url
     await source.delete(bus, manifests(service("gone"), service("clash")))
     with service_proc("services.lb", nats_url, log=tmp_path / "lb2.log"):
         view = await until(bus, lambda v: not v.ids and not v.backends and all(
-            st["op"] == "delete" for st in v.status.values()))
+            st.op == "delete" for st in v.status.values()))
         await asyncio.sleep(0.3)
     assert set(view.status) == {"default/gone", "default/clash"}
     stored = await count(bus, "cilia.lb.>")

@@ -8,11 +8,17 @@ from typing import Any
 
 import pytest
 
-from services.common.contract import lb_backend_subject, lb_members_subject, lb_service_subject
+from services.common.contract import (
+    check_subject,
+    lb_backend_subject,
+    lb_members_subject,
+    lb_service_subject,
+    validate,
+)
 from services.nodeagent.datapath import Programs, unpin
 from services.nodeagent.datapath.lb import LbMaps
 from services.nodeagent.datapath.maps.lb_services import LbFrontend
-from services.nodeagent.lbstate import LbNodeState, frontend_id, table_id
+from services.nodeagent.lbstate import LbDirty, LbNodeState, frontend_id, table_id
 
 M = 251
 
@@ -27,26 +33,35 @@ def svc(**fields: Any) -> dict[str, Any]:
     return base
 
 
+def deliver(state: LbNodeState, subject: str, event_type: str, data: dict[str, Any],
+            ) -> LbDirty:
+    """Fold one event as the agent does: checked against its schema and subject, typed."""
+    payload = validate(event_type, data)
+    check_subject(event_type, payload, subject)
+    return state.apply(payload)
+
+
 def feed(state: LbNodeState, sid: int, service: dict[str, Any],
          backends: list[tuple[int, str, str, str]]) -> None:
-    state.apply(lb_service_subject("default", service["name"]), "lb.service",
-                {"id": sid, "service": service})
+    deliver(state, lb_service_subject("default", service["name"]), "lb.service",
+            {"id": sid, "service": service})
     for bid, ip, node, st in backends:
-        state.apply(lb_backend_subject(bid), "lb.backend", {
+        deliver(state, lb_backend_subject(bid), "lb.backend", {
             "id": bid, "address": ip, "port": 8080, "protocol": "TCP", "node": node,
             "state": st})
-    state.apply(lb_members_subject(sid), "lb.backends", {
+    deliver(state, lb_members_subject(sid), "lb.backends", {
         "service": sid, "added": [["http", b[0]] for b in backends], "removed": []})
 
 
 def node_object(name: str, ip: str) -> dict[str, Any]:
     return {"kind": "Node", "namespace": "", "name": name, "object": {
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
         "status": {"addresses": [{"type": "InternalIP", "address": ip}]}}}
 
 
 def test_frontends_tables_and_local_policies() -> None:
     st = LbNodeState("n1", node_ips=["172.31.0.11"], maglev_size=M)
-    st.apply("cilia.src.node._.n2", "object.upsert", node_object("n2", "172.31.0.12"))
+    deliver(st, "cilia.src.node._.n2", "object.upsert", node_object("n2", "172.31.0.12"))
     feed(st, 5, svc(ext_local=True), [(1, "10.244.1.2", "n1", "active"),
                                       (2, "10.244.2.2", "n2", "active"),
                                       (3, "10.244.2.3", "n2", "terminating")])
@@ -105,17 +120,19 @@ def test_incremental_plans_touch_only_the_changed_service(lb_maps: LbMaps) -> No
     maps.apply(st.plan())
     assert len(maps.maglev_tables()) == 2
     # one backend joins b: only b's table is rewritten, a's is not even diffed
-    st.apply(lb_backend_subject(7), "lb.backend", {"id": 7, "address": "10.244.1.9", "port": 8080,
-                                                "protocol": "TCP", "node": "n1"})
-    dirty = st.apply(lb_members_subject(6), "lb.backends",
-                     {"service": 6, "added": [["http", 7]], "removed": []})
+    deliver(st, lb_backend_subject(7), "lb.backend", {"id": 7, "address": "10.244.1.9",
+                                                      "port": 8080, "protocol": "TCP",
+                                                      "node": "n1"})
+    dirty = deliver(st, lb_members_subject(6), "lb.backends",
+                    {"service": 6, "added": [["http", 7]], "removed": []})
     plan = st.plan(dirty)
     assert plan.table_scope == {table_id(frontend_id(6, 0), False)}
     res = maps.apply(plan)
     assert 0 < res["maglev"].writes <= 1.2 * M / 3     # Maglev: about 1/3 of b's slots move
     assert set(maps.maglev_tables()[table_id(frontend_id(6, 0), False)]) == {3, 4, 7}
     # service a deleted: its frontend and table go, b stays
-    dirty = st.apply(lb_service_subject("default", "a"), "lb.service.delete", {"id": 5})
+    dirty = deliver(st, lb_service_subject("default", "a"), "lb.service.delete",
+                    {"id": 5, "namespace": "default", "name": "a"})
     maps.apply(st.plan(dirty))
     assert set(maps.service_entries()) == {LbFrontend("10.96.0.6", 80)}
     assert list(maps.maglev_tables()) == [table_id(frontend_id(6, 0), False)]
@@ -145,8 +162,8 @@ def test_single_backend_needs_one_slot_and_none_means_no_table() -> None:
     plan = st.plan()
     entry = plan.services[LbFrontend("10.96.0.10", 80)]
     assert entry.size_int == 1 and plan.tables[entry.table_int] == [1]
-    st.apply(lb_members_subject(5), "lb.backends", {"service": 5, "added": [],
-                                                 "removed": [["http", 1]]})
+    deliver(st, lb_members_subject(5), "lb.backends", {"service": 5, "added": [],
+                                                       "removed": [["http", 1]]})
     plan = st.plan()
     assert plan.services[LbFrontend("10.96.0.10", 80)].size_int == 0 and not plan.tables
 

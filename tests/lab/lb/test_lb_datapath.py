@@ -49,7 +49,8 @@ def svc(lab: LbLab) -> Iterator[LbLab]:
     try:
         yield lab
     finally:
-        lab.publish("cilia.lb.service.default.web", "lb.service.delete", {"id": SID})
+        lab.publish("cilia.lb.service.default.web", "lb.service.delete",
+                    {"id": SID, "namespace": "default", "name": "web"})
         for p in pods:
             lab.publish(f"cilia.lb.backend.{lab.bid(p)}", "lb.backend.delete",
                         {"id": lab.bid(p)})
@@ -97,7 +98,8 @@ def test_clusterip_spreads_over_all_backends_and_replies_come_from_the_vip(svc: 
     finally:
         for u in udp:
             u.stop()
-        svc.publish("cilia.lb.service.default.dns", "lb.service.delete", {"id": SID + 1})
+        svc.publish("cilia.lb.service.default.dns", "lb.service.delete",
+                    {"id": SID + 1, "namespace": "default", "name": "dns"})
 
 
 def test_established_flows_keep_their_backend_across_scaling(svc: LbLab) -> None:
@@ -154,7 +156,8 @@ def test_service_without_backends_drops_with_a_reason(svc: LbLab) -> None:
         assert drops[0].dst_ip == "10.96.0.99" and drops[0].src_ip == pods[0].ip
         assert drops[0].src_identity == svc.identity(pods[0])
     finally:
-        svc.publish("cilia.lb.service.default.empty", "lb.service.delete", {"id": SID + 2})
+        svc.publish("cilia.lb.service.default.empty", "lb.service.delete",
+                    {"id": SID + 2, "namespace": "default", "name": "empty"})
 
 
 def test_egress_policy_sees_the_backend_behind_the_vip(svc: LbLab) -> None:

@@ -78,7 +78,7 @@ async def test_applied_service_carries_traffic(bus: Bus, lb_proc: None, lab: LbL
         *objs))
     view = await until(bus, lambda v: "default/web" in v.ids
                        and len(backends_of(v, "default/web")) == 3)
-    vip = view.services[view.ids["default/web"]]["cluster_ip"]
+    vip = view.services[view.ids["default/web"]].cluster_ip
     sync = Sync(lab)
     await sync(bus)
     assert set(spread(lab, vip, 60)) == {p.ip for p in pods[1:4]}

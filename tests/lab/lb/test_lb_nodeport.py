@@ -126,7 +126,8 @@ def test_udp_nodeport_from_the_external_host(lab: LbLab, mode: str) -> None:
     finally:
         for srv in servers:
             srv.stop()
-        lab.publish("cilia.lb.service.default.dns", "lb.service.delete", {"id": 13})
+        lab.publish("cilia.lb.service.default.dns", "lb.service.delete",
+                    {"id": 13, "namespace": "default", "name": "dns"})
 
 
 def test_external_traffic_policy_local_uses_local_backends_only(lab: LbLab) -> None:

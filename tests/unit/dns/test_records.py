@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dns.flags
 import dns.message
 import dns.rcode
@@ -10,21 +12,30 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.common.clusterdns import KUBE_DNS_IP, resolv_conf
+from services.common.contract import validate
 from services.dns.records import answer, respond, service_name, zone_from_view
 from services.lb.events import LbView
 
 
+def fold(v: LbView, event_type: str, data: dict[str, Any]) -> None:
+    v.apply(validate(event_type, data))
+
+
+def service(name: str, cluster_ip: str) -> dict[str, Any]:
+    return {"namespace": "prod", "name": name, "type": "ClusterIP", "cluster_ip": cluster_ip,
+            "ports": [], "external_ips": [], "lb_ips": [], "affinity_timeout": 0,
+            "ext_local": False, "int_local": False}
+
+
 def view() -> LbView:
     v = LbView()
-    v.apply("lb.service", {"id": 1, "service": {"namespace": "prod", "name": "web",
-                                                "cluster_ip": "10.96.0.20", "ports": []}})
-    v.apply("lb.service", {"id": 2, "service": {"namespace": "prod", "name": "db",
-                                                "cluster_ip": "", "ports": []}})
+    fold(v, "lb.service", {"id": 1, "service": service("web", "10.96.0.20")})
+    fold(v, "lb.service", {"id": 2, "service": service("db", "")})
     for bid, ip, state in ((7, "10.244.1.9", "active"), (8, "10.244.2.3", "active"),
                            (9, "10.244.2.4", "terminating")):
-        v.apply("lb.backend", {"id": bid, "address": ip, "port": 5432, "protocol": "TCP",
+        fold(v, "lb.backend", {"id": bid, "address": ip, "port": 5432, "protocol": "TCP",
                                "state": state})
-    v.apply("lb.backends", {"service": 2, "op": "delta",
+    fold(v, "lb.backends", {"service": 2, "op": "delta",
                             "added": [["", 7], ["", 8], ["", 9]], "removed": []})
     return v
 
@@ -68,7 +79,7 @@ def test_known_name_other_type_is_nodata() -> None:
 
 def test_deleted_service_disappears() -> None:
     v = view()
-    v.apply("lb.service.delete", {"id": 1, "namespace": "prod", "name": "web"})
+    fold(v, "lb.service.delete", {"id": 1, "namespace": "prod", "name": "web"})
     zone = zone_from_view(v)
     assert service_name("prod", "web") not in zone
     resp = answer(dns.message.make_query("web.prod.svc.cluster.local.", "A"), zone)
@@ -99,9 +110,9 @@ def test_resolv_conf_names_kube_dns_and_the_search_list() -> None:
 def test_large_udp_answers_are_truncated_and_complete_over_tcp() -> None:
     v = view()
     for i in range(60):
-        v.apply("lb.backend", {"id": 100 + i, "address": f"10.244.3.{i + 1}", "port": 5432,
+        fold(v, "lb.backend", {"id": 100 + i, "address": f"10.244.3.{i + 1}", "port": 5432,
                                "protocol": "TCP", "state": "active"})
-        v.apply("lb.backends", {"service": 2, "op": "delta", "added": [["", 100 + i]],
+        fold(v, "lb.backends", {"service": 2, "op": "delta", "added": [["", 100 + i]],
                                 "removed": []})
     zone = zone_from_view(v)
     query = dns.message.make_query("db.prod.svc.cluster.local.", "A")
