@@ -44,7 +44,17 @@ _ENVELOPE = msgspec.msgpack.Decoder(_Envelope)
 _HEAD = b"\x83" + msgpack.packb("v") + msgpack.packb(SCHEMA_VERSION) + msgpack.packb("type")
 _DATA_KEY = msgpack.packb("data")
 _PLAIN = msgspec.msgpack.Decoder()
-_TYPED = msgspec.msgpack.Encoder()
+
+
+def _enc_hook(obj: Any) -> Any:
+    """The contract's checked strings (``str`` subclasses such as an IPv4 address) go out as
+    the strings they are, so a decoded payload can be published again."""
+    if isinstance(obj, str):
+        return str(obj)
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_TYPED = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 
 # What a producer hands the codec: the data as a dict, or the event type's typed payload.
 Data = Mapping[str, Any] | contract.Payload

@@ -60,3 +60,12 @@ def test_malformed_payloads_are_rejected(payload: bytes, message: str) -> None:
 def test_encode_validates_before_anything_is_sent() -> None:
     with pytest.raises(MalformedPayload, match=r"identity.upsert: Expected `int`, got `bool`"):
         encode("identity.upsert", {"id": True, "labels": ["k8s:a=b"]})
+
+
+def test_a_decoded_payload_is_published_again_as_the_same_bytes() -> None:
+    """Typed payloads hold the contract's checked strings; a consumer that republishes one
+    (a resync) sends what it received."""
+    wire = encode("ipcache.upsert", {"prefix": "10.0.0.1/32", "identity": 300,
+                                     "host_ip": "172.31.0.1", "pod": "default/a"})
+    event = decode(wire, "cilia.ipcache.k8s.10-0-0-1_32")
+    assert encode(event.type, event.payload) == wire
