@@ -34,7 +34,8 @@ from services.common.contract import (
     LbServiceDelete,
     LbServiceEvent,
     LbStatus,
-    ObjectEvent,
+    ObjectDelete,
+    ObjectUpsert,
     Payload,
     ServicePortRecord,
     ServiceRecord,
@@ -115,35 +116,35 @@ class LbService(BusConsumer):
         self.view.apply(d.event.payload)
 
     async def _on_source(self, d: Delivery) -> None:
-        data = d.event.data
-        kind, ns, name = data["kind"], data["namespace"], data["name"]
-        deleted = d.event.type == ObjectEvent.DELETE
+        p = d.event.payload
+        assert isinstance(p, ObjectUpsert | ObjectDelete)     # the source objects' subjects
+        kind, ns, name = p.kind, p.namespace, p.name
+        obj = p.object if isinstance(p, ObjectUpsert) else None     # None: deleted
         ref = f"{ns}/{name}"
         if kind == "Service":
             self.specs.pop(ref, None)
-            if deleted:
+            if obj is None:
                 self.services.pop(ref, None)
                 self.by_ns.get(ns, set()).discard(ref)
             else:
-                self.services[ref] = data["object"]
+                self.services[ref] = obj
                 self.by_ns.setdefault(ns, set()).add(ref)
                 with contextlib.suppress(LbError):
-                    self.specs[ref] = parse_service(data["object"])
+                    self.specs[ref] = parse_service(obj)
             self._dirty.add(ref)
         elif kind == "Pod":
             old_pod = self.pods[ns].pop(name, None)
-            if not deleted:
-                self.pods[ns][name] = data["object"]
-            self._dirty.update(self._selecting(ns, [old_pod, None if deleted else
-                                                    data["object"]]))
+            if obj is not None:
+                self.pods[ns][name] = obj
+            self._dirty.update(self._selecting(ns, [old_pod, obj]))
         elif kind == "EndpointSlice":
             old = self.slices.pop(ref, None)
             if old is not None:
                 self._dirty.add(f"{ns}/{old.service}")
             self.bad_slices.discard(ref)
-            if not deleted:
+            if obj is not None:
                 try:
-                    sl = parse_endpointslice(data["object"])
+                    sl = parse_endpointslice(obj)
                 except LbError as exc:
                     log.warning("lb: ignoring %s", exc)
                     self.bad_slices.add(ref)

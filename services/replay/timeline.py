@@ -262,8 +262,8 @@ class Tracker:
             self._set(scope, "ipcache", flat_ipcache(st.desired_ipcache()), cause)
             return
         # An ipcache event changes only its own prefix; a Node event, the node addresses.
-        prefix = step.event.data.get("prefix") if step.event.type.startswith("ipcache.") \
-            else None
+        p = step.event.payload
+        prefix = p.prefix if isinstance(p, IpcacheUpsert | IpcacheDelete) else None
         if prefix is not None and prefix not in focus.prefixes:
             return
         full = st.desired_ipcache()
