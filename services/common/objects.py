@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.errors import CiliaError
+from services.common.policytypes import MAX_PORT
 
 MAX_DNS_LABEL = 63
 MAX_DNS_SUBDOMAIN = 253
 MAX_LABEL_VALUE = 63
 MAX_PORT_NAME = 15
-MAX_PORT = 65535
 DEFAULT_NAMESPACE = "default"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -13,6 +13,7 @@ from typing import NamedTuple
 ANY_PEER = 0    # peer identity wildcard
 ANY_PROTO = 0   # protocol wildcard
 ANY_PORT = 0    # port wildcard (with end_port 0)
+MAX_PORT = 65535   # the highest TCP/UDP port
 
 PROTO_ICMP = 1
 PROTO_TCP = 6

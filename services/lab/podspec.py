@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.policytypes import MAX_PORT
 from services.lab.errors import PodSpecError
 from services.workload.client import parse_target
 
@@ -25,7 +26,6 @@ SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 POD_SUFFIX_LEN = 5
 FNV32_OFFSET = 0x811C9DC5
 FNV32_PRIME = 0x01000193
-MAX_PORT = 65535
 MAX_NAME = 253
 MAX_DNS_LABEL = 63
 PROTOCOLS = ("TCP", "UDP", "SCTP")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.contract.lb import Protocol, ServiceType
+from services.common.policytypes import MAX_PORT
 from services.lb.errors import ServiceSpecError
 
 # Where ClusterIPs come from when a Service gives none (Kubernetes' kubeadm default range).
@@ -23,7 +24,6 @@ SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/16")
 NODEPORT_MIN, NODEPORT_MAX = 30000, 32767     # kube-apiserver --service-node-port-range
 DEFAULT_AFFINITY_TIMEOUT_S = 10800            # sessionAffinityConfig.clientIP default (3 h)
 MAX_AFFINITY_TIMEOUT_S = 86400
-MAX_PORT = 65535
 PROTOCOLS: tuple[Protocol, ...] = ("TCP", "UDP", "SCTP")
 SERVICE_TYPES: tuple[ServiceType, ...] = ("ClusterIP", "NodePort", "LoadBalancer")
 HEADLESS = "None"

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from services.common.labels import SOURCE_ANY
-from services.common.policytypes import ANY_PROTO, PROTO_BY_NAME
+from services.common.policytypes import ANY_PROTO, MAX_PORT, PROTO_BY_NAME
 
 from .cidr import CIDRRule, make_cidr_rule
 from .errors import CIDRError, PolicyValidationError, SelectorError, UnsupportedFieldError
 from .model import FQDNSelector, PortRule
 from .selector import EndpointSelector, parse_selector
 
-MAX_PORT = 65535
 MAX_PORT_NAME = 15  # IANA service names are at most 15 characters
 PORT_PROTOCOLS = ("TCP", "UDP", "SCTP", "ANY")
 _PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")

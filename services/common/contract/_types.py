@@ -18,12 +18,12 @@ from msgspec import Meta
 
 from services.common.identities import LOCAL_IDENTITY_FLAG, MAX_CLUSTER_ID, MIN_CLUSTER_ID
 from services.common.labels import KNOWN_SOURCES
+from services.common.policytypes import MAX_PORT
 
 U8_MAX = (1 << 8) - 1
 U16_MAX = (1 << 16) - 1
 U32_MAX = (1 << 32) - 1
 I64_MAX = (1 << 63) - 1   # msgspec bounds fit an int64
-MAX_PORT = 65535
 MAX_DNS_LABEL = 63
 MAX_DNS_SUBDOMAIN = 253
 MAX_PORT_NAME = 15              # IANA service names

@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from services.nodeagent.datapath._byteorder import be32_to_ip
-from services.nodeagent.datapath.backend import MapBackend
 from services.nodeagent.datapath.errors import EncodeError
 from services.nodeagent.datapath.maps._codec import (
     U16_MAX,
@@ -108,9 +107,6 @@ def decode_endpoints(raw: Mapping[bytes, bytes]) -> dict[str, EndpointEntry]:
 
 class EndpointMap(ReconciledMap):
     """local pod IPv4 -> endpoint id, identity, ifindex, enforcement flags."""
-
-    def __init__(self, backend: MapBackend) -> None:
-        super().__init__(backend)
 
     def reconcile(self, desired: Mapping[str, EndpointEntry],
                   ips: Iterable[str] | None = None) -> ReconcileResult:

@@ -10,7 +10,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from services.nodeagent.datapath._byteorder import be32_to_ip, ip_to_be32
-from services.nodeagent.datapath.backend import MapBackend
 from services.nodeagent.datapath.errors import EncodeError
 from services.nodeagent.datapath.maps._codec import (
     U8_MAX,
@@ -105,9 +104,6 @@ def decode_ipcache(raw: Mapping[bytes, bytes]) -> dict[str, IpcacheEntry]:
 
 class IpcacheMap(ReconciledMap):
     """prefix -> identity and hosting node."""
-
-    def __init__(self, backend: MapBackend) -> None:
-        super().__init__(backend)
 
     def reconcile(self, desired: Mapping[str, IpcacheEntry],
                   prefixes: Iterable[str] | None = None) -> ReconcileResult:

@@ -15,7 +15,6 @@ from services.nodeagent.datapath._byteorder import (
     ip_to_be32,
     port_to_be16,
 )
-from services.nodeagent.datapath.backend import MapBackend
 from services.nodeagent.datapath.errors import EncodeError
 from services.nodeagent.datapath.maps._codec import (
     PORT_MAX,
@@ -95,9 +94,6 @@ def decode_backends(raw: Mapping[bytes, bytes]) -> dict[int, LbBackendEntry]:
 
 class LbBackendsMap(ReconciledMap):
     """Backend id -> address, as the Maglev slots and LB conntrack name them."""
-
-    def __init__(self, backend: MapBackend) -> None:
-        super().__init__(backend)
 
     def reconcile(self, desired: Mapping[int, LbBackendEntry],
                   _scope: None = None) -> ReconcileResult:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from services.nodeagent.datapath._byteorder import be32_to_ip
-from services.nodeagent.datapath.backend import MapBackend
 from services.nodeagent.datapath.errors import EncodeError
 from services.nodeagent.datapath.maps._codec import address
 from services.nodeagent.datapath.maps.lb_services import PART
@@ -68,9 +67,6 @@ def decode_node_macs(raw: Mapping[bytes, bytes]) -> dict[str, str]:
 
 class LbNodeMacsMap(ReconciledMap):
     """Underlay MAC -> node IP of the nodes whose DSR options are honoured."""
-
-    def __init__(self, backend: MapBackend) -> None:
-        super().__init__(backend)
 
     def reconcile(self, desired: Mapping[str, str], _scope: None = None) -> ReconcileResult:
         """Make the map hold exactly ``desired``.

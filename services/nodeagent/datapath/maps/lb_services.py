@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from services.nodeagent.datapath._byteorder import be16_to_port, be32_to_ip, port_to_be16
-from services.nodeagent.datapath.backend import MapBackend
 from services.nodeagent.datapath.errors import EncodeError
 from services.nodeagent.datapath.maps._codec import (
     PORT_MAX,
@@ -123,9 +122,6 @@ def decode_services(raw: Mapping[bytes, bytes]) -> dict[LbFrontend, LbServiceEnt
 
 class LbServicesMap(ReconciledMap):
     """Frontends, as the kernel's frontends hold them (tables resolved to slots)."""
-
-    def __init__(self, backend: MapBackend) -> None:
-        super().__init__(backend)
 
     def reconcile(self, desired: Mapping[LbFrontend, LbServiceEntry],
                   _scope: None = None) -> ReconcileResult:
