@@ -5,9 +5,11 @@ its conntrack entries."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +156,17 @@ def _apply_pod(lab: Cluster, manifest: Path, name: str) -> str:
     return next(e["ipv4"] for e in lab.endpoints() if e["pod"] == pod)
 
 
+@contextlib.contextmanager
+def _removed_after(lab: Cluster, *manifests: Path) -> Iterator[None]:
+    """Delete the test's pods at the end, also when it fails: the lab is shared with later
+    tests, whose ``deploy()`` expects none of them (deleting one already gone is harmless)."""
+    try:
+        yield
+    finally:
+        for manifest in manifests:
+            lab.cilia("delete", "-f", str(manifest))
+
+
 def test_a_reused_address_starts_without_conntrack_entries(lab: Cluster,
                                                            tmp_path: Path) -> None:
     where = deploy(lab)
@@ -161,23 +174,23 @@ def test_a_reused_address_starts_without_conntrack_entries(lab: Cluster,
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
     first.write_text(REUSE_POD.format(name="reuse-a", ns=NS, node=node))
     second.write_text(REUSE_POD.format(name="reuse-b", ns=NS, node=node))
-    addr = _apply_pod(lab, first, "reuse-a")
-    assert lab.connect("deploy/frontend", NS, addr, 80) == "OK"
-    assert _entries_of(node, addr), "the pod's flows are tracked"
+    with _removed_after(lab, first, second):
+        addr = _apply_pod(lab, first, "reuse-a")
+        assert lab.connect("deploy/frontend", NS, addr, 80) == "OK"
+        assert _entries_of(node, addr), "the pod's flows are tracked"
 
-    lab.ok("delete", "-f", str(first))
-    lab.wait("reuse-a is gone",
-             lambda: not any(e["ipv4"] == addr for e in lab.endpoints()))
-    assert _entries_of(node, addr) == [], "a deleted endpoint's flows go with it"
-    # traffic to the dead address leaves an entry behind on the sender's side
-    lab.connect("deploy/frontend", NS, addr, 80, timeout=0.5)
-    assert _entries_of(node, addr), "a stale entry names the free address"
+        lab.ok("delete", "-f", str(first))
+        lab.wait("reuse-a is gone",
+                 lambda: not any(e["ipv4"] == addr for e in lab.endpoints()))
+        assert _entries_of(node, addr) == [], "a deleted endpoint's flows go with it"
+        # traffic to the dead address leaves an entry behind on the sender's side
+        lab.connect("deploy/frontend", NS, addr, 80, timeout=0.5)
+        assert _entries_of(node, addr), "a stale entry names the free address"
 
-    before = time.monotonic_ns()
-    assert _apply_pod(lab, second, "reuse-b") == addr, "the address was reused"
-    inherited = [e for e in _entries_of(node, addr) if e.created_ns < before]
-    assert inherited == [], "the new pod inherited conntrack entries"
-    lab.ok("delete", "-f", str(second))
+        before = time.monotonic_ns()
+        assert _apply_pod(lab, second, "reuse-b") == addr, "the address was reused"
+        inherited = [e for e in _entries_of(node, addr) if e.created_ns < before]
+        assert inherited == [], "the new pod inherited conntrack entries"
 
 
 def test_a_deleted_remote_pod_leaves_no_conntrack_entries_on_other_nodes(
@@ -190,10 +203,11 @@ def test_a_deleted_remote_pod_leaves_no_conntrack_entries_on_other_nodes(
     there = next(n for n in where.nodes.values() if n != here)
     manifest = tmp_path / "remote.yaml"
     manifest.write_text(REUSE_POD.format(name="remote-a", ns=NS, node=there))
-    addr = _apply_pod(lab, manifest, "remote-a")
-    assert lab.connect("deploy/frontend", NS, addr, 80) == "OK"
-    assert _entries_of(here, addr), "the frontend's node tracks the flow"
+    with _removed_after(lab, manifest):
+        addr = _apply_pod(lab, manifest, "remote-a")
+        assert lab.connect("deploy/frontend", NS, addr, 80) == "OK"
+        assert _entries_of(here, addr), "the frontend's node tracks the flow"
 
-    lab.ok("delete", "-f", str(manifest))
-    lab.wait("the frontend's node forgot the address's flows",
-             lambda: _entries_of(here, addr) == [])
+        lab.ok("delete", "-f", str(manifest))
+        lab.wait("the frontend's node forgot the address's flows",
+                 lambda: _entries_of(here, addr) == [])
