@@ -115,9 +115,7 @@ class EndpointMap(ReconciledMap):
         With ``ips``, only those addresses are reconciled (absent from ``desired``: deleted).
         """
         keys = None if ips is None else endpoint_keys(ips)
-        errors: list[EncodeError] = []
-        encoded = encode_endpoints(desired, errors)
-        return self.reconciler.skip(errors, self.reconciler.reconcile(encoded, keys=keys))
+        return self.write(encode_endpoints, desired, keys=keys)
 
     def entries(self) -> dict[str, EndpointEntry]:
         return decode_endpoints(self.reconciler.backend.read_all())

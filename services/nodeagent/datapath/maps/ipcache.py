@@ -113,9 +113,7 @@ class IpcacheMap(ReconciledMap):
         listed there but absent from ``desired`` is deleted); others are left alone.
         """
         keys = None if prefixes is None else ipcache_keys(prefixes)
-        errors: list[EncodeError] = []
-        encoded = encode_ipcache(desired, errors)
-        return self.reconciler.skip(errors, self.reconciler.reconcile(encoded, keys=keys))
+        return self.write(encode_ipcache, desired, keys=keys)
 
     def entries(self) -> dict[str, IpcacheEntry]:
         """What the kernel map holds (read from the map, not the mirror)."""

@@ -99,9 +99,7 @@ class LbBackendsMap(ReconciledMap):
                   _scope: None = None) -> ReconcileResult:
         """Make the map hold exactly ``desired``; a backend that cannot be encoded is left
         out and counted."""
-        errors: list[EncodeError] = []
-        encoded = encode_backends(desired, errors)
-        return self.reconciler.skip(errors, self.reconciler.reconcile(encoded))
+        return self.write(encode_backends, desired)
 
     def entries(self) -> dict[int, LbBackendEntry]:
         return decode_backends(self.backend.read_all())

@@ -127,9 +127,7 @@ class LbServicesMap(ReconciledMap):
                   _scope: None = None) -> ReconcileResult:
         """Make the map hold exactly ``desired`` (tables already resolved); a frontend that
         cannot be encoded is left out and counted."""
-        errors: list[EncodeError] = []
-        encoded = encode_services(desired, errors)
-        return self.reconciler.skip(errors, self.reconciler.reconcile(encoded))
+        return self.write(encode_services, desired)
 
     def entries(self) -> dict[LbFrontend, LbServiceEntry]:
         return decode_services(self.backend.read_all())

@@ -248,9 +248,7 @@ class PolicyMap(ReconciledMap):
             subjects: reconcile only these subject identities (their entries outside
                 ``desired`` are deleted; other subjects are untouched). None: the whole map.
         """
-        errors: list[EncodeError] = []
-        encoded = encode_policy(desired, errors)
-        return self.reconciler.skip(errors, self.reconciler.reconcile(encoded, subjects))
+        return self.write(encode_policy, desired, partitions=subjects)
 
     def blocks(self) -> dict[PortPrefix, Verdict]:
         """The kernel map's entries as port blocks."""

@@ -10,11 +10,15 @@ partitions the desired entries cover (:class:`WrittenView`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from typing import Any, Protocol
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from services.nodeagent.datapath.backend import MapBackend
+from services.nodeagent.datapath.errors import EncodeError
 from services.nodeagent.datapath.reconciler import Reconciler, ReconcileResult
+
+D = TypeVar("D", bound=Mapping[Any, Any])
+Encoder = Callable[[D, list[EncodeError]], dict[bytes, bytes]]
 
 
 class Repairable(Protocol):
@@ -53,6 +57,16 @@ class ReconciledMap:
 
     def repair(self) -> int:
         return self.reconciler.repair()
+
+    def write(self, encode: Encoder[D], desired: D,
+              partitions: Iterable[Hashable] | None = None,
+              keys: Iterable[bytes] | None = None) -> ReconcileResult:
+        """Encode ``desired`` and reconcile the map (or the given scope of it) to it; an entry
+        that cannot be encoded is left out and counted, the others are written."""
+        errors: list[EncodeError] = []
+        encoded = encode(desired, errors)
+        return self.reconciler.skip(errors,
+                                    self.reconciler.reconcile(encoded, partitions, keys))
 
     def invalidate(self) -> None:
         self.reconciler.invalidate()
