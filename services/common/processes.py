@@ -12,11 +12,12 @@ Two records, for two kinds of owner:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,23 +88,32 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _stop(pid: int, alive: Callable[[], bool], term_grace: float, poll: float) -> bool:
+    """SIGTERM ``pid``, wait up to ``term_grace`` seconds, then SIGKILL and wait up to
+    :data:`TERM_GRACE`; ``alive`` tells whether it is still the process meant. True when
+    it ended."""
+    for sig, wait in ((signal.SIGTERM, term_grace), (signal.SIGKILL, TERM_GRACE)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while True:
+            _reap(pid)
+            if not alive():
+                return True
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(poll)
+    return not alive()
+
+
 def stop_process(ref: ProcRef, grace: float = TERM_GRACE) -> bool:
     """SIGTERM the recorded process, SIGKILL after ``grace`` seconds; False if it was gone."""
     if not is_alive(ref):
         _reap(ref.pid)
         return False
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
-        try:
-            os.kill(ref.pid, sig)
-        except ProcessLookupError:
-            return True
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            _reap(ref.pid)
-            if not is_alive(ref):
-                return True
-            time.sleep(POLL_INTERVAL)
-    return not is_alive(ref)
+    return _stop(ref.pid, lambda: is_alive(ref), grace, POLL_INTERVAL)
 
 
 @dataclass
@@ -136,15 +146,6 @@ def stop_records(records: list[ProcessRecord],
     for rec in sorted(records, key=lambda r: r.name == BUS_PROCESS):
         if not is_running(rec):
             continue
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(rec.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while is_running(rec) and time.monotonic() < deadline:
-            time.sleep(RECORD_POLL_S)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(rec.pid, os.WNOHANG)
-        if is_running(rec):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signal.SIGKILL)
+        _stop(rec.pid, functools.partial(is_running, rec), timeout, RECORD_POLL_S)
         stopped.append(f"{rec.name} (pid {rec.pid})")
     return stopped
