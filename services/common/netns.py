@@ -26,7 +26,7 @@ T = TypeVar("T")
 NETNS_RUN_DIR = Path("/run/netns")     # where named namespaces are bind-mounted (iproute2's)
 CLONE_NEWNET = 0x40000000
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)   # errno kept for callers
 
 
 def netns_path(name: str) -> str:
@@ -36,7 +36,7 @@ def netns_path(name: str) -> str:
 
 def setns_net(fd: int) -> None:
     """Move the calling thread into the network namespace open at ``fd``."""
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
+    if LIBC.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
 

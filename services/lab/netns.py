@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from pyroute2 import netns as pr_netns
 
-from services.common.netns import NETNS_RUN_DIR, netns_path, run_in_netns, setns_net
+from services.common.netns import LIBC, NETNS_RUN_DIR, netns_path, run_in_netns, setns_net
 from services.common.processes import ProcRef, start_time
 from services.lab.errors import TopologyError
 
@@ -31,8 +31,6 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 1 << 19          # mounts made in the child never propagate back
 RESOLV_CONF = b"/etc/resolv.conf"
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def netns_exists(name: str) -> bool:
@@ -94,9 +92,9 @@ def write_sysctl(netns: str, key: str, value: str) -> None:
 def _bind_resolv_conf(path: bytes) -> None:
     """In a forked child: a private mount namespace where ``path`` is /etc/resolv.conf (what
     ``ip netns exec`` does with /etc/netns/<name>/resolv.conf)."""
-    for ok in (_libc.unshare(CLONE_NEWNS) == 0,
-               _libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) == 0,
-               _libc.mount(path, RESOLV_CONF, None, MS_BIND, None) == 0):
+    for ok in (LIBC.unshare(CLONE_NEWNS) == 0,
+               LIBC.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) == 0,
+               LIBC.mount(path, RESOLV_CONF, None, MS_BIND, None) == 0):
         if not ok:
             err = ctypes.get_errno()
             raise OSError(err, f"resolv.conf bind mount: {os.strerror(err)}")
