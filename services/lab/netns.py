@@ -12,7 +12,6 @@ the setns(2) system call directly (through ctypes, as pyroute2 itself does):
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import subprocess
