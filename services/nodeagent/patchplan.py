@@ -23,19 +23,10 @@ from typing import Any
 
 from services.common.contract import IPCACHE_SOURCE_K8S
 from services.common.identities import ID_INIT
-from services.common.policytypes import PolicyKey, Verdict
 from services.nodeagent.datapath.maps.endpoints import EndpointEntry
 from services.nodeagent.datapath.maps.ipcache import IpcacheEntry
 from services.nodeagent.health import PART_ENDPOINTS, PART_IPCACHE, PART_POLICY
 from services.nodeagent.state import Dirty, LocalEndpoint, NodeState
-
-
-@dataclass(frozen=True)
-class PolicyPatch:
-    """Policy entries of some subjects; ``subjects`` None: the whole map."""
-
-    desired: Mapping[PolicyKey, Verdict]
-    subjects: frozenset[int] | None
 
 
 @dataclass(frozen=True)
@@ -57,7 +48,7 @@ class NodePlan:
     endpoint_identities: Mapping[str, int]    # local endpoint IP -> identity (ID_INIT: none)
     ipcache: Mapping[str, IpcacheEntry] | None = None
     endpoints: Mapping[str, EndpointEntry] | None = None
-    policy: PolicyPatch | None = None
+    policy: MapPatch | None = None   # scope: the subjects patched (None: every one)
     parts: tuple[str, ...] = field(default=())
     # with the ipcache part: who each pod address is (identity, pod) as of ``revision``
     owners: Mapping[str, tuple[int, str]] | None = None
@@ -74,7 +65,7 @@ class NodePlan:
         if self.endpoints is not None:
             out[PART_ENDPOINTS] = MapPatch(self.endpoints)
         if self.policy is not None:
-            out[PART_POLICY] = MapPatch(self.policy.desired, self.policy.subjects)
+            out[PART_POLICY] = self.policy
         return out
 
 
@@ -111,13 +102,13 @@ def plan_node(state: NodeState, dirty: Dirty, endpoints: Iterable[LocalEndpoint]
     if PART_POLICY in skip:
         pass
     elif written is None or PART_POLICY in full:
-        policy = PolicyPatch(MappingProxyType(state.desired_policy(sorted(local))), None)
+        policy = MapPatch(MappingProxyType(state.desired_policy(sorted(local))))
     else:
         touched = local if dirty.all_subjects else dirty.subjects & local
         scope = touched | (written - local)
         if scope:
-            policy = PolicyPatch(MappingProxyType(state.desired_policy(sorted(touched))),
-                                 frozenset(scope))
+            policy = MapPatch(MappingProxyType(state.desired_policy(sorted(touched))),
+                              frozenset(scope))
     if policy is not None:
         parts.append(PART_POLICY)
     return NodePlan(state.revision, local, MappingProxyType(state.realized(sorted(local))),

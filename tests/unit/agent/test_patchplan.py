@@ -66,7 +66,7 @@ def test_a_plan_is_the_state_of_its_revision_and_nothing_folded_later() -> None:
     plan = plan_node(state, Dirty(ipcache=True, endpoints=True, all_subjects=True), EPS, None)
     rev = state.revision
     assert plan.revision == rev and set(plan.parts) == {"ipcache", "endpoints", "policy"}
-    assert plan.policy is not None and plan.policy.subjects is None   # start: whole map
+    assert plan.policy is not None and plan.policy.scope is None   # start: whole map
     assert plan.policy.desired[ALLOW_5432] == Verdict.ALLOW
     assert plan.local_subjects == {DB, API} and plan.policy_revisions == {DB: 10, API: 0}
     assert plan.endpoint_identities == {DB_IP: DB, API_IP: API}
@@ -90,7 +90,7 @@ def test_policy_is_patched_per_subject_and_whole_after_a_failure() -> None:
     written = frozenset({DB, API, 999})      # 999: a subject no longer on this node
     plan = plan_node(state, Dirty(subjects={DB}), EPS, written)
     assert plan.parts == ("policy",) and plan.ipcache is None and plan.endpoints is None
-    assert plan.policy is not None and plan.policy.subjects == {DB, 999}
+    assert plan.policy is not None and plan.policy.scope == {DB, 999}
     assert all(k.subject == DB for k in plan.policy.desired)
     # Nothing changed: nothing to write, the plan is empty and says so.
     idle = plan_node(state, Dirty(), EPS, frozenset({DB, API}))
@@ -98,7 +98,7 @@ def test_policy_is_patched_per_subject_and_whole_after_a_failure() -> None:
     # A failed part is rewritten whole whatever changed.
     again = plan_node(state, Dirty(), EPS, frozenset({DB, API}), full={PART_POLICY, "ipcache"})
     assert set(again.parts) == {"ipcache", "policy"}
-    assert again.policy is not None and again.policy.subjects is None
+    assert again.policy is not None and again.policy.scope is None
     # While its retry waits, a failing part stays out of event-driven plans.
     waiting = plan_node(state, Dirty(ipcache=True, subjects={DB}), EPS, frozenset({DB, API}),
                         full={PART_POLICY}, skip={PART_POLICY})
