@@ -19,6 +19,7 @@ from services.common.contract import KIND_NODE, KIND_POD, ObjectDelete, ObjectEv
 from services.common.errors import CiliaError
 from services.common.paths import read_json
 from services.common.roles import CLI, SOURCE, agent_role
+from services.common.world import DEFAULT_WORLD, World, WorldError, world
 from services.lab import DEFAULT_LAB, Kubelet, LabError, exec_in_pod, list_labs, load_lab
 from services.lab import down as lab_down
 from services.lab import up as lab_up
@@ -60,10 +61,12 @@ def runtime_for(ctx: CliContext, explicit: str | None = None) -> Kubelet | None:
     return Kubelet(lab) if lab else None
 
 
-def start_lab(ctx: CliContext, name: str, nodes: int, routing: str = "native") -> list[str]:
+def start_lab(ctx: CliContext, name: str, nodes: int, routing: str = "native",
+              names: World = DEFAULT_WORLD) -> list[str]:
     """Bring the control plane up if it is not, then the lab with one agent per node.
 
-    ``routing`` is ``native`` or ``tunnel`` (VXLAN, the source identity in the VNI).
+    ``routing`` is ``native`` or ``tunnel`` (VXLAN, the source identity in the VNI);
+    ``names``: the lab's world (the external host's names, served by the cluster DNS).
     """
     if ctx.explicit_url is None and read_json(ctx.control_plane_file) is None:
         controlplane.up(ctx.state_dir, None)
@@ -76,14 +79,22 @@ def start_lab(ctx: CliContext, name: str, nodes: int, routing: str = "native") -
         controlplane.add_node_roles(ctx.state_dir, url, access, [n.name for n in plan.nodes])
         state = lab_up(name, nodes, agent_module=AGENT_MODULE, routing=routing,
                        agent_env=lambda node: controlplane.role_env(url, access,
-                                                                    agent_role(node)))
+                                                                    agent_role(node)),
+                       world=names)
     except LabError as exc:
         raise CiliaError(str(exc)) from exc
     (lab_dir(name) / BUS_FILE).write_text(json.dumps({"nats_url": url}))
     asyncio.run(controlplane.wait_ready(url, {"nodeagent": nodes}, AGENT_READY_S,
                                         creds=ctx.credentials(CLI)))
     return [f"node {n.name}: {n.node_ip}, pods {n.pod_cidr} (netns {n.netns})"
-            for n in state.plan.nodes] + [f"routing: {routing}"]
+            for n in state.plan.nodes] + [f"routing: {routing}", *world_lines(names)]
+
+
+def world_lines(names: World) -> list[str]:
+    """The lab's external names, as ``lab up`` and ``lab status`` show them."""
+    lines = [f"external name: {n} -> {', '.join(str(ip) for ip in ips)}"
+             for n, ips in sorted(names.names.items())]
+    return lines + [f"external name: {a} -> CNAME {t}" for a, t in sorted(names.cnames.items())]
 
 
 @click.group("lab")
@@ -101,12 +112,23 @@ def lab_group() -> None:
               show_default=True,
               help="cross-node pod traffic: native routes via the node addresses, or a VXLAN "
                    "tunnel carrying the source identity in the VNI")
+@click.option("--external-name", "external_names", multiple=True, metavar="NAME=IP",
+              help="a name the lab's DNS resolves to IP, where the external host answers "
+                   "(IP in 203.0.113.0/24 or 198.51.100.0/24; NAME may be *.domain; "
+                   "repeat for more names or addresses)")
+@click.option("--external-cname", "external_cnames", multiple=True, metavar="ALIAS=TARGET",
+              help="a CNAME in the lab's world (repeatable)")
 @pass_ctx
-def up_command(ctx: CliContext, nodes: int, name: str, lb_mode: str, routing: str) -> None:
+def up_command(ctx: CliContext, nodes: int, name: str, lb_mode: str, routing: str,
+               external_names: tuple[str, ...], external_cnames: tuple[str, ...]) -> None:
     """Create the lab (and start the control plane if it is not running)."""
+    try:
+        names = world(external_names, external_cnames)
+    except WorldError as exc:
+        raise click.BadParameter(str(exc)) from exc
     os.environ[LB_MODE_ENV] = lb_mode        # the agents inherit it
     try:
-        for line in start_lab(ctx, name, nodes, routing):
+        for line in start_lab(ctx, name, nodes, routing, names):
             click.echo(line)
     except CiliaError as exc:
         raise click.ClickException(str(exc)) from exc

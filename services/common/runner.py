@@ -25,7 +25,7 @@ from services.common.bus import Bus, Subscription
 from services.common.codec import encode
 from services.common.contract import STATUS_CONTROL, ControlEvent, ServiceStatus
 from services.common.contract.control import ServiceState
-from services.common.errors import BusError
+from services.common.errors import BusError, CiliaError
 from services.common.tracing import setup_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,10 @@ def service_main(name: str, factory: Callable[[argparse.Namespace], Service],
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format=f"%(asctime)s {name} %(levelname)s %(message)s")
-    service = factory(args)
+    try:
+        service = factory(args)
+    except CiliaError as exc:   # a bad option value (named in the message)
+        parser.error(str(exc))
     try:
         asyncio.run(serve(service, args.nats_url, replica=args.replica,
                           metrics_port=args.metrics_port, node=getattr(args, "node", None)))

@@ -7,6 +7,7 @@ import importlib
 import sys
 from typing import Any
 
+from services.common.world import world
 from services.dns import lookup
 
 # The server (the bus, the lb view, the runner) is loaded only to serve: a pod's ``lookup``
@@ -23,12 +24,17 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node", default=None, help="the node the pod runs on")
     parser.add_argument("--ready-fd", type=int, default=None,
                         help="write 'ready' here once serving")
+    parser.add_argument("--external-name", action="append", default=[], metavar="NAME=IP",
+                        help="a name of the lab's world, besides the defaults (repeatable)")
+    parser.add_argument("--external-cname", action="append", default=[],
+                        metavar="ALIAS=TARGET", help="a CNAME of the lab's world (repeatable)")
 
 
 def _factory(args: argparse.Namespace) -> Any:
+    names = world(args.external_name, args.external_cname)    # checked before binding
     server = importlib.import_module(SERVER_MODULE)
     udp, tcp = server.bind_in_netns(args.netns, args.port)
-    return server.DnsService(udp, tcp, args.ready_fd)
+    return server.DnsService(udp, tcp, args.ready_fd, names)
 
 
 def main(argv: list[str]) -> int:

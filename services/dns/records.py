@@ -4,11 +4,12 @@ Names served (A records, IPv4 only):
 
 - ``<svc>.<ns>.svc.cluster.local``: the Service's ClusterIP; a headless Service (no ClusterIP)
   answers with the addresses of its active backends;
-- the lab's external host, for pod-to-external tests (:data:`EXTERNAL_RECORDS`):
-  ``external.cilia.test`` (203.0.113.10) and ``world1..world3.cilia.test`` (203.0.113.11-13);
+- the lab's world (:class:`~services.common.world.World`: the external host's names such as
+  ``external.cilia.test`` and ``api.example.com``, wildcards such as ``*.cdn.example.net``,
+  and CNAMEs, whose chain is answered before the addresses, as a recursive resolver answers);
 - anything else is NXDOMAIN: the lab has no internet to forward to (its "internet" is the
-  external host), so the server is authoritative for every name, the way a resolver with no
-  upstream but the cluster's would be; the AA flag is set only inside the served zones.
+  external host), so the server answers for every name, the way a resolver with no upstream
+  but the cluster's would; the AA flag is set only inside the served zones.
 
 AAAA and other types of a known name answer NOERROR with no records (NODATA), as CoreDNS does.
 """
@@ -29,12 +30,9 @@ import dns.rdatatype
 import dns.rrset
 
 from services.common.clusterdns import CLUSTER_DOMAIN, SERVICE_DOMAIN, service_name
-from services.common.world import EXTERNAL_DOMAIN, EXTERNAL_NAMES
+from services.common.world import DEFAULT_WORLD, EXTERNAL_DOMAIN, World
 from services.lb.events import LbView
 
-# the addresses `cilia.test` names point at: the lab's external host ("the world")
-EXTERNAL_RECORDS: dict[str, tuple[str, ...]] = {name: (str(ip),)
-                                                for name, ip in EXTERNAL_NAMES.items()}
 ZONES = (CLUSTER_DOMAIN, EXTERNAL_DOMAIN)
 UDP_MIN_PAYLOAD = 512          # what every client accepts over UDP without EDNS
 TTL_S = 5                       # short: ClusterIPs and backends change while tests run
@@ -44,8 +42,8 @@ Zone = Mapping[str, tuple[str, ...]]   # lower-case FQDN without the trailing do
 
 
 def zone_from_view(view: LbView) -> dict[str, tuple[str, ...]]:
-    """Every name the server answers, from the lb view plus the external host's names."""
-    zone: dict[str, tuple[str, ...]] = dict(EXTERNAL_RECORDS)
+    """The cluster's names (Services), from the lb view."""
+    zone: dict[str, tuple[str, ...]] = {}
     for sid, svc in view.services.items():
         if svc.cluster_ip:
             addrs: tuple[str, ...] = (str(svc.cluster_ip),)
@@ -62,8 +60,10 @@ def _in_zones(name: str) -> bool:
     return any(name == z or name.endswith(f".{z}") for z in ZONES)
 
 
-def answer(query: dns.message.Message, zone: Zone) -> dns.message.Message:
-    """The response to one query (the first question is answered; others are ignored)."""
+def answer(query: dns.message.Message, zone: Zone,
+           world: World = DEFAULT_WORLD) -> dns.message.Message:
+    """The response to one query (the first question is answered; others are ignored): a
+    cluster name from ``zone``, else a name of the lab's ``world``."""
     response = dns.message.make_response(query)
     response.flags |= dns.flags.AA
     response.flags &= ~dns.flags.RA
@@ -74,12 +74,25 @@ def answer(query: dns.message.Message, zone: Zone) -> dns.message.Message:
     name = question.name.to_text(omit_final_dot=True).lower()
     if not _in_zones(name):
         response.flags &= ~dns.flags.AA
-    if name not in zone or (not zone[name] and not _is_service(name)):
+    wants_a = question.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY)
+    if name in zone and (zone[name] or _is_service(name)):
+        if wants_a and zone[name]:
+            response.answer.append(dns.rrset.from_text_list(
+                question.name, TTL_S, dns.rdataclass.IN, dns.rdatatype.A, list(zone[name])))
+        return response
+    found = None if _is_service(name) else world.resolve(name)
+    if found is None:
         response.set_rcode(dns.rcode.NXDOMAIN)
         return response
-    if question.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY) and zone[name]:
+    owner = question.name
+    for _, target in found.chain:
+        target_name = dns.name.from_text(target)
         response.answer.append(dns.rrset.from_text_list(
-            question.name, TTL_S, dns.rdataclass.IN, dns.rdatatype.A, list(zone[name])))
+            owner, TTL_S, dns.rdataclass.IN, dns.rdatatype.CNAME, [target_name.to_text()]))
+        owner = target_name
+    if wants_a and found.addresses:
+        response.answer.append(dns.rrset.from_text_list(
+            owner, TTL_S, dns.rdataclass.IN, dns.rdatatype.A, [str(a) for a in found.addresses]))
     return response
 
 
@@ -87,7 +100,8 @@ def _is_service(name: str) -> bool:
     return name.endswith(f".{SERVICE_DOMAIN}")
 
 
-def respond(wire: bytes, zone: Zone, udp: bool = False) -> bytes | None:
+def respond(wire: bytes, zone: Zone, udp: bool = False,
+            world: World = DEFAULT_WORLD) -> bytes | None:
     """Wire-format query in, wire-format response out; None for garbage (dropped, as servers
     do with packets that are not DNS).
 
@@ -100,7 +114,7 @@ def respond(wire: bytes, zone: Zone, udp: bool = False) -> bytes | None:
         return None
     if query.flags & dns.flags.QR:
         return None
-    response = answer(query, zone)
+    response = answer(query, zone, world)
     if not udp:
         return response.to_wire()
     limit = max(query.payload, UDP_MIN_PAYLOAD) if query.edns >= 0 else UDP_MIN_PAYLOAD
@@ -112,5 +126,5 @@ def respond(wire: bytes, zone: Zone, udp: bool = False) -> bytes | None:
         return response.to_wire(max_size=limit)
 
 
-__all__ = ["CLUSTER_DOMAIN", "EXTERNAL_RECORDS", "SERVICE_DOMAIN", "answer", "respond",
-           "service_name", "zone_from_view"]
+__all__ = ["CLUSTER_DOMAIN", "SERVICE_DOMAIN", "answer", "respond", "service_name",
+           "zone_from_view"]

@@ -24,6 +24,7 @@ from services.common.contract import LB_VIEW
 from services.common.netns import run_in_netns
 from services.common.rejections import Rejections
 from services.common.runner import STATE_OK, STATE_STARTING
+from services.common.world import DEFAULT_WORLD, World
 from services.dns.errors import DnsStartError
 from services.dns.records import Zone, respond, zone_from_view
 from services.lb.events import LbView
@@ -94,9 +95,10 @@ class DnsService:
     name = "dns"
 
     def __init__(self, udp: socket.socket, tcp: socket.socket, ready_fd: int | None = None,
-                 ) -> None:
+                 world: World = DEFAULT_WORLD) -> None:
         self.udp, self.tcp = udp, tcp
         self.ready_fd = ready_fd
+        self.world = world
         self.view = LbView()
         self.zone: Zone = zone_from_view(self.view)
         self.queries = 0
@@ -108,7 +110,7 @@ class DnsService:
         self._rejections: Rejections | None = None
 
     def handle(self, wire: bytes, udp: bool = False) -> bytes | None:
-        reply = respond(wire, self.zone, udp)
+        reply = respond(wire, self.zone, udp, self.world)
         if reply is None:
             self.dropped += 1
         else:

@@ -15,6 +15,7 @@ from services.common.busconfig import BusConfig
 from services.common.paths import state_root
 from services.common.processes import ProcRef
 from services.common.roles import DNS
+from services.common.world import DEFAULT_WORLD, World
 from services.lab import netns as ns
 from services.lab.errors import WorkloadError
 
@@ -55,8 +56,10 @@ def start_client(netns: str, name: str, namespace: str, targets: Iterable[str],
                              f"client {namespace}/{name} in netns {netns}")
 
 
-def start_dns(netns: str, pod: str, namespace: str, node: str, logfile: Path) -> ProcRef:
-    """Start ``python -m services.dns serve`` for a kube-dns pod and wait until it answers.
+def start_dns(netns: str, pod: str, namespace: str, node: str, logfile: Path,
+              world: World = DEFAULT_WORLD) -> ProcRef:
+    """Start ``python -m services.dns serve`` for a kube-dns pod and wait until it answers
+    (the lab's names of ``world`` among what it serves).
 
     The server process runs in the root netns (it needs the bus, as the ``dns`` role of the bus
     in use: ``$CILIA_NATS_URL``, else what ``cilia up`` recorded) and binds its sockets inside
@@ -68,7 +71,7 @@ def start_dns(netns: str, pod: str, namespace: str, node: str, logfile: Path) ->
     bus = BusConfig(None, state_root())
     argv = [sys.executable, "-m", "services.dns", "serve", "--netns", netns,
             "--replica", f"{namespace}/{pod}", "--node", node,
-            "--nats-url", bus.url(), "--log-level", "WARNING"]
+            "--nats-url", bus.url(), "--log-level", "WARNING", *world.to_args()]
     return start_until_ready(None, argv, logfile, DNS_READY_TIMEOUT,
                              f"dns pod {namespace}/{pod} (netns {netns})",
                              env={**os.environ, **bus.role_env(DNS)})

@@ -316,7 +316,8 @@ class Kubelet:
                         node: str) -> ProcRef:
         logfile = log_dir(self.lab) / f"pod-{spec.namespace}_{spec.name}.log"
         if _image(pod) == DNS_IMAGE:
-            return start_dns(netns, spec.name, spec.namespace, node, logfile)
+            return start_dns(netns, spec.name, spec.namespace, node, logfile,
+                             load_lab(self.lab).world)
         if _image(pod) == CLIENT_IMAGE:
             return start_client(netns, spec.name, spec.namespace, client_targets(pod), logfile)
         return start_workload(netns, spec.name, spec.namespace, [p.port for p in spec.ports],

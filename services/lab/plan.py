@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.world import DEFAULT_WORLD, World
 from services.lab.errors import LabConfigError
 from services.nodeagent.datapath.overlay import (
     ROUTING_MODES,
@@ -87,6 +88,7 @@ class LabPlan:
     external_netns: str
     nodes: tuple[NodePlan, ...]
     routing: str = ROUTING_NATIVE
+    world: World = DEFAULT_WORLD       # the external host's names and addresses
 
     @property
     def tunnel(self) -> bool:
@@ -146,8 +148,10 @@ def node_object(node: NodePlan) -> dict[str, Any]:
     }
 
 
-def plan_lab(name: str, nodes: int, routing: str = ROUTING_NATIVE) -> LabPlan:
-    """The plan of a lab with ``nodes`` nodes and a routing mode (``native`` or ``tunnel``).
+def plan_lab(name: str, nodes: int, routing: str = ROUTING_NATIVE,
+             world: World = DEFAULT_WORLD) -> LabPlan:
+    """The plan of a lab with ``nodes`` nodes, a routing mode (``native`` or ``tunnel``) and
+    the names of its world.
 
     Raises:
         LabConfigError: bad name, node count or routing mode.
@@ -171,6 +175,7 @@ def plan_lab(name: str, nodes: int, routing: str = ROUTING_NATIVE) -> LabPlan:
                              pod_cidr=cidrs[i], underlay_port=f"n{i}")
                     for i in range(1, nodes + 1)),
         routing=routing,
+        world=world,
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from services.common.paths import run_root, state_root, write_json_atomic
 from services.common.processes import ProcRef
+from services.common.world import DEFAULT_WORLD, World, WorldError
 from services.lab.errors import LabError, LabNotFoundError
 from services.lab.plan import ROUTING_NATIVE, LabPlan, plan_lab
 
@@ -75,10 +76,11 @@ class LabState:
     external: ProcRef | None = None
     routing: str = ROUTING_NATIVE
     agent_env: dict[str, dict[str, str]] = field(default_factory=dict)  # bus credentials
+    world: World = DEFAULT_WORLD
 
     @property
     def plan(self) -> LabPlan:
-        return plan_lab(self.name, self.nodes, self.routing)
+        return plan_lab(self.name, self.nodes, self.routing, self.world)
 
     def to_json(self) -> dict[str, Any]:
         plan = self.plan
@@ -87,7 +89,7 @@ class LabState:
             "status": self.status, "agentModule": self.agent_module, "routing": self.routing,
             "agents": {n: ref.to_json() for n, ref in self.agents.items()},
             "external": self.external.to_json() if self.external else None,
-            "agentEnv": self.agent_env,
+            "agentEnv": self.agent_env, "world": self.world.to_json(),
             # informational: the plan is derived from name and node count
             "underlayNetns": plan.underlay_netns, "externalNetns": plan.external_netns,
             "nodeList": [{"name": n.name, "netns": n.netns, "nodeIP": str(n.node_ip),
@@ -98,12 +100,17 @@ class LabState:
     def from_json(cls, data: dict[str, Any]) -> LabState:
         if data.get("version") != LAB_STATE_VERSION:
             raise LabError(f"lab state: unsupported version {data.get('version')!r}")
+        try:
+            world = World.from_json(data["world"]) if "world" in data else DEFAULT_WORLD
+        except WorldError as exc:
+            raise LabError(f"lab state: {exc}") from None
         return cls(name=data["name"], nodes=int(data["nodes"]), status=data.get("status", ""),
                    agent_module=data.get("agentModule", ""),
                    routing=data.get("routing", ROUTING_NATIVE),
                    agents={n: ProcRef.from_json(r) for n, r in data.get("agents", {}).items()},
                    external=ProcRef.from_json(data["external"]) if data.get("external") else None,
-                   agent_env={n: dict(e) for n, e in (data.get("agentEnv") or {}).items()})
+                   agent_env={n: dict(e) for n, e in (data.get("agentEnv") or {}).items()},
+                   world=world)
 
     def save(self) -> None:
         write_json_atomic(lab_dir(self.name) / "lab.json", self.to_json())

@@ -26,7 +26,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from services.common.netns import off_loop, open_iproute
 from services.common.paths import PIN_ROOT, run_root, state_root, write_json_atomic
 from services.common.processes import ProcRef, is_alive, stop_process
-from services.common.world import WORLD_IPS
+from services.common.world import DEFAULT_WORLD, World
 from services.lab import netns as ns
 from services.lab._workload import start_workload
 from services.lab.errors import LabError, LabExistsError, TopologyError, WorkloadError
@@ -181,8 +181,8 @@ def _build_external(plan: LabPlan, bridge_idx: int) -> None:
         _uplink(underlay, EXTERNAL_PORT, plan.external_netns, bridge_idx)
     with _ipr(plan.external_netns) as ipr:
         idx = _up_host(ipr, str(EXTERNAL_IP), UNDERLAY_CIDR.prefixlen)
-        for world in WORLD_IPS:
-            ipr.addr("add", index=idx, address=str(world), prefixlen=32)
+        for address in plan.world.addresses():
+            ipr.addr("add", index=idx, address=str(address), prefixlen=32)
         for node in plan.nodes:
             ipr.route("add", dst=str(node.pod_cidr), gateway=str(node.node_ip))
     # a host, not a router: whatever is not addressed to it is dropped here
@@ -260,7 +260,8 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
        agent_module: str | None = None,
        external_ports: Sequence[int] = DEFAULT_EXTERNAL_PORTS,
        routing: str = ROUTING_NATIVE,
-       agent_env: Callable[[str], Mapping[str, str]] | None = None) -> LabState:
+       agent_env: Callable[[str], Mapping[str, str]] | None = None,
+       world: World = DEFAULT_WORLD) -> LabState:
     """Create a lab with ``nodes`` nodes and start one agent per node.
 
     Args:
@@ -270,11 +271,13 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
         agent_module: the agent's module, run as ``python -m <module> --node-config <path>``;
             default ``$CILIA_AGENT_MODULE`` or ``services.nodeagent.cniserver``.
         external_ports: ports the external host serves (HTTP body ``external``, UDP echo) on
-            ``WORLD_IP`` and ``EXTERNAL_IP``; empty: no server.
+            every address of the world and ``EXTERNAL_IP``; empty: no server.
         routing: ``native`` (remote pod CIDRs via the node addresses) or ``tunnel`` (VXLAN
             overlay with the source identity in the VNI).
         agent_env: environment variables of a node's agent (its bus credentials), by node
             name; kept in the lab's state so that a restarted agent gets them too.
+        world: the names and addresses of the lab's world (the external host answers on
+            every address; the cluster DNS pods serve the names).
 
     Returns:
         The lab's state (also persisted in ``$CILIA_STATE_DIR/lab/<name>/lab.json``).
@@ -284,13 +287,13 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
         LabConfigError: bad name, node count or routing mode.
         TopologyError: creation failed; everything created is removed again.
     """
-    plan = plan_lab(name, nodes, routing)
+    plan = plan_lab(name, nodes, routing, world)
     module = agent_module or os.environ.get(AGENT_MODULE_ENV) or DEFAULT_AGENT_MODULE
     with lab_lock(name):
         if (lab_dir(name) / "lab.json").exists() or ns.list_netns(plan.prefix):
             raise LabExistsError(f"lab {name} is already up (run lab down first)")
         state = LabState(name=name, nodes=nodes, agent_module=module if start_agents else "",
-                         routing=routing)
+                         routing=routing, world=world)
         state.save()
         try:
             off_loop(lambda: _build(plan))

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,14 +139,15 @@ class Cluster:
 
 @contextmanager
 def cluster(tmp: Path, nodes: int = 1, extra_env: dict[str, str] | None = None,
-            routing: str = "native", secure: bool = True) -> Iterator[Cluster]:
+            routing: str = "native", secure: bool = True,
+            lab_args: Sequence[str] = ()) -> Iterator[Cluster]:
     """Start nats-server, identity and policy services, and a lab with ``nodes`` agents.
 
     The bus is started exactly as ``cilia up`` starts it (TLS, one credential per role, the
     history stream and KV buckets made by the admin), and each service runs with its own role's
     credentials; ``secure=False`` starts an open bus instead (benchmarks compare the two).
     ``extra_env`` reaches every process started (services, agents, CLI calls); ``routing``
-    is the lab's ``--routing`` (native or tunnel).
+    is the lab's ``--routing`` (native or tunnel); ``lab_args`` go to ``cilia lab up`` too.
     """
     lab = "t" + secrets.token_hex(2)
     state = tmp / "state"
@@ -166,7 +167,7 @@ def cluster(tmp: Path, nodes: int = 1, extra_env: dict[str, str] | None = None,
         for name in SERVICES:
             c.procs.append(c.start_service(name, tmp / f"{name}.log"))
         res = c.cilia("lab", "up", "--nodes", str(nodes), "--name", lab, "--routing", routing,
-                      timeout=180)
+                      *lab_args, timeout=180)
         if res.returncode != 0:
             logs = "".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
                            for p in sorted((state / "lab" / lab / "logs").glob("*.log")))

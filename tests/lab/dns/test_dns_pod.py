@@ -1,5 +1,6 @@
 """Cluster DNS with real packets: the kube-dns pod answers a client pod over its eth0, UDP and
-TCP; the server listens only in the pod's netns; the pod's resolv.conf names kube-dns."""
+TCP; the server listens only in the pod's netns; the pod's resolv.conf names kube-dns; the
+lab's world (``lab up --external-name/--external-cname``) resolves and answers HTTP."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ from tests.support.cluster import Cluster, cluster
 from tests.support.procs import REPO
 
 KUBE_DNS = REPO / "examples" / "kube-dns" / "kube-dns.yaml"
+WORLD_ARGS = ("--external-name", "shop.example.net=198.51.100.7",
+              "--external-name", "shop.example.net=198.51.100.8",
+              "--external-name", "*.img.example.net=203.0.113.77",
+              "--external-cname", "www.shop.example.net=shop.example.net",
+              "--external-cname", "logo.example.com=a.img.example.net")
 PY = sys.executable
 CLIENT = """
 apiVersion: v1
@@ -50,7 +56,8 @@ spec:
 def lab() -> Iterator[Cluster]:
     tmp = Path(tempfile.mkdtemp(prefix="cilia-dns-"))
     try:
-        with cluster(tmp, nodes=1) as c, pytest.MonkeyPatch.context() as mp:
+        with cluster(tmp, nodes=1, lab_args=WORLD_ARGS) as c, \
+                pytest.MonkeyPatch.context() as mp:
             for key in ("CILIA_STATE_DIR", "CILIA_RUN_DIR"):   # this process reads the lab
                 mp.setenv(key, c.env[key])
             (tmp / "client.yaml").write_text(CLIENT)
@@ -178,3 +185,37 @@ def backend_ip(lab: Cluster) -> str:
     pod = Kubelet(lab.lab).get_pod("production", "backend")
     assert pod is not None
     return str(pod["status"]["podIP"])
+
+
+def curl(c: Cluster, url: str) -> tuple[int, str]:
+    """curl from the client pod (names resolved by the pod's resolv.conf: kube-dns)."""
+    res = exec_in_pod("client", ["curl", "-s", "-m", "3", "-w", " %{http_code}", url],
+                      namespace="dnstest", lab=c.lab, capture=True, timeout=30)
+    return res.returncode, " ".join(res.stdout.decode().split())
+
+
+def test_the_labs_world_names_resolve_and_answer(lab: Cluster) -> None:
+    server = dns_pod_ip(lab)
+    # the defaults every lab has, and the names this lab was given
+    assert lookup(lab, "api.example.com", "--server", server) == (0, "203.0.113.20")
+    code, out = lookup(lab, "shop.example.net", "--server", server)
+    assert code == 0 and sorted(out.split()) == ["198.51.100.7", "198.51.100.8"]
+    assert lookup(lab, "x.img.example.net", "--server", server) == (0, "203.0.113.77")
+    # a CNAME chain ends at the addresses of its last name; TCP too
+    code, out = lookup(lab, "www.shop.example.net", "--server", server, "--tcp")
+    assert code == 0 and sorted(out.split()) == ["198.51.100.7", "198.51.100.8"]
+    assert lookup(lab, "logo.example.com", "--server", server) == (0, "203.0.113.77")
+    assert lookup(lab, "nothing.example.net", "--server", server) == (2, "NXDOMAIN")
+    # the external host answers on every address a name has, reached by name from a pod
+    for url in ("http://api.example.com/", "http://www.shop.example.net/",
+                "http://logo.example.com/", "http://198.51.100.8/"):
+        assert curl(lab, url) == (0, "external 200"), url
+    assert curl(lab, "http://nothing.example.net/")[0] == 6     # curl: could not resolve
+
+
+def test_lab_up_refuses_a_bad_external_name_whole(lab: Cluster) -> None:
+    res = lab.cilia("lab", "up", "--name", "bad1", "--nodes", "1",
+                    "--external-name", "api.example.com=8.8.8.8")
+    assert res.returncode != 0
+    assert "api.example.com=8.8.8.8" in res.stderr and "outside the lab's internet" in res.stderr
+    assert "bad1" not in lab.ok("lab", "status")
