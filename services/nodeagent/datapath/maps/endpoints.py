@@ -65,9 +65,13 @@ class EndpointEntry(NamedTuple):
     enforce_egress: bool = False
 
 
+def _key(ip: str) -> bytes:
+    return EndpointKey(addr=address(f"endpoint {ip!s}", ip, "ip")).to_bytes()
+
+
 def _entry(ip: str, entry: EndpointEntry) -> tuple[bytes, bytes]:
     what = f"endpoint {ip!s}"
-    addr = address(what, ip, "ip")
+    key = _key(ip)
     check_range(what, "endpoint_id", entry.endpoint_id, 0, U16_MAX)
     check_range(what, "identity", entry.identity, 1, U32_MAX)
     check_range(what, "ifindex", entry.ifindex, 0, U32_MAX)
@@ -75,7 +79,7 @@ def _entry(ip: str, entry: EndpointEntry) -> tuple[bytes, bytes]:
              | (ENDPOINT_F_ENFORCE_EGRESS if entry.enforce_egress else 0))
     val = EndpointValue(identity=entry.identity, ifindex=entry.ifindex,
                         endpoint_id=entry.endpoint_id, flags=flags)
-    return EndpointKey(addr=addr).to_bytes(), val.to_bytes()
+    return key, val.to_bytes()
 
 
 def encode_endpoints(desired: Mapping[str, EndpointEntry],
@@ -90,7 +94,7 @@ def encode_endpoints(desired: Mapping[str, EndpointEntry],
 
 def endpoint_keys(ips: Iterable[str]) -> list[bytes]:
     """The map keys of some endpoint addresses (to scope an incremental reconcile)."""
-    return [EndpointKey(addr=address(f"endpoint {ip!s}", ip, "ip")).to_bytes() for ip in ips]
+    return [_key(ip) for ip in ips]
 
 
 def decode_endpoints(raw: Mapping[bytes, bytes]) -> dict[str, EndpointEntry]:

@@ -57,18 +57,22 @@ class IpcacheEntry(NamedTuple):
     flags: int = 0
 
 
+def _key(prefix: str) -> bytes:
+    net = network(prefix, f"ipcache entry {prefix!s}")
+    return IpcacheKey(prefixlen=net.prefixlen, addr=ip_to_be32(net.network_address)).to_bytes()
+
+
 def _entry(prefix: str, entry: IpcacheEntry) -> tuple[bytes, bytes]:
     what = f"ipcache entry {prefix!s}"
-    net = network(prefix, what)
+    key = _key(prefix)
     check_range(what, "identity", entry.identity, 1, U32_MAX)
     check_range(what, "flags", entry.flags, 0, U8_MAX)
     try:
         tunnel = ip_to_be32(entry.tunnel_endpoint) if entry.tunnel_endpoint else 0
     except ValueError as exc:
         raise EncodeError(f"{what}: field tunnel_endpoint: {exc}") from exc
-    key = IpcacheKey(prefixlen=net.prefixlen, addr=ip_to_be32(net.network_address))
     val = IpcacheValue(identity=entry.identity, tunnel_endpoint=tunnel, flags=entry.flags)
-    return key.to_bytes(), val.to_bytes()
+    return key, val.to_bytes()
 
 
 def encode_ipcache(desired: Mapping[str, IpcacheEntry],
@@ -83,12 +87,7 @@ def encode_ipcache(desired: Mapping[str, IpcacheEntry],
 
 def ipcache_keys(prefixes: Iterable[str]) -> list[bytes]:
     """The map keys of some prefixes (to scope an incremental reconcile)."""
-    out = []
-    for prefix in prefixes:
-        net = network(prefix, f"ipcache entry {prefix!s}")
-        out.append(IpcacheKey(prefixlen=net.prefixlen,
-                              addr=ip_to_be32(net.network_address)).to_bytes())
-    return out
+    return [_key(prefix) for prefix in prefixes]
 
 
 def decode_ipcache(raw: Mapping[bytes, bytes]) -> dict[str, IpcacheEntry]:

@@ -81,14 +81,9 @@ class MetricsMap:
     def read(self) -> dict[VerdictCount, Counter]:
         """Non-zero counters by (verdict, reason, direction): packets that got a verdict event
         (new flows forwarded, every drop)."""
-        out: dict[VerdictCount, Counter] = {}
-        for reason in c.REASON_NAMES:
-            for direction in Direction:
-                count = self._slot(reason << 1 | int(direction))
-                if count.packets:
-                    out[VerdictCount(verdict_of(reason), c.REASON_NAMES[reason],
-                                     direction.name.lower())] = count
-        return out
+        return {VerdictCount(verdict_of(r.code), r.reason, r.direction): Counter(r.packets,
+                                                                             r.bytes)
+                for r in self.by_reason()}
 
     def by_reason(self) -> list[ReasonCount]:
         """Non-zero counters by reason code and direction, sorted (``bpf metrics list``)."""
