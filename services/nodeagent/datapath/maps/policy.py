@@ -31,7 +31,7 @@ from services.nodeagent.datapath._byteorder import be16_to_port, port_to_be16
 from services.nodeagent.datapath.backend import MapBackend
 from services.nodeagent.datapath.constants import MAX_PORT, PORT_BITS
 from services.nodeagent.datapath.errors import EncodeError
-from services.nodeagent.datapath.maps._codec import U8_MAX, U32_MAX
+from services.nodeagent.datapath.maps._codec import U8_MAX, U32_MAX, check_range, collect
 from services.nodeagent.datapath.maps.spec import (
     GROUP_NODE,
     FlatContext,
@@ -102,16 +102,11 @@ def prefix_range(port: int, plen: int) -> tuple[int, int]:
 def _validate(key: PolicyKey, verdict: Verdict) -> tuple[int, int]:
     what = (f"policy entry (subject={key.subject}, peer={key.peer}, direction={key.direction}, "
             f"proto={key.proto}, port={key.port}, end_port={key.end_port})")
-
-    def check(fld: str, value: int, lo: int, hi: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            raise EncodeError(f"{what}: field {fld}={value!r} is not an integer in [{lo}, {hi}]")
-
-    check("subject", key.subject, 1, U32_MAX)
-    check("peer", key.peer, 0, U32_MAX)
-    check("proto", key.proto, 0, U8_MAX)
-    check("port", key.port, 0, MAX_PORT)
-    check("end_port", key.end_port, 0, MAX_PORT)
+    for fld, value, lo, hi in (("subject", key.subject, 1, U32_MAX),
+                               ("peer", key.peer, 0, U32_MAX), ("proto", key.proto, 0, U8_MAX),
+                               ("port", key.port, 0, MAX_PORT),
+                               ("end_port", key.end_port, 0, MAX_PORT)):
+        check_range(what, fld, value, lo, hi)
     if key.direction not in (Direction.INGRESS, Direction.EGRESS):
         raise EncodeError(f"{what}: field direction={key.direction!r} is not 0 or 1")
     if verdict not in (Verdict.ALLOW, Verdict.DENY):
@@ -143,9 +138,7 @@ def expand_policy(desired: Mapping[PolicyKey, Verdict],
         try:
             lo, hi = _validate(key, verdict)
         except EncodeError as exc:
-            if errors is None:
-                raise
-            errors.append(exc)
+            collect(errors, exc)
             if verdict != Verdict.ALLOW:
                 closed.add(key.subject)
             continue
