@@ -17,12 +17,13 @@ from services.common.codec import decode
 from services.common.contract import policy_rules_subject, source_subject
 from services.common.errors import CodecError
 from services.common.policytypes import PROTO_NAMES, Direction, Verdict
+from services.nodeagent.datapath.maps import policy as policy_map
 from services.policy.compiler import Expansion, lookup
 from services.policy.trace import DirectionTrace, trace
 
 from .errors import ExplainError
 from .fold import Replay
-from .maps import node_scope, policy_key
+from .maps import node_scope
 from .record import Moment, Record
 from .timeline import Focus, Tracker
 
@@ -88,7 +89,7 @@ def _side(tr: Tracker, side: DirectionTrace, node: str, dport: int, proto: int,
     verdict, keys = lookup(mine, side.peer, side.direction, proto, dport)
     deciding: list[dict[str, Any]] = []
     for k in keys:
-        deciding.append(_entry(tr, scope, "policy", policy_key(k)))
+        deciding.append(_entry(tr, scope, "policy", policy_map.flat_key(k)))
     if not keys:
         # Default deny: the endpoint entry's enforcement flag is what the datapath checks.
         deciding.append(_entry(tr, scope, "endpoints", subject_ip))

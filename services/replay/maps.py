@@ -206,11 +206,6 @@ def desired(nf: NodeFold) -> tuple[dict[str, IpcacheEntry], dict[str, EndpointEn
             st.desired_policy(local_subjects(st, eps)))
 
 
-def policy_key(k: PolicyKey) -> str:
-    """``<subject> <ingress|egress> <peer|any> <PROTO>/<port[-end]|any>``."""
-    return policy.flat_key(k)
-
-
 _NO_CONTEXT = FlatContext()
 
 
