@@ -12,14 +12,13 @@ from services.common.policytypes import ANY_PROTO, MAX_PORT, PROTO_BY_NAME
 
 from .cidr import CIDRRule, make_cidr_rule
 from .errors import CIDRError, PolicyValidationError, SelectorError, UnsupportedFieldError
+from .fqdnmatch import match_name, match_pattern
 from .model import FQDNSelector, PortRule
 from .selector import EndpointSelector, parse_selector
 
 MAX_PORT_NAME = 15  # IANA service names are at most 15 characters
 PORT_PROTOCOLS = ("TCP", "UDP", "SCTP", "ANY")
 _PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-_FQDN_NAME_RE = re.compile(r"^[-a-zA-Z0-9_]+(\.[-a-zA-Z0-9_]+)*\.?$")
-_FQDN_PATTERN_RE = re.compile(r"^[-a-zA-Z0-9_*]+(\.[-a-zA-Z0-9_*]+)*\.?$|^\*$")
 
 
 # Why a field cilia recognises is rejected (shown in the error).
@@ -145,13 +144,16 @@ def parse_fqdn(ctx: Ctx, item: Any, path: str) -> FQDNSelector:
     name, pattern = item.get("matchName"), item.get("matchPattern")
     if (name is None) == (pattern is None):
         ctx.fail(path, "needs exactly one of matchName or matchPattern")
-    if name is not None:
-        if not isinstance(name, str) or not _FQDN_NAME_RE.fullmatch(name):
-            ctx.fail(f"{path}.matchName", f"invalid DNS name {name!r}")
-        return FQDNSelector(match_name=name.lower().rstrip("."))
-    if not isinstance(pattern, str) or not _FQDN_PATTERN_RE.fullmatch(pattern):
-        ctx.fail(f"{path}.matchPattern", f"invalid DNS pattern {pattern!r}")
-    return FQDNSelector(match_pattern=pattern.lower().rstrip("."))
+    field, value, compile_ = (("matchName", name, match_name) if name is not None
+                              else ("matchPattern", pattern, match_pattern))
+    if not isinstance(value, str):
+        ctx.fail(f"{path}.{field}", f"must be a string, got {type(value).__name__}")
+    try:
+        matcher = compile_(value)
+    except ValueError as exc:
+        ctx.fail(f"{path}.{field}", str(exc))
+    return (FQDNSelector(match_pattern=matcher.text) if matcher.is_pattern
+            else FQDNSelector(match_name=matcher.text))
 
 
 def parse_metadata(doc: dict[str, Any], kind: str, namespaced: bool,
