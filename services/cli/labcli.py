@@ -91,7 +91,7 @@ def start_lab(ctx: CliContext, name: str, nodes: int, routing: str = "native",
 
 
 def world_lines(names: World) -> list[str]:
-    """The lab's external names, as ``lab up`` and ``lab status`` show them."""
+    """The lab's external names, as ``lab up`` prints them."""
     lines = [f"external name: {n} -> {', '.join(str(ip) for ip in ips)}"
              for n, ips in sorted(names.names.items())]
     return lines + [f"external name: {a} -> CNAME {t}" for a, t in sorted(names.cnames.items())]
