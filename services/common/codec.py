@@ -10,6 +10,7 @@ them and go on.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,12 +25,19 @@ from services.common.schemas import SCHEMA_VERSION
 
 @dataclass(frozen=True)
 class Event:
-    """A decoded event: its type, its validated data as a dict, and ``payload``: the typed
-    form, which consumers fold."""
+    """A decoded event: its type, ``payload`` (the typed form, which consumers fold) and its
+    checked data's msgpack bytes; :attr:`data` is the same as a dict, decoded on first use
+    (for output and tests: consumers do not pay for it)."""
 
     type: str
-    data: dict[str, Any]
     payload: contract.Payload = field(compare=False, repr=False)
+    raw: bytes = field(repr=False)
+
+    @functools.cached_property
+    def data(self) -> dict[str, Any]:
+        data = _PLAIN.decode(self.raw)
+        assert isinstance(data, dict)    # the schema decoded a map
+        return data
 
 
 class _Envelope(msgspec.Struct):
@@ -108,6 +116,4 @@ def decode(payload: bytes, subject: str | None = None) -> Event:
     typed = contract.decode_data(env.type, env.data)
     if subject is not None:
         contract.check_subject(env.type, typed, subject)
-    data = _PLAIN.decode(env.data)
-    assert isinstance(data, dict)    # the schema decoded a map
-    return Event(env.type, data, typed)
+    return Event(env.type, typed, bytes(env.data))
