@@ -47,6 +47,20 @@ async def _three_tier(bus: Bus) -> dict[str, Any]:
                           lambda s: len(_status(s)) == 2 and len(_rules(s)) == 2)
 
 
+async def _new_pod_joins_selectors(bus: Bus, name: str, labels: dict[str, str],
+                                   ip: str) -> int:
+    """Apply a pod; wait for its identity in the ipcache, then for a selector delta adding
+    it; returns the identity."""
+    await source.apply(bus, objs(pod(name, "production", labels, ip=ip)))
+    snap = await wait_for(bus, ["cilia.ipcache.>"], lambda s: any(
+        d["prefix"] == f"{ip}/32" for d in live(s, "ipcache.upsert")))
+    ident: int = next(d["identity"] for d in live(snap, "ipcache.upsert")
+                      if d["prefix"] == f"{ip}/32")
+    await wait_for(bus, POLICY_OUT, lambda s: any(
+        ident in (d.get("added") or ()) for d in live(s, "policy.selector")))
+    return ident
+
+
 def _trace(url: str, src: str, dst: str, port: str) -> dict[str, Any]:
     res = cilia("--nats-url", url, "policy", "trace", "--src", f"app={src}",
                 "--src-namespace", "production", "--dst", f"app={dst}",
@@ -107,16 +121,9 @@ async def test_one_new_identity_publishes_only_its_deltas(bus: Bus,
                                                           control_plane: None) -> None:
     await _three_tier(bus)
     before = await count(bus, "cilia.policy.>")
-    await source.apply(bus, objs(pod("frontend-2", "production",
-                                     {"app": "frontend", "tier": "web", "version": "2"},
-                                     ip="10.244.1.50")))
-
-    snap = await wait_for(bus, ["cilia.ipcache.>"], lambda s: any(
-        d["prefix"] == "10.244.1.50/32" for d in live(s, "ipcache.upsert")))
-    new = next(d["identity"] for d in live(snap, "ipcache.upsert")
-               if d["prefix"] == "10.244.1.50/32")
-    await wait_for(bus, POLICY_OUT, lambda s: any(
-        new in (d.get("added") or ()) for d in live(s, "policy.selector")))
+    await _new_pod_joins_selectors(bus, "frontend-2",
+                                   {"app": "frontend", "tier": "web", "version": "2"},
+                                   "10.244.1.50")
     after = await count(bus, "cilia.policy.>")
     # The new frontend identity joins the frontend selectors (backend's peer, the database's
     # deny peer) and whichever namespace-wide selectors exist: a few deltas, nothing else.
@@ -170,16 +177,9 @@ async def test_restart_republishes_nothing(bus: Bus, nats_url: str, tmp_path: Pa
             await _three_tier(bus)
         stored = await count(bus, "cilia.policy.>")
         with service("services.policy", nats_url, log=tmp_path / "p2.log"):
-            await source.apply(bus, objs(pod("late", "production", {"app": "backend",
-                                                                     "tier": "api",
-                                                                     "v": "2"},
-                                             ip="10.244.1.77")))
-            snap = await wait_for(bus, ["cilia.ipcache.>"], lambda s: any(
-                d["prefix"] == "10.244.1.77/32" for d in live(s, "ipcache.upsert")))
-            late = next(d["identity"] for d in live(snap, "ipcache.upsert")
-                        if d["prefix"] == "10.244.1.77/32")
-            await wait_for(bus, POLICY_OUT, lambda s: any(
-                late in (d.get("added") or ()) for d in live(s, "policy.selector")))
+            await _new_pod_joins_selectors(bus, "late",
+                                           {"app": "backend", "tier": "api", "v": "2"},
+                                           "10.244.1.77")
         # Only the late pod's deltas were added: nothing was published again.
         assert stored < await count(bus, "cilia.policy.>") <= stored + 4
 
