@@ -4,25 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from services.common.bus import Bus, Delivery
+
+T = TypeVar("T")
+
+
+async def poll(fetch: Callable[[], Awaitable[T]], predicate: Callable[[T], bool],
+               describe: Callable[[T], str], timeout: float = 10.0) -> T:
+    """Fetch until ``predicate`` holds on what was fetched, and return it; after ``timeout``
+    an AssertionError with ``describe`` of the last fetch."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await fetch()
+        if predicate(got):
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; {describe(got)}")
+        await asyncio.sleep(0.05)
 
 
 async def wait_for(bus: Bus, filters: list[str],
                    predicate: Callable[[dict[str, Delivery]], bool],
                    timeout: float = 10.0) -> dict[str, Delivery]:
     """Poll the bus's current state until ``predicate`` holds; returns that state."""
-    deadline = time.monotonic() + timeout
-    while True:
-        snap = await bus.snapshot(filters)
-        if predicate(snap):
-            return snap
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting on {filters}; last state: "
-                                 f"{ {s: d.event for s, d in snap.items()} }")
-        await asyncio.sleep(0.05)
+    return await poll(lambda: bus.snapshot(filters), predicate,
+                      lambda snap: f"waiting on {filters}; last state: "
+                                   f"{ {s: d.event for s, d in snap.items()} }", timeout)
 
 
 def live(snap: dict[str, Delivery], event_type: str) -> list[dict[str, Any]]:

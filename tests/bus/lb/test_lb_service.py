@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from services.lb.client import read_view
 from services.lb.events import LbView
 from services.lb.ids import SERVICES, LbIds
 from services.lb.model import SERVICE_CIDR
-from tests.support.busread import count
+from tests.support.busread import count, poll
 from tests.support.lbobjects import echo_pod, endpointslice, service
 from tests.support.objects import manifests
 from tests.support.procs import service as service_proc
@@ -32,16 +31,10 @@ def lb_proc(bus: Bus, nats_url: str, tmp_path: Path) -> Iterator[None]:
         yield
 
 
-async def until(bus: Bus, pred, timeout: float = TIMEOUT_S) -> LbView:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        view = await read_view(bus)
-        if pred(view):
-            return view
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; services={view.services} members={view.members} "
-                                 f"status={view.status}")
-        await asyncio.sleep(0.05)
+async def until(bus: Bus, pred: Callable[[LbView], bool], timeout: float = TIMEOUT_S) -> LbView:
+    return await poll(lambda: read_view(bus), pred,
+                      lambda v: f"services={v.services} members={v.members} "
+                                f"status={v.status}", timeout)
 
 
 def backends_of(view: LbView, ref: str) -> set[str]:
