@@ -13,6 +13,29 @@ from tests.support.cluster import Cluster
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
 NS = "production"
 APPS = ("frontend", "backend", "database")
+
+
+def backend_allows_frontend(name: str, port: int) -> str:
+    """A CiliumNetworkPolicy (YAML) letting only the frontend reach the backend, on ``port``
+    (TCP): every other ingress of the backend is then denied."""
+    return f"""apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: {name}
+  namespace: {NS}
+spec:
+  endpointSelector:
+    matchLabels:
+      app: backend
+  ingress:
+    - fromEndpoints:
+        - matchLabels:
+            app: frontend
+      toPorts:
+        - ports:
+            - port: "{port}"
+              protocol: TCP
+"""
 PORTS = {"frontend": 80, "backend": 8080, "database": 5432}
 PROBE_TIMEOUT = 1.0
 PROBE_WORKERS = 4

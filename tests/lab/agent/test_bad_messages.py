@@ -31,6 +31,7 @@ from services.nodeagent.datapath.maps.policy import decode_policy
 from tests.support.badmessages import Sample, generate, stored
 from tests.support.cluster import Cluster, temp_cluster
 from tests.support.procs import REPO, stop_process
+from tests.support.threetier import backend_allows_frontend
 
 EXAMPLES = REPO / "examples" / "three-tier"
 NS = "production"
@@ -39,25 +40,7 @@ PUBLISH_WINDOW = 512        # publishes in flight at once
 CHANGE_S = 20.0             # the usual time for a change to reach the maps (Cluster.settle)
 READ_FILTERS = ["cilia.src.>", "cilia.identity.>", "cilia.ipcache.>", "cilia.policy.>",
                 "cilia.lb.>", "cilia.agent.>"]
-POLICY = f"""\
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: backend-after-the-flood
-  namespace: {NS}
-spec:
-  endpointSelector:
-    matchLabels:
-      app: backend
-  ingress:
-    - fromEndpoints:
-        - matchLabels:
-            app: frontend
-      toPorts:
-        - ports:
-            - port: "7777"
-              protocol: TCP
-"""
+POLICY = backend_allows_frontend("backend-after-the-flood", 7777)
 NEW_POD = f"""\
 apiVersion: v1
 kind: Pod

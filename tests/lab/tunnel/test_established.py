@@ -19,7 +19,7 @@ from services.lab.plan import pod_netns_name
 from services.nodeagent.datapath import open_maps
 from tests.support.cluster import Cluster
 from tests.support.netlab import EchoServer, in_netns
-from tests.support.threetier import NS, deploy
+from tests.support.threetier import NS, backend_allows_frontend, deploy
 
 LONG_PORT = 9090            # the long-lived connection's port (not one the policy allows)
 TICK_S = 0.1                # one request per tick
@@ -28,24 +28,7 @@ IN_FLIGHT_S = 0.5           # a request sent just before the maps changed may st
 AFTER_S = 3.0               # how long the connection is watched once the policy is realized
 WARMUP_ANSWERS = 5
 
-DENY_9090 = f"""apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: backend-8080-only
-  namespace: {NS}
-spec:
-  endpointSelector:
-    matchLabels:
-      app: backend
-  ingress:
-    - fromEndpoints:
-        - matchLabels:
-            app: frontend
-      toPorts:
-        - ports:
-            - port: "8080"
-              protocol: TCP
-"""
+DENY_9090 = backend_allows_frontend("backend-8080-only", 8080)
 
 REUSE_POD = """apiVersion: v1
 kind: Pod
