@@ -108,6 +108,7 @@ class DnsService:
         self._tcp_server: asyncio.Server | None = None
         self._live = False
         self._rejections: Rejections | None = None
+        self._stale = False     # the view changed since the zone was built
 
     def handle(self, wire: bytes, udp: bool = False) -> bytes | None:
         reply = respond(wire, self.zone, udp, self.world)
@@ -118,14 +119,27 @@ class DnsService:
         return reply
 
     async def _on_lb(self, d: Delivery) -> None:
-        if self.view.apply(d.event.payload):
+        # The zone is rebuilt once per batch (nothing pending), not per event: a start over a
+        # long history would otherwise rebuild it for every service event.
+        self._stale = bool(self.view.apply(d.event.payload)) or self._stale
+        if d.pending == 0:
+            self._rebuild()
+
+    async def _on_idle(self, _seq: int) -> None:
+        """A batch ended on a message the handler did not take (a bad one)."""
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        if self._stale:
             self.zone = zone_from_view(self.view)
+            self._stale = False
 
     async def start(self, bus: Bus) -> None:
         loop = asyncio.get_running_loop()
         self._rejections = bus.rejections
-        self._sub = await bus.consume(LB_VIEW, self._on_lb, name="dns")
+        self._sub = await bus.consume(LB_VIEW, self._on_lb, name="dns", idle=self._on_idle)
         await self._sub.caught_up.wait()
+        self._stale = False
         self.zone = zone_from_view(self.view)
         self._transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self),
                                                                  sock=self.udp)
