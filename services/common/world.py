@@ -201,7 +201,3 @@ def _check_chain(w: World, alias: str) -> None:
 
 
 DEFAULT_WORLD = world()
-# the names of the external host's own addresses (the cluster DNS's authoritative zone)
-EXTERNAL_NAMES: dict[str, ipaddress.IPv4Address] = {
-    name: ips[0] for name, ips in DEFAULT_WORLD.names.items()
-    if name.endswith(f".{EXTERNAL_DOMAIN}")}
