@@ -37,11 +37,15 @@ from ._types import Payload, dec_hook
 from .agent import (
     AGENT_ENDPOINTS_FILTER,
     AGENT_FILTER,
+    AGENT_FQDN_FILTER,
     AgentEvent,
     AgentRealized,
     EndpointDelete,
     EndpointUpsert,
+    FqdnAddress,
+    FqdnNames,
     agent_endpoint_subject,
+    agent_fqdn_subject,
     agent_endpoints_filter,
     agent_publish_filters,
     agent_realized_subject,
@@ -71,7 +75,7 @@ from .control import (
     ctl_reply_subject,
     parse_ctl_reply,
 )
-from .flows import FLOWS_FILTER, FlowBatch, FlowEvent, flows_subject
+from .flows import FLOW_TYPE_DNS, FLOW_TYPE_L3_L4, FLOWS_FILTER, DnsInfo, Flow, FlowBatch, FlowEvent, flows_subject
 from .identity import (
     IDENTITY_FILTER,
     IdentityDelete,
@@ -232,7 +236,7 @@ def _reason(exc: BaseException) -> str:
 
 
 __all__ = [
-    "AGENT_ENDPOINTS_FILTER", "AGENT_FILTER", "AGENT_INPUTS", "AGENT_LB_INPUTS", "CLUSTER_SCOPE",
+    "AGENT_ENDPOINTS_FILTER", "AGENT_FILTER", "AGENT_FQDN_FILTER", "FLOW_TYPE_DNS", "FLOW_TYPE_L3_L4", "AGENT_INPUTS", "AGENT_LB_INPUTS", "CLUSTER_SCOPE",
     "CONSUMERS", "EVENTS", "EVENT_ENUMS", "FLOWS_CONTROL", "FLOWS_FILTER", "HISTORY_STREAM",
     "HISTORY_SUBJECTS", "IDENTITY_FILTER", "IDENTITY_INPUTS", "IDENTITY_OUTPUTS", "IPCACHE_FILTER",
     "IPCACHE_SOURCE_CIDR", "IPCACHE_SOURCE_K8S", "KIND_CCNP", "KIND_CNP", "KIND_KNP",
@@ -240,13 +244,13 @@ __all__ = [
     "LB_INPUTS", "LB_OUTPUTS", "LB_VIEW", "OP_DELTA", "OP_SET", "POLICY_FILTER", "POLICY_INPUTS",
     "POLICY_KINDS", "POLICY_OUTPUTS", "POLICY_RULES_FILTER", "POLICY_SELECTOR_FILTER",
     "POLICY_STATUS_FILTER", "REPLAY", "SOURCE_FILTER", "STATUS_CONTROL", "AgentEvent",
-    "AgentRealized", "ConsumerSpec", "ControlEvent", "ControlRequest", "DeliverFrom",
+    "AgentRealized", "DnsInfo", "Flow", "FqdnAddress", "FqdnNames", "ConsumerSpec", "ControlEvent", "ControlRequest", "DeliverFrom",
     "EndpointDelete", "EndpointUpsert", "FlowBatch", "FlowEvent", "IdentityDelete",
     "IdentityEvent", "IdentityUpsert", "IpcacheDelete", "IpcacheEvent", "IpcacheUpsert",
     "LbBackend", "LbBackendDelete", "LbEvent", "LbMembers", "LbServiceDelete", "LbServiceEvent",
     "LbStatus", "ObjectDelete", "ObjectEvent", "ObjectUpsert", "Payload", "PolicyEvent",
     "ServicePortRecord", "ServiceRecord", "ServiceStatus",
-    "agent", "agent_endpoint_subject", "agent_endpoints_filter", "agent_publish_filters",
+    "agent", "agent_endpoint_subject", "agent_fqdn_subject", "agent_endpoints_filter", "agent_publish_filters",
     "agent_realized_subject", "check_subject", "control", "ctl_reply_subject", "decode_data",
     "flows", "flows_subject", "identity", "identity_subject", "ip_token", "ipcache",
     "ipcache_filter", "ipcache_subject", "lb", "lb_backend_subject", "lb_members_subject",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .agent import AGENT_ENDPOINTS_FILTER
+from .agent import AGENT_ENDPOINTS_FILTER, AGENT_FQDN_FILTER
 from .identity import IDENTITY_FILTER
 from .ipcache import IPCACHE_FILTER, IPCACHE_SOURCE_CIDR, IPCACHE_SOURCE_K8S, ipcache_filter
 from .lb import LB_FILTER
@@ -58,11 +58,12 @@ IDENTITY_OUTPUTS = ConsumerSpec("identity-outputs",
 IDENTITY_INPUTS = ConsumerSpec("identity", (source_filter(KIND_NAMESPACE),
                                             source_filter(KIND_POD), AGENT_ENDPOINTS_FILTER))
 
-# The policy service: its own outputs, then policy objects and identities.
+# The policy service: its own outputs, then policy objects, identities and what the nodes' DNS
+# proxies learned (toFQDNs selectors select the addresses of the names they match).
 POLICY_OUTPUTS = ConsumerSpec("policy-outputs",
                               (POLICY_FILTER, ipcache_filter(IPCACHE_SOURCE_CIDR)))
 POLICY_INPUTS = ConsumerSpec("policy", (*(source_filter(k) for k in sorted(POLICY_KINDS)),
-                                        IDENTITY_FILTER))
+                                        IDENTITY_FILTER, AGENT_FQDN_FILTER))
 
 # The lb service: its own outputs, then the objects services and backends derive from.
 LB_SOURCE_KINDS = (KIND_SERVICE, KIND_ENDPOINTSLICE, KIND_POD)

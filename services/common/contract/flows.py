@@ -2,7 +2,9 @@
 same payload as the answer to a ``cilia.ctl.flows`` request (an agent's recent flows).
 
 Each flow is a datapath verdict (services.nodeagent.datapath.flows.FlowRecord) with its wall
-clock ``time`` and the pods behind both addresses, when known.
+clock ``time`` and the pods behind both addresses, when known; or, with ``type`` ``dns``, one
+DNS query the node's DNS proxy handled (``dns`` says what was asked and answered; ``verdict``
+``DROPPED`` for a query the DNS rules refused, ``FORWARDED`` for one it forwarded).
 """
 
 from __future__ import annotations
@@ -10,7 +12,20 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from ._types import U16, U32, U64, DnsSubdomain, IPv4, Payload, PodRef, PortOrZero, Proto, Seconds
+from ._types import (
+    U16,
+    U32,
+    U64,
+    DnsSubdomain,
+    Fqdn,
+    IPv4,
+    Payload,
+    PodRef,
+    PortOrZero,
+    Proto,
+    Seconds,
+    Text,
+)
 from .tokens import token
 
 
@@ -27,6 +42,22 @@ FLOWS_FILTER = f"{FLOWS}.>"
 def flows_subject(node: str) -> str:
     """``cilia.flows.<node>``: one node's flows."""
     return f"{FLOWS}.{token(node)}"
+
+
+FLOW_TYPE_L3_L4 = "l3_l4"
+FLOW_TYPE_DNS = "dns"
+
+
+class DnsInfo(Payload):
+    """What a DNS flow asked and got: the name (lower case, no trailing dot), the query type
+    (``A``), the answer's code (``NOERROR``, ``NXDOMAIN``, ``REFUSED``, ``SERVFAIL``) and
+    the addresses and TTL of its A records."""
+
+    query: Fqdn
+    qtype: Text
+    rcode: Text
+    ips: list[IPv4] = []
+    ttl: U32 = 0
 
 
 class Flow(Payload):
@@ -51,6 +82,12 @@ class Flow(Payload):
     time: Seconds
     src_pod: PodRef
     dst_pod: PodRef
+    type: Literal["l3_l4", "dns"] = "l3_l4"
+    dns: DnsInfo | None = None
+
+    def __post_init__(self) -> None:
+        if (self.type == FLOW_TYPE_DNS) != (self.dns is not None):
+            raise ValueError("dns: a dns flow has it, another flow has not")
 
 
 class FlowBatch(Payload):
