@@ -66,8 +66,11 @@ from services.common.contract import (
     AgentEvent,
     AgentRealized,
     FlowEvent,
+    FqdnNames,
     ObjectEvent,
     ObjectUpsert,
+    agent_fqdn_filter,
+    agent_fqdn_subject,
     agent_realized_subject,
     flows_subject,
     source_subject,
@@ -86,6 +89,7 @@ from services.nodeagent.datapath import (
 )
 from services.nodeagent.datapath.maps import registry
 from services.nodeagent.datapath.overlay import setup_overlay
+from services.nodeagent.dnsservice import NodeDns, dns_proxy_enabled
 from services.nodeagent.endpoints import Endpoint, NodeConfig
 from services.nodeagent.health import (
     NODE_PARTS,
@@ -190,6 +194,13 @@ class NodeAgent:
         self.resumed_from = 0
         self._folded = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=FLOW_BUFFER)
+        self._dns_flows: list[dict[str, Any]] = []   # the DNS proxy's, for the next batch
+        self.dns: NodeDns | None = None
+        if dns_proxy_enabled():
+            self.dns = NodeDns(node.name, node.netns, state=lambda: self.node_state,
+                               maps=lambda: self.maps, endpoint_of=self._endpoint_of,
+                               publish=self._publish_fqdn, emit=self._dns_flows.append,
+                               live_addresses=self._live_addresses)
         self.totals: dict[str, int] = {"writes": 0, "reconciles": 0, "flows": 0,
                                        "skipped": 0}   # map entries that could not be encoded
 
@@ -225,6 +236,11 @@ class NodeAgent:
             bus, FLOWS_CONTROL, control.responder_role(bus, "nodeagent", self.cfg.name),
             self._flows_reply))
         self._tasks.append(asyncio.create_task(self._drift_loop()))
+        if self.dns is not None:
+            # what this node learned before a restart keeps expiring on time
+            mine = await bus.snapshot([agent_fqdn_filter(self.cfg.name)])
+            await self.dns.start(d.event.payload for d in mine.values()
+                                 if isinstance(d.event.payload, FqdnNames))
 
     async def stop(self) -> None:
         self._stop_flows.set()
@@ -238,6 +254,8 @@ class NodeAgent:
             with contextlib.suppress(Exception):
                 await core.unsubscribe()
         await self.cni.stop()
+        if self.dns is not None:
+            await self.dns.stop()
         for closable in (self.nodeport, self.lb_maps):
             if closable is not None:
                 closable.close()
@@ -627,6 +645,8 @@ class NodeAgent:
     def _on_realized(self, plan: NodePlan) -> None:
         """After a successful patch: the node maps hold revision ``plan.revision``."""
         REALIZED.labels(self.cfg.name).set(plan.revision)
+        if self.dns is not None:
+            self.dns.patched()      # answers held until the maps allow their addresses
 
     def _write_node(self, maps: NodeMaps, plan: NodePlan) -> dict[str, WriteOutcome]:
         """Write each part of ``plan`` (worker thread: it sees only the plan and the maps).
@@ -711,6 +731,8 @@ class NodeAgent:
                         FLOWS_DROPPED.labels(node).inc()
                         continue
                     batch.append(self._flow(rec, offset))
+                batch += self._dns_flows[:max(0, limit - len(batch))]
+                self._dns_flows.clear()
                 self.recent.extend(batch)
                 if batch and self.bus is not None:
                     self.totals["flows"] += len(batch)
@@ -728,6 +750,25 @@ class NodeAgent:
             entry = self.node_state.ipcache.get(f"{flow[side + '_ip']}/32")
             flow[f"{side}_pod"] = entry.pod if entry is not None and entry.pod else ""
         return flow
+
+    # -- DNS proxy -------------------------------------------------------------------------
+
+    def _endpoint_of(self, ip: str) -> LocalEndpoint | None:
+        return next((ep for ep in self.local.values() if ep.ip == ip), None)
+
+    async def _publish_fqdn(self, payload: FqdnNames) -> None:
+        if self.bus is not None:
+            await self.bus.publish(agent_fqdn_subject(self.cfg.name, payload.name),
+                                   AgentEvent.FQDN_NAMES, payload, msg_id=uuid.uuid4().hex)
+
+    async def _live_addresses(self) -> set[str]:
+        """Addresses a local endpoint has a conntrack entry with (its connections)."""
+        maps = self.maps
+        if maps is None:
+            return set()
+        entries = await asyncio.to_thread(maps.conntrack.entries)
+        now = time.monotonic_ns()
+        return {e.dst for e in entries if e.expires_ns > now}
 
     def _flows_reply(self) -> bytes:
         """Answer `cilia observe` (without --follow) with the recent flows of this node."""

@@ -63,9 +63,32 @@ def allowed(name: str, matchers: Iterable[NameMatcher]) -> bool:
 
 def refused(query: dns.message.Message) -> bytes:
     """The ``REFUSED`` answer to a denied query."""
+    return _answer(query, dns.rcode.REFUSED)
+
+
+def servfail(query: dns.message.Message) -> bytes:
+    """The ``SERVFAIL`` answer to a query the proxy could not answer safely (its addresses
+    were not allowed in time): the pod's resolver asks again."""
+    return _answer(query, dns.rcode.SERVFAIL)
+
+
+def _answer(query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:
     response = dns.message.make_response(query)
-    response.set_rcode(dns.rcode.REFUSED)
+    response.set_rcode(rcode)
     return response.to_wire()
+
+
+def answers(query: dns.message.Message, response_wire: bytes) -> str | None:
+    """The rcode name (``NOERROR``) of an upstream response to ``query``; None when it is
+    not one (malformed, another id, another question)."""
+    try:
+        response = dns.message.from_wire(response_wire)
+    except (dns.exception.DNSException, ValueError):
+        return None
+    if response.id != query.id or not response.flags & dns.flags.QR \
+            or response.question != query.question:
+        return None
+    return dns.rcode.to_text(response.rcode())
 
 
 def learned(response_wire: bytes, asked: Question, min_ttl: int = 0) -> list[Learned]:

@@ -38,6 +38,7 @@ from services.common.labels import Labels
 from services.common.policytypes import PROTO_BY_NAME, Direction, PolicyKey, Verdict
 from services.nodeagent.datapath.maps.endpoints import EndpointEntry
 from services.nodeagent.datapath.maps.ipcache import IpcacheEntry
+from services.nodeagent.dnspolicy import uses_dns_proxy
 from services.policy.compiler import SubjectPolicy, expand
 from services.policy.publish import fold_selector
 
@@ -281,7 +282,8 @@ class NodeState:
             out[ep.ip] = EndpointEntry(
                 ep.endpoint_id, ident, ep.ifindex,
                 enforce_ingress=bool(sp and sp.enforced(Direction.INGRESS)),
-                enforce_egress=bool(sp and sp.enforced(Direction.EGRESS)))
+                enforce_egress=bool(sp and sp.enforced(Direction.EGRESS)),
+                dns_proxy=uses_dns_proxy(sp))
         return out
 
     def named_ports(self) -> dict[int, dict[str, set[tuple[int, int]]]]:

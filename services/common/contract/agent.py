@@ -90,6 +90,11 @@ def agent_fqdn_subject(node: str, name: str) -> str:
     return f"{_FQDN_PREFIX}{token(node)}.{fqdn_token(name)}"
 
 
+def agent_fqdn_filter(node: str) -> str:
+    """Filter of what one node learned."""
+    return f"{_FQDN_PREFIX}{token(node)}.>"
+
+
 def agent_publish_filters(node_token: str) -> tuple[str, str]:
     """Every agent report subject of one node (``cilia.agent.<kind>.<node>[.>]``): what the
     bus lets that node's agent publish."""

@@ -20,6 +20,7 @@
 #include "lib/events.h"
 #include "lib/lb_hook.h"
 #include "lib/overlay.h"
+#include "lib/proxy.h"
 
 #define LXC_CONTINUE -1 /* lxc_parse(): go on with the parsed packet */
 
@@ -103,7 +104,18 @@ int cil_from_pod(struct __sk_buff *skb)
 			  CILIA_ID_UNKNOWN, ipcache_identity(t.daddr), 0);
 		return TC_ACT_SHOT;
 	}
-	return enforce(skb, &t, &pi, ep, CILIA_DIR_EGRESS);
+	ret = enforce(skb, &t, &pi, ep, CILIA_DIR_EGRESS);
+	if (ret != TC_ACT_OK || !(ep->flags & ENDPOINT_F_DNS_PROXY) || !dns_redirected(&t))
+		return ret;
+	/* An allowed DNS packet goes to the node's DNS proxy, never past it (a fragmented
+	 * query is dropped: its later fragments could not follow). */
+	ret = pi.frag == PKT_FRAG_NONE ? dns_redirect(skb, &t) : -DROP_PROXY_LOOKUP_FAILED;
+	if (ret < 0) {
+		emit_flow(skb, &t, CILIA_DIR_EGRESS, FLOW_VERDICT_DROPPED, -ret, ep->identity,
+			  ipcache_identity(t.daddr), ep->endpoint_id);
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
 }
 
 int cil_to_pod(struct __sk_buff *skb)

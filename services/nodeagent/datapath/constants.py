@@ -48,6 +48,8 @@ DROP_NAT_NO_MAPPING = 167      # NodePort SNAT: no free source port (bpf_nodepor
 DROP_UNKNOWN_SENDER = 172      # DSR option from a host that is no cluster node
 DROP_FRAG_NOT_FOUND = 175      # later IPv4 fragment without its first (lib/frag.h)
 DROP_VLAN_FILTERED = 182       # VLAN-tagged frame on a pod veth
+DROP_PROXY_LOOKUP_FAILED = 162  # no DNS proxy socket for a redirected query (lib/proxy.h)
+DROP_PROXY_SET_FAILED = 163     # the DNS proxy's socket could not be assigned
 REASON_NAMES = {
     DROP_INVALID: "invalid packet",
     DROP_UNKNOWN_L3: "unsupported L3 protocol",
@@ -57,6 +59,8 @@ REASON_NAMES = {
     DROP_FRAG_NOT_FOUND: "first logical datagram fragment not found",
     DROP_VLAN_FILTERED: "VLAN traffic disallowed by VLAN filter",
     DROP_NO_SERVICE: "no service backend",
+    DROP_PROXY_LOOKUP_FAILED: "proxy lookup failed",
+    DROP_PROXY_SET_FAILED: "proxy set failed",
     DROP_NO_TUNNEL_ENDPOINT: "no tunnel endpoint",
     REASON_POLICY_ALLOWED: "policy allowed",
     REASON_NOT_ENFORCED: "policy not enforced",

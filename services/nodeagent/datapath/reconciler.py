@@ -141,6 +141,10 @@ class Reconciler:
         """What the map holds, per the mirror (read from the map on first use)."""
         return {k: v for part in self._load(ReconcileResult()).values() for k, v in part.items()}
 
+    def held(self, key: bytes) -> bytes | None:
+        """The value the mirror says the map holds for ``key`` (one lookup, no copy)."""
+        return self._load(ReconcileResult()).get(self.partition_of(key), {}).get(key)
+
     def repair(self) -> int:
         """Make the kernel map hold what the mirror says it holds (drift repair).
 

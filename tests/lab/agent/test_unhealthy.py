@@ -18,6 +18,7 @@ from services.common.bus import Bus
 from services.common.identities import ID_HOST
 from services.nodeagent.datapath import NodeMaps, unpin
 from services.nodeagent.datapath.constants import pin_dir
+from services.nodeagent.dnsservice import PROXY_ENV
 from services.nodeagent.endpoints import NodeConfig
 from tests.support.procs import service
 
@@ -47,6 +48,7 @@ def test_incompatible_pinned_map_makes_the_agent_degraded_until_it_goes(nats_url
     conf.write_text(json.dumps(cfg.to_json()))
     try:
         with service("services.nodeagent", nats_url, "--node-config", str(conf),
+                     env={**os.environ, PROXY_ENV: "off"},   # the root netns: hands off
                      log=tmp_path / "agent.log") as proc:
             replies: list[dict[str, object]] = []
             for _ in range(100):

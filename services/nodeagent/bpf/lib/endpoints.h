@@ -7,6 +7,8 @@
 /* Per-direction default deny is on only when the endpoint's flag for that direction is set. */
 #define ENDPOINT_F_ENFORCE_INGRESS 0x1
 #define ENDPOINT_F_ENFORCE_EGRESS 0x2
+/* Its DNS queries go through the node's DNS proxy (lib/proxy.h). */
+#define ENDPOINT_F_DNS_PROXY 0x4
 
 struct endpoint_key {
 	u32 addr; /* network byte order */

@@ -40,6 +40,7 @@ MAX_ENTRIES = 4096
 # endpoint_value.flags (lib/endpoints.h)
 ENDPOINT_F_ENFORCE_INGRESS = 0x1
 ENDPOINT_F_ENFORCE_EGRESS = 0x2
+ENDPOINT_F_DNS_PROXY = 0x4       # its DNS queries go through the node's DNS proxy
 
 
 # struct endpoint_key (lib/endpoints.h)
@@ -63,6 +64,7 @@ class EndpointEntry(NamedTuple):
     ifindex: int = 0            # host-side veth ifindex in the node namespace; 0 = no check
     enforce_ingress: bool = False
     enforce_egress: bool = False
+    dns_proxy: bool = False     # its DNS queries go through the node's DNS proxy
 
 
 def _key(ip: str) -> bytes:
@@ -76,7 +78,8 @@ def _entry(ip: str, entry: EndpointEntry) -> tuple[bytes, bytes]:
     check_range(what, "identity", entry.identity, 1, U32_MAX)
     check_range(what, "ifindex", entry.ifindex, 0, U32_MAX)
     flags = ((ENDPOINT_F_ENFORCE_INGRESS if entry.enforce_ingress else 0)
-             | (ENDPOINT_F_ENFORCE_EGRESS if entry.enforce_egress else 0))
+             | (ENDPOINT_F_ENFORCE_EGRESS if entry.enforce_egress else 0)
+             | (ENDPOINT_F_DNS_PROXY if entry.dns_proxy else 0))
     val = EndpointValue(identity=entry.identity, ifindex=entry.ifindex,
                         endpoint_id=entry.endpoint_id, flags=flags)
     return key, val.to_bytes()
@@ -105,7 +108,8 @@ def decode_endpoints(raw: Mapping[bytes, bytes]) -> dict[str, EndpointEntry]:
         out[be32_to_ip(key.addr)] = EndpointEntry(
             val.endpoint_id, val.identity, val.ifindex,
             bool(val.flags & ENDPOINT_F_ENFORCE_INGRESS),
-            bool(val.flags & ENDPOINT_F_ENFORCE_EGRESS))
+            bool(val.flags & ENDPOINT_F_ENFORCE_EGRESS),
+            bool(val.flags & ENDPOINT_F_DNS_PROXY))
     return out
 
 

@@ -6,6 +6,7 @@ the peer identity of every packet, and in tunnel mode for the node behind a dest
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -99,6 +100,18 @@ def decode_ipcache(raw: Mapping[bytes, bytes]) -> dict[str, IpcacheEntry]:
         tunnel = be32_to_ip(val.tunnel_endpoint) if val.tunnel_endpoint else ""
         out[prefix] = IpcacheEntry(val.identity, tunnel, val.flags)
     return out
+
+
+def held_identity(view: IpcacheMap, ip: str, default: int) -> int:
+    """The identity the datapath resolves ``ip`` to by longest prefix, per what the agent wrote
+    to the map (its mirror); ``default`` when no prefix holds it (lib/ipcache.h: world)."""
+    net = ipaddress.ip_address(ip)
+    for plen in range(32, -1, -1):
+        prefix = ipaddress.ip_network(f"{net}/{plen}", strict=False)
+        raw = view.reconciler.held(_key(str(prefix)))
+        if raw is not None:
+            return int(IpcacheValue.from_buffer_copy(raw).identity)
+    return default
 
 
 class IpcacheMap(ReconciledMap):

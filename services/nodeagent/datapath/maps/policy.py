@@ -16,7 +16,7 @@ are written; that fails closed: a subject whose deny cannot be encoded loses its
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 from services.common.policytypes import (
@@ -203,27 +203,38 @@ def policy_partition(key: bytes) -> int:
     return int(_SUBJECT.unpack_from(key, _SUBJECT_OFFSET)[0])
 
 
-def _longest(blocks: Mapping[PortPrefix, Verdict], subject: int, peer: int, direction: int,
-             proto: int, port: int) -> Verdict | None:
+def _longest(lookup: Callable[[PortPrefix], Verdict | None], subject: int, peer: int,
+             direction: int, proto: int, port: int) -> Verdict | None:
     for plen in range(PORT_BITS, -1, -1):
         shift = PORT_BITS - plen
-        block = PortPrefix(subject, peer, direction, proto,
-                           (port >> shift) << shift if plen else 0, plen)
-        if block in blocks:
-            return blocks[block]
+        found = lookup(PortPrefix(subject, peer, direction, proto,
+                                  (port >> shift) << shift if plen else 0, plen))
+        if found is not None:
+            return found
     return None
 
 
-def decide(blocks: Mapping[PortPrefix, Verdict], subject: int, peer: int, direction: int,
-           proto: int, port: int) -> Verdict | None:
-    """The kernel's policy decision for a new flow (lib/policy.h), None if nothing matches."""
-    found = [_longest(blocks, subject, pe, direction, pr, port)
+def decide(blocks: Mapping[PortPrefix, Verdict] | Callable[[PortPrefix], Verdict | None],
+           subject: int, peer: int, direction: int, proto: int, port: int) -> Verdict | None:
+    """The kernel's policy decision for a new flow (lib/policy.h), None if nothing matches.
+
+    ``blocks``: the map's port blocks, or a lookup of one block (:func:`held_block`)."""
+    lookup = blocks.get if isinstance(blocks, Mapping) else blocks
+    found = [_longest(lookup, subject, pe, direction, pr, port)
              for pe in (peer, ANY_PEER) for pr in (proto, ANY_PROTO)]
     if Verdict.DENY in found:
         return Verdict.DENY
     if Verdict.ALLOW in found:
         return Verdict.ALLOW
     return None
+
+
+def held_block(view: PolicyMap) -> Callable[[PortPrefix], Verdict | None]:
+    """A lookup of one port block in what the agent wrote to the map (its mirror)."""
+    def lookup(p: PortPrefix) -> Verdict | None:
+        raw = view.reconciler.held(encode_prefix(p))
+        return None if raw is None else Verdict(PolicyMapValue.from_buffer_copy(raw).verdict)
+    return lookup
 
 
 class PolicyMap(ReconciledMap):
