@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from services.common import roles
-from services.common.bus import Bus
+from services.common.bus import Bus, Delivery
 from services.common.busconfig import BusConfig
 from services.common.errors import CiliaError
 from services.common.paths import state_root
@@ -48,6 +48,21 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         raise click.ClickException(str(exc)) from exc
     finally:
         shutdown_tracing()
+
+
+async def read_history(bus: Bus, filters: list[str]) -> list[Delivery]:
+    """Every stored event matching ``filters``, in stream order (bad ones skipped silently)."""
+    events: list[Delivery] = []
+
+    async def keep(d: Delivery) -> None:
+        events.append(d)
+
+    sub = await bus.consume(filters, keep, name="history", report=False)
+    try:
+        await sub.caught_up.wait()
+    finally:
+        await sub.stop()
+    return events
 
 
 pass_ctx = click.make_pass_decorator(CliContext)

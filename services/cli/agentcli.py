@@ -26,6 +26,8 @@ from services.common import control
 from services.common.bus import Bus, Delivery
 from services.common.codec import decode
 from services.common.contract import (
+    FLOW_TYPE_DNS,
+    FLOW_TYPE_L3_L4,
     FLOWS_CONTROL,
     FLOWS_FILTER,
     IDENTITY_FILTER,
@@ -237,20 +239,36 @@ def bpf_policy_get(ctx: CliContext, endpoint: str, node: str | None, output: str
                  "PORT/PROTO"], tablefmt="plain", disable_numparse=True))
 
 
+def format_dns(dns: dict[str, Any]) -> str:
+    """What a DNS flow asked and got: ``DNS query a.example.com A -> NOERROR 203.0.113.20
+    (ttl 30)``, or ``... -> REFUSED``."""
+    answer = dns["rcode"]
+    if dns.get("ips"):
+        answer += f" {','.join(dns['ips'])} (ttl {dns.get('ttl', 0)})"
+    return f"DNS query {dns['query']} {dns['qtype']} -> {answer}"
+
+
 def format_flow(f: dict[str, Any]) -> str:
+    """One flow on one line, as ``hubble observe`` prints it; a DNS flow says what was asked
+    and answered where another says its reason and protocol."""
     when = dt.datetime.fromtimestamp(f["time"], dt.UTC).strftime("%b %d %H:%M:%S.%f")
     src = f.get("src_pod") or f["src_ip"]
     dst = f.get("dst_pod") or f["dst_ip"]
     sport = f":{f['src_port']}" if f["src_port"] else ""
     dport = f":{f['dst_port']}" if f["dst_port"] else ""
-    reason = f["reason_name"]
+    dns = f.get("dns") if f.get("type") == FLOW_TYPE_DNS else None
+    what = format_dns(dns) if dns else f"{f['reason_name']}, {f['proto_name']}"
     return (f"{when[:-3]}: {src}{sport} (ID:{f['src_identity']}) -> {dst}{dport} "
-            f"(ID:{f['dst_identity']}) {f['direction']} {f['verdict']} ({reason}, "
-            f"{f['proto_name']})")
+            f"(ID:{f['dst_identity']}) {f['direction']} {f['verdict']} ({what})")
 
 
-def _matches(f: dict[str, Any], verdict: str | None, pod: str | None) -> bool:
+def flow_matches(f: dict[str, Any], verdict: str | None = None, pod: str | None = None,
+                 flow_type: str | None = None) -> bool:
+    """Whether a flow passes ``observe``'s filters (None: any); a flow without ``type``
+    (from an older agent) is an ``l3_l4`` one."""
     if verdict and f["verdict"] != verdict.upper():
+        return False
+    if flow_type and f.get("type", FLOW_TYPE_L3_L4) != flow_type:
         return False
     return not pod or pod in (f.get("src_pod"), f.get("dst_pod"))
 
@@ -271,18 +289,23 @@ async def recent_flows(bus: Bus) -> list[dict[str, Any]]:
 @click.option("--pod", default=None, help="only flows from or to NAMESPACE/POD")
 @click.option("--last", type=int, default=20, show_default=True,
               help="flows shown without --follow")
+@click.option("--type", "--protocol", "flow_type", default=None,
+              type=click.Choice([FLOW_TYPE_L3_L4, FLOW_TYPE_DNS], case_sensitive=False),
+              help="only datapath verdicts (l3_l4) or DNS queries the DNS proxies handled "
+                   "(dns)")
 @click.option("--node", default=None)
 @output_option
 @pass_ctx
 def observe(ctx: CliContext, follow: bool, verdict: str | None, pod: str | None, last: int,
-            node: str | None, output: str) -> None:
-    """Flows through the datapath (like `hubble observe`)."""
+            flow_type: str | None, node: str | None, output: str) -> None:
+    """Flows through the datapath and the DNS proxies (like `hubble observe`)."""
 
     def show(f: dict[str, Any]) -> None:
         click.echo(json.dumps(f) if output == "json" else format_flow(f))
 
     async def run(bus: Bus) -> None:
-        flows = [f for f in await recent_flows(bus) if _matches(f, verdict, pod)][-last:]
+        flows = [f for f in await recent_flows(bus)
+                 if flow_matches(f, verdict, pod, flow_type)][-last:]
         if not follow:
             if output == "json":
                 print_json(flows)
@@ -302,7 +325,7 @@ def observe(ctx: CliContext, follow: bool, verdict: str | None, pod: str | None,
         await bus.nc.subscribe(flows_subject(node) if node else FLOWS_FILTER, cb=on_flows)
         while True:
             f = await queue.get()
-            if _matches(f, verdict, pod):
+            if flow_matches(f, verdict, pod, flow_type):
                 show(f)
 
     try:

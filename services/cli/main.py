@@ -21,11 +21,13 @@ from services.cli.agentcli import bpf_group, endpoint_group, observe
 from services.cli.connectivity import connectivity_group
 from services.cli.demo import demo
 from services.cli.endpointcli import endpoint_get
+from services.cli.fqdn import fqdn_group
 from services.cli.identity import identity_group
 from services.cli.labcli import exec_command, lab_group, runtime_for
 from services.cli.manifests import ManifestErrors
 from services.cli.policy import policy_group
 from services.cli.replay import history_group, replay_group, trace_group
+from services.cli.selectors import policy_selectors
 from services.cli.service import bpf_lb_group, service_group
 from services.cli.status import status
 from services.common.bus import NATS_URL_ENV, Bus, HistoryConfig
@@ -185,6 +187,8 @@ def delete(ctx: CliContext, files: tuple[str, ...]) -> None:
 
 cli.add_command(identity_group)
 cli.add_command(policy_group)
+policy_group.add_command(policy_selectors)
+cli.add_command(fqdn_group)
 cli.add_command(endpoint_group)
 endpoint_group.add_command(endpoint_get)
 cli.add_command(bpf_group)

@@ -9,8 +9,8 @@ import yaml
 from tabulate import tabulate
 
 from services.cli import manifests, source
-from services.cli._context import CliContext, pass_ctx, print_json
-from services.common.bus import Bus, Delivery
+from services.cli._context import CliContext, pass_ctx, print_json, read_history
+from services.common.bus import Bus
 from services.common.contract import (
     IDENTITY_FILTER,
     IPCACHE_SOURCE_K8S,
@@ -37,21 +37,6 @@ from services.policy.reducer import reduce_input
 from services.policy.trace import pod_labels
 
 NamedPortMap = dict[int, dict[str, set[tuple[int, int]]]]
-
-
-async def _history(bus: Bus, filters: list[str]) -> list[Delivery]:
-    """Every stored event matching ``filters``, in stream order."""
-    events: list[Delivery] = []
-
-    async def keep(d: Delivery) -> None:
-        events.append(d)
-
-    sub = await bus.consume(filters, keep, name="history", report=False)
-    try:
-        await sub.caught_up.wait()
-    finally:
-        await sub.stop()
-    return events
 
 
 def _named_ports(pods: list[dict[str, Any]], ip_identity: dict[str, int]) -> NamedPortMap:
@@ -82,7 +67,7 @@ async def load_repository(bus: Bus) -> tuple[Repository, NamedPortMap]:
     for d in current.values():
         if isinstance(d.event.payload, IdentityUpsert):
             reduce_input(repo, d.event.payload)
-    for d in await _history(bus, [source_filter(k) for k in sorted(POLICY_KINDS)]):
+    for d in await read_history(bus, [source_filter(k) for k in sorted(POLICY_KINDS)]):
         try:
             reduce_input(repo, d.event.payload)
         except PolicyError:
