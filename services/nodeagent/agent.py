@@ -88,6 +88,7 @@ from services.nodeagent.datapath import (
     check_pins,
 )
 from services.nodeagent.datapath.maps import registry
+from services.nodeagent.datapath.maps.conntrack import CT_F_CLOSING
 from services.nodeagent.datapath.overlay import setup_overlay
 from services.nodeagent.dnsservice import NodeDns, dns_proxy_enabled
 from services.nodeagent.endpoints import Endpoint, NodeConfig
@@ -762,13 +763,14 @@ class NodeAgent:
                                    AgentEvent.FQDN_NAMES, payload, msg_id=uuid.uuid4().hex)
 
     async def _live_addresses(self) -> set[str]:
-        """Addresses a local endpoint has a conntrack entry with (its connections)."""
+        """Addresses a local endpoint has a live connection with (a conntrack entry neither
+        expired nor closing)."""
         maps = self.maps
         if maps is None:
             return set()
         entries = await asyncio.to_thread(maps.conntrack.entries)
         now = time.monotonic_ns()
-        return {e.dst for e in entries if e.expires_ns > now}
+        return {e.dst for e in entries if e.expires_ns > now and not e.flags & CT_F_CLOSING}
 
     def _flows_reply(self) -> bytes:
         """Answer `cilia observe` (without --follow) with the recent flows of this node."""
