@@ -5,11 +5,14 @@ Typical use (the service wiring)::
     repo = Repository()
     ch = repo.apply(yaml_doc)               # or repo.upsert(parse_policy(doc)); repo.delete(ref)
     ch = repo.add_identity(300, labels)     # identity events; repo.remove_identity(300)
+    ch = repo.learn(fqdn_names)             # what a node's DNS proxy learned (toFQDNs peers)
     for m in messages(repo, ch):            # in order, e.g. via Bus.publish_batch:
         Outgoing(m.subject, m.event, m.payload, m.msg_id)
 
 The agent side rebuilds ``SubjectPolicy.from_payload(payload)`` and selector members from the
-published messages and calls :func:`expand`; ``cilia policy trace`` calls :func:`trace`.
+published messages and calls :func:`expand`; ``cilia policy trace`` calls :func:`trace`. The
+agent's DNS proxy rebuilds an entry's ``dns`` and ``fqdns`` texts with
+:func:`~services.policy.fqdnmatch.dns_matcher`.
 """
 
 from .cidr import CIDRRule, cidr_labels, lpm_identity

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from services.common.labels import SOURCE_ANY, SOURCE_K8S, SOURCE_RESERVED
+from services.common.policytypes import ANY_PORT, ANY_PROTO, PROTO_TCP, PROTO_UDP
 
-from ._fields import Ctx, parse_fqdn, parse_metadata, parse_port
+from ._fields import Ctx, parse_dns_rule, parse_fqdn, parse_metadata, parse_port
 from .cidr import CIDRRule
 from .entities import ALL_PODS, ENTITIES, ENTITY_SELECTORS
 from .model import KIND_CCNP, FQDNSelector, PeerRule, Policy, PortRule, Rule, Section
@@ -21,8 +22,10 @@ from .selector import (
 _SPEC_FIELDS = ("endpointSelector", "ingress", "egress", "ingressDeny", "egressDeny",
                 "enableDefaultDeny", "description")
 _SPEC_UNSUPPORTED = ("nodeSelector", "labels")
-_PORT_RULE_UNSUPPORTED = ("rules", "serverNames", "listener", "originatingTLS",
-                          "terminatingTLS")
+_PORT_RULE_UNSUPPORTED = ("serverNames", "listener", "originatingTLS", "terminatingTLS")
+_L7_UNSUPPORTED = ("http", "kafka", "l7proto", "l7")
+DNS_PORT = 53                                  # the one port cilia's DNS proxy serves
+_DNS_PROTOS = (ANY_PROTO, PROTO_UDP, PROTO_TCP)
 _CIDRSET_UNSUPPORTED = ("cidrGroupRef", "cidrGroupSelector")
 
 # Per section: the L3 peer fields (cilia name -> model slot) and the fields we reject.
@@ -150,11 +153,11 @@ def _parse_peer(ctx: Ctx, item: Any, path: str, section: Section, index: int,
                 cidrs.append(_parse_cidrset(ctx, value, fpath))
             else:
                 fqdns.append(parse_fqdn(ctx, value, fpath))
-    ports = _parse_to_ports(ctx, item.get("toPorts"), f"{path}.toPorts")
+    ports, dns = _parse_to_ports(ctx, item.get("toPorts"), f"{path}.toPorts", section)
     # Cilium: a rule with ports but no peer applies to every peer; a rule with neither is empty.
     any_peer = not used and bool(ports)
     return PeerRule(section, index, any_peer, tuple(endpoints), tuple(cidrs), tuple(fqdns),
-                    ports)
+                    ports, dns)
 
 
 def _parse_cidrset(ctx: Ctx, value: Any, path: str) -> CIDRRule:
@@ -166,14 +169,64 @@ def _parse_cidrset(ctx: Ctx, value: Any, path: str) -> CIDRRule:
     return ctx.cidr(value["cidr"], excepts, path)
 
 
-def _parse_to_ports(ctx: Ctx, doc: Any, path: str) -> tuple[PortRule, ...]:
+def _parse_to_ports(ctx: Ctx, doc: Any, path: str, section: Section
+                    ) -> tuple[tuple[PortRule, ...], tuple[str, ...] | None]:
+    """The ports of every ``toPorts`` item, and the DNS rules of the peer rule's port-53
+    traffic (:attr:`PeerRule.dns`)."""
     out: list[PortRule] = []
+    covering: list[tuple[str, ...] | None] = []   # per item covering port 53: its DNS rules
+    # Deny sections take no L7 rules at all (Cilium's deny toPorts have no ``rules`` either).
+    unsupported = _PORT_RULE_UNSUPPORTED if not section.deny \
+        else ("rules", *_PORT_RULE_UNSUPPORTED)
     for i, item in enumerate(ctx.listing(doc, path)):
         ipath = f"{path}[{i}]"
         item = ctx.mapping(item, ipath)
-        ctx.check_fields(item, ipath, ("ports",), _PORT_RULE_UNSUPPORTED)
-        ports = ctx.listing(item.get("ports"), f"{ipath}.ports")
+        ctx.check_fields(item, ipath, ("ports", "rules"), unsupported)
+        ports = tuple(parse_port(ctx, p, f"{ipath}.ports[{j}]", "ANY")
+                      for j, p in enumerate(ctx.listing(item.get("ports"), f"{ipath}.ports")))
+        dns = None
+        if "rules" in item:
+            dns = _parse_rules(ctx, item["rules"], f"{ipath}.rules", section, ports)
         if not ports:
             ctx.fail(f"{ipath}.ports", "at least one port is required")
-        out.extend(parse_port(ctx, p, f"{ipath}.ports[{j}]", "ANY") for j, p in enumerate(ports))
-    return tuple(out)
+        if any(_covers_dns(p) for p in ports):
+            covering.append(dns)
+        out.extend(ports)
+    if not covering or any(d is None for d in covering):
+        return tuple(out), None
+    return tuple(out), tuple(sorted({t for d in covering if d is not None for t in d}))
+
+
+def _covers_dns(port: PortRule) -> bool:
+    """Whether ``port`` takes DNS traffic to port 53 (a named port is never resolved here:
+    it does not count)."""
+    return not port.name and port.proto in _DNS_PROTOS \
+        and (port.port == ANY_PORT or port.port <= DNS_PORT <= port.end_port)
+
+
+def _parse_rules(ctx: Ctx, doc: Any, path: str, section: Section,
+                 ports: tuple[PortRule, ...]) -> tuple[str, ...]:
+    """``toPorts[].rules``: DNS rules only, in egress only, on port 53 only (what cilia's DNS
+    proxy enforces; anything else is refused rather than accepted and not enforced)."""
+    rules = ctx.mapping(doc, path)
+    ctx.check_fields(rules, path, ("dns",), _L7_UNSUPPORTED)
+    dpath = f"{path}.dns"
+    if "dns" not in rules:
+        ctx.fail(path, "rules needs dns, the only L7 rules cilia enforces (leave rules out "
+                       "for a plain L4 rule)")
+    if section != Section.EGRESS:
+        ctx.unsupported(dpath, f"a DNS rule in section {section.value!r}",
+                        "the DNS proxy filters what endpoints ask: egress only")
+    if not ports:
+        ctx.fail(dpath, "DNS rules need ports: [{port: \"53\"}] (cilia's DNS proxy serves "
+                        "port 53 only)")
+    for j, p in enumerate(ports):
+        if p.name or p.port != DNS_PORT or p.end_port != DNS_PORT or p.proto not in _DNS_PROTOS:
+            ctx.fail(dpath, f"DNS rules need every port of their toPorts item to be 53 (UDP, "
+                            f"TCP or ANY; cilia's DNS proxy serves no other port), but "
+                            f"ports[{j}] is {p}")
+    items = ctx.listing(rules["dns"], dpath)
+    if not items:
+        ctx.fail(dpath, "an empty dns list is not supported: list matchName/matchPattern "
+                        "items (matchPattern '*' allows every name), or leave rules out")
+    return tuple(sorted({parse_dns_rule(ctx, x, f"{dpath}[{k}]") for k, x in enumerate(items)}))

@@ -12,7 +12,7 @@ from services.common.policytypes import ANY_PROTO, MAX_PORT, PROTO_BY_NAME
 
 from .cidr import CIDRRule, make_cidr_rule
 from .errors import CIDRError, PolicyValidationError, SelectorError, UnsupportedFieldError
-from .fqdnmatch import match_name, match_pattern
+from .fqdnmatch import NameMatcher, match_name, match_pattern
 from .model import FQDNSelector, PortRule
 from .selector import EndpointSelector, parse_selector
 
@@ -23,7 +23,11 @@ _PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 # Why a field cilia recognises is rejected (shown in the error).
 UNSUPPORTED_HINTS: dict[str, str] = {
-    "rules": "L7 rules; cilia enforces L3/L4 only",
+    "rules": "L7 rules; cilia enforces L3/L4 and egress DNS rules only",
+    "http": "HTTP rules need an HTTP proxy; cilia enforces DNS rules only",
+    "kafka": "Kafka rules need a Kafka proxy; cilia enforces DNS rules only",
+    "l7proto": "generic L7 parsers; cilia enforces DNS rules only",
+    "l7": "generic L7 rules; cilia enforces DNS rules only",
     "serverNames": "TLS SNI matching needs the L7 proxy",
     "listener": "L7 listeners need the L7 proxy",
     "originatingTLS": "TLS interception needs the L7 proxy",
@@ -137,8 +141,8 @@ def parse_port(ctx: Ctx, item: Any, path: str, default_proto: str) -> PortRule:
     return PortRule(proto, port, end, name)
 
 
-def parse_fqdn(ctx: Ctx, item: Any, path: str) -> FQDNSelector:
-    """Validate a ``toFQDNs`` entry (exactly one of matchName / matchPattern)."""
+def _name_or_pattern(ctx: Ctx, item: Any, path: str) -> NameMatcher:
+    """A ``{matchName}`` or ``{matchPattern}`` item (exactly one), compiled."""
     item = ctx.mapping(item, path)
     ctx.check_fields(item, path, ("matchName", "matchPattern"))
     name, pattern = item.get("matchName"), item.get("matchPattern")
@@ -149,11 +153,22 @@ def parse_fqdn(ctx: Ctx, item: Any, path: str) -> FQDNSelector:
     if not isinstance(value, str):
         ctx.fail(f"{path}.{field}", f"must be a string, got {type(value).__name__}")
     try:
-        matcher = compile_(value)
+        return compile_(value)
     except ValueError as exc:
         ctx.fail(f"{path}.{field}", str(exc))
+
+
+def parse_fqdn(ctx: Ctx, item: Any, path: str) -> FQDNSelector:
+    """Validate a ``toFQDNs`` entry (exactly one of matchName / matchPattern)."""
+    matcher = _name_or_pattern(ctx, item, path)
     return (FQDNSelector(match_pattern=matcher.text) if matcher.is_pattern
             else FQDNSelector(match_name=matcher.text))
+
+
+def parse_dns_rule(ctx: Ctx, item: Any, path: str) -> str:
+    """Validate a ``rules.dns`` entry (exactly one of matchName / matchPattern); return its
+    normalized text (:func:`~services.policy.fqdnmatch.dns_matcher` rebuilds the matcher)."""
+    return _name_or_pattern(ctx, item, path).text
 
 
 def parse_metadata(doc: dict[str, Any], kind: str, namespaced: bool,

@@ -23,8 +23,15 @@ Semantics of the entries (self-contained: no other flag is needed to enforce the
   does: the subject's own ports for ingress, each peer's ports for egress (the union over all
   identities for an egress rule that names no peer). ``named_ports`` maps identity -> port name
   -> {(proto, port)}; a name nobody declares allows nothing.
-* ``toFQDNs`` peers are parsed and published but select nobody yet (a later issue enforces
-  them); their section still makes the direction default-deny, as in Cilium.
+* A ``toFQDNs`` peer is the selector of its name or pattern (:func:`~services.policy.fqdn.
+  fqdn_selector`), whose members are the CIDR identities of the addresses the nodes' DNS
+  proxies learned for matching names (:mod:`services.policy.fqdn`); the entry also keeps the
+  texts (``fqdns``). Before anything is learned it selects nobody, and its section still makes
+  the direction default-deny, as in Cilium.
+* ``dns`` on an entry is what its port-53 traffic may ask (:attr:`~services.policy.model.
+  PeerRule.dns`): None for every name, else normalized names and patterns that the agent's
+  DNS proxy rebuilds with :func:`~services.policy.fqdnmatch.dns_matcher`. The map entries are
+  the same either way; the proxy answers (or refuses) the queries.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from services.common.contract.policy import CompiledRuleDoc, PolicyRules, RuleEn
 from services.common.policytypes import ANY_PEER, ANY_PORT, ANY_PROTO, Direction, PolicyKey, Verdict
 
 from .cidr import cidr_selector
+from .fqdn import fqdn_selector
 from .model import PolicyRef, PortRule, Rule, Section
 from .selector import EndpointSelector
 
@@ -75,6 +83,7 @@ class CompiledEntry:
     selectors: tuple[str, ...]
     ports: tuple[PortRule, ...]
     fqdns: tuple[str, ...] = ()
+    dns: tuple[str, ...] | None = None
 
     @property
     def section(self) -> Section:
@@ -83,9 +92,13 @@ class CompiledEntry:
 
     def to_dict(self) -> dict[str, Any]:
         """msgpack-friendly form."""
-        return {"section": self.origin.section, "index": self.origin.position,
-                "any_peer": self.any_peer, "selectors": list(self.selectors),
-                "ports": [p.to_list() for p in self.ports], "fqdns": list(self.fqdns)}
+        out: dict[str, Any] = {
+            "section": self.origin.section, "index": self.origin.position,
+            "any_peer": self.any_peer, "selectors": list(self.selectors),
+            "ports": [p.to_list() for p in self.ports], "fqdns": list(self.fqdns)}
+        if self.dns is not None:    # absent: every name (and the bytes of older entries)
+            out["dns"] = list(self.dns)
+        return out
 
 
 @dataclass(frozen=True, order=True)
@@ -122,7 +135,8 @@ class CompiledRule:
         def entry(e: RuleEntry) -> CompiledEntry:
             origin = RuleOrigin(doc.kind, doc.namespace, doc.name, doc.rule, e.section, e.index)
             return CompiledEntry(origin, e.any_peer, tuple(e.selectors),
-                                 tuple(PortRule(*p) for p in e.ports), tuple(e.fqdns))
+                                 tuple(PortRule(*p) for p in e.ports), tuple(e.fqdns),
+                                 None if e.dns is None else tuple(e.dns))
         return cls(RuleOrigin(doc.kind, doc.namespace, doc.name, doc.rule, "", -1),
                    doc.subject, doc.default_deny_ingress, doc.default_deny_egress,
                    tuple(entry(e) for e in doc.entries))
@@ -176,10 +190,12 @@ class SubjectPolicy:
 
 
 def rule_selectors(rule: Rule) -> dict[str, EndpointSelector]:
-    """Every selector a rule needs in the selector cache (subject, peers, CIDR peers)."""
+    """Every selector a rule needs in the selector cache (subject, peers, CIDR and FQDN
+    peers)."""
     out = {rule.subject.id: rule.subject}
     for peer in rule.peers:
-        for sel in (*peer.endpoints, *(cidr_selector(c) for c in peer.cidrs)):
+        for sel in (*peer.endpoints, *(cidr_selector(c) for c in peer.cidrs),
+                    *(fqdn_selector(f.text) for f in peer.fqdns)):
             out[sel.id] = sel
     return out
 
@@ -189,15 +205,22 @@ def rule_prefixes(rule: Rule) -> list[str]:
     return [p for peer in rule.peers for c in peer.cidrs for p in c.prefixes()]
 
 
+def rule_fqdns(rule: Rule) -> list[str]:
+    """Every ``toFQDNs`` name or pattern (normalized text) of a rule, with repeats."""
+    return [f.text for peer in rule.peers for f in peer.fqdns]
+
+
 def compile_rule(ref: PolicyRef, rule: Rule) -> CompiledRule:
     """Compile one model rule into selector ids."""
     entries = []
     for peer in rule.peers:
+        fqdns = tuple(f.text for f in peer.fqdns)
         sels = sorted({*(s.id for s in peer.endpoints),
-                       *(cidr_selector(c).id for c in peer.cidrs)})
-        fqdns = tuple(f.match_name or f.match_pattern for f in peer.fqdns)
+                       *(cidr_selector(c).id for c in peer.cidrs),
+                       *(fqdn_selector(t).id for t in fqdns)})
         origin = RuleOrigin(*ref, rule.index, peer.section.value, peer.index)
-        entries.append(CompiledEntry(origin, peer.any_peer, tuple(sels), peer.ports, fqdns))
+        entries.append(CompiledEntry(origin, peer.any_peer, tuple(sels), peer.ports, fqdns,
+                                     peer.dns))
     return CompiledRule(RuleOrigin(*ref, rule.index, "", -1), rule.subject.id,
                         rule.default_deny_ingress, rule.default_deny_egress, tuple(entries))
 

@@ -72,3 +72,14 @@ def match_pattern(value: str) -> NameMatcher:
     if multi:
         regex = rf"({_CHARS}+\.)+" + regex
     return NameMatcher(pattern, True, re.compile(regex))
+
+
+def dns_matcher(text: str) -> NameMatcher:
+    """Rebuild the matcher of a normalized name or pattern as the policy service publishes it
+    (``CompiledEntry.fqdns`` and ``.dns``): text with a ``*`` is a ``matchPattern``, any other
+    text a ``matchName`` (a pattern without ``*`` matches exactly that name anyway).
+
+    Raises:
+        ValueError: not a DNS name or pattern.
+    """
+    return match_pattern(text) if "*" in text else match_name(text)

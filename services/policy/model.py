@@ -90,6 +90,11 @@ class FQDNSelector:
     match_name: str = ""
     match_pattern: str = ""
 
+    @property
+    def text(self) -> str:
+        """The normalized name or pattern (what is published and hashed into its label)."""
+        return self.match_name or self.match_pattern
+
 
 @dataclass(frozen=True)
 class PeerRule:
@@ -102,8 +107,14 @@ class PeerRule:
             ``from``/``to``): it applies to every peer.
         endpoints: selectors of the peers (endpoints and entities, namespace scoping applied).
         cidrs: CIDR peers.
-        fqdns: ``toFQDNs`` peers (parsed, not enforced yet: they select no peer).
+        fqdns: ``toFQDNs`` peers: they select the addresses the nodes' DNS proxies learned
+            for the names they match (see :mod:`services.policy.fqdn`).
         ports: the ports; empty means every port.
+        dns: the DNS names and patterns (normalized ``matchName``/``matchPattern`` texts,
+            sorted, see :func:`~services.policy.fqdnmatch.dns_matcher`) that port-53 traffic
+            of this rule may ask for; None when no DNS rule restricts it (every name, the
+            plain L4 meaning). As in Cilium, one ``toPorts`` item covering port 53 without
+            DNS rules makes it None; otherwise it is the union of the items' rules.
     """
 
     section: Section
@@ -113,6 +124,7 @@ class PeerRule:
     cidrs: tuple[CIDRRule, ...] = ()
     fqdns: tuple[FQDNSelector, ...] = ()
     ports: tuple[PortRule, ...] = ()
+    dns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ the very same subjects (the contract's ``POLICY_INPUTS`` and ``POLICY_OUTPUTS``)
 from __future__ import annotations
 
 from services.common.contract import (
+    FqdnNames,
     IdentityDelete,
     IdentityUpsert,
     IpcacheDelete,
@@ -71,4 +72,6 @@ def reduce_input(repo: Repository, payload: Payload) -> Changes | None:
             return repo.upsert(parse_policy(payload.object))
         case ObjectDelete():
             return repo.delete(PolicyRef(payload.kind, payload.namespace, payload.name))
+        case FqdnNames():
+            return repo.learn(payload)
     return None

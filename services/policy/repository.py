@@ -7,12 +7,14 @@ Every mutating call returns a :class:`Changes` naming exactly what consumers mus
 * subjects (identities) whose :class:`~services.policy.compiler.SubjectPolicy` changed, and
   every cluster identity that appears or is relabelled, selected or not (its message says
   "the policy of this identity is computed"; agents keep an endpoint at deny-all until then);
-* ipcache prefix entries (CIDR identities) that appeared or disappeared;
+* ipcache prefix entries (CIDR identities, learned ``toFQDNs`` addresses among them) that
+  appeared or disappeared;
 * policies upserted or deleted.
 
 It is incremental: adding an identity touches only the selectors that match it (and the
 identity itself as a subject); upserting or deleting a policy touches only the subjects its old
-and new versions select and the selectors they use. Validation happens before anything is
+and new versions select and the selectors they use; learning a name's addresses touches only
+those addresses' identities (:mod:`services.policy.fqdn`). Validation happens before anything is
 touched (:meth:`Repository.apply` parses first), so a bad new version leaves the previous one
 in force. The state is a pure function of the sequence of calls, so replicas consuming the same
 ordered stream agree (selector ids are content hashes, CIDR identities are prefix hashes).
@@ -24,18 +26,29 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.contract import FqdnNames
 from services.common.identities import LOCAL_IDENTITY_FLAG, is_cluster
 from services.common.labels import Labels
 
 from .cidr import CIDRAllocator, cidr_labels, matching_labels
-from .compiler import CompiledRule, SubjectPolicy, compile_rule, rule_prefixes, rule_selectors
+from .compiler import (
+    CompiledRule,
+    SubjectPolicy,
+    compile_rule,
+    rule_fqdns,
+    rule_prefixes,
+    rule_selectors,
+)
 from .errors import PolicyError
+from .fqdn import LearnedNames, fqdn_label
+from .fqdnmatch import NameMatcher, dns_matcher, normalize
 from .model import Policy, PolicyRef
 from .selector import EndpointSelector
 from .selectorcache import SelectorCache, SelectorDelta
 from .validate import DEFAULT_NAMESPACE, parse_policy
 
 RuleKey = tuple[PolicyRef, int]   # (policy, spec index)
+HOST_PREFIX = "/32"               # a learned (IPv4) address's prefix length
 
 
 @dataclass
@@ -90,6 +103,9 @@ class Repository:
         self._identities: dict[int, Labels] = {}
         self._subjects: dict[int, SubjectPolicy] = {}
         self._subject_keys: dict[int, set[RuleKey]] = {}
+        self._learned = LearnedNames()
+        # toFQDNs names and patterns in use: text -> (matcher, how many rule entries use it)
+        self._fqdns: dict[str, tuple[NameMatcher, int]] = {}
 
     # -- policies -------------------------------------------------------------------------
 
@@ -137,14 +153,17 @@ class Repository:
         return Changes(self.revision)
 
     def _acquire(self, policy: Policy, ch: Changes) -> None:
-        # CIDR identities first, so that new CIDR selectors start with them as members.
+        # CIDR identities and their fqdn labels first, so that new CIDR and FQDN selectors
+        # start with them as members.
         for rule in policy.rules:
             for prefix in rule_prefixes(rule):
-                ident, new = self.cidrs.acquire(prefix)
-                if new:
-                    if ch.prefixes_removed.pop(prefix, None) is None:
-                        ch.prefixes_added[prefix] = ident
-                    self._identity_deltas(self.cache.add_identity(ident, cidr_labels(prefix)), ch)
+                self._take_prefix(prefix, ch)
+        for rule in policy.rules:
+            for text in rule_fqdns(rule):
+                matcher, refs = self._fqdns.get(text) or (dns_matcher(text), 0)
+                self._fqdns[text] = (matcher, refs + 1)
+                if not refs:
+                    self._relabel_learned(matcher, ch)
         for rule in policy.rules:
             for sel in rule_selectors(rule).values():
                 members, new = self.cache.add_selector(sel)
@@ -160,12 +179,63 @@ class Repository:
                     if ch.selectors_added.pop(sid, None) is None:
                         ch.selectors_removed.add(sid)
         for rule in policy.rules:
+            for text in rule_fqdns(rule):
+                matcher, refs = self._fqdns[text]
+                if refs > 1:
+                    self._fqdns[text] = (matcher, refs - 1)
+                else:
+                    del self._fqdns[text]
+                    self._relabel_learned(matcher, ch)
+        for rule in policy.rules:
             for prefix in rule_prefixes(rule):
-                ident = self.cidrs.release(prefix)
-                if ident is not None:
-                    self._identity_deltas(self.cache.remove_identity(ident), ch)
-                    if ch.prefixes_added.pop(prefix, None) is None:
-                        ch.prefixes_removed[prefix] = ident
+                self._drop_prefix(prefix, ch)
+
+    # Prefix identities are shared by toCIDR rules and learned addresses (refcounted), and
+    # their labels always include the fqdn labels of the names their address was learned
+    # under, whoever allocated them.
+
+    def _take_prefix(self, prefix: str, ch: Changes) -> set[int]:
+        ident, new = self.cidrs.acquire(prefix)
+        if not new:
+            return set()
+        if ch.prefixes_removed.pop(prefix, None) is None:
+            ch.prefixes_added[prefix] = ident
+        return self._identity_deltas(self.cache.add_identity(ident, self._prefix_labels(prefix)),
+                                     ch)
+
+    def _drop_prefix(self, prefix: str, ch: Changes) -> set[int]:
+        ident = self.cidrs.release(prefix)
+        if ident is None:
+            return set()
+        if ch.prefixes_added.pop(prefix, None) is None:
+            ch.prefixes_removed[prefix] = ident
+        return self._identity_deltas(self.cache.remove_identity(ident), ch)
+
+    def _prefix_labels(self, prefix: str) -> Labels:
+        """A prefix identity's labels: ``cidr:`` ones, plus ``fqdn:`` ones for a learned
+        address (one per name or pattern in use that matches a name it was learned under)."""
+        labels = cidr_labels(prefix)
+        if not prefix.endswith(HOST_PREFIX):
+            return labels
+        names = self._learned.names(prefix.removesuffix(HOST_PREFIX))
+        return labels | [fqdn_label(text) for text, (m, _) in self._fqdns.items()
+                         if any(m.matches(n) for n in names)]
+
+    def _relabel(self, prefix: str, ch: Changes) -> set[int]:
+        """Give a prefix identity its current labels; return the subjects touched."""
+        ident = self.cidrs.identity(prefix)
+        assert ident is not None
+        return self._identity_deltas(self.cache.add_identity(ident, self._prefix_labels(prefix)),
+                                     ch)
+
+    def _relabel_learned(self, matcher: NameMatcher, ch: Changes) -> None:
+        """Relabel the learned addresses with a name ``matcher`` matches (it came or went).
+
+        Subjects are not refreshed: only identities without rules (CIDR ones) change.
+        """
+        for ip in self._learned.ips():
+            if any(matcher.matches(n) for n in self._learned.names(ip)):
+                self._relabel(ip + HOST_PREFIX, ch)
 
     def _index(self, policy: Policy) -> set[int]:
         """Register a policy's compiled rules under their subjects; return those subjects."""
@@ -251,6 +321,44 @@ class Repository:
         touched = self._identity_deltas(self.cache.remove_identity(identity), ch)
         self._refresh_subjects(touched | {identity}, ch)
         return ch
+
+    # -- learned names --------------------------------------------------------------------
+
+    def learn(self, payload: FqdnNames) -> Changes:
+        """What a node's DNS proxy knows a name resolves to now (no address: it forgot the
+        name); return what changed.
+
+        Every learned address holds a reference on its ``/32`` CIDR identity, labelled for
+        the ``toFQDNs`` names and patterns matching its names on any node (selectors see the
+        union over nodes; Cilium scopes them per node).
+        """
+        name = normalize(payload.name)
+        old = self._learned.addresses(payload.node, name)
+        new = frozenset(a.ip for a in payload.addresses)
+        if old == new:
+            return Changes(self.revision)
+        ch = self._begin()
+        held = {ip for ip in old | new if self._learned.names(ip)}
+        self._learned.set(payload.node, name, new)
+        touched: set[int] = set()
+        # Sorted: allocation order decides CIDR identity collisions, replicas must agree.
+        for ip in sorted(old | new):
+            prefix = ip + HOST_PREFIX
+            if not self._learned.names(ip):
+                touched |= self._drop_prefix(prefix, ch)
+                if self.cidrs.identity(prefix) is not None:   # a toCIDR rule holds it too
+                    touched |= self._relabel(prefix, ch)
+            else:
+                if ip not in held:
+                    touched |= self._take_prefix(prefix, ch)
+                # its names changed, or a toCIDR rule had allocated it with cidr labels only
+                touched |= self._relabel(prefix, ch)
+        self._refresh_subjects(touched, ch)
+        return ch
+
+    def learned(self) -> dict[str, frozenset[str]]:
+        """Every learned address with the names it was learned under (on any node)."""
+        return {ip: self._learned.names(ip) for ip in self._learned.ips()}
 
     # -- queries --------------------------------------------------------------------------
 

@@ -88,7 +88,12 @@ def _check_ref(kind: str, namespace: str) -> None:
 
 
 class RuleEntry(Payload):
-    """One peer rule: the peers (selector ids, or any peer) on the ports."""
+    """One peer rule: the peers (selector ids, or any peer) on the ports.
+
+    ``fqdns``: the ``toFQDNs`` names and patterns (their selectors are among ``selectors``).
+    ``dns``: the names and patterns its port-53 traffic may ask for (a text with ``*`` is a
+    pattern, ``services.policy.fqdnmatch.dns_matcher``); absent: every name.
+    """
 
     section: SectionName
     index: Index
@@ -96,6 +101,7 @@ class RuleEntry(Payload):
     selectors: list[SelectorId]
     ports: list[PortList]
     fqdns: list[Fqdn]
+    dns: list[Fqdn] | None = None
 
     def __post_init__(self) -> None:
         for i, (proto, port, end, name) in enumerate(self.ports):

@@ -3,6 +3,7 @@ ports, named ports, and Kubernetes NetworkPolicy equivalents."""
 
 from __future__ import annotations
 
+from services.common.contract import AgentEvent, validate
 from services.common.identities import ID_HOST, ID_REMOTE_NODE, ID_WORLD
 from services.common.policytypes import PROTO_SCTP, PROTO_TCP, PROTO_UDP, Verdict
 from services.policy import identity_for_address, parse_policy, trace
@@ -212,7 +213,7 @@ def test_named_ports_resolve_against_the_destination() -> None:
     assert trace(C, B, 8080, PROTO_TCP, repo).verdict == DENY   # nobody declares it
 
 
-def test_fqdn_rules_parse_and_make_egress_default_deny() -> None:
+def test_fqdn_rules_make_egress_default_deny_and_select_learned_addresses() -> None:
     repo = repo_of(cnp("endpointSelector: {matchLabels: {app: a}}\n"
                        "egress: [{toFQDNs: [{matchName: api.example.com}, "
                        "{matchPattern: '*.example.com'}]},"
@@ -221,6 +222,13 @@ def test_fqdn_rules_parse_and_make_egress_default_deny() -> None:
     (rule,) = repo.subject_policy(400).rules
     assert rule.entries[0].fqdns == ("api.example.com", "*.example.com")
     assert verdict(repo, A, ID_WORLD, 443) == DENY
+    # nothing learned: it selects nobody; learned addresses are its peers
+    assert verdict(repo, A, identity_for_address(repo, "203.0.113.7"), 443) == DENY
+    repo.learn(validate(AgentEvent.FQDN_NAMES, {"node": "n1", "name": "www.example.com",
+                                                "addresses": [{"ip": "203.0.113.7", "ttl": 60,
+                                                               "expires": 1}]}))
+    assert verdict(repo, A, identity_for_address(repo, "203.0.113.7"), 443) == ALLOW
+    assert verdict(repo, A, identity_for_address(repo, "203.0.113.8"), 443) == DENY
 
 
 def test_spec_and_specs_are_all_rules() -> None:
