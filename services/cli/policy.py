@@ -12,10 +12,12 @@ from services.cli import manifests, source
 from services.cli._context import CliContext, pass_ctx, print_json, read_history
 from services.common.bus import Bus
 from services.common.contract import (
+    AGENT_FQDN_FILTER,
     IDENTITY_FILTER,
     IPCACHE_SOURCE_K8S,
     KIND_POD,
     POLICY_STATUS_FILTER,
+    FqdnNames,
     IdentityUpsert,
     IpcacheUpsert,
     ObjectUpsert,
@@ -63,9 +65,10 @@ async def load_repository(bus: Bus) -> tuple[Repository, NamedPortMap]:
     """
     repo = Repository()
     current = await bus.snapshot([IDENTITY_FILTER, ipcache_filter(IPCACHE_SOURCE_K8S),
-                                  source_filter(KIND_POD)])
+                                  source_filter(KIND_POD), AGENT_FQDN_FILTER])
     for d in current.values():
-        if isinstance(d.event.payload, IdentityUpsert):
+        # what the nodes learned now: a traced address is its learned identity, not world
+        if isinstance(d.event.payload, IdentityUpsert | FqdnNames):
             reduce_input(repo, d.event.payload)
     for d in await read_history(bus, [source_filter(k) for k in sorted(POLICY_KINDS)]):
         try:

@@ -6,7 +6,7 @@ Read from the policy service's outputs and folded as the service itself folds th
 something only after its ``set``), the last compiled rules of each identity and the last CIDR
 ipcache entry of each prefix. A selector's users are the policy rules that name it (as subject
 or peer). An FQDN selector is shown by the ``toFQDNs`` name or pattern it stands for (found in
-the rules' entries, :func:`~services.policy.fqdnselector.fqdn_selector`), its members with the
+the rules' entries, :func:`~services.policy.fqdn.fqdn_selector`), its members with the
 addresses of their CIDR identities.
 """
 
@@ -28,7 +28,7 @@ from services.common.contract import (
     ipcache_filter,
 )
 from services.common.contract.policy import PolicySelector, compiled_rule
-from services.policy.fqdnselector import fqdn_selector
+from services.policy.fqdn import fqdn_selector
 from services.policy.reducer import BusView
 
 RuleKey = tuple[str, str, str, int]   # kind, namespace, name, rule index

@@ -15,22 +15,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Set
-from functools import lru_cache
 
 from services.common.policytypes import PROTO_TCP, PROTO_UDP, Direction
 from services.policy.compiler import CompiledEntry, SubjectPolicy
-from services.policy.fqdnmatch import NameMatcher, match_pattern
+from services.policy.fqdnmatch import dns_matcher
 from services.policy.model import Section
 
 DNS_PORT = 53
 PortProto = tuple[int, int]   # (protocol, port); protocol 0 is any
-
-
-@lru_cache(maxsize=4096)
-def matcher(text: str) -> NameMatcher:
-    """The matcher of a compiled ``matchName``/``matchPattern`` text (a name is a pattern
-    without wildcards)."""
-    return match_pattern(text)
 
 
 def _egress(sp: SubjectPolicy | None, section: Section = Section.EGRESS
@@ -43,13 +35,9 @@ def _egress(sp: SubjectPolicy | None, section: Section = Section.EGRESS
                 yield entry
 
 
-def _dns_rules(entry: CompiledEntry) -> tuple[str, ...] | None:
-    return getattr(entry, "dns", None)
-
-
 def uses_dns_proxy(sp: SubjectPolicy | None) -> bool:
     """Whether the subject's DNS queries go through the node's DNS proxy."""
-    return any(e.fqdns or _dns_rules(e) is not None for e in _egress(sp))
+    return any(e.fqdns or e.dns is not None for e in _egress(sp))
 
 
 def _covers_port(entry: CompiledEntry, proto: int, port: int) -> bool:
@@ -70,10 +58,16 @@ def query_allowed(sp: SubjectPolicy | None, members: Mapping[str, Set[int]],
     if not covering:
         return sp is None or not sp.enforced(Direction.EGRESS)
     for entry in covering:
-        rules = _dns_rules(entry)
-        if rules is None or any(matcher(t).matches(name) for t in rules):
+        rules = entry.dns
+        if rules is None or any(dns_matcher(t).matches(name) for t in rules):
             return True
     return False
+
+
+def selects(sp: SubjectPolicy | None, name: str) -> bool:
+    """Whether a ``toFQDNs`` entry of the subject matches ``name`` (the names worth learning,
+    as Cilium's NameManager keeps only the names some selector matches)."""
+    return any(dns_matcher(t).matches(name) for e in _egress(sp) for t in e.fqdns)
 
 
 def fqdn_ports(sp: SubjectPolicy | None, name: str) -> list[PortProto]:
@@ -81,7 +75,7 @@ def fqdn_ports(sp: SubjectPolicy | None, name: str) -> list[PortProto]:
     port of a range; a rule without ports gives TCP and UDP on port 0)."""
     out: list[PortProto] = []
     for entry in _egress(sp):
-        if not any(matcher(t).matches(name) for t in entry.fqdns):
+        if not any(dns_matcher(t).matches(name) for t in entry.fqdns):
             continue
         if not entry.ports:
             out += [(PROTO_TCP, 0), (PROTO_UDP, 0)]

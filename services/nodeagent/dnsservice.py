@@ -39,7 +39,7 @@ from services.nodeagent import dnsmsg
 from services.nodeagent.datapath.maps.ipcache import held_identity
 from services.nodeagent.datapath.maps.policy import decide, held_block
 from services.nodeagent.datapath.nodemaps import NodeMaps
-from services.nodeagent.dnspolicy import PortProto, fqdn_ports, query_allowed
+from services.nodeagent.dnspolicy import PortProto, fqdn_ports, query_allowed, selects
 from services.nodeagent.dnsproxy import DnsProxy, Query
 from services.nodeagent.fqdncache import FqdnCache, min_ttl
 from services.nodeagent.state import LocalEndpoint, NodeState
@@ -143,10 +143,12 @@ class NodeDns:
             flow.emit(VERDICT_FORWARDED, "SERVFAIL")
             return dnsmsg.servfail(query)
         learned = dnsmsg.learned(response, question, self.min_ttl)
-        if learned:
-            for payload in self.cache.learn(learned, ep.pod, time.time()):
+        # only the names a toFQDNs selector of the endpoint matches are worth keeping
+        selected = [item for item in learned if selects(sp, item.name)]
+        if selected:
+            for payload in self.cache.learn(selected, ep.pod, time.time()):
                 await self.publish(payload)
-            need = [(str(ip), ports) for item in learned
+            need = [(str(ip), ports) for item in selected
                     if (ports := fqdn_ports(sp, item.name)) for ip in item.addresses]
             if need and not await self._released(ident, need):
                 self.stats["release_timeouts"] += 1

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 
 from services.common.labels import Label
 
+from .fqdnmatch import normalize
 from .selector import OP_IN, EndpointSelector, Requirement
 
 SOURCE_FQDN = "fqdn"   # label source of the names a learned address answers to
@@ -30,8 +31,10 @@ Source = tuple[str, str]   # (node, name): who learned what
 
 
 def fqdn_key(text: str) -> str:
-    """The label key of a normalized name or pattern (a valid label key, whatever the text)."""
-    return hashlib.sha256(text.encode()).hexdigest()[:FQDN_KEY_HEX]
+    """The label key of a name or pattern (a valid label key, whatever the text): a hash of
+    its normalized text, so any case and a trailing dot give the same key. ``cilia policy
+    selectors`` finds an FQDN selector's text back this way."""
+    return hashlib.sha256(normalize(text).encode()).hexdigest()[:FQDN_KEY_HEX]
 
 
 def fqdn_label(text: str) -> Label:

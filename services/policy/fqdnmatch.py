@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 _CHARS = "[-a-z0-9_]"
 _NAME_RE = re.compile(r"^[-a-z0-9_]+(\.[-a-z0-9_]+)*$")
@@ -74,6 +75,7 @@ def match_pattern(value: str) -> NameMatcher:
     return NameMatcher(pattern, True, re.compile(regex))
 
 
+@lru_cache(maxsize=4096)
 def dns_matcher(text: str) -> NameMatcher:
     """Rebuild the matcher of a normalized name or pattern as the policy service publishes it
     (``CompiledEntry.fqdns`` and ``.dns``): text with a ``*`` is a ``matchPattern``, any other

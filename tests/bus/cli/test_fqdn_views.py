@@ -21,7 +21,7 @@ from services.common.contract import (
 )
 from services.common.identities import LOCAL_IDENTITY_FLAG
 from services.policy import Repository, messages
-from services.policy.fqdnselector import fqdn_selector
+from services.policy.fqdn import fqdn_selector
 from tests.support.cli import cilia
 from tests.support.policy_helpers import pod, with_reserved
 

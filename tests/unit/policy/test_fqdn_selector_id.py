@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from services.policy.fqdnselector import fqdn_selector
+from services.policy.fqdn import fqdn_selector
 
 
 def test_one_text_one_selector_whatever_its_case_or_trailing_dot() -> None:
