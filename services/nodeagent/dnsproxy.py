@@ -36,6 +36,7 @@ PROXY_MARK = 0x200           # lib/proxy.h CILIA_PROXY_MARK
 PROXY_MARK_MASK = 0xF00
 PROXY_TABLE = 2005
 PROXY_RULE_PRIORITY = 9      # before the main table, as Cilium's proxy rule
+SCOPE_HOST = 254             # rtnetlink RT_SCOPE_HOST: a local route
 IP_TRANSPARENT = 19          # linux/in.h
 IP_RECVORIGDSTADDR = 20
 MAX_UDP = 65535
@@ -63,7 +64,8 @@ def setup_routing(netns: str | None) -> None:
     with open_iproute(netns) as ipr:
         lo = ipr.link_lookup(ifname="lo")[0]
         with contextlib.suppress(NetlinkError):     # EEXIST: already there
-            ipr.route("add", type="local", dst="0.0.0.0/0", oif=lo, table=PROXY_TABLE)
+            ipr.route("add", type="local", dst="0.0.0.0/0", oif=lo, table=PROXY_TABLE,
+                      scope=SCOPE_HOST)
         rules = [r for r in ipr.get_rules(family=socket.AF_INET)
                  if r.get_attr("FRA_TABLE") == PROXY_TABLE]
         if not rules:

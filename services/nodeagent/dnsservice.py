@@ -158,6 +158,11 @@ class NodeDns:
         flow.emit(VERDICT_FORWARDED, rcode, ips, min((i.ttl for i in learned), default=0))
         return response
 
+    def pod_of(self, ip: str) -> str:
+        """The pod behind a pod address ("" for another address)."""
+        rec = self.state().ipcache.get(f"{ip}/32")
+        return rec.pod if rec is not None and rec.pod else ""
+
     # -- release after the maps allow ------------------------------------------------------
 
     def _ready(self, hold: _Hold) -> bool:
@@ -233,7 +238,7 @@ class _Flow:
             "dst_port": q.server[1], "proto": q.proto,
             "proto_name": PROTO_NAMES.get(q.proto, str(q.proto)), "ifindex": self.ep.ifindex,
             "endpoint_id": self.ep.endpoint_id, "tcp_flags": 0, "src_pod": self.ep.pod,
-            "dst_pod": "", "type": FLOW_TYPE_DNS,
+            "dst_pod": self.dns.pod_of(q.server[0]), "type": FLOW_TYPE_DNS,
             "dns": {"query": self.question.name,
                     "qtype": _qtype(self.question.rdtype), "rcode": rcode,
                     "ips": ips or [], "ttl": ttl}})

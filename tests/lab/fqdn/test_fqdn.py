@@ -15,8 +15,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,6 +158,15 @@ def lookup(c: Cluster, pod_name: str, name: str, *extra: str) -> tuple[int, str]
     return res.returncode, res.stdout.decode().strip() + res.stderr.decode().strip()
 
 
+def seen(c: Cluster, what: str, pod_name: str, check: Callable[[dict[str, Any]], bool],
+         dns_only: bool = True) -> None:
+    """Wait until a flow of the pod passes ``check`` (flows reach observe in batches)."""
+    args = ["observe", "--pod", f"default/{pod_name}", "--last", "500"]
+    if dns_only:
+        args += ["--type", "dns"]
+    c.wait(what, lambda: any(check(f) for f in c.json(*args)), timeout=10)
+
+
 def cache(c: Cluster, node: str | None = None) -> dict[tuple[str, str], dict[str, object]]:
     args = ["--node", node] if node else []
     return {(r["fqdn"], r["ip"]): r for r in c.json("fqdn", "cache", "list", *args)}
@@ -164,27 +174,27 @@ def cache(c: Cluster, node: str | None = None) -> dict[tuple[str, str], dict[str
 
 def test_exercise_2_reaches_api_example_com_and_nothing_else(lab: Cluster) -> None:
     assert curl(lab, "ext-a", "http://api.example.com/") == (0, "external 200")
+    # what the node learned (for its TTL: 5 s in the lab, then it expires)
+    rows = cache(lab, f"{lab.lab}-node1")
+    assert ("api.example.com", "203.0.113.20") in rows
+    assert "default/ext-a" in str(rows[("api.example.com", "203.0.113.20")]["endpoints"])
     # the name resolves (the DNS rule allows every name), the connection is dropped
     assert curl(lab, "ext-a", "http://www.example.com/")[0] == CURL_TIMEOUT
     # its address directly: dropped as well
     assert curl(lab, "ext-a", "http://203.0.113.21/")[0] == CURL_TIMEOUT
-    node1 = f"{lab.lab}-node1"
-    rows = cache(lab, node1)
-    assert ("api.example.com", "203.0.113.20") in rows
-    assert "default/ext-a" in str(rows[("api.example.com", "203.0.113.20")]["endpoints"])
     # what the proxy saw and what the datapath dropped, in observe
-    flows = lab.json("observe", "--pod", "default/ext-a", "--last", "200")
-    dns = [f for f in flows if f.get("type") == "dns"]
-    assert any(f["dns"]["query"] == "api.example.com" and f["verdict"] == "FORWARDED"
-               and "203.0.113.20" in f["dns"]["ips"] for f in dns)
-    assert any(f["verdict"] == "DROPPED" and f["dst_ip"] == "203.0.113.21"
-               and f["dst_port"] == 80 for f in flows if f.get("type") != "dns")
+    seen(lab, "the DNS answer in observe", "ext-a",
+         lambda f: f["dns"]["query"] == "api.example.com" and f["verdict"] == "FORWARDED"
+         and "203.0.113.20" in f["dns"]["ips"])
+    seen(lab, "the drop in observe", "ext-a",
+         lambda f: f["verdict"] == "DROPPED" and f["dst_ip"] == "203.0.113.21"
+         and f["dst_port"] == 80, dns_only=False)
 
 
 def test_pods_on_two_nodes_under_one_fqdn_policy(lab: Cluster) -> None:
     assert curl(lab, "ext-b", "http://api.example.com/") == (0, "external 200")
-    assert curl(lab, "ext-b", "http://api.example.org/")[0] == CURL_TIMEOUT
     assert ("api.example.com", "203.0.113.20") in cache(lab, f"{lab.lab}-node2")
+    assert curl(lab, "ext-b", "http://api.example.org/")[0] == CURL_TIMEOUT
 
 
 def test_a_dns_rule_that_narrows_names_refuses_the_others(lab: Cluster) -> None:
@@ -192,9 +202,9 @@ def test_a_dns_rule_that_narrows_names_refuses_the_others(lab: Cluster) -> None:
     code, out = lookup(lab, "narrow", "www.example.com.")
     assert code != 0 and "REFUSED" in out, out
     assert curl(lab, "narrow", "http://www.example.com/")[0] == CURL_NO_HOST
-    flows = lab.json("observe", "--pod", "default/narrow", "--type", "dns", "--last", "200")
-    assert any(f["dns"]["query"] == "www.example.com" and f["dns"]["rcode"] == "REFUSED"
-               and f["verdict"] == "DROPPED" for f in flows)
+    seen(lab, "the refused query in observe", "narrow",
+         lambda f: f["dns"]["query"] == "www.example.com" and f["dns"]["rcode"] == "REFUSED"
+         and f["verdict"] == "DROPPED")
 
 
 def test_match_pattern_wildcards_and_cname_chains(lab: Cluster) -> None:
@@ -206,7 +216,7 @@ def test_match_pattern_wildcards_and_cname_chains(lab: Cluster) -> None:
     assert ("assets.example.com", "203.0.113.40") in rows
     assert ("static.cdn.example.net", "203.0.113.40") in rows
     selectors = lab.json("policy", "selectors")
-    fqdn = {s["fqdn"]: s for s in selectors if s.get("fqdn")}
+    fqdn = {s["selector"]: s for s in selectors if s.get("fqdn")}
     assert "203.0.113.40" in fqdn["MatchPattern: *.cdn.example.net"]["ips"]
 
 
@@ -214,9 +224,8 @@ def test_tcp_dns_goes_through_the_proxy(lab: Cluster) -> None:
     assert lookup(lab, "narrow", "api.example.com.", "--tcp") == (0, "203.0.113.20")
     code, out = lookup(lab, "narrow", "www.example.com.", "--tcp")
     assert code != 0 and "REFUSED" in out, out
-    flows = lab.json("observe", "--pod", "default/narrow", "--type", "dns", "--last", "200")
-    assert any(f["proto_name"] == "TCP" and f["dns"]["query"] == "www.example.com"
-               for f in flows)
+    seen(lab, "the TCP query in observe", "narrow",
+         lambda f: f["proto_name"] == "TCP" and f["dns"]["query"] == "www.example.com")
 
 
 def _blocked_since(lab: Cluster, pod_name: str, url: str, timeout: float) -> float:
@@ -248,42 +257,71 @@ def test_a_name_whose_address_moves(lab: Cluster) -> None:
             0, "203.0.113.12")
         # the new address is allowed at once, the old one until its TTL and grace ran out
         assert curl(lab, "mover", "http://203.0.113.12/") == (0, "external 200")
+        assert {("moving.example.org", "203.0.113.11"),
+                ("moving.example.org", "203.0.113.12")} <= set(cache(lab))
         _blocked_since(lab, "mover", "http://203.0.113.11/", 30)
         elapsed = time.monotonic() - learned_at
         assert elapsed >= MOVING_TTL_S + GRACE_S, elapsed
-        rows = cache(lab)
-        assert ("moving.example.org", "203.0.113.12") in rows
-        assert ("moving.example.org", "203.0.113.11") not in rows
+        assert ("moving.example.org", "203.0.113.11") not in cache(lab)
     finally:
         fake.close()
 
 
+# The pod's system resolver (its resolv.conf), then one connection: exit 6 when the name does
+# not resolve, 28 when the connection to the answer is dropped, 0 when it is answered.
+RESOLVE_THEN_CONNECT = """
+import socket, sys
+try:
+    ip = socket.gethostbyname(sys.argv[1])
+except OSError:
+    sys.exit(6)
+try:
+    socket.create_connection((ip, 80), timeout=2).close()
+except OSError:
+    sys.exit(28)
+"""
+
+
+def _agent(lab: Cluster, verb: str, node: str) -> None:
+    code = f"import sys; from services.lab import {verb}; {verb}(sys.argv[1], sys.argv[2])"
+    res = subprocess.run([PY, "-c", code, lab.lab, node], env=lab.env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
 def test_the_proxy_restarting_while_a_pod_resolves(lab: Cluster) -> None:
-    """The agent (and its proxy) restarts while the pod keeps resolving and connecting: the
-    pod's lookups fail meanwhile (its queries are dropped, never let past the proxy) and then
-    succeed; every lookup that succeeded was followed by a connection that went through."""
+    """The node's agent (and its proxy) is down while the pod resolves a name it never asked
+    before: its queries are dropped, never let past the proxy; once the agent is back the pod's
+    retries succeed, and every answer it got was followed by a connection that went through
+    (no answer was released before the maps allowed its address)."""
     node = f"{lab.lab}-node1"
     outcomes: list[int] = []
     stop = threading.Event()
 
     def client() -> None:
         while not stop.is_set():
-            outcomes.append(curl(lab, "restarter", "http://world3.cilia.test/", timeout=4)[0])
+            res = exec_in_pod("restarter", [PY, "-c", RESOLVE_THEN_CONNECT, "world3.cilia.test"],
+                              lab=lab.lab, capture=True, timeout=60)
+            outcomes.append(res.returncode)
             time.sleep(0.2)
 
     worker = threading.Thread(target=client, daemon=True)
-    code = ("import sys; from services.lab import stop_agent, start_agent; "
-            "stop_agent(sys.argv[1], sys.argv[2]); start_agent(sys.argv[1], sys.argv[2])")
-    worker.start()
+    _agent(lab, "stop_agent", node)
     try:
-        res = subprocess.run([PY, "-c", code, lab.lab, node], env=lab.env,
-                             capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stderr
+        worker.start()
+        time.sleep(2.5)                 # the pod's first queries find no proxy
+        _agent(lab, "start_agent", node)
         lab.wait("a lookup and connection after the restart", lambda: outcomes[-1:] == [0],
                  timeout=40)
     finally:
         stop.set()
         worker.join(timeout=30)
+        if not outcomes:
+            _agent(lab, "start_agent", node)
     # failures are failed lookups (6), never a released answer whose connection dropped (28)
+    assert outcomes[0] == CURL_NO_HOST and outcomes[-1] == 0, outcomes
     assert CURL_TIMEOUT not in outcomes, outcomes
-    assert outcomes[-1] == 0
+    # the datapath dropped the queries it had no proxy for (its flows outlive the agent)
+    seen(lab, "queries dropped without a proxy", "restarter",
+         lambda f: f["verdict"] == "DROPPED" and f["reason_name"] == "proxy lookup failed"
+         and f["dst_port"] == 53, dns_only=False)
