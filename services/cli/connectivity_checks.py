@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.world import WORLD_IPS
+from services.common.world import EXTERNAL_DOMAIN, WORLD_IPS
 
 NAMESPACE = "cilia-test"
 ECHO_PORT = 8080            # the echo servers' port (HTTP + UDP echo) and their Services'
@@ -172,6 +172,14 @@ def _to(labels: dict[str, str]) -> list[dict[str, Any]]:
     return [{"matchLabels": labels}]
 
 
+# Cilium's to-fqdns and dns-only policies: DNS to kube-dns, every name allowed by the DNS rule
+# (the node's DNS proxy sees each query), and for to-fqdns one name's addresses besides.
+TO_KUBE_DNS = {"toEndpoints": _to({"k8s:io.kubernetes.pod.namespace": "kube-system",
+                                   "k8s:k8s-app": "kube-dns"}),
+               "toPorts": [{"ports": [{"port": "53", "protocol": "ANY"}],
+                            "rules": {"dns": [{"matchPattern": "*"}]}}]}
+
+
 C = Check
 DNS_CHECKS = (
     C("client", "echo-same", kind=LOOKUP, want="svc:echo-same"),
@@ -236,6 +244,20 @@ SCENARIOS: tuple[Scenario, ...] = (
               C("client", "world:1", EXTERNAL_PORT, expect=DROP)),
              (_cnp("client-egress-to-cidr", CLIENT_LABELS,
                    egress=[{"toCIDR": [f"{WORLD_IPS[0]}/32"]}]),)),
+    Scenario("to-fqdns",
+             (C("client", f"name:{EXTERNAL_NAME}", EXTERNAL_PORT, kind=HTTP,
+                want=EXTERNAL_BODY),
+              # another name resolves (the DNS rule allows it), its address stays dropped
+              C("client", f"world1.{EXTERNAL_DOMAIN}", kind=LOOKUP, want="world:1"),
+              C("client", "world:1", EXTERNAL_PORT, expect=DROP)),
+             (_cnp("client-egress-to-fqdns", CLIENT_LABELS,
+                   egress=[TO_KUBE_DNS, {"toFQDNs": [{"matchName": EXTERNAL_NAME}],
+                                         "toPorts": _l4(EXTERNAL_PORT)}]),)),
+    Scenario("dns-only",
+             (C("client", EXTERNAL_NAME, kind=LOOKUP, want="world:0"),
+              C("client", "world:0", EXTERNAL_PORT, expect=DROP),
+              C("client", "pod:echo-same", expect=DROP)),
+             (_cnp("client-egress-only-dns", CLIENT_LABELS, egress=[TO_KUBE_DNS]),)),
     Scenario("client-egress-to-echo-deny",
              (C("client", "pod:echo-other", expect=DROP), C("client", "pod:echo-same"),
               C("client", "world:0", EXTERNAL_PORT)),

@@ -59,7 +59,7 @@ def test_every_scenario_passes_and_cleans_up(lab2: Cluster, tmp_path: Path) -> N
         for c in checks:   # every expected drop was seen in the agents' flow events
             if c["expect"] == DROP:
                 assert c["outcome"] == "timeout" and c["detail"].startswith("dropped: "), c
-    assert report["summary"] == {"tests": 14, "passed": 14, "failed": 0, "skipped": 0,
+    assert report["summary"] == {"tests": 16, "passed": 16, "failed": 0, "skipped": 0,
                                  "checks": report["summary"]["checks"], "failed_checks": 0,
                                  "failed_tests": []}
     # its namespace and policies are gone; the user's pod and the cluster DNS stay
@@ -76,7 +76,7 @@ def test_a_policy_denying_dns_fails_the_dns_test_only(lab2: Cluster, tmp_path: P
     lab2.ok("apply", "-f", str(tmp_path / "deny-dns.yaml"))
     try:
         res = lab2.cilia("connectivity", "test", "--test", "^pod-to-(pod|service)", "--test",
-                         "dns", "--test", "!cross", timeout=240)
+                         "dns-res", "--test", "!cross", timeout=240)
     finally:
         lab2.ok("delete", "-f", str(tmp_path / "deny-dns.yaml"))
     assert res.returncode == 1, res.stdout + res.stderr

@@ -29,5 +29,5 @@ def test_cross_node_scenarios_pass_in_tunnel_mode(tunnel_lab: Cluster) -> None:
         [t for t in report["tests"] if t["result"] != "pass"], indent=1)
     assert set(results) == {"pod-to-pod-cross-node", "pod-to-service", "pod-to-nodeport",
                             "external-to-nodeport", "dns-resolution", "echo-ingress",
-                            "client-egress-to-echo-deny"}
+                            "client-egress-to-echo-deny", "to-fqdns", "dns-only"}
     assert "Routing:                  tunnel" in tunnel_lab.ok("status")

@@ -24,7 +24,8 @@ from services.cli.manifests import validate_document
 REQUIRED = {"pod-to-pod-same-node", "pod-to-pod-cross-node", "pod-to-service",
             "pod-to-nodeport", "pod-to-external", "external-to-nodeport", "dns-resolution",
             "all-ingress-deny", "all-egress-deny", "client-egress", "echo-ingress",
-            "to-entities-world", "to-cidr-external", "client-egress-to-echo-deny"}
+            "to-entities-world", "to-cidr-external", "to-fqdns", "dns-only",
+            "client-egress-to-echo-deny"}
 
 
 def names(patterns: list[str]) -> list[str]:
