@@ -1,9 +1,10 @@
 """What the node's DNS proxy decides about one message (pure, dnspython).
 
 - a query: its question (name and type), or None for what is not a query of one question;
-- a verdict against the endpoint's DNS rules: allowed when a ``matchName``/``matchPattern`` of
-  the rules for the server and port asked matches the name, else answered ``REFUSED`` (Cilium's
-  default for a denied query);
+- the answers the proxy makes itself: ``REFUSED`` for a query the DNS rules deny (Cilium's
+  default; the verdict is :func:`services.nodeagent.dnspolicy.query_allowed`'s), ``SERVFAIL``
+  for one it cannot answer safely;
+- whether an upstream message is the answer to the query (its id and question);
 - an upstream answer: the addresses each name got, following the CNAME chain from the question
   (every name on the chain is associated with the final addresses, as Cilium's NameManager
   does, so ``toFQDNs: matchName: www.example.com`` selects what its CNAME resolves to), with
@@ -13,7 +14,6 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import dns.exception
@@ -23,7 +23,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
-from services.policy.fqdnmatch import NameMatcher, normalize
+from services.policy.fqdnmatch import normalize
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,6 @@ def question(wire: bytes) -> tuple[dns.message.Message, Question] | None:
     return msg, Question(normalize(q.name.to_text()), q.rdtype)
 
 
-def allowed(name: str, matchers: Iterable[NameMatcher]) -> bool:
-    """Whether a DNS rule lets the endpoint ask for ``name``."""
-    return any(m.matches(name) for m in matchers)
-
-
 def refused(query: dns.message.Message) -> bytes:
     """The ``REFUSED`` answer to a denied query."""
     return _answer(query, dns.rcode.REFUSED)
@@ -78,9 +73,9 @@ def _answer(query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:
     return response.to_wire()
 
 
-def answers(query: dns.message.Message, response_wire: bytes) -> str | None:
-    """The rcode name (``NOERROR``) of an upstream response to ``query``; None when it is
-    not one (malformed, another id, another question)."""
+def answers(query: dns.message.Message, response_wire: bytes) -> dns.message.Message | None:
+    """The upstream response to ``query``, parsed; None when it is not one (malformed,
+    another id, another question)."""
     try:
         response = dns.message.from_wire(response_wire)
     except (dns.exception.DNSException, ValueError):
@@ -88,20 +83,24 @@ def answers(query: dns.message.Message, response_wire: bytes) -> str | None:
     if response.id != query.id or not response.flags & dns.flags.QR \
             or response.question != query.question:
         return None
-    return dns.rcode.to_text(response.rcode())
+    return response
 
 
-def learned(response_wire: bytes, asked: Question, min_ttl: int = 0) -> list[Learned]:
+def learned(response_wire: bytes | dns.message.Message, asked: Question,
+            min_ttl: int = 0) -> list[Learned]:
     """The names an upstream answer resolves, with their addresses and TTL.
 
     Follows CNAMEs from the question's name; each name on the chain gets the final A
     records. The TTL is the smallest on the way, raised to ``min_ttl``. A malformed answer,
     one for another question, or one without addresses teaches nothing.
     """
-    try:
-        response = dns.message.from_wire(response_wire)
-    except (dns.exception.DNSException, ValueError):
-        return []
+    if isinstance(response_wire, dns.message.Message):
+        response = response_wire
+    else:
+        try:
+            response = dns.message.from_wire(response_wire)
+        except (dns.exception.DNSException, ValueError):
+            return []
     if not response.question or normalize(response.question[0].name.to_text()) != asked.name \
             or response.rcode() != dns.rcode.NOERROR:
         return []

@@ -42,6 +42,7 @@ IP_RECVORIGDSTADDR = 20
 MAX_UDP = 65535
 UPSTREAM_TIMEOUT_S = 5.0     # an upstream that does not answer: the pod's resolver retries
 MAX_TCP_CONNECTIONS = 256
+MAX_IDLE_UDP = 64            # upstream UDP sockets kept for the next queries
 
 Address = tuple[str, int]
 
@@ -143,6 +144,7 @@ class DnsProxy:
         self._udp: socket.socket | None = None
         self._tcp: asyncio.Server | None = None
         self._repliers: dict[Address, socket.socket] = {}
+        self._idle_udp: list[socket.socket] = []    # upstream sockets between two queries
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = {"queries": 0, "malformed": 0, "upstream_errors": 0}
 
@@ -166,9 +168,10 @@ class DnsProxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for sock in self._repliers.values():
+        for sock in [*self._repliers.values(), *self._idle_udp]:
             sock.close()
         self._repliers.clear()
+        self._idle_udp.clear()
         self.sockets.close()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -235,27 +238,44 @@ class DnsProxy:
 
     async def forward(self, q: Query, timeout: float = UPSTREAM_TIMEOUT_S) -> bytes | None:
         """Ask the server the pod asked, from the node; None when it does not answer."""
-        loop = asyncio.get_running_loop()
-        kind = socket.SOCK_STREAM if q.proto == PROTO_TCP else socket.SOCK_DGRAM
-        try:
-            sock = await self.sockets.aopen(kind)
-        except OSError as exc:
-            log.warning("dns proxy: no upstream socket: %s", exc)
-            self.stats["upstream_errors"] += 1
-            return None
         try:
             async with asyncio.timeout(timeout):
-                await loop.sock_connect(sock, q.server)
-                if kind == socket.SOCK_DGRAM:
-                    await loop.sock_sendall(sock, q.wire)
-                    return await loop.sock_recv(sock, MAX_UDP)
-                await loop.sock_sendall(sock, struct.pack("!H", len(q.wire)) + q.wire)
-                head = await _recv_exactly(loop, sock, 2)
-                return await _recv_exactly(loop, sock, struct.unpack("!H", head)[0])
+                if q.proto == PROTO_TCP:
+                    return await self._forward_tcp(q)
+                return await self._forward_udp(q)
         except (OSError, TimeoutError, EOFError) as exc:
             log.info("dns proxy: upstream %s:%d: %s", *q.server, exc or type(exc).__name__)
             self.stats["upstream_errors"] += 1
             return None
+
+    async def _forward_udp(self, q: Query) -> bytes:
+        # An unconnected socket kept between queries (opening one in the netns costs a thread
+        # hop); only a datagram from the server asked, with the query's id, is its answer.
+        loop = asyncio.get_running_loop()
+        sock = self._idle_udp.pop() if self._idle_udp else \
+            await self.sockets.aopen(socket.SOCK_DGRAM)
+        clean = False
+        try:
+            await loop.sock_sendto(sock, q.wire, q.server)
+            while True:
+                data, peer = await loop.sock_recvfrom(sock, MAX_UDP)
+                if peer[:2] == q.server and data[:2] == q.wire[:2]:
+                    clean = True
+                    return data
+        finally:
+            if clean and len(self._idle_udp) < MAX_IDLE_UDP:
+                self._idle_udp.append(sock)
+            else:
+                sock.close()
+
+    async def _forward_tcp(self, q: Query) -> bytes:
+        loop = asyncio.get_running_loop()
+        sock = await self.sockets.aopen(socket.SOCK_STREAM)
+        try:
+            await loop.sock_connect(sock, q.server)
+            await loop.sock_sendall(sock, struct.pack("!H", len(q.wire)) + q.wire)
+            head = await _recv_exactly(loop, sock, 2)
+            return await _recv_exactly(loop, sock, struct.unpack("!H", head)[0])
         finally:
             sock.close()
 

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import dns.rcode
 import dns.rdatatype
 from prometheus_client import Counter, Histogram
 
@@ -137,12 +138,13 @@ class NodeDns:
             flow.emit(VERDICT_DROPPED, "REFUSED")
             return dnsmsg.refused(query)
         response = await self.proxy.forward(q)
-        rcode = dnsmsg.answers(query, response) if response is not None else None
-        if response is None or rcode is None:
+        parsed_response = dnsmsg.answers(query, response) if response is not None else None
+        if response is None or parsed_response is None:
             self.stats["upstream_failed"] += 1
             flow.emit(VERDICT_FORWARDED, "SERVFAIL")
             return dnsmsg.servfail(query)
-        learned = dnsmsg.learned(response, question, self.min_ttl)
+        rcode = dns.rcode.to_text(parsed_response.rcode())
+        learned = dnsmsg.learned(parsed_response, question, self.min_ttl)
         # only the names a toFQDNs selector of the endpoint matches are worth keeping
         selected = [item for item in learned if selects(sp, item.name)]
         if selected:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import dns.message
 import dns.rcode
@@ -24,6 +25,7 @@ class FakeDns:
     def __init__(self, netns: str, ip: str, name: str, address: str, ttl: int) -> None:
         self.name, self.address, self.ttl = name, address, ttl
         self.queries = 0
+        self.answered: dict[int, float] = {}   # query id -> when its answer was sent
         self._sock = in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         self._sock.bind((ip, 53))
         self._sock.settimeout(0.2)
@@ -49,6 +51,7 @@ class FakeDns:
             elif q.name.to_text().rstrip(".").lower() != self.name:
                 response.set_rcode(dns.rcode.NXDOMAIN)
             self._sock.sendto(response.to_wire(), client)
+            self.answered[query.id] = time.perf_counter()
 
     def close(self) -> None:
         self._stop.set()

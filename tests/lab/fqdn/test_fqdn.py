@@ -65,7 +65,7 @@ spec:
         - ports: [{port: "53", protocol: UDP}, {port: "53", protocol: TCP}]
           rules:
             dns:
-              - matchPattern: "*.cluster.local"
+              - matchPattern: "**.cluster.local"
               - matchName: api.example.com
               - matchName: assets.example.com
               - matchPattern: "*.cdn.example.net"

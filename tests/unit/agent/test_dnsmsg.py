@@ -10,8 +10,15 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from services.nodeagent.dnsmsg import Learned, Question, allowed, learned, question, refused
-from services.policy.fqdnmatch import match_name, match_pattern
+from services.nodeagent.dnsmsg import (
+    Learned,
+    Question,
+    answers,
+    learned,
+    question,
+    refused,
+    servfail,
+)
 
 IP = ipaddress.IPv4Address
 
@@ -36,15 +43,27 @@ def test_a_query_gives_its_question_and_garbage_none() -> None:
     assert question(response("a.example.com.")) is None          # an answer is no query
 
 
-def test_a_query_is_allowed_by_a_matching_rule_and_refused_otherwise() -> None:
-    rules = [match_name("api.example.com"), match_pattern("*.cdn.example.net")]
-    assert allowed("api.example.com", rules) and allowed("x.cdn.example.net", rules)
-    assert not allowed("www.example.com", rules) and not allowed("api.example.com", [])
+def test_refused_and_servfail_answer_the_query_asked() -> None:
     parsed = question(query("www.example.com."))
     assert parsed is not None
-    answer = dns.message.from_wire(refused(parsed[0]))
-    assert answer.rcode() == dns.rcode.REFUSED and answer.id == parsed[0].id
-    assert answer.question == parsed[0].question
+    for make, rcode in ((refused, dns.rcode.REFUSED), (servfail, dns.rcode.SERVFAIL)):
+        answer = dns.message.from_wire(make(parsed[0]))
+        assert answer.rcode() == rcode and answer.id == parsed[0].id
+        assert answer.question == parsed[0].question
+
+
+def test_only_the_servers_answer_to_the_query_counts() -> None:
+    parsed = question(query("api.example.com."))
+    assert parsed is not None
+    q = parsed[0]
+    good = dns.message.make_response(q)
+    assert answers(q, good.to_wire()) is not None
+    other_id = dns.message.make_response(q)
+    other_id.id = (q.id + 1) % 65536
+    assert answers(q, other_id.to_wire()) is None
+    assert answers(q, query("api.example.com.")) is None          # a query is no answer
+    assert answers(q, response("www.example.com.")) is None       # another question
+    assert answers(q, b"garbage") is None
 
 
 def test_an_answer_teaches_every_name_of_the_chain_the_final_addresses() -> None:
