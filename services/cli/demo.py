@@ -26,12 +26,13 @@ from services.cli.agentcli import (
 from services.cli.connectivity import run_connectivity
 from services.cli.connectivity_checks import render_summary, summary
 from services.cli.endpointcli import endpoint_details
+from services.cli.fqdn import cache_rows, format_cache, learned_names
 from services.cli.identity import format_identities, list_identities
 from services.cli.labcli import start_lab
 from services.cli.service import read_view, render_services, service_rows
 from services.cli.status import read_status, render
 from services.common.bus import NATS_URL_ENV, Bus
-from services.common.contract import PolicyEvent, policy_rules_subject
+from services.common.contract import FLOW_TYPE_DNS, PolicyEvent, policy_rules_subject
 from services.common.embedded import free_port
 from services.common.errors import CiliaError, PermissionDenied
 from services.common.paths import STATE_DIR_ENV
@@ -57,6 +58,7 @@ PAIRS = [("frontend", "backend", 8080), ("frontend", "database", 5432),
 CONNECT = str(Path(sys.executable).parent / "cilia-connect")
 SPOOF = EXAMPLES / "fail-closed" / "spoofed-pod.yaml"
 SPOOF_NS, SPOOF_POD = "intruder", "spoof"
+FQDN_POD = "external-client"      # examples/fqdn/
 BACKEND_PORT = 8080
 # the short connectivity run at the end (the whole suite: `cilia connectivity test`)
 CONNECTIVITY_TESTS = ("^pod-to-", "external-to-nodeport", "dns", "^client-egress$",
@@ -139,6 +141,36 @@ def fail_closed(ctx: CliContext, runtime: Kubelet, eps: dict[str, dict[str, Any]
         click.echo(f"    {line}")
 
 
+def _curl(url: str) -> str:
+    proc = exec_in_pod(FQDN_POD, ["curl", "-s", "-m", "3", "-w", " %{http_code}", url],
+                       namespace="default", lab=LAB, capture=True, timeout=60)
+    if proc.returncode == 0:
+        return " ".join(proc.stdout.decode().split())
+    return {6: "not resolved (curl exit 6)",
+            28: "dropped (curl exit 28)"}.get(proc.returncode, f"curl exit {proc.returncode}")
+
+
+def exercise_2(ctx: CliContext, runtime: Kubelet) -> None:
+    """The seed's Exercise 2: toFQDNs through the node's DNS proxy."""
+    step("cilia apply -f examples/kube-dns/ -f examples/fqdn/  (the seed's Exercise 2: "
+         "app=external-client reaches only api.example.com)")
+    items = manifests.load([str(EXAMPLES / "kube-dns"), str(EXAMPLES / "fqdn")])
+    for outcome in ctx.run(lambda bus: source.apply(bus, items, runtime), role=SOURCE):
+        click.echo(f"    {outcome}")
+    _wait("the client enforced", lambda: any(
+        r["pod"] == f"default/{FQDN_POD}" and r["egress_enforcement"]
+        for r in endpoint_rows(ctx, None)))
+    for url in ("http://api.example.com/", "http://www.example.com/", "http://203.0.113.21/"):
+        click.echo(f"    cilia exec {FQDN_POD} -- curl {url}  ->  {_curl(url)}")
+    step("cilia fqdn cache list")
+    click.echo(format_cache(cache_rows(ctx.run(learned_names))))
+    step("cilia observe --type dns  (the last answers of the pod's lookup)")
+    dns = [f for f in ctx.run(recent_flows) if f.get("type") == FLOW_TYPE_DNS
+           and f["src_pod"] == f"default/{FQDN_POD}"]
+    for f in dns[-3:]:
+        click.echo(f"    {format_flow(f)}")
+
+
 @click.command()
 @click.option("--keep", is_flag=True, help="leave everything running for exploring")
 @click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 8))
@@ -193,6 +225,7 @@ def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
                                  capture=True, timeout=30)
             click.echo(f"    {node_ip}:{NODE_PORT} -> {proc.stdout.decode().strip()}")
         fail_closed(demo_ctx, runtime, eps)
+        exercise_2(demo_ctx, runtime)
         step("cilia observe --verdict DROPPED")
 
         async def drops(bus: Bus) -> list[dict[str, Any]]:

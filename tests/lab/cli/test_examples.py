@@ -20,7 +20,7 @@ from tests.support.wait import wait_until
 
 EXAMPLES = REPO / "examples"
 # Every example folder, in the order their READMEs apply them.
-FOLDERS = ("three-tier", "kube-dns", "policies", "fail-closed", "services")
+FOLDERS = ("three-tier", "kube-dns", "fqdn", "policies", "fail-closed", "services")
 NS = "production"
 WAIT_S = 30.0
 
@@ -99,6 +99,30 @@ def _three_tier(c: Cluster) -> dict[str, dict[str, Any]]:
         ("frontend", "ClusterIP"): "80/TCP", ("frontend", "NodePort"): "30080/TCP"}
     assert c.connect("deploy/frontend", NS, eps["backend"]["ipv4"], 8080) == "OK"
     return eps
+
+
+def _curl(c: Cluster, url: str) -> int:
+    """curl's exit code from the fqdn example's pod (its names resolved by kube-dns)."""
+    res = c.cilia("exec", "external-client", "--", "curl", "-s", "-m", "3", url, timeout=60)
+    return res.returncode
+
+
+def _fqdn(c: Cluster) -> None:
+    """The seed's Exercise 2: api.example.com only; then its DNS rule narrowed."""
+    assert _apply(c, "fqdn") == ["pod/external-client created",
+                                 "ciliumnetworkpolicy/external-client-fqdn created"]
+    _until("the client enforced", lambda: _pods(c, "default"),
+           lambda eps: bool(eps.get("external-client", {}).get("egress_enforcement")))
+    _until("api.example.com answers", lambda: _curl(c, "http://api.example.com/"),
+           lambda code: code == 0)
+    assert _curl(c, "http://www.example.com/") == 28        # resolves; its address dropped
+    assert _curl(c, "http://203.0.113.21/") == 28
+    c.ok("apply", "-f", "examples/fqdn/narrow/")
+    _until("other names refused", lambda: _curl(c, "http://www.example.com/"),
+           lambda code: code == 6)                          # REFUSED: it does not resolve
+    assert _curl(c, "http://api.example.com/") == 0
+    assert _delete(c, "fqdn") == ["pod/external-client deleted",
+                                  "ciliumnetworkpolicy/external-client-fqdn deleted"]
 
 
 def _kube_dns(c: Cluster) -> None:
@@ -187,6 +211,7 @@ def test_every_example_folder_is_tested_here_and_has_a_readme() -> None:
 def test_each_example_folder_applies_as_a_folder_and_deletes(lab: Cluster) -> None:
     eps = _three_tier(lab)
     _kube_dns(lab)
+    _fqdn(lab)
     _seed_policies(lab, eps)
     _fail_closed(lab, eps)
     _services_folder(lab)
