@@ -36,6 +36,7 @@ from services.lb.events import LbView
 ZONES = (CLUSTER_DOMAIN, EXTERNAL_DOMAIN)
 UDP_MIN_PAYLOAD = 512          # what every client accepts over UDP without EDNS
 TTL_S = 5                       # short: ClusterIPs and backends change while tests run
+WORLD_TTL_S = 60                # the world's names change seldom (toFQDNs learns for as long)
 BACKEND_ACTIVE = "active"
 
 Zone = Mapping[str, tuple[str, ...]]   # lower-case FQDN without the trailing dot -> addresses
@@ -88,11 +89,13 @@ def answer(query: dns.message.Message, zone: Zone,
     for _, target in found.chain:
         target_name = dns.name.from_text(target)
         response.answer.append(dns.rrset.from_text_list(
-            owner, TTL_S, dns.rdataclass.IN, dns.rdatatype.CNAME, [target_name.to_text()]))
+            owner, WORLD_TTL_S, dns.rdataclass.IN, dns.rdatatype.CNAME,
+            [target_name.to_text()]))
         owner = target_name
     if wants_a and found.addresses:
         response.answer.append(dns.rrset.from_text_list(
-            owner, TTL_S, dns.rdataclass.IN, dns.rdatatype.A, [str(a) for a in found.addresses]))
+            owner, WORLD_TTL_S, dns.rdataclass.IN, dns.rdatatype.A,
+            [str(a) for a in found.addresses]))
     return response
 
 

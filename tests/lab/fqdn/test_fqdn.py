@@ -174,7 +174,7 @@ def cache(c: Cluster, node: str | None = None) -> dict[tuple[str, str], dict[str
 
 def test_exercise_2_reaches_api_example_com_and_nothing_else(lab: Cluster) -> None:
     assert curl(lab, "ext-a", "http://api.example.com/") == (0, "external 200")
-    # what the node learned (for its TTL: 5 s in the lab, then it expires)
+    # what the node learned (for its TTL: 60 s for the lab's world names)
     rows = cache(lab, f"{lab.lab}-node1")
     assert ("api.example.com", "203.0.113.20") in rows
     assert "default/ext-a" in str(rows[("api.example.com", "203.0.113.20")]["endpoints"])
