@@ -33,6 +33,7 @@ from services.replay import (
     write_history,
 )
 from services.replay import spans as spans_mod
+from services.replay.explain import is_address
 from services.replay.explain import render as render_explain
 from services.replay.record import format_time
 from services.replay.source import exported_now
@@ -189,7 +190,8 @@ def replay_diff(ctx: CliContext, start: str, end: str, nodes: tuple[str, ...],
 @at_option
 @seq_option
 @click.option("--from", "src", required=True, metavar="NS/POD", help="source pod")
-@click.option("--to", "dst", required=True, metavar="NS/POD", help="destination pod")
+@click.option("--to", "dst", required=True, metavar="NS/POD|IP",
+              help="destination pod, or an IPv4 address outside the cluster")
 @click.option("--dport", required=True, help="PORT/PROTO, e.g. 5432/TCP")
 @file_option
 @output_option
@@ -197,10 +199,15 @@ def replay_diff(ctx: CliContext, start: str, end: str, nodes: tuple[str, ...],
 def replay_explain(ctx: CliContext, at: str | None, seq: int | None, src: str, dst: str,
                    dport: str, history_file: Path | None, output: str) -> None:
     """Was SRC -> DST allowed at that moment? The deciding map entries on each node, their
-    rules, and the events that put them there."""
+    rules, and the events that put them there. To an address outside the cluster: the source's
+    egress only, and for an address learned through DNS, the names, nodes and fqdn.names
+    events that taught it and the toFQDNs rules that select it."""
     for ref, opt in ((src, "--from"), (dst, "--to")):
+        if opt == "--to" and is_address(ref):
+            continue
         if ref.count("/") != 1 or not all(ref.split("/")):
-            raise click.BadParameter(f"{ref!r}: expected NAMESPACE/POD", param_hint=opt)
+            expected = "NAMESPACE/POD or an IPv4 address" if opt == "--to" else "NAMESPACE/POD"
+            raise click.BadParameter(f"{ref!r}: expected {expected}", param_hint=opt)
     port, proto = _port(dport)
     moment = _guard(lambda: moment_of(at, seq))
     history = load_history(ctx, history_file)

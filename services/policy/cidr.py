@@ -167,8 +167,8 @@ class CIDRAllocator:
         return dict(self._ids)
 
 
-def lpm_identity(address: str, entries: dict[str, int], default: int = ID_WORLD) -> int:
-    """Resolve an address against prefix entries by longest prefix (as the datapath does).
+def lpm_prefix(address: str, prefixes: Iterable[str]) -> str | None:
+    """The longest of ``prefixes`` holding an address (as the datapath looks it up), or None.
 
     Raises:
         CIDRError: ``address`` is not an IP address.
@@ -177,9 +177,20 @@ def lpm_identity(address: str, entries: dict[str, int], default: int = ID_WORLD)
         ip = ipaddress.ip_address(address)
     except ValueError:
         raise CIDRError(f"not an IP address: {address!r}") from None
-    best, best_len = default, -1
-    for prefix, ident in entries.items():
+    best: str | None = None
+    best_len = -1
+    for prefix in prefixes:
         net = ipaddress.ip_network(prefix)
         if net.version == ip.version and ip in net and net.prefixlen > best_len:
-            best, best_len = ident, net.prefixlen
+            best, best_len = prefix, net.prefixlen
     return best
+
+
+def lpm_identity(address: str, entries: dict[str, int], default: int = ID_WORLD) -> int:
+    """Resolve an address against prefix entries by longest prefix (as the datapath does).
+
+    Raises:
+        CIDRError: ``address`` is not an IP address.
+    """
+    prefix = lpm_prefix(address, entries)
+    return default if prefix is None else entries[prefix]

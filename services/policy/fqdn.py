@@ -77,6 +77,10 @@ class LearnedNames:
         """The names ``ip`` was learned under, on any node (empty: not learned)."""
         return frozenset(name for _, name in self._sources.get(ip, ()))
 
+    def sources(self, ip: str) -> list[Source]:
+        """The (node, name) pairs that hold ``ip`` now, sorted (empty: not learned)."""
+        return sorted(self._sources.get(ip, ()))
+
     def ips(self) -> list[str]:
         """Every learned address, sorted."""
         return sorted(self._sources)

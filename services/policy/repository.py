@@ -360,6 +360,11 @@ class Repository:
         """Every learned address with the names it was learned under (on any node)."""
         return {ip: self._learned.names(ip) for ip in self._learned.ips()}
 
+    def learned_sources(self, ip: str) -> list[tuple[str, str]]:
+        """The (node, name) pairs whose DNS proxy holds ``ip`` now, sorted (``replay
+        explain`` cites the ``fqdn.names`` event of each)."""
+        return self._learned.sources(ip)
+
     # -- queries --------------------------------------------------------------------------
 
     def policies(self) -> Iterator[Policy]:
