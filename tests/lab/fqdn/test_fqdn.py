@@ -191,6 +191,26 @@ def test_exercise_2_reaches_api_example_com_and_nothing_else(lab: Cluster) -> No
          and f["dst_port"] == 80, dns_only=False)
 
 
+def test_replay_explains_an_fqdn_verdict_by_the_lookup_behind_it(lab: Cluster) -> None:
+    assert curl(lab, "ext-a", "http://api.example.com/") == (0, "external 200")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 1))
+    time.sleep(1.1)
+    doc = lab.json("replay", "explain", "--at", now, "--from", "default/ext-a",
+                   "--to", "203.0.113.20", "--dport", "80/TCP")
+    assert doc["verdict"] == "ALLOWED"
+    [learned] = [x for x in doc["learned"] if x["node"] == f"{lab.lab}-node1"]
+    assert (learned["name"], learned["address"], learned["held"]) == (
+        "api.example.com", "203.0.113.20", True)
+    assert "default/ext-a" in learned["endpoints"]
+    assert learned["event"]["type"] == "fqdn.names"
+    assert [r["rule"] for r in learned["rules"] if r["deciding"]] == [
+        "CiliumNetworkPolicy/default/external-client-fqdn rule 0 egress[1]"]
+    # the other name's address: nothing learned selects it
+    other = lab.json("replay", "explain", "--at", now, "--from", "default/ext-a",
+                     "--to", "203.0.113.21", "--dport", "80/TCP")
+    assert other["verdict"] == "DENIED" and not other.get("learned")
+
+
 def test_pods_on_two_nodes_under_one_fqdn_policy(lab: Cluster) -> None:
     assert curl(lab, "ext-b", "http://api.example.com/") == (0, "external 200")
     assert ("api.example.com", "203.0.113.20") in cache(lab, f"{lab.lab}-node2")
