@@ -43,6 +43,8 @@ MAX_UDP = 65535
 UPSTREAM_TIMEOUT_S = 5.0     # an upstream that does not answer: the pod's resolver retries
 MAX_TCP_CONNECTIONS = 256
 MAX_IDLE_UDP = 64            # upstream UDP sockets kept for the next queries
+MAX_REPLIERS = 256           # sockets answering from a server's address, kept for the next
+MAX_IN_FLIGHT = 1024         # queries being answered at once; more are dropped (and counted)
 
 Address = tuple[str, int]
 
@@ -146,7 +148,7 @@ class DnsProxy:
         self._repliers: dict[Address, socket.socket] = {}
         self._idle_udp: list[socket.socket] = []    # upstream sockets between two queries
         self._tasks: set[asyncio.Task[None]] = set()
-        self.stats = {"queries": 0, "malformed": 0, "upstream_errors": 0}
+        self.stats = {"queries": 0, "malformed": 0, "upstream_errors": 0, "overload": 0}
 
     async def start(self) -> None:
         """Open the sockets (and the node's routing for marked packets)."""
@@ -195,6 +197,9 @@ class DnsProxy:
             if server is None:
                 self.stats["malformed"] += 1
                 continue
+            if len(self._tasks) >= MAX_IN_FLIGHT:
+                self.stats["overload"] += 1     # the resolver asks again
+                continue
             self.stats["queries"] += 1
             self._spawn(self._answer_udp(Query(client, server, PROTO_UDP, data)))
 
@@ -205,8 +210,14 @@ class DnsProxy:
         try:
             sock = self._repliers.get(q.server)
             if sock is None:
-                sock = await self.sockets.aopen(socket.SOCK_DGRAM, q.server, transparent=True)
-                self._repliers[q.server] = sock
+                opened = await self.sockets.aopen(socket.SOCK_DGRAM, q.server, transparent=True)
+                sock = self._repliers.get(q.server)     # another query's, opened meanwhile
+                if sock is None:
+                    if len(self._repliers) >= MAX_REPLIERS:     # the oldest goes
+                        self._repliers.pop(next(iter(self._repliers))).close()
+                    self._repliers[q.server] = sock = opened
+                else:
+                    opened.close()
             sock.sendto(reply, q.client)
         except OSError as exc:
             log.warning("dns proxy: reply to %s:%d failed: %s", *q.client, exc)
