@@ -36,6 +36,7 @@ from prometheus_client import Counter, Histogram
 from services.common.contract import FLOW_TYPE_DNS, FqdnNames
 from services.common.identities import ID_WORLD
 from services.common.policytypes import PROTO_NAMES, Direction
+from services.common.tracing import tracer
 from services.nodeagent import dnsmsg
 from services.nodeagent.datapath.maps.ipcache import held_identity
 from services.nodeagent.datapath.maps.policy import decide, held_block
@@ -46,6 +47,7 @@ from services.nodeagent.fqdncache import FqdnCache, min_ttl
 from services.nodeagent.state import LocalEndpoint, NodeState
 
 log = logging.getLogger(__name__)
+_tracer = tracer("cilia.nodeagent")
 
 PROXY_ENV = "CILIA_DNS_PROXY"      # "off": no DNS proxy (an agent in a netns it must not touch)
 RELEASE_TIMEOUT_ENV = "CILIA_DNS_RELEASE_TIMEOUT_S"
@@ -148,14 +150,19 @@ class NodeDns:
         # only the names a toFQDNs selector of the endpoint matches are worth keeping
         selected = [item for item in learned if selects(sp, item.name)]
         if selected:
-            for payload in self.cache.learn(selected, ep.pod, time.time()):
-                await self.publish(payload)
-            need = [(str(ip), ports) for item in selected
-                    if (ports := fqdn_ports(sp, item.name)) for ip in item.addresses]
-            if need and not await self._released(ident, need):
-                self.stats["release_timeouts"] += 1
-                flow.emit(VERDICT_FORWARDED, "SERVFAIL")
-                return dnsmsg.servfail(query)
+            # one trace from the answer to the maps: the policy service and the agent's patch
+            # continue it from the fqdn.names event
+            with _tracer.start_as_current_span(
+                    "dns answer", attributes={"dns.name": question.name, "cilia.pod": ep.pod,
+                                              "cilia.node": self.node}):
+                for payload in self.cache.learn(selected, ep.pod, time.time()):
+                    await self.publish(payload)
+                need = [(str(ip), ports) for item in selected
+                        if (ports := fqdn_ports(sp, item.name)) for ip in item.addresses]
+                if need and not await self._released(ident, need):
+                    self.stats["release_timeouts"] += 1
+                    flow.emit(VERDICT_FORWARDED, "SERVFAIL")
+                    return dnsmsg.servfail(query)
         ips = sorted({str(ip) for item in learned for ip in item.addresses})
         flow.emit(VERDICT_FORWARDED, rcode, ips, min((i.ttl for i in learned), default=0))
         return response
