@@ -131,7 +131,7 @@ async def test_policy_selectors_show_members_and_fqdn_patterns(bus: Bus, nats_ur
         "{any:app In (web), k8s:io.kubernetes.pod.namespace In (shop)}"}
     assert rows["MatchName: api.example.com"] == {
         "id": api.id, "selector": "MatchName: api.example.com", "canonical": api.canonical,
-        "fqdn": "api.example.com", "users": 0, "identities": [CIDR_1, CIDR_2],
+        "fqdn": "api.example.com", "users": 1, "identities": [CIDR_1, CIDR_2],
         "ips": ["203.0.113.20", "203.0.113.21"]}
     assert rows["MatchPattern: *.cdn.example.net"]["ips"] == ["198.51.100.7"]
     db = rows["{any:app In (db), k8s:io.kubernetes.pod.namespace In (shop)}"]
@@ -142,7 +142,7 @@ async def test_policy_selectors_show_members_and_fqdn_patterns(bus: Bus, nats_ur
     table = cilia("--nats-url", nats_url, "policy", "selectors").stdout.splitlines()
     assert table[0].split() == ["SELECTOR", "USERS", "IDENTITIES", "ID"]
     at = next(i for i, line in enumerate(table) if line.startswith("MatchName: api.example.com"))
-    assert table[at].split() == ["MatchName:", "api.example.com", "0", str(CIDR_1),
+    assert table[at].split() == ["MatchName:", "api.example.com", "1", str(CIDR_1),
                                  "203.0.113.20", api.id]
     assert table[at + 1].split() == [str(CIDR_2), "203.0.113.21"]   # one member per line
     assert gone not in "\n".join(table)
