@@ -10,7 +10,6 @@ field at fault.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,32 +23,16 @@ from services.cli.yamlguard import YamlLimitError, check_limits, load_all
 from services.common.codec import encode
 from services.common.contract import ObjectEvent
 from services.common.errors import CiliaError
-from services.common.objects import DEFAULT_NAMESPACE, KindSpec, ObjectError
-from services.common.objects import KINDS as CORE_KINDS
-from services.lb.kinds import KINDS as LB_KINDS
-from services.policy import KIND_CCNP, KIND_CNP, KIND_KNP, PolicyValidationError, parse_policy
+from services.common.objects import DEFAULT_NAMESPACE, ObjectError
+from services.k8s.kinds import KINDS as KINDS
+from services.k8s.kinds import NAMESPACE_NAME_LABEL as NAMESPACE_NAME_LABEL
+from services.k8s.kinds import POLICY_KINDS as POLICY_KINDS
+from services.k8s.kinds import validate_document as validate_document
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
-NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 DEFAULT_MAX_PAYLOAD = 1 << 20     # nats-server's default max_payload (1 MiB), used offline
 HEADER_ALLOWANCE = 1024           # bytes of a message taken by its headers (id, trace context)
-
-
-def _validate_policy(doc: Any) -> None:
-    try:
-        parse_policy(doc)
-    except PolicyValidationError as exc:
-        raise ObjectError(exc.path, exc.reason) from exc
-
-
-POLICY_KINDS: dict[str, KindSpec] = {
-    KIND_CNP: KindSpec(("cilium.io/v2",), namespaced=True, validate=_validate_policy),
-    KIND_CCNP: KindSpec(("cilium.io/v2",), namespaced=False, validate=_validate_policy),
-    KIND_KNP: KindSpec(("networking.k8s.io/v1",), namespaced=True, validate=_validate_policy),
-}
-# Every kind a source accepts.
-KINDS: dict[str, KindSpec] = {**CORE_KINDS, **LB_KINDS, **POLICY_KINDS}
 
 
 class ManifestError(CiliaError):
@@ -155,36 +138,6 @@ def check_size(obj: dict[str, Any], max_payload: int, whole: bool = True) -> Non
         raise ObjectError("", f"too large for the bus: its event is {size} bytes, the bus "
                               f"takes at most {max_payload - HEADER_ALLOWANCE} "
                               f"(max_payload {max_payload} less {HEADER_ALLOWANCE} for headers)")
-
-
-def validate_document(doc: Any) -> dict[str, Any]:
-    """Validate one decoded document; returns it with defaults filled in.
-
-    Raises:
-        ObjectError: naming the field at fault.
-    """
-    if not isinstance(doc, dict):
-        raise ObjectError("", f"a manifest must be a map, got {type(doc).__name__}")
-    kind = doc.get("kind")
-    if not isinstance(kind, str) or not kind:
-        raise ObjectError("kind", "is required")
-    spec = KINDS.get(kind)
-    if spec is None:
-        raise ObjectError("kind", f"unsupported kind {kind!r} (supported: "
-                                  f"{', '.join(sorted(KINDS))})")
-    if doc.get("apiVersion") not in spec.api_versions:
-        raise ObjectError("apiVersion", f"{kind} needs apiVersion "
-                                        f"{' or '.join(spec.api_versions)}, "
-                                        f"got {doc.get('apiVersion')!r}")
-    spec.validate(doc)
-    obj = copy.deepcopy(doc)
-    if spec.namespaced:
-        obj["metadata"].setdefault("namespace", DEFAULT_NAMESPACE)
-    if kind == "Namespace":
-        # The API server labels every namespace with its own name; policies select on it.
-        labels = obj["metadata"].get("labels") or {}
-        obj["metadata"]["labels"] = {**labels, NAMESPACE_NAME_LABEL: obj["metadata"]["name"]}
-    return obj
 
 
 def read_documents(file: Path) -> list[Any]:
