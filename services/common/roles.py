@@ -10,7 +10,7 @@ role       publishes
 admin      everything; the only role that creates, updates, deletes or purges streams and KV
            buckets (``cilia up`` creates the history stream and both buckets)
 source     cluster objects ``cilia.src.>`` (``cilia apply``/``delete``, the lab's kubelet,
-           a Kubernetes watcher)
+           the Kubernetes watcher ``services.k8s``, which answers status requests as it)
 identity   ``cilia.identity.>``, ``cilia.ipcache.k8s.>``, the KV bucket ``cilia-identities``
 policy     ``cilia.policy.>``, ``cilia.ipcache.cidr.>`` (CIDR identities are its own origin)
 lb         ``cilia.lb.>``, the KV bucket ``cilia-lb-ids``
@@ -63,8 +63,10 @@ AGENT_PREFIX = "agent-"
 # Roles `cilia up` makes credentials for; agents get theirs when their node joins (lab up).
 CONTROL_PLANE_ROLES: tuple[str, ...] = (ADMIN, SOURCE, IDENTITY, POLICY, LB, DNS, CLI)
 
-# The role each service process runs as (the node agent's depends on its node).
-SERVICE_ROLES: dict[str, str] = {"identity": IDENTITY, "policy": POLICY, "lb": LB, "dns": DNS}
+# The role each service process runs as (the node agent's depends on its node). The Kubernetes
+# watcher ("k8s") is a source: it publishes the cluster objects `cilia apply` would.
+SERVICE_ROLES: dict[str, str] = {"identity": IDENTITY, "policy": POLICY, "lb": LB, "dns": DNS,
+                                 "k8s": SOURCE}
 AGENT_SERVICE = "nodeagent"
 
 INBOX_PREFIX = "_INBOX"          # nats-py's default; a role's inboxes are _INBOX_<role>.>
@@ -152,7 +154,8 @@ _DATA: dict[str, list[str]] = {
     CLI: [],
 }
 # Roles that answer control requests (status heartbeats; agents also answer flow requests).
-_RESPONDERS = {IDENTITY, POLICY, LB, DNS}
+# The source role answers for the Kubernetes watcher.
+_RESPONDERS = {IDENTITY, POLICY, LB, DNS, SOURCE}
 # What the read-only CLI also needs for `cilia status`: account and stream listings.
 _CLI_EXTRA = [f"{JS_API}.INFO", f"{JS_API}.STREAM.LIST", f"{JS_API}.STREAM.NAMES"]
 

@@ -128,13 +128,18 @@ def differs(obj: Mapping[str, Any], held: Mapping[str, Any] | None) -> bool:
 
 
 def plan(desired: Iterable[Mapping[str, Any]], held: Mapping[Key, Mapping[str, Any]],
-         kinds: Iterable[str]) -> list[Change]:
+         kinds: Iterable[str], keep: Iterable[Key] = ()) -> list[Change]:
     """The events that bring the bus's objects of ``kinds`` (``held``) in line with the API
-    server's (``desired``): an upsert per object that is missing or differs, a delete per
-    object the bus holds that the API server does not. Deletes come first, then upserts, each
-    sorted by key (a stable order for tests and logs)."""
+    server's (``desired``, each as it would be published): an upsert per object that is
+    missing or differs, a delete per object the bus holds that the API server does not.
+
+    ``keep``: objects the API server has but the watcher will not publish (malformed): what
+    the bus holds of them stays. Deletes come first, then upserts, each sorted by key.
+    """
     scope = set(kinds)
     want = {object_key(o): o for o in desired if object_key(o)[0] in scope}
-    deletes = [delete(held[k]) for k in sorted(held) if k[0] in scope and k not in want]
+    kept = set(keep)
+    deletes = [delete(held[k]) for k in sorted(held)
+               if k[0] in scope and k not in want and k not in kept]
     upserts = [upsert(want[k]) for k in sorted(want) if differs(want[k], held.get(k))]
     return deletes + upserts
