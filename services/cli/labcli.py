@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import click
@@ -25,6 +26,7 @@ from services.lab import down as lab_down
 from services.lab import up as lab_up
 from services.lab.plan import plan_lab
 from services.lab.state import lab_dir
+from services.lab.topology import K8sSource
 from services.nodeagent.lbstate import LB_MODE_ENV
 
 AGENT_MODULE = "services.nodeagent"
@@ -62,11 +64,14 @@ def runtime_for(ctx: CliContext, explicit: str | None = None) -> Kubelet | None:
 
 
 def start_lab(ctx: CliContext, name: str, nodes: int, routing: str = "native",
-              names: World = DEFAULT_WORLD) -> list[str]:
+              names: World = DEFAULT_WORLD, k8s_api: str | None = None,
+              kubeconfig: str | None = None) -> list[str]:
     """Bring the control plane up if it is not, then the lab with one agent per node.
 
     ``routing`` is ``native`` or ``tunnel`` (VXLAN, the source identity in the VNI);
-    ``names``: the lab's world (the external host's names, served by the cluster DNS).
+    ``names``: the lab's world (the external host's names, served by the cluster DNS);
+    ``k8s_api``/``kubeconfig``: run the lab as nodes of that Kubernetes API server, with
+    cilia's watcher as the source of every object.
     """
     if ctx.explicit_url is None and read_json(ctx.control_plane_file) is None:
         controlplane.up(ctx.state_dir, None)
@@ -77,17 +82,33 @@ def start_lab(ctx: CliContext, name: str, nodes: int, routing: str = "native",
         plan = plan_lab(name, nodes, routing)
         # each agent connects as its own node's role (added to the embedded bus if new)
         controlplane.add_node_roles(ctx.state_dir, url, access, [n.name for n in plan.nodes])
+        source = None
+        if k8s_api or kubeconfig:
+            source = K8sSource(kubeconfig=str(Path(kubeconfig or default_kubeconfig())
+                                              .resolve()),
+                               server=k8s_api or "",
+                               watcher_env=controlplane.role_env(url, access, SOURCE))
         state = lab_up(name, nodes, agent_module=AGENT_MODULE, routing=routing,
                        agent_env=lambda node: controlplane.role_env(url, access,
                                                                     agent_role(node)),
-                       world=names)
+                       world=names, k8s=source)
     except LabError as exc:
         raise CiliaError(str(exc)) from exc
     (lab_dir(name) / BUS_FILE).write_text(json.dumps({"nats_url": url}))
     asyncio.run(controlplane.wait_ready(url, {"nodeagent": nodes}, AGENT_READY_S,
                                         creds=ctx.credentials(CLI)))
-    return [f"node {n.name}: {n.node_ip}, pods {n.pod_cidr} (netns {n.netns})"
-            for n in state.plan.nodes] + [f"routing: {routing}", *world_lines(names)]
+    lines = [f"node {n.name}: {n.node_ip}, pods {n.pod_cidr} (netns {n.netns})"
+             for n in state.plan.nodes] + [f"routing: {routing}", *world_lines(names)]
+    if source is not None:
+        lines.append(f"Kubernetes API: {source.server or 'from ' + source.kubeconfig} "
+                     "(the lab's nodes are registered there; cilia's watcher is the source)")
+    return lines
+
+
+def default_kubeconfig() -> str:
+    """``$KUBECONFIG`` (its first file) or ``~/.kube/config``, as kubectl finds it."""
+    found = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    return found or str(Path.home() / ".kube" / "config")
 
 
 def world_lines(names: World) -> list[str]:
@@ -118,9 +139,15 @@ def lab_group() -> None:
                    "repeat for more names or addresses)")
 @click.option("--external-cname", "external_cnames", multiple=True, metavar="ALIAS=TARGET",
               help="a CNAME in the lab's world (repeatable)")
+@click.option("--k8s-api", default=None, metavar="URL",
+              help="run the lab as nodes of this Kubernetes API server (credentials from "
+                   "--kubeconfig): cilia's watcher reads every object from it")
+@click.option("--kubeconfig", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="the kubeconfig of --k8s-api (default $KUBECONFIG, ~/.kube/config)")
 @pass_ctx
 def up_command(ctx: CliContext, nodes: int, name: str, lb_mode: str, routing: str,
-               external_names: tuple[str, ...], external_cnames: tuple[str, ...]) -> None:
+               external_names: tuple[str, ...], external_cnames: tuple[str, ...],
+               k8s_api: str | None, kubeconfig: str | None) -> None:
     """Create the lab (and start the control plane if it is not running)."""
     try:
         names = world(external_names, external_cnames)
@@ -128,7 +155,7 @@ def up_command(ctx: CliContext, nodes: int, name: str, lb_mode: str, routing: st
         raise click.BadParameter(str(exc)) from exc
     os.environ[LB_MODE_ENV] = lb_mode        # the agents inherit it
     try:
-        for line in start_lab(ctx, name, nodes, routing, names):
+        for line in start_lab(ctx, name, nodes, routing, names, k8s_api, kubeconfig):
             click.echo(line)
     except CiliaError as exc:
         raise click.ClickException(str(exc)) from exc

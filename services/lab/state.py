@@ -77,6 +77,9 @@ class LabState:
     routing: str = ROUTING_NATIVE
     agent_env: dict[str, dict[str, str]] = field(default_factory=dict)  # bus credentials
     world: World = DEFAULT_WORLD
+    # on a Kubernetes API (``lab up --k8s-api``): where, and the processes that serve it
+    k8s: dict[str, str] = field(default_factory=dict)      # server, kubeconfig
+    k8s_procs: dict[str, ProcRef] = field(default_factory=dict)   # runtime, watcher
 
     @property
     def plan(self) -> LabPlan:
@@ -90,6 +93,7 @@ class LabState:
             "agents": {n: ref.to_json() for n, ref in self.agents.items()},
             "external": self.external.to_json() if self.external else None,
             "agentEnv": self.agent_env, "world": self.world.to_json(),
+            "k8s": self.k8s, "k8sProcs": {n: r.to_json() for n, r in self.k8s_procs.items()},
             # informational: the plan is derived from name and node count
             "underlayNetns": plan.underlay_netns, "externalNetns": plan.external_netns,
             "nodeList": [{"name": n.name, "netns": n.netns, "nodeIP": str(n.node_ip),
@@ -110,7 +114,9 @@ class LabState:
                    agents={n: ProcRef.from_json(r) for n, r in data.get("agents", {}).items()},
                    external=ProcRef.from_json(data["external"]) if data.get("external") else None,
                    agent_env={n: dict(e) for n, e in (data.get("agentEnv") or {}).items()},
-                   world=world)
+                   world=world, k8s=dict(data.get("k8s") or {}),
+                   k8s_procs={n: ProcRef.from_json(r)
+                              for n, r in (data.get("k8sProcs") or {}).items()})
 
     def save(self) -> None:
         write_json_atomic(lab_dir(self.name) / "lab.json", self.to_json())

@@ -58,7 +58,7 @@ from services.nodeagent.datapath.overlay import (
     ROUTING_NATIVE,
     overlay_mtu,
 )
-from services.nodeagent.endpoints import NodeConfig
+from services.nodeagent.endpoints import NODE_SOURCE_ENV, NodeConfig
 
 log = logging.getLogger("cilia.lab")
 
@@ -256,12 +256,45 @@ def _start_external_server(name: str, plan: LabPlan, ports: Sequence[int]) -> Pr
         raise TopologyError(f"lab {name}: external host server: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class K8sSource:
+    """A Kubernetes API server the lab's nodes belong to (``lab up --k8s-api``).
+
+    ``watcher_env``: the environment of cilia's watcher (its bus role's credentials)."""
+
+    kubeconfig: str
+    server: str = ""
+    watcher_env: Mapping[str, str] = field(default_factory=dict)
+
+    def args(self) -> list[str]:
+        return ["--kubeconfig", self.kubeconfig] + (["--server", self.server]
+                                                    if self.server else [])
+
+
+def _start_k8s(lab: str, source: K8sSource) -> dict[str, ProcRef]:
+    """The lab's kubelet/scheduler/controller on the API, and cilia's watcher reading it."""
+    logs = log_dir(lab)
+    logs.mkdir(parents=True, exist_ok=True)
+    out: dict[str, ProcRef] = {}
+    for role, argv, env in (
+            ("runtime", [sys.executable, "-m", "services.lab.k8sruntime", "--lab", lab,
+                         *source.args()], None),
+            ("watcher", [sys.executable, "-m", "services.k8s", *source.args()],
+             {**os.environ, **source.watcher_env})):
+        with (logs / f"k8s-{role}.log").open("ab") as log_out, \
+                open(os.devnull, "rb") as devnull:
+            proc = ns.spawn(None, argv, env=env, stdin=devnull, stdout=log_out,
+                            stderr=log_out, detach=True)
+        out[role] = ns.proc_ref(proc.pid)
+    return out
+
+
 def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
        agent_module: str | None = None,
        external_ports: Sequence[int] = DEFAULT_EXTERNAL_PORTS,
        routing: str = ROUTING_NATIVE,
        agent_env: Callable[[str], Mapping[str, str]] | None = None,
-       world: World = DEFAULT_WORLD) -> LabState:
+       world: World = DEFAULT_WORLD, k8s: K8sSource | None = None) -> LabState:
     """Create a lab with ``nodes`` nodes and start one agent per node.
 
     Args:
@@ -278,6 +311,9 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
             name; kept in the lab's state so that a restarted agent gets them too.
         world: the names and addresses of the lab's world (the external host answers on
             every address; the cluster DNS pods serve the names).
+        k8s: run the lab as nodes of this Kubernetes API server: its Nodes are registered
+            there, its Pods and Deployments run from there, and cilia's watcher publishes
+            what the API holds (agents do not register their Nodes on the bus themselves).
 
     Returns:
         The lab's state (also persisted in ``$CILIA_STATE_DIR/lab/<name>/lab.json``).
@@ -293,7 +329,9 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
         if (lab_dir(name) / "lab.json").exists() or ns.list_netns(plan.prefix):
             raise LabExistsError(f"lab {name} is already up (run lab down first)")
         state = LabState(name=name, nodes=nodes, agent_module=module if start_agents else "",
-                         routing=routing, world=world)
+                         routing=routing, world=world,
+                         k8s={"server": k8s.server, "kubeconfig": k8s.kubeconfig} if k8s
+                         else {})
         state.save()
         try:
             off_loop(lambda: _build(plan))
@@ -306,9 +344,13 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
                 if start_agents:
                     if agent_env is not None:
                         state.agent_env[node.name] = dict(agent_env(node.name))
+                    if k8s is not None:     # the API registers the node, not the agent
+                        state.agent_env.setdefault(node.name, {})[NODE_SOURCE_ENV] = "k8s"
                     state.agents[node.name] = _start_agent(name, cfg, module,
                                                            state.agent_env.get(node.name))
                     state.save()
+            if k8s is not None:
+                state.k8s_procs = _start_k8s(name, k8s)
             state.status = "up"
             state.save()
         except BaseException as exc:
@@ -379,7 +421,9 @@ def _pods_processes(lab: str) -> list[ProcRef]:
 def _teardown(name: str, state: LabState | None) -> DownReport:
     report = DownReport()
     prefix = lab_prefix(name)
-    refs = _pods_processes(name)
+    # the Kubernetes side first: its kubelet would start pods again as they go
+    refs = list(state.k8s_procs.values()) if state is not None else []
+    refs += _pods_processes(name)
     if state is not None:
         refs += list(state.agents.values()) + ([state.external] if state.external else [])
     for ref in refs:

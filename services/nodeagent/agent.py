@@ -91,7 +91,7 @@ from services.nodeagent.datapath.maps import registry
 from services.nodeagent.datapath.maps.conntrack import CT_F_CLOSING
 from services.nodeagent.datapath.overlay import setup_overlay
 from services.nodeagent.dnsservice import NodeDns, dns_proxy_enabled
-from services.nodeagent.endpoints import Endpoint, NodeConfig
+from services.nodeagent.endpoints import NODE_SOURCE_ENV, Endpoint, NodeConfig
 from services.nodeagent.health import (
     NODE_PARTS,
     PART_CONNTRACK,
@@ -497,8 +497,11 @@ class NodeAgent:
         os.replace(tmp, path)
 
     async def _register_node(self) -> None:
-        """Publish this node's Node object, as a kubelet registers its node."""
+        """Publish this node's Node object, as a kubelet registers its node (unless a
+        Kubernetes API server holds the Node: the watcher publishes it then)."""
         assert self.bus is not None
+        if os.environ.get(NODE_SOURCE_ENV) == "k8s":
+            return
         meta: dict[str, Any] = {"name": self.cfg.name}
         if self.underlay_mac:
             meta["annotations"] = {NODE_MAC_ANNOTATION: self.underlay_mac}

@@ -58,6 +58,11 @@ class EndpointNotReadyError(EndpointError):
     runtime should try ADD again later); the message names the pod and what was missing."""
 
 
+# "k8s": the node's Node object comes from a Kubernetes API server through the watcher (the lab
+# on `lab up --k8s-api`), so the agent does not register it on the bus itself.
+NODE_SOURCE_ENV = "CILIA_NODE_SOURCE"
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """What an agent knows about its node.
