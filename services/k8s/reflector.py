@@ -188,6 +188,7 @@ class Reflector:
         async with aclosing(stream):
             async for event in stream:
                 await self.handle(event)
+                self.backoff.reset()        # the stream works: a later break retries soon
 
     async def handle(self, event: Mapping[str, Any]) -> None:
         """Apply one watch event to the cache and the position; hand on a change."""
