@@ -11,7 +11,8 @@ The shape is client-go's reflector, without an informer's queue:
 3. When the stream ends (its timeout) or breaks (a reset, an event cut in the middle), watch
    again from the last position; nothing is lost or repeated, since the server sends exactly
    the events after it. When the position is gone (410: compacted, or the list's continue token
-   expired), list again (1). Any other error waits with exponential backoff and jitter.
+   expired), list again (1). Any other error waits with exponential backoff and jitter; when
+   the sink fails (the bus), the reflector lists again too, so that the sink resyncs.
 
 The reflector talks to the API server through :class:`WatchApi` (the kubernetes_asyncio shell
 in :mod:`services.k8s.client`, a fake in the unit tests) and hands changes to a :class:`Sink`.
@@ -148,9 +149,19 @@ class Reflector:
                             "list" if self.resource_version is None else "watch",
                             self.resource_version, exc, wait)
                 await asyncio.sleep(wait)
+            except Exception as exc:
+                # The sink failed (the bus): what it missed is unknown, so list again, and
+                # the sink resyncs once it works.
+                self.stats.errors += 1
+                self.resource_version = None
+                wait = self.backoff.next()
+                log.warning("k8s: %s: handing on a change failed (%s); listing again in "
+                            "%.1fs", kind, exc, wait)
+                await asyncio.sleep(wait)
 
     async def relist(self) -> None:
-        """List every page; replace the cache; hand on what vanished, then the sync."""
+        """List every page; replace the cache; hand on the sync with what vanished.
+        ``synced`` is set once the sink has taken the first one."""
         items: list[dict[str, Any]] = []
         token: str | None = None
         while True:
@@ -165,8 +176,8 @@ class Reflector:
         self.resource_version = page.resource_version
         self.stats.lists += 1
         self.stats.vanished += len(vanished)
-        self.synced.set()
         await self.sink.on_synced(self.resource, vanished)
+        self.synced.set()
 
     async def watch_once(self) -> None:
         """One watch request from the current position, until the server ends it."""
@@ -177,6 +188,7 @@ class Reflector:
         async with aclosing(stream):
             async for event in stream:
                 await self.handle(event)
+                self.backoff.reset()        # the stream works: a later break retries soon
 
     async def handle(self, event: Mapping[str, Any]) -> None:
         """Apply one watch event to the cache and the position; hand on a change."""
