@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from tests.support.k8sapi import ApiServer, api_server
 
@@ -95,3 +97,223 @@ async def test_list_and_watch_with_kubernetes_asyncio(server: ApiServer,
     assert [s[:2] for s in seen] == [("ADDED", "b"), ("MODIFIED", "b"), ("DELETED", "b")]
     assert [int(s[2]) for s in seen] == [int(rv) + 1, int(rv) + 2, int(rv) + 3]
     assert server.list_calls("pods") == 1 and server.watch_calls("pods") == 1
+
+
+async def test_list_pages_with_limit_and_continue(server: ApiServer,
+                                                  http: aiohttp.ClientSession) -> None:
+    for i in range(5):
+        server.create(pod(f"p{i}", ns="a" if i % 2 else "b"))
+    status, page = await get(http, "/api/v1/pods", limit=2)
+    assert status == 200 and page["kind"] == "PodList" and page["apiVersion"] == "v1"
+    assert all(p["kind"] == "Pod" and p["apiVersion"] == "v1" for p in page["items"])
+    rv = page["metadata"]["resourceVersion"]
+    names = [p["metadata"]["name"] for p in page["items"]]
+    assert page["metadata"]["remainingItemCount"] == 3
+    server.create(pod("p9", ns="a"))    # after the first page: not in this list
+    while cont := page["metadata"].get("continue"):
+        status, page = await get(http, "/api/v1/pods", limit=2, **{"continue": cont})
+        assert page["metadata"]["resourceVersion"] == rv   # the first page's snapshot
+        names += [p["metadata"]["name"] for p in page["items"]]
+    assert sorted(names) == [f"p{i}" for i in range(5)] and len(names) == 5
+    status, page = await get(http, "/api/v1/namespaces/a/pods")
+    assert [p["metadata"]["name"] for p in page["items"]] == ["p1", "p3", "p9"]
+    assert "continue" not in page["metadata"]
+
+    _, page = await get(http, "/api/v1/pods", limit=2)
+    server.create(pod("p10"))
+    server.compact()      # past the first page's rv: that snapshot is gone
+    status, body = await get(http, "/api/v1/pods", limit=2,
+                             **{"continue": page["metadata"]["continue"]})
+    assert status == 410 and body["kind"] == "Status" and body["reason"] == "Expired"
+
+
+@pytest.mark.parametrize(("selector", "expected"), [
+    ("app=web", ["w1", "w2"]), ("app==web", ["w1", "w2"]), ("app!=web", ["d1", "n1"]),
+    ("app in (web, db)", ["d1", "w1", "w2"]), ("app notin (web)", ["d1", "n1"]),
+    ("app", ["d1", "w1", "w2"]), ("!app", ["n1"]), ("app=web,tier=front", ["w1"]),
+    ("app in (web),!tier", ["w2"]),
+])
+async def test_label_selectors(server: ApiServer, http: aiohttp.ClientSession, selector: str,
+                               expected: list[str]) -> None:
+    server.create(pod("w1", app="web", tier="front"))
+    server.create(pod("w2", app="web"))
+    server.create(pod("d1", app="db"))
+    server.create(pod("n1"))
+    status, page = await get(http, "/api/v1/namespaces/default/pods", labelSelector=selector)
+    assert status == 200, page
+    assert [p["metadata"]["name"] for p in page["items"]] == expected
+
+
+async def test_field_selectors_and_bad_selectors(server: ApiServer,
+                                                 http: aiohttp.ClientSession) -> None:
+    server.create(pod("a", ns="x", node="n1"))
+    server.create(pod("b", ns="y", node="n2"))
+    server.create(pod("c", ns="y", node="n1"))
+
+    async def names(**params: str) -> list[str]:
+        status, page = await get(http, "/api/v1/pods", **params)
+        assert status == 200, page
+        return [p["metadata"]["name"] for p in page["items"]]
+
+    assert await names(fieldSelector="spec.nodeName=n1") == ["a", "c"]
+    assert await names(fieldSelector="spec.nodeName==n1,metadata.namespace!=x") == ["c"]
+    assert await names(fieldSelector="metadata.name=b") == ["b"]
+    status, body = await get(http, "/api/v1/pods", fieldSelector="spec.bogus=1")
+    assert (status, body["reason"]) == (400, "BadRequest")
+    assert body["message"] == "field label not supported: spec.bogus"
+    status, body = await get(http, "/api/v1/nodes", fieldSelector="spec.nodeName=n1")
+    assert status == 400
+    status, body = await get(http, "/api/v1/pods", labelSelector="a in (b")
+    assert status == 400
+
+
+async def test_watch_from_rv_now_and_with_selectors(server: ApiServer,
+                                                    http: aiohttp.ClientSession) -> None:
+    server.create(pod("a", app="web"))
+    rv = server.resource_version
+    server.create(pod("b", app="web"))
+    server.create({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "s", "namespace": "default"}, "spec": {}})
+    server.patch("v1", "Pod", "default", "a", {"metadata": {"labels": {"app": "db"}}})
+    deleted = server.delete("v1", "Pod", "default", "b")
+
+    got = await events(http, "/api/v1/namespaces/default/pods", 3, resourceVersion=rv)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in got] == [
+        ("ADDED", "b"), ("MODIFIED", "a"), ("DELETED", "b")]
+    assert got[2]["object"]["metadata"]["resourceVersion"] == deleted["metadata"][
+        "resourceVersion"] == str(server.resource_version)
+
+    # "a" stops matching app=web: the selector's watch sees it DELETED at the patch's rv.
+    got = await events(http, "/api/v1/pods", 3, resourceVersion=rv, labelSelector="app=web")
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in got] == [
+        ("ADDED", "b"), ("DELETED", "a"), ("DELETED", "b")]
+    assert got[1]["object"]["metadata"]["labels"] == {"app": "web"}
+    assert int(got[1]["object"]["metadata"]["resourceVersion"]) == server.resource_version - 1
+
+    server.create(pod("c"))
+    for start in ("0", None):
+        params = {"resourceVersion": start} if start else {}
+        got = await events(http, "/api/v1/namespaces/default/pods", 2, **params)
+        assert sorted(e["object"]["metadata"]["name"] for e in got) == ["a", "c"]
+        assert {e["type"] for e in got} == {"ADDED"}
+
+
+@pytest.mark.parametrize("flag", ["1", "t", "T", "true", "TRUE", "True"])
+async def test_watch_flag_parses_like_go(server: ApiServer, http: aiohttp.ClientSession,
+                                         flag: str) -> None:
+    server.create(pod("a"))
+    async with http.get("/api/v1/pods", params={"watch": flag}) as r:
+        assert json.loads(await r.content.readline())["type"] == "ADDED"
+    status, _ = await get(http, "/api/v1/pods", watch="yes")
+    assert status == 400
+
+
+async def test_live_events_and_bookmarks(server: ApiServer,
+                                         http: aiohttp.ClientSession) -> None:
+    server.create(pod("a"))
+    rv = server.resource_version
+    got: list[dict] = []
+    async with http.get("/api/v1/pods", params={"watch": "1", "resourceVersion": str(rv),
+                                                "allowWatchBookmarks": "true"}) as r:
+        line = json.loads(await asyncio.wait_for(r.content.readline(), 2))
+        assert line == {"type": "BOOKMARK", "object": {
+            "kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": str(rv)}}}
+        # A write from another thread: the live event, then (another kind's write) a bookmark.
+        await asyncio.to_thread(server.create, pod("b"))
+        got.append(json.loads(await asyncio.wait_for(r.content.readline(), 2)))
+        started = time.monotonic()
+        await asyncio.to_thread(server.create, {
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"}})
+        got.append(json.loads(await asyncio.wait_for(r.content.readline(), 2)))
+        assert time.monotonic() - started < 0.15     # not the periodic one (0.2 s)
+    assert got[0]["type"] == "ADDED" and got[0]["object"]["metadata"]["name"] == "b"
+    assert got[1]["type"] == "BOOKMARK"
+    assert got[1]["object"]["metadata"]["resourceVersion"] == str(server.resource_version)
+
+
+async def test_send_initial_events_ends_with_a_bookmark(server: ApiServer,
+                                                        http: aiohttp.ClientSession) -> None:
+    server.create(pod("a"))
+    got = await events(http, "/api/v1/pods", 2, sendInitialEvents="true",
+                       resourceVersionMatch="NotOlderThan", allowWatchBookmarks="true")
+    assert got[0]["type"] == "ADDED"
+    assert got[1]["type"] == "BOOKMARK"
+    assert got[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+async def test_too_old_rv_is_one_410_error_event(server: ApiServer, http: aiohttp.ClientSession,
+                                                 api: client.ApiClient) -> None:
+    server.create(pod("a"))
+    old = server.resource_version
+    server.create(pod("b"))
+    server.compact()
+    async with http.get("/api/v1/pods", params={"watch": "true",
+                                                "resourceVersion": str(old)}) as r:
+        assert r.status == 200
+        lines = (await asyncio.wait_for(r.read(), 2)).splitlines()
+    assert len(lines) == 1
+    event = json.loads(lines[0])
+    assert event["type"] == "ERROR"
+    assert event["object"] == {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": f"too old resource version: {old} ({server.resource_version})",
+        "reason": "Expired", "code": 410}
+    # From the compaction point on, the history is there.
+    got = await events(http, "/api/v1/pods", 1, resourceVersion=str(server.resource_version),
+                       allowWatchBookmarks="1")
+    assert got[0]["type"] == "BOOKMARK"
+
+    w = watch.Watch()
+    with pytest.raises(ApiException) as e:
+        async for _ in w.stream(client.CoreV1Api(api).list_pod_for_all_namespaces,
+                                resource_version=str(old), timeout_seconds=5):
+            pass
+    assert e.value.status == 410
+
+
+async def test_timeout_seconds_ends_the_stream_cleanly(server: ApiServer,
+                                                       http: aiohttp.ClientSession,
+                                                       api: client.ApiClient) -> None:
+    started = time.monotonic()
+    async with http.get("/api/v1/pods", params={"watch": "true", "timeoutSeconds": "1"}) as r:
+        assert await asyncio.wait_for(r.read(), 3) == b""
+    assert 0.9 < time.monotonic() - started < 2
+
+    server.create(pod("a"))
+    w = watch.Watch()
+    seen = [e["type"] async for e in w.stream(client.CoreV1Api(api).list_namespaced_pod,
+                                              "default", timeout_seconds=1)]
+    assert seen == ["ADDED"]
+
+
+@pytest.mark.parametrize("mid_event", [True, False])
+async def test_cut_streams_breaks_the_connection(server: ApiServer,
+                                                 http: aiohttp.ClientSession,
+                                                 mid_event: bool) -> None:
+    server.create(pod("a"))
+    async with http.get("/api/v1/pods", params={"watch": "true"}) as r:
+        assert json.loads(await r.content.readline())["type"] == "ADDED"
+        await asyncio.to_thread(server.cut_streams, mid_event)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            while line := await asyncio.wait_for(r.content.readline(), 2):
+                json.loads(line)     # a half line, if any, would not be read as a whole one
+                pytest.fail(f"a line after the cut: {line!r}")
+
+
+async def test_cut_streams_breaks_a_kubernetes_asyncio_watch(server: ApiServer,
+                                                             api: client.ApiClient) -> None:
+    server.create(pod("a"))
+    w = watch.Watch()
+    stream = w.stream(client.CoreV1Api(api).list_namespaced_pod, "default", timeout_seconds=10)
+    assert (await stream.__anext__())["type"] == "ADDED"
+    server.cut_streams()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await asyncio.wait_for(stream.__anext__(), 3)
+
+
+async def test_event_delay(server: ApiServer, http: aiohttp.ClientSession) -> None:
+    server.create(pod("a"))
+    server.event_delay = 0.3
+    started = time.monotonic()
+    await events(http, "/api/v1/pods", 1)
+    assert time.monotonic() - started >= 0.3
