@@ -19,7 +19,7 @@ import pytest_asyncio
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tests.support.k8sapi import ApiServer, api_server
+from tests.support.k8sapi import ApiServer, Conflict, api_server
 
 
 def pod(name: str, ns: str = "default", node: str = "n1", **labels: str) -> dict:
@@ -317,3 +317,203 @@ async def test_event_delay(server: ApiServer, http: aiohttp.ClientSession) -> No
     started = time.monotonic()
     await events(http, "/api/v1/pods", 1)
     assert time.monotonic() - started >= 0.3
+
+
+async def test_writes_conflicts_and_not_found(server: ApiServer,
+                                              http: aiohttp.ClientSession) -> None:
+    async with http.post("/api/v1/namespaces/default/pods", json=pod("a")) as r:
+        assert r.status == 201
+        created = await r.json()
+    meta = created["metadata"]
+    assert meta["resourceVersion"] == str(server.resource_version) and meta["generation"] == 1
+    assert meta["uid"] and meta["creationTimestamp"].endswith("Z")
+    async with http.post("/api/v1/namespaces/default/pods", json=pod("a")) as r:
+        body = await r.json()
+        assert (r.status, body["reason"]) == (409, "AlreadyExists")
+        assert body["message"] == 'pods "a" already exists'
+
+    stale = json.loads(json.dumps(created))
+    server.patch("v1", "Pod", "default", "a", {"metadata": {"labels": {"x": "1"}}})
+    stale["spec"]["nodeName"] = "n2"
+    async with http.put("/api/v1/namespaces/default/pods/a", json=stale) as r:
+        body = await r.json()
+        assert (r.status, body["kind"], body["reason"]) == (409, "Status", "Conflict")
+        assert body["details"] == {"name": "a", "group": "", "kind": "pods"}
+    with pytest.raises(Conflict):
+        server.replace(stale)
+    del stale["metadata"]["resourceVersion"]      # no precondition: last write wins
+    async with http.put("/api/v1/namespaces/default/pods/a", json=stale) as r:
+        body = await r.json()
+        assert r.status == 200 and body["metadata"]["generation"] == 2
+        assert body["metadata"]["uid"] == meta["uid"]
+    rv = server.resource_version
+    assert server.replace(server.get("v1", "Pod", "default", "a") or {})["metadata"][
+        "resourceVersion"] == str(rv)             # a no-op update writes nothing
+
+    async with http.put("/api/v1/namespaces/default/pods/zz", json=pod("zz")) as r:
+        body = await r.json()
+        assert (r.status, body["reason"], body["message"]) == (404, "NotFound",
+                                                               'pods "zz" not found')
+    async with http.delete("/api/v1/namespaces/default/pods/a", json={
+            "preconditions": {"resourceVersion": "1"}}) as r:
+        assert r.status == 409
+    async with http.delete("/api/v1/namespaces/default/pods/a") as r:
+        assert r.status == 200
+        assert (await r.json())["metadata"]["resourceVersion"] == str(rv + 1)
+    async with http.get("/api/v1/namespaces/default/pods/a") as r:
+        assert r.status == 404
+    async with http.get("/api/v1/namespaces/default/pods/a/log") as r:
+        assert r.status == 404
+
+
+async def test_status_subresource(server: ApiServer, http: aiohttp.ClientSession) -> None:
+    p = pod("a")
+    p["status"] = {"phase": "Pending"}
+    server.create(p)
+    current = server.get("v1", "Pod", "default", "a") or {}
+    sneaky = json.loads(json.dumps(current))
+    sneaky["spec"]["nodeName"] = "elsewhere"
+    sneaky["status"] = {"phase": "Running", "podIP": "10.0.0.5"}
+    async with http.put("/api/v1/namespaces/default/pods/a/status", json=sneaky) as r:
+        assert r.status == 200
+        body = await r.json()
+    assert body["spec"]["nodeName"] == "n1" and body["status"]["podIP"] == "10.0.0.5"
+    assert body["metadata"]["generation"] == 1
+
+    sneaky = json.loads(json.dumps(body))
+    sneaky["spec"]["nodeName"] = "n2"
+    sneaky["status"] = {"phase": "Failed"}
+    async with http.put("/api/v1/namespaces/default/pods/a", json=sneaky) as r:
+        body = await r.json()
+    assert body["spec"]["nodeName"] == "n2" and body["status"]["phase"] == "Running"
+    assert body["metadata"]["generation"] == 2
+
+    headers = {"Content-Type": "application/merge-patch+json"}
+    async with http.patch("/api/v1/namespaces/default/pods/a/status", headers=headers,
+                          data=json.dumps({"status": {"podIP": None},
+                                           "spec": {"nodeName": "n3"}})) as r:
+        body = await r.json()
+    assert body["status"] == {"phase": "Running"} and body["spec"]["nodeName"] == "n2"
+    async with http.patch("/api/v1/namespaces/default/pods/a", headers=headers,
+                          data=json.dumps({"status": {"phase": "Failed"}})) as r:
+        body = await r.json()
+    assert body["status"] == {"phase": "Running"}
+    assert server.patch("v1", "Pod", "default", "a", {"status": {"phase": "Succeeded"}},
+                        status=True)["status"] == {"phase": "Succeeded"}
+    async with http.patch("/api/v1/namespaces/default/pods/a", data="{}",
+                          headers={"Content-Type": "application/apply-patch+yaml"}) as r:
+        assert r.status == 415
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic dGVzdA=="])
+async def test_every_request_needs_the_token(server: ApiServer, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    async with aiohttp.ClientSession(base_url=server.url) as s:
+        for path in ("/api/v1/pods", "/version", "/apis"):
+            async with s.get(path, headers=headers) as r:
+                assert r.status == 401
+                body = await r.json()
+                assert (body["kind"], body["reason"], body["code"]) == (
+                    "Status", "Unauthorized", 401)
+
+
+async def test_lease_optimistic_concurrency(server: ApiServer, api: client.ApiClient) -> None:
+    leases = client.CoordinationV1Api(api)
+    body = client.V1Lease(metadata=client.V1ObjectMeta(name="cilia-operator"),
+                          spec=client.V1LeaseSpec(holder_identity="a",
+                                                  lease_duration_seconds=15))
+    lease = await leases.create_namespaced_lease("kube-system", body)
+    with pytest.raises(ApiException) as e:
+        await leases.create_namespaced_lease("kube-system", body)
+    assert e.value.status == 409
+    # Two candidates read the same version; the second update loses.
+    mine, theirs = lease, await leases.read_namespaced_lease("cilia-operator", "kube-system")
+    mine.spec.holder_identity = "b"
+    renewed = await leases.replace_namespaced_lease("cilia-operator", "kube-system", mine)
+    assert renewed.spec.holder_identity == "b"
+    theirs.spec.holder_identity = "c"
+    with pytest.raises(ApiException) as e:
+        await leases.replace_namespaced_lease("cilia-operator", "kube-system", theirs)
+    assert e.value.status == 409 and json.loads(e.value.body)["reason"] == "Conflict"
+    got = await leases.read_namespaced_lease("cilia-operator", "kube-system")
+    assert got.spec.holder_identity == "b"
+    assert int(got.metadata.resource_version) > int(lease.metadata.resource_version)
+
+
+async def test_cilium_policies_with_custom_objects_api(server: ApiServer,
+                                                       api: client.ApiClient) -> None:
+    custom = client.CustomObjectsApi(api)
+    cnp = {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+           "metadata": {"name": "allow-web"},
+           "spec": {"endpointSelector": {"matchLabels": {"app": "web"}}}}
+    await custom.create_namespaced_custom_object("cilium.io", "v2", "prod",
+                                                 "ciliumnetworkpolicies", cnp)
+    server.create({"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
+                   "metadata": {"name": "deny-all"}, "spec": {"endpointSelector": {}}})
+    listed = await custom.list_cluster_custom_object("cilium.io", "v2", "ciliumnetworkpolicies")
+    assert listed["kind"] == "CiliumNetworkPolicyList"
+    assert [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in listed["items"]] == [
+        ("prod", "allow-web")]
+    ccnps = await custom.list_cluster_custom_object("cilium.io", "v2",
+                                                    "ciliumclusterwidenetworkpolicies")
+    assert "namespace" not in ccnps["items"][0]["metadata"]
+
+    patched = await custom.patch_namespaced_custom_object(
+        "cilium.io", "v2", "prod", "ciliumnetworkpolicies", "allow-web",
+        {"spec": {"endpointSelector": {"matchLabels": {"app": "api"}}}},
+        _content_type="application/merge-patch+json")
+    assert patched["spec"]["endpointSelector"]["matchLabels"] == {"app": "api"}
+    assert patched["metadata"]["generation"] == 2
+    with pytest.raises(ApiException) as e:      # CRDs take no strategic merge patch
+        await custom.patch_namespaced_custom_object(
+            "cilium.io", "v2", "prod", "ciliumnetworkpolicies", "allow-web", {"spec": {}},
+            _content_type="application/strategic-merge-patch+json")
+    assert e.value.status == 415
+
+    w = watch.Watch()
+    seen = []
+    async for ev in w.stream(custom.list_cluster_custom_object, "cilium.io", "v2",
+                             "ciliumnetworkpolicies",
+                             resource_version=listed["metadata"]["resourceVersion"],
+                             timeout_seconds=1):
+        seen.append((ev["type"], ev["object"]["metadata"]["generation"]))
+    assert seen == [("MODIFIED", 2)]
+
+
+async def test_discovery_version_and_kubeconfig(server: ApiServer, tmp_path: Path,
+                                                http: aiohttp.ClientSession) -> None:
+    path = server.kubeconfig(tmp_path / "config")
+    await config.load_kube_config(config_file=str(path))   # the default configuration
+    async with client.ApiClient() as c:
+        assert (await client.VersionApi(c).get_code()).major == "1"
+        groups = await client.ApisApi(c).get_api_versions()
+        assert {"cilium.io", "discovery.k8s.io", "networking.k8s.io", "coordination.k8s.io",
+                "apps"} <= {g.name for g in groups.groups}
+        core = await client.CoreApi(c).get_api_versions()
+        assert core.versions == ["v1"]
+        resources = await client.CoreV1Api(c).get_api_resources()
+        names = {r.name for r in resources.resources}
+        assert {"pods", "pods/status", "services", "nodes", "namespaces", "events"} <= names
+    status, doc = await get(http, "/apis/cilium.io/v2")
+    assert status == 200 and doc["kind"] == "APIResourceList"
+    assert {(r["name"], r["namespaced"]) for r in doc["resources"]} >= {
+        ("ciliumnetworkpolicies", True), ("ciliumclusterwidenetworkpolicies", False)}
+    async with http.get("/healthz") as r:
+        assert (r.status, await r.text()) == (200, "ok")
+    status, _ = await get(http, "/apis/example.com/v1")
+    assert status == 404
+
+
+async def test_finalizers_hold_deletion(server: ApiServer, http: aiohttp.ClientSession) -> None:
+    p = pod("a")
+    p["metadata"]["finalizers"] = ["cilia.io/cleanup"]
+    server.create(p)
+    marked = server.delete("v1", "Pod", "default", "a")
+    assert marked["metadata"]["deletionTimestamp"]
+    assert server.get("v1", "Pod", "default", "a") is not None
+    await asyncio.to_thread(server.patch, "v1", "Pod", "default", "a",
+                            {"metadata": {"finalizers": None}})
+    assert server.get("v1", "Pod", "default", "a") is None
+    got = await events(http, "/api/v1/pods", 1,
+                       resourceVersion=str(server.resource_version - 1))
+    assert got[0]["type"] == "DELETED"
