@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 from tabulate import tabulate
 
 from services.cli import controlplane
@@ -84,9 +85,7 @@ def start_lab(ctx: CliContext, name: str, nodes: int, routing: str = "native",
         controlplane.add_node_roles(ctx.state_dir, url, access, [n.name for n in plan.nodes])
         source = None
         if k8s_api or kubeconfig:
-            source = K8sSource(kubeconfig=str(Path(kubeconfig or default_kubeconfig())
-                                              .resolve()),
-                               server=k8s_api or "",
+            source = K8sSource(kubeconfig=lab_kubeconfig(name, kubeconfig, k8s_api),
                                watcher_env=controlplane.role_env(url, access, SOURCE))
         state = lab_up(name, nodes, agent_module=AGENT_MODULE, routing=routing,
                        agent_env=lambda node: controlplane.role_env(url, access,
@@ -100,8 +99,8 @@ def start_lab(ctx: CliContext, name: str, nodes: int, routing: str = "native",
     lines = [f"node {n.name}: {n.node_ip}, pods {n.pod_cidr} (netns {n.netns})"
              for n in state.plan.nodes] + [f"routing: {routing}", *world_lines(names)]
     if source is not None:
-        lines.append(f"Kubernetes API: {source.server or 'from ' + source.kubeconfig} "
-                     "(the lab's nodes are registered there; cilia's watcher is the source)")
+        lines.append(f"Kubernetes API: {k8s_api or 'from ' + str(kubeconfig)} (the lab's "
+                     "nodes are registered there; cilia's watcher is the source)")
     return lines
 
 
@@ -109,6 +108,30 @@ def default_kubeconfig() -> str:
     """``$KUBECONFIG`` (its first file) or ``~/.kube/config``, as kubectl finds it."""
     found = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
     return found or str(Path.home() / ".kube" / "config")
+
+
+def lab_kubeconfig(lab: str, kubeconfig: str | None, server: str | None) -> str:
+    """The kubeconfig the lab's processes use: the given one (or the default), its current
+    context's cluster pointed at ``server`` when given, kept in the lab's directory.
+
+    Raises:
+        CiliaError: the kubeconfig is missing or has no current context.
+    """
+    path = Path(kubeconfig or default_kubeconfig())
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        context = next(c["context"] for c in doc["contexts"]
+                       if c["name"] == doc["current-context"])
+        cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == context["cluster"])
+    except (OSError, yaml.YAMLError, KeyError, StopIteration, TypeError) as exc:
+        raise CiliaError(f"kubeconfig {path}: no usable current context ({exc})") from None
+    if server:
+        cluster["server"] = server
+    out = lab_dir(lab) / "kubeconfig"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    out.chmod(0o600)
+    return str(out)
 
 
 def world_lines(names: World) -> list[str]:

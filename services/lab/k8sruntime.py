@@ -65,12 +65,10 @@ def _key(obj: Mapping[str, Any]) -> str:
     return f"{meta.get('namespace', '')}/{meta['name']}"
 
 
-async def api_client(kubeconfig: str | None, server: str | None = None) -> client.ApiClient:
-    """An API client from a kubeconfig (``server`` overrides its cluster's address)."""
+async def api_client(kubeconfig: str | None) -> client.ApiClient:
+    """An API client from a kubeconfig."""
     conf = client.Configuration()
     await config.load_kube_config(config_file=kubeconfig, client_configuration=conf)
-    if server:
-        conf.host = server
     return client.ApiClient(configuration=conf)
 
 
@@ -223,8 +221,8 @@ class K8sLab:
         log.info("pod %s running on %s at %s", _key(pod), pod["spec"]["nodeName"], ip)
 
 
-async def _main(lab: str, kubeconfig: str | None, server: str | None) -> None:
-    api = await api_client(kubeconfig, server)
+async def _main(lab: str, kubeconfig: str | None) -> None:
+    api = await api_client(kubeconfig)
     runtime = K8sLab(lab, api)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -247,12 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--lab", required=True)
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
-    parser.add_argument("--server", default=None, help="the API server (overrides the "
-                                                       "kubeconfig's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s k8s-lab %(message)s")
     try:
-        asyncio.run(_main(args.lab, args.kubeconfig, args.server))
+        asyncio.run(_main(args.lab, args.kubeconfig))
     except (LabError, ApiException, config.ConfigException) as exc:
         print(f"k8s lab: {exc}", file=sys.stderr)
         return 1

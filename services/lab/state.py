@@ -78,7 +78,7 @@ class LabState:
     agent_env: dict[str, dict[str, str]] = field(default_factory=dict)  # bus credentials
     world: World = DEFAULT_WORLD
     # on a Kubernetes API (``lab up --k8s-api``): where, and the processes that serve it
-    k8s: dict[str, str] = field(default_factory=dict)      # server, kubeconfig
+    k8s: dict[str, str] = field(default_factory=dict)      # kubeconfig
     k8s_procs: dict[str, ProcRef] = field(default_factory=dict)   # runtime, watcher
 
     @property

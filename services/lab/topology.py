@@ -260,15 +260,14 @@ def _start_external_server(name: str, plan: LabPlan, ports: Sequence[int]) -> Pr
 class K8sSource:
     """A Kubernetes API server the lab's nodes belong to (``lab up --k8s-api``).
 
-    ``watcher_env``: the environment of cilia's watcher (its bus role's credentials)."""
+    ``kubeconfig``: its credentials (and address); ``watcher_env``: the environment of cilia's
+    watcher (its bus role's credentials)."""
 
     kubeconfig: str
-    server: str = ""
     watcher_env: Mapping[str, str] = field(default_factory=dict)
 
     def args(self) -> list[str]:
-        return ["--kubeconfig", self.kubeconfig] + (["--server", self.server]
-                                                    if self.server else [])
+        return ["--kubeconfig", self.kubeconfig]
 
 
 def _start_k8s(lab: str, source: K8sSource) -> dict[str, ProcRef]:
@@ -330,8 +329,7 @@ def up(name: str = DEFAULT_LAB, nodes: int = 1, *, start_agents: bool = True,
             raise LabExistsError(f"lab {name} is already up (run lab down first)")
         state = LabState(name=name, nodes=nodes, agent_module=module if start_agents else "",
                          routing=routing, world=world,
-                         k8s={"server": k8s.server, "kubeconfig": k8s.kubeconfig} if k8s
-                         else {})
+                         k8s={"kubeconfig": k8s.kubeconfig} if k8s else {})
         state.save()
         try:
             off_loop(lambda: _build(plan))
