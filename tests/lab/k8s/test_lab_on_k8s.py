@@ -79,6 +79,8 @@ def lab() -> Iterator[tuple[Cluster, ApiServer]]:
 def test_exercise_1_through_the_api_server(lab: tuple[Cluster, ApiServer]) -> None:
     c, api = lab
     # the lab registered its nodes as a kubelet would, Ready
+    c.wait("the lab's nodes registered", lambda: len(
+        http(api, "GET", "/api/v1/nodes")["items"]) == 2, timeout=30)
     nodes = http(api, "GET", "/api/v1/nodes")["items"]
     assert sorted(n["metadata"]["name"] for n in nodes) == [f"{c.lab}-node1", f"{c.lab}-node2"]
     assert all(n["status"]["conditions"][0]["status"] == "True" for n in nodes)
