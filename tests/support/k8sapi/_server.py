@@ -8,6 +8,7 @@ from any thread.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import contextlib
 import json
@@ -51,7 +52,9 @@ VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.0-cilia-test",
            "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
            "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.24.0", "compiler": "gc",
            "platform": "linux/amd64"}
-PATCH_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"   # applied as a merge patch
 
 
 def parse_bool(value: str | None, name: str) -> bool:
@@ -239,6 +242,7 @@ class ApiServer:
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(STOP_WAIT * 2)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(STOP_WAIT)
+        self._loop = self._thread = None
 
     async def _stop(self) -> None:
         await self._end_watches(None)
@@ -314,9 +318,10 @@ class ApiServer:
         return self.store.update(k, self._ns(k, meta.get("namespace")), meta.get("name", ""),
                                  obj, status)
 
-    def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict,
-              status: bool = False) -> dict:
-        """Merge-patch as PATCH does (``status``: PATCH .../status)."""
+    def patch(self, api_version: str, kind: str, namespace: str, name: str,
+              patch: dict | list, status: bool = False) -> dict:
+        """Patch as PATCH does: a merge patch (dict) or JSON patch operations (list);
+        ``status``: PATCH .../status."""
         k = self._kind(api_version, kind)
         return self.store.patch(k, self._ns(k, namespace), name, patch, status)
 
@@ -432,15 +437,18 @@ class ApiServer:
         raise MethodNotAllowed(f"the server does not allow this method on the requested "
                                f"resource: {method}", k, name)
 
-    async def _patch(self, request: web.Request, k: Kind) -> dict:
+    async def _patch(self, request: web.Request, k: Kind) -> dict | builtins.list:
         ctype = request.content_type
-        if ctype not in PATCH_TYPES or (k.crd and ctype == PATCH_TYPES[1]):
-            accepted = PATCH_TYPES[:1] if k.crd else PATCH_TYPES
+        accepted = [JSON_PATCH, MERGE_PATCH] + ([] if k.crd else [STRATEGIC_PATCH])
+        if ctype not in accepted:
             raise UnsupportedMediaType(
                 f"the body of the request was in an unknown format - accepted media types "
                 f"include: {', '.join(accepted)}", k)
         body = await self._body(request)
-        if not isinstance(body, dict):
+        if ctype == JSON_PATCH and not isinstance(body, list):
+            raise BadRequest("json: cannot unmarshal object into Go value of type "
+                             "jsonpatch.Patch", k)
+        if ctype != JSON_PATCH and not isinstance(body, dict):
             raise BadRequest("a merge patch must be a JSON object", k)
         return body
 
@@ -525,13 +533,13 @@ class ApiServer:
             await asyncio.sleep(self.event_delay)
         await resp.write(json.dumps(event).encode() + b"\n")
 
-    async def _pump(self, w: _Watch, resp: web.StreamResponse, initial: list[Change],
+    async def _pump(self, w: _Watch, resp: web.StreamResponse, initial: builtins.list[Change],
                     initial_events: bool, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._stream(w, resp, initial, initial_events)
 
-    async def _stream(self, w: _Watch, resp: web.StreamResponse, initial: list[Change],
+    async def _stream(self, w: _Watch, resp: web.StreamResponse, initial: builtins.list[Change],
                       initial_events: bool) -> None:
         loop = asyncio.get_running_loop()
         for ch in initial:
