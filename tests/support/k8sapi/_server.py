@@ -15,7 +15,7 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +41,12 @@ from tests.support.k8sapi._kinds import (
 )
 from tests.support.k8sapi._selectors import Requirement, Selector, SelectorError
 from tests.support.k8sapi._store import Change, Store
+from tests.support.k8sapi._watch import INITIAL_EVENTS_END, PROGRESS_DELAY, Watch, bookmark
 
 # Go's strconv.ParseBool, which the apiserver uses for ``watch`` and the other flags.
 TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
 FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
-PROGRESS_DELAY = 0.05      # s: a bookmark for other kinds' writes waits this long to coalesce
 STOP_WAIT = 5.0            # s: how long stopping or cutting waits for the streams to end
-INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.0-cilia-test",
            "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
            "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.24.0", "compiler": "gc",
@@ -136,57 +135,6 @@ def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type="application/json")
 
 
-def _bookmark(kind: Kind, rv: int, annotations: dict | None = None) -> dict:
-    meta: dict = {"resourceVersion": str(rv)}
-    if annotations:
-        meta["annotations"] = annotations
-    return {"type": "BOOKMARK",
-            "object": {"kind": kind.kind, "apiVersion": kind.api_version, "metadata": meta}}
-
-
-@dataclass(eq=False)
-class _Watch:
-    """One open watch stream: its filter and the queue the store's writes land in."""
-
-    kind: Kind
-    namespace: str | None
-    selector: Selector
-    bookmarks: bool
-    loop: asyncio.AbstractEventLoop
-    seen: int = 0                        # rv of the last change taken from the queue
-    queue: asyncio.Queue[Change] = field(default_factory=asyncio.Queue)
-    cut: bool | None = None              # set by cut_streams: write half a line first?
-    task: asyncio.Task | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def notify(self, change: Change) -> None:
-        """Called by the store, under its lock, from whichever thread wrote."""
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, change)
-
-    def event(self, change: Change) -> dict | None:
-        """The event this stream sends for a change, None if it sends none.
-
-        As the apiserver's cache watcher: an object that starts matching is ADDED, one that
-        stops matching is DELETED (its previous state, with the change's rv).
-        """
-        if change.kind != self.kind:
-            return None
-        if (self.namespace is not None
-                and change.obj["metadata"].get("namespace") != self.namespace):
-            return None
-        now = change.type != "DELETED" and self.selector.matches(change.obj)
-        before = change.prev is not None and self.selector.matches(change.prev)
-        if now:
-            return {"type": "MODIFIED" if before else "ADDED", "object": change.obj}
-        if not before or change.prev is None:
-            return None
-        if change.type == "DELETED":
-            return {"type": "DELETED", "object": change.obj}
-        gone = json.loads(json.dumps(change.prev))
-        gone["metadata"]["resourceVersion"] = str(change.rv)
-        return {"type": "DELETED", "object": gone}
-
-
 class ApiServer:
     """A Kubernetes API server on 127.0.0.1 for tests; see the package docstring."""
 
@@ -198,7 +146,7 @@ class ApiServer:
         self.requests: list[Request] = []
         self.counts: Counter[tuple[str, str]] = Counter()   # (verb, resource) -> requests
         self.url = ""
-        self._watches: set[_Watch] = set()
+        self._watches: set[Watch] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -490,7 +438,7 @@ class ApiServer:
         except ValueError as e:
             raise BadRequest(f"timeoutSeconds: {e}") from e
         assert self._loop is not None
-        w = _Watch(k, namespace, selector, parse_bool(q.get("allowWatchBookmarks"),
+        w = Watch(k, namespace, selector, parse_bool(q.get("allowWatchBookmarks"),
                                                       "allowWatchBookmarks"), self._loop)
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
@@ -516,7 +464,7 @@ class ApiServer:
             w.done.set()
         if w.cut is not None:
             if w.cut:
-                line = json.dumps(_bookmark(k, w.seen)).encode()
+                line = json.dumps(bookmark(k, w.seen)).encode()
                 with contextlib.suppress(ConnectionError):
                     await resp.write(line[:len(line) // 2])
             if request.transport is not None:
@@ -533,20 +481,20 @@ class ApiServer:
             await asyncio.sleep(self.event_delay)
         await resp.write(json.dumps(event).encode() + b"\n")
 
-    async def _pump(self, w: _Watch, resp: web.StreamResponse, initial: builtins.list[Change],
+    async def _pump(self, w: Watch, resp: web.StreamResponse, initial: builtins.list[Change],
                     initial_events: bool, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._stream(w, resp, initial, initial_events)
 
-    async def _stream(self, w: _Watch, resp: web.StreamResponse, initial: builtins.list[Change],
+    async def _stream(self, w: Watch, resp: web.StreamResponse, initial: builtins.list[Change],
                       initial_events: bool) -> None:
         loop = asyncio.get_running_loop()
         for ch in initial:
             if (ev := w.event(ch)) is not None:
                 await self._send(resp, ev)
         if initial_events:
-            await self._send(resp, _bookmark(w.kind, w.seen, {INITIAL_EVENTS_END: "true"}),
+            await self._send(resp, bookmark(w.kind, w.seen, {INITIAL_EVENTS_END: "true"}),
                              delay=False)
         next_bookmark = loop.time() + self.bookmark_interval
         progress_at: float | None = None
@@ -558,7 +506,7 @@ class ApiServer:
             try:
                 ch = await asyncio.wait_for(w.queue.get(), timeout)
             except TimeoutError:
-                await self._send(resp, _bookmark(w.kind, w.seen), delay=False)
+                await self._send(resp, bookmark(w.kind, w.seen), delay=False)
                 next_bookmark, progress_at = loop.time() + self.bookmark_interval, None
                 continue
             w.seen = ch.rv
