@@ -21,7 +21,7 @@ object that stops matching is sent as DELETED). Not faithful: no admission (name
 exist, deleting one deletes nothing), no validation or defaulting beyond object names and the
 metadata above, create keeps ``status`` (the apiserver resets it for most kinds), strategic
 merge patch is a plain JSON merge patch (lists are replaced, not merged by key; CRDs refuse it
-with 415 as the apiserver does), no JSON patch or server-side apply (415), no
+with 415 as the apiserver does; JSON patch is RFC 6902), no server-side apply (415), no
 ``managedFields``, no graceful pod deletion, no protobuf or table output, no RBAC (one token
 may do everything), no watch-cache lag or etcd slowness (``event_delay`` stands in for it).
 """
@@ -36,9 +36,10 @@ from tests.support.k8sapi._errors import (
     NotFound,
 )
 from tests.support.k8sapi._kinds import KINDS, Kind
+from tests.support.k8sapi._patch import PatchError, json_patch, merge_patch
 from tests.support.k8sapi._selectors import Selector, SelectorError
 from tests.support.k8sapi._server import ApiServer, Request, api_server
-from tests.support.k8sapi._store import Change, Store, merge_patch
+from tests.support.k8sapi._store import Change, Store
 
 __all__ = [
     "KINDS",
@@ -52,10 +53,12 @@ __all__ = [
     "Invalid",
     "Kind",
     "NotFound",
+    "PatchError",
     "Request",
     "Selector",
     "SelectorError",
     "Store",
     "api_server",
+    "json_patch",
     "merge_patch",
 ]

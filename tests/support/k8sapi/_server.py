@@ -8,13 +8,14 @@ from any thread.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import contextlib
 import json
 import threading
 from collections import Counter
 from collections.abc import Coroutine, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +41,19 @@ from tests.support.k8sapi._kinds import (
 )
 from tests.support.k8sapi._selectors import Requirement, Selector, SelectorError
 from tests.support.k8sapi._store import Change, Store
+from tests.support.k8sapi._watch import INITIAL_EVENTS_END, PROGRESS_DELAY, Watch, bookmark
 
 # Go's strconv.ParseBool, which the apiserver uses for ``watch`` and the other flags.
 TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
 FALSE = frozenset({"0", "f", "F", "false", "FALSE", "False"})
-PROGRESS_DELAY = 0.05      # s: a bookmark for other kinds' writes waits this long to coalesce
 STOP_WAIT = 5.0            # s: how long stopping or cutting waits for the streams to end
-INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.0-cilia-test",
            "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
            "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.24.0", "compiler": "gc",
            "platform": "linux/amd64"}
-PATCH_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"   # applied as a merge patch
 
 
 def parse_bool(value: str | None, name: str) -> bool:
@@ -133,57 +135,6 @@ def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type="application/json")
 
 
-def _bookmark(kind: Kind, rv: int, annotations: dict | None = None) -> dict:
-    meta: dict = {"resourceVersion": str(rv)}
-    if annotations:
-        meta["annotations"] = annotations
-    return {"type": "BOOKMARK",
-            "object": {"kind": kind.kind, "apiVersion": kind.api_version, "metadata": meta}}
-
-
-@dataclass(eq=False)
-class _Watch:
-    """One open watch stream: its filter and the queue the store's writes land in."""
-
-    kind: Kind
-    namespace: str | None
-    selector: Selector
-    bookmarks: bool
-    loop: asyncio.AbstractEventLoop
-    seen: int = 0                        # rv of the last change taken from the queue
-    queue: asyncio.Queue[Change] = field(default_factory=asyncio.Queue)
-    cut: bool | None = None              # set by cut_streams: write half a line first?
-    task: asyncio.Task | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def notify(self, change: Change) -> None:
-        """Called by the store, under its lock, from whichever thread wrote."""
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, change)
-
-    def event(self, change: Change) -> dict | None:
-        """The event this stream sends for a change, None if it sends none.
-
-        As the apiserver's cache watcher: an object that starts matching is ADDED, one that
-        stops matching is DELETED (its previous state, with the change's rv).
-        """
-        if change.kind != self.kind:
-            return None
-        if (self.namespace is not None
-                and change.obj["metadata"].get("namespace") != self.namespace):
-            return None
-        now = change.type != "DELETED" and self.selector.matches(change.obj)
-        before = change.prev is not None and self.selector.matches(change.prev)
-        if now:
-            return {"type": "MODIFIED" if before else "ADDED", "object": change.obj}
-        if not before or change.prev is None:
-            return None
-        if change.type == "DELETED":
-            return {"type": "DELETED", "object": change.obj}
-        gone = json.loads(json.dumps(change.prev))
-        gone["metadata"]["resourceVersion"] = str(change.rv)
-        return {"type": "DELETED", "object": gone}
-
-
 class ApiServer:
     """A Kubernetes API server on 127.0.0.1 for tests; see the package docstring."""
 
@@ -195,7 +146,7 @@ class ApiServer:
         self.requests: list[Request] = []
         self.counts: Counter[tuple[str, str]] = Counter()   # (verb, resource) -> requests
         self.url = ""
-        self._watches: set[_Watch] = set()
+        self._watches: set[Watch] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -239,6 +190,7 @@ class ApiServer:
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(STOP_WAIT * 2)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(STOP_WAIT)
+        self._loop = self._thread = None
 
     async def _stop(self) -> None:
         await self._end_watches(None)
@@ -314,9 +266,10 @@ class ApiServer:
         return self.store.update(k, self._ns(k, meta.get("namespace")), meta.get("name", ""),
                                  obj, status)
 
-    def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict,
-              status: bool = False) -> dict:
-        """Merge-patch as PATCH does (``status``: PATCH .../status)."""
+    def patch(self, api_version: str, kind: str, namespace: str, name: str,
+              patch: dict | list, status: bool = False) -> dict:
+        """Patch as PATCH does: a merge patch (dict) or JSON patch operations (list);
+        ``status``: PATCH .../status."""
         k = self._kind(api_version, kind)
         return self.store.patch(k, self._ns(k, namespace), name, patch, status)
 
@@ -432,15 +385,18 @@ class ApiServer:
         raise MethodNotAllowed(f"the server does not allow this method on the requested "
                                f"resource: {method}", k, name)
 
-    async def _patch(self, request: web.Request, k: Kind) -> dict:
+    async def _patch(self, request: web.Request, k: Kind) -> dict | builtins.list:
         ctype = request.content_type
-        if ctype not in PATCH_TYPES or (k.crd and ctype == PATCH_TYPES[1]):
-            accepted = PATCH_TYPES[:1] if k.crd else PATCH_TYPES
+        accepted = [JSON_PATCH, MERGE_PATCH] + ([] if k.crd else [STRATEGIC_PATCH])
+        if ctype not in accepted:
             raise UnsupportedMediaType(
                 f"the body of the request was in an unknown format - accepted media types "
                 f"include: {', '.join(accepted)}", k)
         body = await self._body(request)
-        if not isinstance(body, dict):
+        if ctype == JSON_PATCH and not isinstance(body, list):
+            raise BadRequest("json: cannot unmarshal object into Go value of type "
+                             "jsonpatch.Patch", k)
+        if ctype != JSON_PATCH and not isinstance(body, dict):
             raise BadRequest("a merge patch must be a JSON object", k)
         return body
 
@@ -482,7 +438,7 @@ class ApiServer:
         except ValueError as e:
             raise BadRequest(f"timeoutSeconds: {e}") from e
         assert self._loop is not None
-        w = _Watch(k, namespace, selector, parse_bool(q.get("allowWatchBookmarks"),
+        w = Watch(k, namespace, selector, parse_bool(q.get("allowWatchBookmarks"),
                                                       "allowWatchBookmarks"), self._loop)
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
@@ -508,7 +464,7 @@ class ApiServer:
             w.done.set()
         if w.cut is not None:
             if w.cut:
-                line = json.dumps(_bookmark(k, w.seen)).encode()
+                line = json.dumps(bookmark(k, w.seen)).encode()
                 with contextlib.suppress(ConnectionError):
                     await resp.write(line[:len(line) // 2])
             if request.transport is not None:
@@ -525,20 +481,20 @@ class ApiServer:
             await asyncio.sleep(self.event_delay)
         await resp.write(json.dumps(event).encode() + b"\n")
 
-    async def _pump(self, w: _Watch, resp: web.StreamResponse, initial: list[Change],
+    async def _pump(self, w: Watch, resp: web.StreamResponse, initial: builtins.list[Change],
                     initial_events: bool, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._stream(w, resp, initial, initial_events)
 
-    async def _stream(self, w: _Watch, resp: web.StreamResponse, initial: list[Change],
+    async def _stream(self, w: Watch, resp: web.StreamResponse, initial: builtins.list[Change],
                       initial_events: bool) -> None:
         loop = asyncio.get_running_loop()
         for ch in initial:
             if (ev := w.event(ch)) is not None:
                 await self._send(resp, ev)
         if initial_events:
-            await self._send(resp, _bookmark(w.kind, w.seen, {INITIAL_EVENTS_END: "true"}),
+            await self._send(resp, bookmark(w.kind, w.seen, {INITIAL_EVENTS_END: "true"}),
                              delay=False)
         next_bookmark = loop.time() + self.bookmark_interval
         progress_at: float | None = None
@@ -550,7 +506,7 @@ class ApiServer:
             try:
                 ch = await asyncio.wait_for(w.queue.get(), timeout)
             except TimeoutError:
-                await self._send(resp, _bookmark(w.kind, w.seen), delay=False)
+                await self._send(resp, bookmark(w.kind, w.seen), delay=False)
                 next_bookmark, progress_at = loop.time() + self.bookmark_interval, None
                 continue
             w.seen = ch.rv

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import copy
 import json
 import re
@@ -29,6 +30,7 @@ from tests.support.k8sapi._errors import (
     not_found,
 )
 from tests.support.k8sapi._kinds import Kind
+from tests.support.k8sapi._patch import PatchError, json_patch, merge_patch
 from tests.support.k8sapi._selectors import Selector
 
 Key = tuple[str, str]    # (namespace, "" for cluster-scoped kinds; name)
@@ -53,19 +55,6 @@ class Change:
 
 
 Notify = Callable[[Change], None]
-
-
-def merge_patch(target: object, patch: object) -> object:
-    """RFC 7386 JSON merge patch: ``null`` deletes, objects merge, everything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            result.pop(k, None)
-        else:
-            result[k] = merge_patch(result.get(k), v)
-    return result
 
 
 def _now() -> str:
@@ -164,7 +153,8 @@ class Store:
 
     # -- watches ---------------------------------------------------------------------------
 
-    def watch(self, kind: Kind, since: int | None, notify: Notify) -> tuple[list[Change], int]:
+    def watch(self, kind: Kind, since: int | None,
+              notify: Notify) -> tuple[builtins.list[Change], int]:
         """Register ``notify`` for every later write (of any kind, for progress) and return
         what comes before: synthetic ADDED for the current objects (``since`` None) or the
         history's changes of ``kind`` after ``since``. 410 Expired if those were compacted.
@@ -238,13 +228,20 @@ class Store:
         with self._lock:
             return self._update(kind, namespace, name, lambda _: copy.deepcopy(body), status)
 
-    def patch(self, kind: Kind, namespace: str, name: str, patch: dict,
+    def patch(self, kind: Kind, namespace: str, name: str, patch: dict | builtins.list,
               status: bool = False) -> dict:
-        """Merge-PATCH; an rv in the patch is a precondition, as with PUT."""
+        """PATCH: a merge patch (dict) or a JSON patch (list of operations). An rv the patch
+        sets is a precondition, as with PUT."""
+        apply = json_patch if isinstance(patch, list) else merge_patch
+
+        def mutate(cur: dict) -> dict:
+            try:
+                return apply(cur, patch)  # type: ignore[return-value]
+            except PatchError as e:
+                raise Invalid(str(e), kind, name) from e
+
         with self._lock:
-            return self._update(kind, namespace, name,
-                                lambda cur: merge_patch(cur, patch),  # type: ignore[arg-type]
-                                status)
+            return self._update(kind, namespace, name, mutate, status)
 
     def _update(self, kind: Kind, namespace: str, name: str, mutate: Callable[[dict], dict],
                 status: bool) -> dict:
@@ -312,7 +309,7 @@ class Store:
             return self._commit(kind, "DELETED", obj, cur)
 
     def delete_collection(self, kind: Kind, namespace: str | None,
-                          selector: Selector = EVERYTHING) -> list[dict]:
+                          selector: Selector = EVERYTHING) -> builtins.list[dict]:
         with self._lock:
             items, _, _, _ = self.list(kind, namespace, selector)
             return [self.delete(kind, *_key(o)) for o in items]
