@@ -8,11 +8,12 @@ Run: .venv/bin/python -m bench.k8s_watch [--writes 200] [--pods 1000 10000]
   on one more port, created in the API server. Timed: until its ``object.upsert`` is on the
   bus (published by the watcher), and until the kernel's policy map holds the new entry.
 - **relist after 410**: the test API server holds N pods; the watcher (its own process, as it
-  runs) has published them. Then, with the watch streams held (an event delay), 30 pods change
-  (10 added, 10 relabelled, 10 deleted), the server's history is compacted and the streams are
-  cut: the watcher's watch from its last resourceVersion gets 410 Gone and it relists. Timed:
-  from the cut until the last of the 30 changes is on the bus; counted: every message and byte
-  the watcher published meanwhile (the goal: the 30 changes and nothing else).
+  runs) has published them. Then, while the watcher is stopped (SIGSTOP), 30 pods change (10
+  added, 10 relabelled, 10 deleted; their events held in the server), the server's history is
+  compacted and the streams are cut; it resumes (SIGCONT) into a broken stream, its watch from
+  its last resourceVersion gets 410 Gone and it relists. Timed: from the resume until the last
+  of the 30 changes is on the bus; counted: every message and byte the watcher published
+  meanwhile (the goal: the 30 changes and nothing else).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -143,7 +145,10 @@ async def _relist(api: ApiServer, url: str, tmp: Path, pods: int) -> dict[str, A
         await asyncio.sleep(1.0)            # the watches are open, from the list's version
         lists_before = api.list_calls("pods")
         published.clear()
-        api.event_delay = 30.0              # live events stay in the streams about to be cut
+        # The watcher stops (SIGSTOP) while 30 pods change, the history is compacted and its
+        # streams are cut; it resumes into a broken stream whose position is gone.
+        os.kill(proc.pid, signal.SIGSTOP)
+        api.event_delay = 60.0              # the changes' events stay in the server
         gone = {source_subject("Pod", "bench", f"p{i}") for i in range(CHANGES)}
         relabelled = {source_subject("Pod", "bench", f"p{i}")
                       for i in range(CHANGES, 2 * CHANGES)}
@@ -154,11 +159,10 @@ async def _relist(api: ApiServer, url: str, tmp: Path, pods: int) -> dict[str, A
                       {"metadata": {"labels": {"app": "relabelled"}}})
             api.create(_pod(pods + i))
         api.compact()
-        t1 = time.perf_counter()
         api.cut_streams()
-        await asyncio.sleep(0.05)
         api.event_delay = 0.0
-        api.cut_streams()                   # a watch reopened meanwhile held its 410 too
+        t1 = time.perf_counter()
+        os.kill(proc.pid, signal.SIGCONT)
         wanted = gone | relabelled | added
         while not wanted <= {s for _, s, _ in published}:
             if time.perf_counter() - t1 > DONE_TIMEOUT_S:
@@ -169,7 +173,7 @@ async def _relist(api: ApiServer, url: str, tmp: Path, pods: int) -> dict[str, A
         pod_msgs = [(s, n) for _, s, n in published if ".pod." in s]
         return {"pods": pods, "initial_sync_s": round(initial_s, 2),
                 "relist_to_last_change_s": round(done_s, 3),
-                "relists": api.list_calls("pods") - lists_before,
+                "list_requests": api.list_calls("pods") - lists_before,   # pages of 500
                 "changes": len(wanted), "messages_published": len(pod_msgs),
                 "bytes_published": sum(n for _, n in pod_msgs),
                 "unchanged_republished": len({s for s, _ in pod_msgs} - wanted),
@@ -179,9 +183,9 @@ async def _relist(api: ApiServer, url: str, tmp: Path, pods: int) -> dict[str, A
         await bus.close()
 
 
-def relist(pods: int) -> dict[str, Any]:
+def relist(pods: int, keep: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cilia-bench-relist-") as tmpdir:
-        tmp = Path(tmpdir)
+        tmp = keep or Path(tmpdir)
         server = start_nats(tmp / "nats", log_file=tmp / "nats.log")
         try:
             with api_server(bookmark_interval=0.5) as api:
