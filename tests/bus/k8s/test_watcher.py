@@ -15,6 +15,7 @@ from services.common import contract
 from services.common.bus import Bus
 from services.common.contract import SOURCE_FILTER, ObjectEvent, source_subject
 from services.k8s.client import load_configuration
+from services.k8s.reflector import Backoff
 from services.k8s.service import K8sWatcher
 from tests.support.busread import poll, services_ready
 from tests.support.k8sapi import ApiServer, api_server
@@ -194,41 +195,58 @@ async def test_a_compacted_position_relists_and_deletes_what_vanished(
     b = api.create(pod("b", labels={"app": "web"}, ip="10.244.1.6"))
     async with running(nats_url, api, tmp_path) as watcher:
         await until_counts(bus, {subject(a): 1, subject(b): 1})
-        api.event_delay = 30.0          # the watch will not tell of the delete...
-        api.delete(*ref(b))
-        api.compact()                   # ...and its position is compacted away
-        api.cut_streams(mid_event=False)
-        api.event_delay = 0.0
+        pods = watcher.reflectors["Pod"]
+        await poll(lambda: asyncio.sleep(0, pods.stats.bookmarks), lambda n: n >= 1,
+                   lambda n: "no bookmark yet", TIMEOUT_S)    # the pod watch is streaming
+        pods.backoff = Backoff(first=1.0, maximum=1.0, jitter=0.0)
+        api.cut_streams(mid_event=True)     # the watch is down for a second...
+        api.delete(*ref(b))                 # ...while b is deleted...
+        api.compact()                       # ...and its position is compacted away
         await until_counts(bus, {subject(b): 2})
         last = await bus.last_event(subject(b))
         assert last is not None and last.type == ObjectEvent.DELETE
         snap = await bus.snapshot([subject(b)])
         assert snap[subject(b)].headers["Nats-Msg-Id"] == f"k8s/{b['metadata']['uid']}/deleted"
         assert api.list_calls("pods") == 2
-        pods = watcher.reflectors["Pod"]
-        assert pods.stats.gone >= 1 and pods.stats.vanished == 1
+        assert pods.stats.gone == 1 and pods.stats.vanished == 1
         assert (await per_subject(bus))[subject(a)] == 1
 
 
 async def test_a_stream_cut_mid_event_resumes_with_nothing_lost_or_repeated(
         bus: Bus, nats_url: str, api: ApiServer, tmp_path: Path) -> None:
     async with running(nats_url, api, tmp_path) as watcher:
+        r = watcher.reflectors["Pod"]
+
+        def deliveries() -> int:
+            return r.stats.events + r.stats.bookmarks
+
+        async def streaming(breaks: int) -> None:
+            """Wait until the watch after ``breaks`` broken ones delivers something: it is
+            set up, so that a cut reaches it."""
+            await poll(lambda: asyncio.sleep(0, r.stats.errors), lambda n: n >= breaks,
+                       lambda n: f"{n} broken pod watches, want {breaks}", TIMEOUT_S)
+            seen = deliveries()
+            await poll(lambda: asyncio.sleep(0, deliveries()), lambda n: n > seen,
+                       lambda n: f"{n} pod watch deliveries", TIMEOUT_S)
+
+        await streaming(0)
         api.event_delay = 0.02
         pods = [pod(f"p{i}", labels={"app": "web"}, ip=f"10.244.2.{i + 1}") for i in range(20)]
+        cuts = 0
         for i, p in enumerate(pods):
             api.create(p)
             if i % 7 == 6:          # cut while events are still on their way
-                watches = api.watch_calls("pods")
                 await asyncio.sleep(0.05)
                 api.cut_streams(mid_event=True)
-                await poll(lambda: asyncio.sleep(0, api.watch_calls("pods")),
-                           lambda n, w=watches: n > w, lambda n: f"{n} pod watches", TIMEOUT_S)
+                cuts += 1
+                await streaming(cuts)
         api.event_delay = 0.0
         counts = await until_counts(bus, {subject(p): 1 for p in pods})
         await asyncio.sleep(SETTLE_S)
         counts = await per_subject(bus)
         assert all(counts[subject(p)] == 1 for p in pods), counts
-        assert api.list_calls("pods") == 1 and api.watch_calls("pods") >= 3
+        assert api.list_calls("pods") == 1 and api.watch_calls("pods") >= 1 + cuts
+        assert r.stats.errors >= cuts
         stats = watcher.stats()["kinds"]["Pod"]
         assert stats["duplicates"] == 0 and stats["published"] == 20 and stats["gone"] == 0
 
