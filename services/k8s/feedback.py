@@ -8,9 +8,10 @@ its status; an accepted CNP/CCNP gets ``Valid=True``. The object is read first, 
 so that nothing is written when the status says so already. A policy that no longer exists
 gets nothing.
 
-:func:`run` feeds it from the bus (:data:`~services.common.contract.K8S_FEEDBACK`: the
-verdicts published from now on). Only the watcher's leader writes: the caller passes its
-``leading`` event or predicate, and verdicts that arrive while it is false are skipped.
+:func:`subscribe` (or :func:`run`) feeds it from the bus
+(:data:`~services.common.contract.K8S_FEEDBACK`: the verdicts published from now on). Only the
+watcher's leader writes: the caller passes its ``leading`` event or predicate, and verdicts
+that arrive while it is false are skipped.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, NetworkingV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from services.common.bus import Bus, Delivery
+from services.common.bus import Bus, Delivery, Subscription
 from services.common.contract import K8S_FEEDBACK
 from services.common.contract.policy import PolicyStatus
 
@@ -159,9 +160,9 @@ def _is_leading(leading: Leading) -> bool:
     return leading.is_set() if isinstance(leading, asyncio.Event) else leading()
 
 
-async def run(bus: Bus, feedback: PolicyFeedback, leading: Leading,
-              uid_of: UidLookup | None = None) -> None:
-    """Write back every verdict published from now on while ``leading``, until cancelled.
+async def subscribe(bus: Bus, feedback: PolicyFeedback, leading: Leading,
+                    uid_of: UidLookup | None = None) -> Subscription:
+    """Start writing back every verdict published from now on while ``leading``.
 
     A verdict whose writes fail is logged and counted by the bus's consumer (and not
     retried); one that arrives while this replica does not lead is skipped.
@@ -170,14 +171,23 @@ async def run(bus: Bus, feedback: PolicyFeedback, leading: Leading,
         uid_of: the uid of a verdict's policy when the caller knows it (the watcher's
             cache); it saves reading a NetworkPolicy (a CNP/CCNP is read anyway, for its
             conditions).
+
+    Returns:
+        The running consumer (the caller stops it).
     """
     async def handle(delivery: Delivery) -> None:
         payload = delivery.event.payload
         if isinstance(payload, PolicyStatus) and _is_leading(leading):
             await feedback.on_status(payload, uid_of(payload) if uid_of else None)
 
-    subscription = await bus.consume(K8S_FEEDBACK, handle)
+    return await bus.consume(K8S_FEEDBACK, handle)
+
+
+async def run(bus: Bus, feedback: PolicyFeedback, leading: Leading,
+              uid_of: UidLookup | None = None) -> None:
+    """:func:`subscribe`, until cancelled."""
+    subscription = await subscribe(bus, feedback, leading, uid_of)
     try:
-        await asyncio.Future()      # until cancelled
+        await asyncio.Future()
     finally:
         await subscription.stop()
