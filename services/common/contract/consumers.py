@@ -25,7 +25,12 @@ from .objects import (
     POLICY_KINDS,
     source_filter,
 )
-from .policy import POLICY_FILTER, POLICY_RULES_FILTER, POLICY_SELECTOR_FILTER
+from .policy import (
+    POLICY_FILTER,
+    POLICY_RULES_FILTER,
+    POLICY_SELECTOR_FILTER,
+    POLICY_STATUS_FILTER,
+)
 from .tokens import ANY_TAIL, matches_any
 
 # Where a consumer starts: every stored message, only new ones, or the last one per subject
@@ -79,8 +84,12 @@ AGENT_INPUTS = ConsumerSpec("agent", (IDENTITY_FILTER, IPCACHE_FILTER, POLICY_RU
                                       source_filter(KIND_NODE)))
 AGENT_LB_INPUTS = ConsumerSpec("agent-lb", (LB_FILTER, source_filter(KIND_NODE)))
 
+# The Kubernetes watcher's leader: the policy service's verdicts, from now on, to write back
+# as Events and status conditions (services.k8s.feedback).
+K8S_FEEDBACK = ConsumerSpec("k8s-feedback", (POLICY_STATUS_FILTER,), "new")
+
 # Replay and `cilia replay`: the whole history stream, in order.
 REPLAY = ConsumerSpec("replay", (ANY_TAIL,))
 
 CONSUMERS = (IDENTITY_OUTPUTS, IDENTITY_INPUTS, POLICY_OUTPUTS, POLICY_INPUTS, LB_OUTPUTS,
-             LB_INPUTS, LB_VIEW, AGENT_INPUTS, AGENT_LB_INPUTS, REPLAY)
+             LB_INPUTS, LB_VIEW, AGENT_INPUTS, AGENT_LB_INPUTS, K8S_FEEDBACK, REPLAY)
