@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,9 +71,11 @@ class Publisher:
         reflectors: kind -> its reflector, whose cache is what the API server holds.
     """
 
-    def __init__(self, bus: Bus, reflectors: Mapping[str, Reflector]) -> None:
+    def __init__(self, bus: Bus, reflectors: Mapping[str, Reflector],
+                 on_rejected: Callable[[dict[str, Any], str], None] | None = None) -> None:
         self.bus = bus
         self.reflectors = reflectors
+        self.on_rejected = on_rejected   # told of each malformed object (and why)
         self.leading = False
         self.counts: dict[str, KindCounts] = {}
         self._held: dict[Key, dict[str, Any]] = {}    # what the bus holds, as read or published
@@ -178,6 +180,8 @@ class Publisher:
             log.warning("k8s: skipping %s %s (uid %s, resourceVersion %s): %s", kind,
                         f"{namespace}/{name}" if namespace else name, meta.get("uid"),
                         meta.get("resourceVersion"), exc)
+            if self.on_rejected is not None:
+                self.on_rejected(obj, str(exc))
             return None
         return form
 

@@ -19,16 +19,21 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from kubernetes_asyncio.client import Configuration
+from kubernetes_asyncio.client import ApiClient, Configuration
 
-from services.common.bus import Bus
+from services.common.bus import Bus, Subscription
+from services.common.contract import POLICY_KINDS
+from services.common.contract.policy import PolicyStatus
 from services.common.runner import STATE_OK, STATE_STARTING
 from services.k8s.client import ApiServer
+from services.k8s.feedback import PolicyFeedback
+from services.k8s.feedback import subscribe as subscribe_feedback
 from services.k8s.publisher import Publisher
 from services.k8s.reflector import WATCH_TIMEOUT_S, Reflector, WatchApi
 from services.k8s.resources import RESOURCES, Resource
 
 log = logging.getLogger(__name__)
+MAX_ERROR = 1000     # characters of a refusal written back (Events hold up to 1 KiB)
 
 Callback = Callable[[], Awaitable[None]]
 
@@ -54,12 +59,19 @@ class K8sWatcher:
 
     def __init__(self, config: Configuration | None = None, *, api: WatchApi | None = None,
                  elector: Elector | None = None, resources: Sequence[Resource] = RESOURCES,
-                 watch_timeout_s: int = WATCH_TIMEOUT_S) -> None:
+                 watch_timeout_s: int = WATCH_TIMEOUT_S,
+                 elector_factory: Callable[[ApiClient], Elector] | None = None,
+                 feedback: bool = False) -> None:
         if config is None and api is None:
             raise ValueError("K8sWatcher needs a configuration or an api")
         self.config = config
         self.api = api
         self.elector = elector
+        self.elector_factory = elector_factory
+        self.feedback = feedback
+        self._feedback_sub: Subscription | None = None
+        self._feedback: PolicyFeedback | None = None
+        self._writes: set[asyncio.Task[None]] = set()
         self.resources = tuple(resources)
         self.watch_timeout_s = watch_timeout_s
         self.reflectors: dict[str, Reflector] = {}
@@ -72,8 +84,15 @@ class K8sWatcher:
             assert self.config is not None
             self._server = ApiServer(self.config)
             self.api = self._server
-        publisher = Publisher(bus, self.reflectors)
+        publisher = Publisher(bus, self.reflectors, on_rejected=self._rejected)
         self.publisher = publisher
+        if self.elector is None and self.elector_factory is not None and self._server:
+            self.elector = self.elector_factory(self._server.client)
+        if self.feedback and self._server is not None:
+            # the policy service's verdicts back to Kubernetes, by the leader only
+            self._feedback = PolicyFeedback(self._server.client)
+            self._feedback_sub = await subscribe_feedback(
+                bus, self._feedback, lambda: publisher.leading, self._policy_uid)
         for resource in self.resources:
             self.reflectors[resource.kind] = Reflector(
                 resource, self.api, publisher, watch_timeout_s=self.watch_timeout_s)
@@ -90,7 +109,51 @@ class K8sWatcher:
         """Return once every kind has been listed (and, when leading, resynced)."""
         await asyncio.gather(*(r.synced.wait() for r in self.reflectors.values()))
 
+    def _rejected(self, obj: dict[str, Any], message: str) -> None:
+        """A policy the watcher itself refuses to publish (it would not pass ``cilia apply``
+        either): the policy service never sees it, so its Event is written from here."""
+        kind, meta = obj.get("kind"), obj.get("metadata") or {}
+        if self._feedback is None or kind not in POLICY_KINDS or self.publisher is None \
+                or not self.publisher.leading:
+            return
+        try:
+            status = PolicyStatus(kind=kind, namespace=meta.get("namespace") or "",
+                                  name=meta.get("name") or "", revision=0, op="error",
+                                  error=message[:MAX_ERROR])
+        except (ValueError, TypeError) as exc:   # a name the bus would refuse anyway
+            log.warning("k8s: no write-back for %s: %s", kind, exc)
+            return
+        task = asyncio.create_task(self._write_back(status, meta.get("uid")))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write_back(self, status: PolicyStatus, uid: str | None) -> None:
+        assert self._feedback is not None
+        try:
+            await self._feedback.on_status(status, uid)
+        except Exception as exc:   # the API server said no: logged, the watcher goes on
+            log.warning("k8s: writing back why %s/%s was refused failed: %s",
+                        status.namespace, status.name, exc)
+
+    def _policy_uid(self, status: PolicyStatus) -> str | None:
+        """The uid of a verdict's policy, from the reflector's cache (saves a read)."""
+        reflector = self.reflectors.get(status.kind)
+        if reflector is None:
+            return None
+        for obj in reflector.cache.values():
+            meta = obj.get("metadata") or {}
+            if meta.get("name") == status.name and (meta.get("namespace") or "") == \
+                    status.namespace:
+                uid = meta.get("uid")
+                return str(uid) if uid else None
+        return None
+
     async def stop(self) -> None:
+        if self._feedback_sub is not None:
+            await self._feedback_sub.stop()
+            self._feedback_sub = None
+        for write in list(self._writes):
+            write.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
