@@ -49,7 +49,7 @@ from services.nodeagent.lbstate import NODE_MAC_ANNOTATION
 
 from .plan import node_object
 
-log = logging.getLogger("cilia.lab.k8s")
+log = logging.getLogger(__name__)
 
 SYNC_S = 0.3                 # how often the API's Pods and Deployments are listed
 UNDERLAY_DEVICE = "eth0"     # the lab node's underlay interface
