@@ -27,13 +27,15 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from services.k8s.errors import ConfigError
+
 LEASE_API_VERSION = "coordination.k8s.io/v1"
 LEASE_KIND = "Lease"
 RELEASED_LEASE_S = 1     # leaseDurationSeconds of a released lease (client-go's value)
 JITTER_FACTOR = 1.2      # client-go: renew_deadline must exceed retry_period by this factor
 
 
-class ElectionConfigError(ValueError):
+class ElectionConfigError(ConfigError):
     """Lease timings that cannot guarantee a single leader."""
 
 
