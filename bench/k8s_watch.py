@@ -49,6 +49,7 @@ BASE_PORT = 21000
 POLL_S = 0.0005
 CHANGES = 10            # pods added, relabelled and deleted each while the watch is down
 DONE_TIMEOUT_S = 120.0
+RECUT_S = 5.0           # no relist by then: the server's cut missed the watch stream
 
 
 def _policy(i: int) -> dict[str, Any]:
@@ -164,14 +165,22 @@ async def _relist(api: ApiServer, url: str, tmp: Path, pods: int) -> dict[str, A
         t1 = time.perf_counter()
         os.kill(proc.pid, signal.SIGCONT)
         wanted = gone | relabelled | added
+        recut = False
         while not wanted <= {s for _, s, _ in published}:
             if time.perf_counter() - t1 > DONE_TIMEOUT_S:
                 raise RuntimeError("the relist did not publish every change")
+            if not recut and time.perf_counter() - t1 > RECUT_S:
+                # The test API server's cut missed a stream (one it was still setting up):
+                # that stream would deliver the held events late instead of breaking. Cut
+                # again; the run says so, and its time is from this cut.
+                recut = True
+                api.cut_streams()
+                t1 = time.perf_counter()
             await asyncio.sleep(0.01)
         done_s = max(t for t, s, _ in published if s in wanted) - t1
         await asyncio.sleep(2.0)            # anything else the relist publishes shows up
         pod_msgs = [(s, n) for _, s, n in published if ".pod." in s]
-        return {"pods": pods, "initial_sync_s": round(initial_s, 2),
+        return {"pods": pods, "initial_sync_s": round(initial_s, 2), "recut": recut,
                 "relist_to_last_change_s": round(done_s, 3),
                 "list_requests": api.list_calls("pods") - lists_before,   # pages of 500
                 "changes": len(wanted), "messages_published": len(pod_msgs),
@@ -200,6 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writes", type=int, default=200)
     parser.add_argument("--pods", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--trials", type=int, default=3, help="relists per size")
     args = parser.parse_args()
     out: dict[str, Any] = {}
     if args.writes:
@@ -209,13 +219,15 @@ def main() -> None:
               f"{lat['write_to_kernel']['p50_ms']} ms, p99 {lat['write_to_kernel']['p99_ms']} ms")
     out["relist"] = []
     for n in args.pods:
-        r = relist(n)
-        out["relist"].append(r)
-        print(f"relist after 410 with {n} pods: last change on the bus "
-              f"{r['relist_to_last_change_s']} s after the cut; published "
-              f"{r['messages_published']} messages ({r['bytes_published']} bytes) for "
-              f"{r['changes']} changes, {r['unchanged_republished']} unchanged pods "
-              f"republished")
+        runs = [relist(n) for _ in range(args.trials)]
+        out["relist"].append({"pods": n, "runs": runs})
+        times = sorted(r["relist_to_last_change_s"] for r in runs)
+        r = runs[0]
+        print(f"relist after 410 with {n} pods: last change on the bus {times} s after the "
+              f"resume (median {times[len(times) // 2]} s; {sum(x['recut'] for x in runs)} "
+              f"run(s) needed a second cut); published {r['messages_published']} messages "
+              f"({r['bytes_published']} bytes) for {r['changes']} changes, "
+              f"{max(x['unchanged_republished'] for x in runs)} unchanged pods republished")
     write("k8s_watch", out)
 
 

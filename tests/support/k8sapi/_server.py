@@ -455,6 +455,8 @@ class ApiServer:
         try:
             await resp.prepare(request)
             w.task = asyncio.ensure_future(self._pump(w, resp, initial, initial_events, timeout))
+            if w.cut is not None:   # cut while the response was being prepared
+                w.task.cancel()
             await asyncio.wait({w.task})
         finally:
             if w.task is not None:
