@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 from tabulate import tabulate
 
 from services.cli import controlplane, manifests, source
@@ -41,13 +46,15 @@ from services.lab import Kubelet, exec_in_netns, exec_in_pod, load_lab
 from services.lab import down as lab_down
 from services.policy.compiler import SubjectPolicy
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
 THREE_TIER = EXAMPLES / "three-tier"
 # examples/three-tier/ without its policy (applied after the first verdict matrix); the whole
 # folder at once is `cilia apply -f examples/three-tier/`.
 APP_FILES = ("00-namespace.yaml", "deployments.yaml", "services.yaml", "frontend-nodeport.yaml")
 NODE_PORT = 30080
 LAB = "demo"
+K8S_LAB = "demok8s"     # the lab on a Kubernetes API server
 NS = "production"
 WAIT_S = 30.0
 PROBE_TIMEOUT_S = 1.0
@@ -86,17 +93,17 @@ def _apps(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _probe(src: str, dst_ip: str, port: int) -> bool:
+def _probe(src: str, dst_ip: str, port: int, lab: str = LAB) -> bool:
     proc = exec_in_pod(f"deploy/{src}", [CONNECT, dst_ip, str(port), "--timeout",
                                          str(PROBE_TIMEOUT_S)],
-                       namespace=NS, lab=LAB, capture=True, timeout=30)
+                       namespace=NS, lab=lab, capture=True, timeout=30)
     return proc.returncode == 0
 
 
-def verdict_matrix(eps: dict[str, dict[str, Any]]) -> str:
+def verdict_matrix(eps: dict[str, dict[str, Any]], lab: str = LAB) -> str:
     """Real connections for every pair, as a table with identities."""
     with ThreadPoolExecutor(len(PAIRS)) as pool:
-        results = list(pool.map(lambda p: _probe(p[0], eps[p[1]]["ipv4"], p[2]), PAIRS))
+        results = list(pool.map(lambda p: _probe(p[0], eps[p[1]]["ipv4"], p[2], lab), PAIRS))
     rows = [[f"{s} ({eps[s]['identity']})", f"{d}:{port} ({eps[d]['identity']})",
              "ALLOWED" if ok else "DENIED"] for (s, d, port), ok in zip(PAIRS, results,
                                                                       strict=True)]
@@ -171,6 +178,82 @@ def exercise_2(ctx: CliContext, runtime: Kubelet) -> None:
         click.echo(f"    {format_flow(f)}")
 
 
+def _k8s_post(url: str, token: str, obj: dict[str, Any]) -> None:
+    """POST one object to the API server, as kubectl create does."""
+    group, _, version = obj["apiVersion"].rpartition("/")
+    plural = {"Namespace": "namespaces", "Deployment": "deployments", "Service": "services",
+              "CiliumNetworkPolicy": "ciliumnetworkpolicies"}[obj["kind"]]
+    base = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    ns = obj["metadata"].get("namespace")
+    path = f"{base}/namespaces/{ns}/{plural}" if ns and plural != "namespaces" \
+        else f"{base}/{plural}"
+    req = urllib.request.Request(url + path, data=json.dumps(obj).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10):
+        pass
+
+
+def _k8s_get(url: str, token: str, path: str) -> dict[str, Any]:
+    req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def kubernetes_source(ctx: CliContext) -> None:
+    """Exercise 1 again, written to a Kubernetes API server instead of `cilia apply`.
+
+    There is no cluster here: the project's test API server (``tests/support/k8sapi``, the real
+    wire protocol) stands in for one, in a process of its own. A second control plane and a
+    1-node lab run on it (``lab up --k8s-api``): the lab's kubelet, scheduler and Deployment
+    controller work from the API, and cilia's watcher is the bus's only source."""
+    k8s_ctx = CliContext(None, ctx.state_dir / "k8s")
+    k8s_ctx.state_dir.mkdir(parents=True, exist_ok=True)
+    kubeconfig = k8s_ctx.state_dir / "kubeconfig"
+    step("Kubernetes as the source: a Kubernetes API server (the project's test server, "
+         "standing in for a cluster) and cilia lab up --k8s-api URL --kubeconfig FILE")
+    server = subprocess.Popen([sys.executable, "-m", "tests.support.k8sapi", "--kubeconfig",
+                               str(kubeconfig)], cwd=REPO, stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().decode().strip()
+        token = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
+        k8s_ctx.explicit_url = controlplane.up(k8s_ctx.state_dir, None,
+                                               port=free_port())["nats_url"]
+        for line in start_lab(k8s_ctx, K8S_LAB, 1, k8s_api=url, kubeconfig=str(kubeconfig)):
+            click.echo(f"    {line}")
+        step("POST examples/three-tier (namespace, deployments, services, policy) to the API "
+             "server, as kubectl create -f does")
+        docs = [d for f in ("00-namespace.yaml", "deployments.yaml", "services.yaml",
+                            "policy.yaml")
+                for d in yaml.safe_load_all((THREE_TIER / f).read_text()) if d]
+        for doc in docs:
+            _k8s_post(url, token, doc)
+            click.echo(f"    {doc['kind'].lower()}/{doc['metadata']['name']} created")
+        def running() -> list[dict[str, Any]]:
+            pods = _k8s_get(url, token, f"/api/v1/namespaces/{NS}/pods")["items"]
+            return [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+
+        _wait("three pods running, their policy in the kernel", lambda: len(running()) == 3
+              and sum(r["ingress_enforcement"] for r in endpoint_rows(k8s_ctx, None)
+                      if r["pod"].startswith(f"{NS}/")) >= 2, timeout=60)
+        step("the pods as the API server holds them (scheduled, run and reported by the lab)")
+        click.echo(tabulate([[p["metadata"]["name"], p["spec"].get("nodeName"),
+                              p["status"].get("podIP"), p["status"].get("phase")]
+                             for p in running()], headers=["NAME", "NODE", "IP", "STATUS"],
+                            tablefmt="plain"))
+        step("verdict matrix (real connections), every object from the watcher")
+        click.echo(verdict_matrix(_apps(endpoint_rows(k8s_ctx, None)), K8S_LAB))
+    finally:
+        step("cleaning up: the lab on the API server, its control plane, the API server")
+        asyncio.set_event_loop(None)
+        with contextlib.suppress(CiliaError):
+            lab_down(K8S_LAB)
+        controlplane.down(k8s_ctx.state_dir, purge=True)
+        server.terminate()
+        server.wait(timeout=30)
+
+
 @click.command()
 @click.option("--keep", is_flag=True, help="leave everything running for exploring")
 @click.option("--nodes", default=2, show_default=True, type=click.IntRange(1, 8))
@@ -241,6 +324,7 @@ def demo(ctx: CliContext, keep: bool, nodes: int) -> None:
         failed = summary(results)["failed_tests"]
         step("cilia status")
         click.echo(render(*read_status(demo_ctx, WAIT_S)))
+        kubernetes_source(demo_ctx)
         click.echo(f"\ndone in {time.monotonic() - started:.1f}s")
     finally:
         if keep:

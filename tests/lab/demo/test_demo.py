@@ -16,7 +16,8 @@ from tests.support.procs import REPO
 
 def _demo_netns() -> set[str]:
     root = Path("/run/netns")
-    return {p.name for p in root.iterdir() if p.name.startswith("cilia-demo-")} \
+    prefixes = ("cilia-demo-", "cilia-demok8s-")
+    return {p.name for p in root.iterdir() if p.name.startswith(prefixes)} \
         if root.is_dir() else set()
 
 
@@ -51,9 +52,21 @@ def test_demo_runs_and_cleans_up() -> None:
         assert "io.kubernetes.pod.namespace=production  (namespace)" in out
         assert "refused: " in out and "publish to cilia.policy.rules." in out
         assert re.search(r"policy denied\s+INGRESS\s+[1-9]", out), out
+        # Exercise 2: only api.example.com, through the node's DNS proxy
+        assert "curl http://api.example.com/  ->  external 200" in out
+        assert "curl http://www.example.com/  ->  dropped (curl exit 28)" in out
+        assert re.search(r"default/external-client\s+api\.example\.com\s+60", out), out
+        # Exercise 1 again, from a Kubernetes API server through the watcher
+        k8s = out.split("verdict matrix (real connections), every object from the watcher")[1]
+        k8s_lines = {line.split()[0] + " " + line.split()[2]: line.split()[-1]
+                     for line in k8s.splitlines() if "(" in line and ":" in line
+                     and line.split()[-1] in ("ALLOWED", "DENIED")}
+        assert k8s_lines["frontend database:5432"] == "DENIED"
+        assert k8s_lines["frontend backend:8080"] == "ALLOWED"
+        assert out.count("demok8s-node1  10.244.1.") == 3 and "Running" in out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     assert not _demo_netns()
-    assert not list(PIN_ROOT.glob("demo-node*"))
+    assert not list(PIN_ROOT.glob("demo-node*")) and not list(PIN_ROOT.glob("demok8s-node*"))
     assert url.startswith("tls://127.0.0.1:")
-    assert not _procs_with(url, str(tmp))
+    assert not _procs_with(url, str(tmp), "tests.support.k8sapi")
