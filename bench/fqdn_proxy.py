@@ -36,6 +36,7 @@ from services.common.clusterdns import KUBE_DNS_IP
 from services.lab import Kubelet
 from tests.support.cluster import Cluster, temp_cluster
 from tests.support.fakedns import FakeDns
+from tests.support.fqdn import fqdn_policy, node_pod, write_yaml
 from tests.support.netlab import in_netns
 from tests.support.procs import REPO
 
@@ -46,43 +47,10 @@ CONNECT_TIMEOUT_S = 1.0
 POOL = [str(ipaddress.IPv4Address("203.0.113.100") + i) for i in range(150)] + \
     [str(ipaddress.IPv4Address("198.51.100.100") + i) for i in range(150)]
 
-POLICIES = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: proxied, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: proxied}}
-  egress:
-    - toEndpoints:
-        - matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s:k8s-app: kube-dns}
-      toPorts:
-        - ports: [{port: "53", protocol: ANY}]
-          rules: {dns: [{matchPattern: "*"}]}
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: fqdn, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: fqdn}}
-  egress:
-    - toEndpoints: [{matchLabels: {app: fakedns}}]
-      toPorts:
-        - ports: [{port: "53", protocol: UDP}]
-          rules: {dns: [{matchPattern: "*"}]}
-    - toFQDNs: [{matchName: moving.bench.test}]
-      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-"""
-
-
-def _pods(node: str) -> str:
-    return "".join(f"""---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {app}, namespace: default, labels: {{app: {app}}}}}
-spec:
-  nodeName: {node}
-  containers: [{{name: c, image: cilia/workload}}]
-""" for app in ("plain", "proxied", "fqdn", "fakedns"))
+def _objects(node: str) -> list[dict[str, Any]]:
+    return [*(node_pod(app, app, node) for app in ("plain", "proxied", "fqdn", "fakedns")),
+            fqdn_policy("proxied", "proxied"),
+            fqdn_policy("fqdn", "fqdn", [NAME], dns_server={"app": "fakedns"})]
 
 
 def _udp_client(netns: str) -> socket.socket:
@@ -161,12 +129,8 @@ def main() -> None:
     with temp_cluster(nodes=1, prefix="cilia-bench-fqdn-", lab_args=world) as c:
         for key in ("CILIA_STATE_DIR", "CILIA_RUN_DIR"):    # this process reads the lab
             os.environ[key] = c.env[key]
-        node = f"{c.lab}-node1"
-        tmp = c.state_dir.parent
-        (tmp / "pods.yaml").write_text(_pods(node))
-        (tmp / "policies.yaml").write_text(POLICIES)
-        c.ok("apply", "-f", str(KUBE_DNS), "-f", str(tmp / "pods.yaml"))
-        c.ok("apply", "-f", str(tmp / "policies.yaml"))
+        objects = write_yaml(c.state_dir.parent / "objects.yaml", _objects(f"{c.lab}-node1"))
+        c.ok("apply", "-f", str(KUBE_DNS), "-f", str(objects))
         c.settle()
         lat = latency(c, args.latency)
         first = first_connections(c, args.lookups)

@@ -24,6 +24,7 @@ import pytest
 from services.lab import Kubelet, exec_in_pod
 from tests.support.cluster import Cluster, cluster
 from tests.support.fakedns import FakeDns
+from tests.support.fqdn import EXERCISE_2, fqdn_policy, node_pod, write_yaml
 from tests.support.procs import REPO
 
 KUBE_DNS = REPO / "examples" / "kube-dns" / "kube-dns.yaml"
@@ -32,25 +33,6 @@ GRACE_S = 2             # CILIA_TOFQDNS_GRACE_S of this lab's agents
 MOVING_TTL_S = 2        # the TTL the test's own DNS server gives
 CURL_TIMEOUT = 28       # curl's exit code when the connection is dropped
 CURL_NO_HOST = 6        # ... when the name does not resolve
-
-EXERCISE_2 = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: external-client-fqdn, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: external-client}}
-  egress:
-    - toEndpoints:
-        - matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s:k8s-app: kube-dns}
-      toPorts:
-        - ports: [{port: "53", protocol: ANY}]
-          rules:
-            dns: [{matchPattern: "*"}]
-    - toFQDNs:
-        - matchName: api.example.com
-      toPorts:
-        - ports: [{port: "80", protocol: TCP}, {port: "443", protocol: TCP}]
-"""
 
 NARROW = """
 apiVersion: cilium.io/v2
@@ -77,49 +59,6 @@ spec:
         - ports: [{port: "80", protocol: TCP}]
 """
 
-MOVER = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: mover, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: mover}}
-  egress:
-    - toEndpoints: [{matchLabels: {app: fakedns}}]
-      toPorts:
-        - ports: [{port: "53", protocol: UDP}]
-          rules: {dns: [{matchPattern: "*"}]}
-    - toFQDNs: [{matchName: moving.example.org}]
-      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-"""
-
-RESTART = """
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: restart, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: restarter}}
-  egress:
-    - toEndpoints:
-        - matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s:k8s-app: kube-dns}
-      toPorts:
-        - ports: [{port: "53", protocol: ANY}]
-          rules: {dns: [{matchPattern: "*"}]}
-    - toFQDNs: [{matchName: world3.cilia.test}]
-      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-"""
-
-
-def pod(name: str, app: str, node: str) -> str:
-    return f"""---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
-spec:
-  nodeName: {node}
-  containers: [{{name: c, image: cilia/workload}}]
-"""
-
-
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Cluster]:
     tmp = Path(tempfile.mkdtemp(prefix="cilia-fqdn-"))
@@ -129,16 +68,17 @@ def lab() -> Iterator[Cluster]:
             for key in ("CILIA_STATE_DIR", "CILIA_RUN_DIR"):   # this process reads the lab
                 mp.setenv(key, c.env[key])
             n1, n2 = f"{c.lab}-node1", f"{c.lab}-node2"
-            pods = (pod("ext-a", "external-client", n1) + pod("ext-b", "external-client", n2)
-                    + pod("narrow", "narrow", n1) + pod("mover", "mover", n2)
-                    + pod("fakedns", "fakedns", n1) + pod("restarter", "restarter", n1))
-            (tmp / "pods.yaml").write_text(pods)
-            for name, text in (("exercise2", EXERCISE_2), ("narrow", NARROW),
-                               ("mover", MOVER), ("restart", RESTART)):
-                (tmp / f"{name}.yaml").write_text(text)
-            c.ok("apply", "-f", str(KUBE_DNS), "-f", str(tmp / "pods.yaml"))
-            c.ok("apply", *(a for n in ("exercise2", "narrow", "mover", "restart")
-                            for a in ("-f", str(tmp / f"{n}.yaml"))))
+            pods = [node_pod("ext-a", "external-client", n1),
+                    node_pod("ext-b", "external-client", n2), node_pod("narrow", "narrow", n1),
+                    node_pod("mover", "mover", n2), node_pod("fakedns", "fakedns", n1),
+                    node_pod("restarter", "restarter", n1)]
+            policies = [fqdn_policy("mover", "mover", ["moving.example.org"],
+                                    dns_server={"app": "fakedns"}),
+                        fqdn_policy("restart", "restarter", ["world3.cilia.test"])]
+            c.ok("apply", "-f", str(KUBE_DNS), "-f", str(write_yaml(tmp / "pods.yaml", pods)))
+            (tmp / "narrow.yaml").write_text(NARROW)
+            c.ok("apply", "-f", str(EXERCISE_2), "-f", str(tmp / "narrow.yaml"), "-f",
+                 str(write_yaml(tmp / "policies.yaml", policies)))
             c.settle()
             yield c
     finally:

@@ -20,26 +20,10 @@ from services.policy import (
 )
 from services.policy.fqdn import fqdn_selector
 from services.policy.fqdnmatch import dns_matcher
-from tests.support.policy_helpers import docs
+from tests.support.fqdn import EXERCISE_2
+from tests.support.policy_helpers import load_docs
 
-SEED = docs("""
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: external-client-fqdn, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: external-client}}
-  egress:
-    - toEndpoints:
-        - matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s:k8s-app: kube-dns}
-      toPorts:
-        - ports: [{port: "53", protocol: ANY}]
-          rules:
-            dns: [{matchPattern: "*"}]
-    - toFQDNs:
-        - matchName: api.example.com
-      toPorts:
-        - ports: [{port: "80", protocol: TCP}, {port: "443", protocol: TCP}]
-""")[0]
+SEED = load_docs(EXERCISE_2)[0]     # the seed's Exercise 2, as examples/fqdn ships it
 
 DNS_PORT = {"port": "53", "protocol": "UDP"}
 
