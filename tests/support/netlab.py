@@ -189,10 +189,12 @@ UDP_MAX = 65535   # bytes: the largest datagram (a fragmented one is echoed whol
 class UdpEcho:
     """UDP echo on one port of a pod, served from a thread of this process.
 
-    ``reply``: answer every datagram with these bytes instead of echoing it.
+    ``reply``: answer every datagram with these bytes instead of echoing it, or with what this
+    function makes of it (None: no answer).
     """
 
-    def __init__(self, ns: str, ip: str, port: int, reply: bytes | None = None) -> None:
+    def __init__(self, ns: str, ip: str, port: int,
+                 reply: bytes | Callable[[bytes], bytes | None] | None = None) -> None:
         self.sock = in_netns(ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         self.sock.bind((ip, port))
         self.sock.settimeout(0.1)
@@ -205,7 +207,11 @@ class UdpEcho:
         while not self._stop.is_set():
             try:
                 data, peer = self.sock.recvfrom(UDP_MAX)
-                self.sock.sendto(data if self.reply is None else self.reply, peer)
+                answer = self.reply(data) if callable(self.reply) else self.reply
+                if answer is None and self.reply is None:
+                    answer = data
+                if answer is not None:
+                    self.sock.sendto(answer, peer)
             except OSError:
                 continue
 
