@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from nats.aio.msg import Msg
 
@@ -36,13 +37,20 @@ BASE_PORT = 20000
 POLL_S = 0.0002
 
 
-def _policy(i: int) -> dict[str, object]:
+def port_policy(i: int) -> dict[str, Any]:
+    """Policy ``i``: frontend -> backend on port ``BASE_PORT + i`` (one new kernel entry)."""
     return {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
             "metadata": {"name": f"bench-{i}", "namespace": "production"},
             "spec": {"endpointSelector": {"matchLabels": {"app": "backend"}},
                      "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
                                   "toPorts": [{"ports": [{"port": str(BASE_PORT + i),
                                                           "protocol": "TCP"}]}]}]}}
+
+
+def entry_key(backend: int, frontend: int, port: int) -> bytes:
+    """The policy map key of "frontend may reach backend on TCP ``port``"."""
+    return encode_prefix(PortPrefix(backend, frontend, Direction.INGRESS, PROTO_TCP, port,
+                                    PORT_BITS))
 
 
 async def _run(lab: Cluster, imports: int) -> dict[str, object]:
@@ -66,15 +74,14 @@ async def _run(lab: Cluster, imports: int) -> dict[str, object]:
     try:
         with open_maps(node) as maps:
             for i in range(imports):
-                doc = manifests.Manifest("bench", 0, manifests.validate_document(_policy(i)))
+                doc = manifests.Manifest("bench", 0, manifests.validate_document(port_policy(i)))
                 port = BASE_PORT + i
                 t0 = time.perf_counter()
                 await source.apply(bus, [doc])
                 deadline = t0 + 10
                 # One kernel lookup of the new entry per poll: reading the whole map would
                 # keep a core busy and slow what is measured.
-                key = encode_prefix(PortPrefix(backend, frontend, Direction.INGRESS,
-                                               PROTO_TCP, port, PORT_BITS))
+                key = entry_key(backend, frontend, port)
                 while maps.policy.reconciler.backend.lookup(key) is None:
                     if time.perf_counter() > deadline:
                         raise RuntimeError(f"entry for port {port} never appeared")

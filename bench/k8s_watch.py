@@ -8,12 +8,11 @@ Run: .venv/bin/python -m bench.k8s_watch [--writes 200] [--pods 1000 10000]
   on one more port, created in the API server. Timed: until its ``object.upsert`` is on the
   bus (published by the watcher), and until the kernel's policy map holds the new entry.
 - **relist after 410**: the test API server holds N pods; the watcher (its own process, as it
-  runs) has published them. Then, while the watcher is stopped (SIGSTOP), 30 pods change (10
-  added, 10 relabelled, 10 deleted; their events held in the server), the server's history is
-  compacted and the streams are cut; it resumes (SIGCONT) into a broken stream, its watch from
-  its last resourceVersion gets 410 Gone and it relists. Timed: from the resume until the last
-  of the 30 changes is on the bus; counted: every message and byte the watcher published
-  meanwhile (the goal: the 30 changes and nothing else).
+  runs, with 1 s watches) has published them. Then 30 pods change (10 added, 10 relabelled, 10
+  deleted) while their watch events are held in the server, and its history is compacted:
+  the watcher's next watch from its last resourceVersion gets 410 Gone and it relists. Timed:
+  from that LIST until the last of the 30 changes is on the bus; counted: every message and
+  byte the watcher published meanwhile (the goal: the 30 changes and nothing else).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -31,34 +29,23 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from bench._common import summary_ms, write
+from bench.agent_propagation import BASE_PORT, EXAMPLES, entry_key, port_policy
 from services.common.bus import Bus
 from services.common.contract import source_subject
 from services.common.embedded import start_nats
-from services.common.policytypes import PROTO_TCP, Direction
 from services.common.roles import ADMIN
 from services.nodeagent.datapath import open_maps
-from services.nodeagent.datapath.constants import PORT_BITS
-from services.nodeagent.datapath.maps.policy import PortPrefix, encode_prefix
 from tests.support.cluster import Cluster, temp_cluster
 from tests.support.k8sapi import ApiServer, api_server
 from tests.support.objects import pod
+from tests.support.policy_helpers import load_docs
 from tests.support.procs import start_service, stop_process
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "three-tier"
-BASE_PORT = 21000
 POLL_S = 0.0005
 CHANGES = 10            # pods added, relabelled and deleted each while the watch is down
 DONE_TIMEOUT_S = 120.0
-RECUT_S = 5.0           # no relist by then: the server's cut missed the watch stream
-
-
-def _policy(i: int) -> dict[str, Any]:
-    return {"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
-            "metadata": {"name": f"bench-{i}", "namespace": "production"},
-            "spec": {"endpointSelector": {"matchLabels": {"app": "backend"}},
-                     "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
-                                  "toPorts": [{"ports": [{"port": str(BASE_PORT + i),
-                                                          "protocol": "TCP"}]}]}]}}
+WATCH_TIMEOUT_S = 1     # the watcher's watches end this often (it watches again at once)
+LIST_POLL_S = 0.001     # how often the bench looks for the watcher's relist
 
 
 # -- write -> bus -> kernel ---------------------------------------------------------------
@@ -78,10 +65,9 @@ async def _latency(lab: Cluster, api: ApiServer, writes: int) -> dict[str, Any]:
     try:
         with open_maps(eps["backend"]["node"]) as maps:
             for i in range(writes):
-                obj = _policy(i)
+                obj = port_policy(i)
                 subject = source_subject(obj["kind"], "production", obj["metadata"]["name"])
-                key = encode_prefix(PortPrefix(backend, frontend, Direction.INGRESS,
-                                               PROTO_TCP, BASE_PORT + i, PORT_BITS))
+                key = entry_key(backend, frontend, BASE_PORT + i)
                 t0 = time.perf_counter()
                 await asyncio.to_thread(api.create, obj)
                 deadline = t0 + 10
@@ -105,11 +91,9 @@ def latency(writes: int) -> dict[str, Any]:
         with temp_cluster(nodes=1, prefix="cilia-bench-k8s-",
                           lab_args=("--k8s-api", api.url, "--kubeconfig",
                                     str(kubeconfig))) as lab:
-            import yaml
             for name in ("00-namespace.yaml", "deployments.yaml"):
-                for doc in yaml.safe_load_all((EXAMPLES / name).read_text()):
-                    if doc:
-                        api.create(doc)
+                for doc in load_docs(EXAMPLES / name):
+                    api.create(doc)
             lab.wait("endpoints", lambda: len([e for e in lab.endpoints()
                                                if e["identity"] >= 256]) == 3, timeout=60)
             lab.settle()
@@ -133,9 +117,11 @@ async def _relist(api: ApiServer, url: str, tmp: Path, pods: int) -> dict[str, A
 
     await bus.nc.subscribe("cilia.src.>", cb=on_msg)
     env = {**os.environ, "CILIA_NATS_URL": url}
+    # watches of WATCH_TIMEOUT_S: each ends soon, and the watcher watches again from its
+    # last position (how a held-back stream meets a compacted history)
     proc = start_service("services.k8s", url, "--kubeconfig",
-                         str(api.kubeconfig(tmp / "kubeconfig")), env=env,
-                         log=tmp / "k8s.log")
+                         str(api.kubeconfig(tmp / "kubeconfig")), "--watch-timeout",
+                         str(WATCH_TIMEOUT_S), env=env, log=tmp / "k8s.log")
     try:
         t0 = time.perf_counter()
         while sum(1 for _, s, _ in published if ".pod." in s) < pods:
@@ -146,10 +132,10 @@ async def _relist(api: ApiServer, url: str, tmp: Path, pods: int) -> dict[str, A
         await asyncio.sleep(1.0)            # the watches are open, from the list's version
         lists_before = api.list_calls("pods")
         published.clear()
-        # The watcher stops (SIGSTOP) while 30 pods change, the history is compacted and its
-        # streams are cut; it resumes into a broken stream whose position is gone.
-        os.kill(proc.pid, signal.SIGSTOP)
-        api.event_delay = 60.0              # the changes' events stay in the server
+        # 30 pods change while their watch events are held in the server, and the history is
+        # compacted: when its watch times out the watcher watches again from its last position,
+        # gets 410 Gone and lists again. Timed from that LIST.
+        api.event_delay = 60.0
         gone = {source_subject("Pod", "bench", f"p{i}") for i in range(CHANGES)}
         relabelled = {source_subject("Pod", "bench", f"p{i}")
                       for i in range(CHANGES, 2 * CHANGES)}
@@ -160,27 +146,22 @@ async def _relist(api: ApiServer, url: str, tmp: Path, pods: int) -> dict[str, A
                       {"metadata": {"labels": {"app": "relabelled"}}})
             api.create(_pod(pods + i))
         api.compact()
-        api.cut_streams()
         api.event_delay = 0.0
+        t0 = time.perf_counter()
+        while api.list_calls("pods") == lists_before:
+            if time.perf_counter() - t0 > DONE_TIMEOUT_S:
+                raise RuntimeError("the watcher never listed again")
+            await asyncio.sleep(LIST_POLL_S)
         t1 = time.perf_counter()
-        os.kill(proc.pid, signal.SIGCONT)
         wanted = gone | relabelled | added
-        recut = False
         while not wanted <= {s for _, s, _ in published}:
             if time.perf_counter() - t1 > DONE_TIMEOUT_S:
                 raise RuntimeError("the relist did not publish every change")
-            if not recut and time.perf_counter() - t1 > RECUT_S:
-                # The test API server's cut missed a stream (one it was still setting up):
-                # that stream would deliver the held events late instead of breaking. Cut
-                # again; the run says so, and its time is from this cut.
-                recut = True
-                api.cut_streams()
-                t1 = time.perf_counter()
             await asyncio.sleep(0.01)
         done_s = max(t for t, s, _ in published if s in wanted) - t1
         await asyncio.sleep(2.0)            # anything else the relist publishes shows up
         pod_msgs = [(s, n) for _, s, n in published if ".pod." in s]
-        return {"pods": pods, "initial_sync_s": round(initial_s, 2), "recut": recut,
+        return {"pods": pods, "initial_sync_s": round(initial_s, 2),
                 "relist_to_last_change_s": round(done_s, 3),
                 "list_requests": api.list_calls("pods") - lists_before,   # pages of 500
                 "changes": len(wanted), "messages_published": len(pod_msgs),
@@ -224,8 +205,8 @@ def main() -> None:
         times = sorted(r["relist_to_last_change_s"] for r in runs)
         r = runs[0]
         print(f"relist after 410 with {n} pods: last change on the bus {times} s after the "
-              f"resume (median {times[len(times) // 2]} s; {sum(x['recut'] for x in runs)} "
-              f"run(s) needed a second cut); published {r['messages_published']} messages "
+              f"relist's first LIST (median {times[len(times) // 2]} s); published "
+              f"{r['messages_published']} messages "
               f"({r['bytes_published']} bytes) for {r['changes']} changes, "
               f"{max(x['unchanged_republished'] for x in runs)} unchanged pods republished")
     write("k8s_watch", out)
