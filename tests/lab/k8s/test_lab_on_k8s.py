@@ -90,11 +90,18 @@ def test_exercise_1_through_the_api_server(lab: tuple[Cluster, ApiServer]) -> No
     # and wrote their addresses back; the watcher published them and the identities followed
     c.wait("three endpoints with identities", lambda: len(
         [e for e in c.endpoints() if e["identity"] >= 256]) == 3, timeout=60)
-    pods = http(api, "GET", "/api/v1/namespaces/production/pods")["items"]
-    assert len(pods) == 3
+
+    def pods() -> list[dict[str, Any]]:
+        return list(http(api, "GET", "/api/v1/namespaces/production/pods")["items"])
+
+    # the kubelet writes a pod's status once its CNI ADD returns, just after its endpoint
+    c.wait("three pods with a status", lambda: len(
+        [p for p in pods() if "status" in p]) == 3, timeout=30)
+    running = pods()
+    assert len(running) == 3
     assert all(p["status"]["phase"] == "Running" and p["status"]["podIP"]
-               and p["spec"]["nodeName"].startswith(c.lab) for p in pods)
-    assert {p["metadata"]["ownerReferences"][0]["kind"] for p in pods} == {"Deployment"}
+               and p["spec"]["nodeName"].startswith(c.lab) for p in running)
+    assert {p["metadata"]["ownerReferences"][0]["kind"] for p in running} == {"Deployment"}
     created = create(api, THREE_TIER / "policy.yaml")
     assert created == ["CiliumNetworkPolicy/backend-allow-frontend",
                        "CiliumNetworkPolicy/database-allow-backend"]
